@@ -1,0 +1,131 @@
+//! Build script: compiles the client API protos with `protox` (no `protoc`
+//! needed) and builds the example wasm plugins for `wasm32-wasip2` so the
+//! binary can embed them.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use prost::Message;
+
+/// The wasm plugins embedded in the binary: (backend name, crate name).
+const PLUGINS: &[(&str, &str)] = &[("echo", "gatehouse_echo"), ("kv", "gatehouse_kv")];
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf();
+
+    compile_protos(&root, &out_dir);
+    build_plugins(&root, &out_dir);
+}
+
+fn compile_protos(root: &Path, out_dir: &Path) {
+    let proto_dir = root.join("proto");
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    let fds = protox::compile(["gatehouse/v1/gateway.proto"], [&proto_dir])
+        .unwrap_or_else(|e| panic!("compiling protos: {e:?}"));
+    // The descriptor set also feeds gRPC server reflection.
+    fs::write(
+        out_dir.join("gatehouse_descriptor.bin"),
+        fds.encode_to_vec(),
+    )
+    .expect("writing descriptor set");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)
+        .expect("generating gRPC code");
+}
+
+fn build_plugins(root: &Path, out_dir: &Path) {
+    let plugins = root.join("plugins");
+    for path in ["Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", plugins.join(path).display());
+    }
+    for entry in fs::read_dir(&plugins).expect("reading plugins/").flatten() {
+        let dir = entry.path();
+        if dir.join("Cargo.toml").exists() {
+            println!(
+                "cargo:rerun-if-changed={}",
+                dir.join("Cargo.toml").display()
+            );
+            println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        }
+    }
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+
+    ensure_wasm_target();
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = out_dir.join("plugins-target");
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(WASM_TARGET)
+        .arg("--manifest-path")
+        .arg(plugins.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The host build's flags and target settings must not leak into the
+    // nested wasm build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("running cargo for the wasm plugins");
+    assert!(status.success(), "building the wasm plugins failed");
+
+    let mut table = String::from(
+        "/// The example wasm components built into the binary: (backend name, component bytes).\n\
+         pub const BUILTIN_COMPONENTS: &[(&str, &[u8])] = &[\n",
+    );
+    for (name, krate) in PLUGINS {
+        let built = target_dir
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{krate}.wasm"));
+        let dest = out_dir.join(format!("{name}.wasm"));
+        fs::copy(&built, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+        table.push_str(&format!(
+            "    ({name:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{name}.wasm\"))),\n"
+        ));
+    }
+    table.push_str("];\n");
+    fs::write(out_dir.join("builtin_components.rs"), table).expect("writing component table");
+}
+
+/// Installs the wasm target with rustup when it is missing, so a fresh
+/// machine needs nothing but `cargo build`.
+fn ensure_wasm_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let installed = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|dir| dir.exists());
+    if !installed {
+        let status = Command::new("rustup")
+            .args(["target", "add", WASM_TARGET])
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` failed"
+        );
+    }
+}

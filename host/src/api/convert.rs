@@ -1,0 +1,154 @@
+//! Conversions between registry types and the wire types.
+
+use std::time::{Duration, SystemTime};
+
+use crate::backend::{self, BackendInfo, CommandError, Outcome};
+use crate::config::BackendKind;
+use crate::events::Delivery;
+use crate::proto::v1 as pb;
+use crate::registry::{CloseReason, Session, SessionState};
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A wire duration as a `Duration`; `None` for unset, an error for negative.
+pub fn from_duration(d: Option<prost_types::Duration>) -> Result<Option<Duration>, String> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err("durations must not be negative".into());
+    }
+    Ok(Some(
+        Duration::from_secs(d.seconds as u64) + Duration::from_nanos(d.nanos as u64),
+    ))
+}
+
+pub fn kind(k: BackendKind) -> pb::BackendKind {
+    match k {
+        BackendKind::Wasm => pb::BackendKind::Wasm,
+        BackendKind::Native => pb::BackendKind::Native,
+    }
+}
+
+pub fn state(s: SessionState) -> pb::SessionState {
+    use SessionState::*;
+    match s {
+        Creating => pb::SessionState::Creating,
+        StartingWorker => pb::SessionState::StartingWorker,
+        WaitingForWorker => pb::SessionState::WaitingForWorker,
+        Handshaking => pb::SessionState::Handshaking,
+        InitializingWorker => pb::SessionState::InitializingWorker,
+        Ready => pb::SessionState::Ready,
+        Closing => pb::SessionState::Closing,
+        Closed => pb::SessionState::Closed,
+        Faulted => pb::SessionState::Faulted,
+    }
+}
+
+fn close_reason(r: CloseReason) -> pb::CloseReason {
+    match r {
+        CloseReason::ClientClose => pb::CloseReason::ClientClose,
+        CloseReason::LeaseExpired => pb::CloseReason::LeaseExpired,
+        CloseReason::IdleTimeout => pb::CloseReason::IdleTimeout,
+        CloseReason::MaxLifetime => pb::CloseReason::MaxLifetime,
+        CloseReason::GatewayShutdown => pb::CloseReason::GatewayShutdown,
+        CloseReason::Fault => pb::CloseReason::Fault,
+    }
+}
+
+pub fn backend_info(b: &BackendInfo) -> pb::BackendInfo {
+    pb::BackendInfo {
+        name: b.name.clone(),
+        kind: kind(b.kind) as i32,
+        version: b.version.clone(),
+        digest: b.digest.clone(),
+        description: b.description.clone(),
+    }
+}
+
+pub fn session_info(
+    s: &Session,
+    wall: impl Fn(std::time::Instant) -> SystemTime,
+) -> pb::SessionInfo {
+    let snap = s.snapshot();
+    pb::SessionInfo {
+        session_id: s.id.to_string(),
+        backend: s.backend.name.clone(),
+        backend_kind: kind(s.backend.kind) as i32,
+        backend_version: s.backend.version.clone(),
+        tenant: s.tenant.clone(),
+        state: state(snap.state) as i32,
+        client_session_name: s.client_session_name.clone(),
+        client_correlation_id: s.client_correlation_id.clone(),
+        opened_at: Some(timestamp(wall(s.opened_at))),
+        last_activity_at: Some(timestamp(wall(snap.last_activity))),
+        lease_expires_at: Some(timestamp(wall(snap.lease_expires))),
+        worker_pid: snap.worker_pid.unwrap_or(0),
+        final_fault: snap
+            .fault
+            .as_ref()
+            .map(|f| f.code.clone())
+            .unwrap_or_default(),
+        final_fault_detail: snap.fault.map(|f| f.detail).unwrap_or_default(),
+        close_reason: snap
+            .close_reason
+            .map_or(pb::CloseReason::Unspecified, close_reason) as i32,
+        command_timeout: Some(duration(s.times.command_timeout)),
+        lease: Some(duration(s.times.lease)),
+        events_emitted: snap.events_emitted,
+        events_dropped: snap.events_dropped,
+    }
+}
+
+pub fn command(c: pb::Command) -> backend::Command {
+    backend::Command {
+        name: c.name,
+        payload: c.payload,
+    }
+}
+
+fn command_error(e: CommandError) -> pb::CommandError {
+    use pb::command_error::Kind;
+    let (kind, message) = match e {
+        CommandError::UnknownCommand(m) => (Kind::UnknownCommand, m),
+        CommandError::InvalidPayload(m) => (Kind::InvalidPayload, m),
+        CommandError::Failed(m) => (Kind::Failed, m),
+    };
+    pb::CommandError {
+        kind: kind as i32,
+        message,
+    }
+}
+
+/// A worker outcome as (payload, error). Oversized replies never get here:
+/// the registry turns them into an error first.
+pub fn outcome(o: Outcome) -> (Vec<u8>, Option<pb::CommandError>) {
+    match o {
+        Outcome::Reply(p) => (p, None),
+        Outcome::Error(e) => (Vec::new(), Some(command_error(e))),
+        Outcome::ReplyTooLarge { size, limit } => (
+            Vec::new(),
+            Some(pb::CommandError {
+                kind: pb::command_error::Kind::Failed as i32,
+                message: format!("reply of {size} bytes is over the limit of {limit}"),
+            }),
+        ),
+    }
+}
+
+pub fn event(d: Delivery) -> pb::Event {
+    pb::Event {
+        sequence: d.event.sequence,
+        name: d.event.name.clone(),
+        payload: d.event.payload.clone(),
+        emitted_at: Some(timestamp(d.event.emitted_at)),
+        dropped_before: d.dropped_before,
+    }
+}

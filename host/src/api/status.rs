@@ -1,0 +1,39 @@
+//! The one place gateway errors become gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::backend::{FaultClass, StartError};
+use crate::registry::GatewayError;
+
+/// Maps a gateway error to the status the spec names for it.
+pub fn to_status(error: GatewayError) -> Status {
+    let message = error.to_string();
+    match error {
+        GatewayError::SessionNotFound(_) | GatewayError::BackendNotFound(_) => {
+            Status::not_found(message)
+        }
+        GatewayError::NotReady(_) => Status::failed_precondition(message),
+        GatewayError::SessionCapReached { retry_after, .. } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        ),
+        GatewayError::SubscriberExists(_) => Status::already_exists(message),
+        GatewayError::InvalidArgument(_) => Status::invalid_argument(message),
+        GatewayError::OutOfRange(_) => Status::out_of_range(message),
+        GatewayError::ReplyTooLarge { .. } => Status::resource_exhausted(message),
+        GatewayError::Faulted(fault) => match fault.class {
+            FaultClass::Deadline => Status::deadline_exceeded(message),
+            FaultClass::Crashed => Status::aborted(message),
+        },
+        GatewayError::StartFailed(StartError::Refused(_)) => Status::failed_precondition(message),
+        GatewayError::StartFailed(StartError::Exhausted(_)) => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+        ),
+        GatewayError::StartFailed(StartError::Failed(_)) => Status::unavailable(message),
+        GatewayError::ShuttingDown => Status::unavailable(message),
+    }
+}

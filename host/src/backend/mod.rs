@@ -1,0 +1,213 @@
+//! The backend abstraction: a [`Backend`] starts one [`Worker`] per session.
+//!
+//! The registry holds `Box<dyn Worker>` and never knows whether a session
+//! runs in a wasm instance or in a native process.
+
+pub mod wasm;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::config::{BackendKind, SessionPolicy};
+use crate::events::EventLog;
+use crate::registry::state::SessionState;
+
+/// What `ListBackends` shows about a backend.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    /// The name clients open sessions on.
+    pub name: String,
+    /// How it runs.
+    pub kind: BackendKind,
+    /// The configured version.
+    pub version: String,
+    /// `sha256:<hex>` of the component (wasm) or command line (native).
+    pub digest: String,
+    /// For people.
+    pub description: String,
+}
+
+/// One client command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// Command name.
+    pub name: String,
+    /// Command payload.
+    pub payload: Vec<u8>,
+}
+
+/// A command the backend itself refused or failed; the session stays usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// No command of that name.
+    UnknownCommand(String),
+    /// The payload could not be understood.
+    InvalidPayload(String),
+    /// The command failed.
+    Failed(String),
+}
+
+/// What one command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The reply payload.
+    Reply(Vec<u8>),
+    /// The backend's own error.
+    Error(CommandError),
+    /// The reply was larger than the backend allows; it was discarded.
+    ReplyTooLarge {
+        /// The reply's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// The class of a fault, which decides its gRPC status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultClass {
+    /// A command ran past its deadline.
+    Deadline,
+    /// The worker trapped, crashed, hit a limit or stopped answering.
+    Crashed,
+}
+
+/// Why a worker died. The session becomes `FAULTED` with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// Deadline or crash.
+    pub class: FaultClass,
+    /// A short stable code: `deadline`, `memory-limit`, `stack-overflow`,
+    /// `trap: unreachable`, `event-overflow`, ...
+    pub code: String,
+    /// A longer description for people.
+    pub detail: String,
+}
+
+impl Fault {
+    /// A command or call ran past its deadline.
+    pub fn deadline(detail: impl Into<String>) -> Self {
+        Self {
+            class: FaultClass::Deadline,
+            code: "deadline".into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The worker crashed with `code`.
+    pub fn crashed(code: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            class: FaultClass::Crashed,
+            code: code.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.detail.is_empty() || self.detail == self.code {
+            f.write_str(&self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.detail)
+        }
+    }
+}
+
+/// Why a worker did not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    /// The plugin's `open` returned an error.
+    #[error("the backend refused the session: {0}")]
+    Refused(String),
+    /// The worker failed while starting.
+    #[error("the worker failed to start: {0}")]
+    Failed(Fault),
+    /// The runtime has no room for another instance.
+    #[error("no capacity for another worker: {0}")]
+    Exhausted(String),
+}
+
+/// Tells the registry about faults that happen outside a command (a trap in
+/// a timer tick, a crashed process).
+#[derive(Debug, Clone)]
+pub struct FaultReporter {
+    session_id: Arc<str>,
+    tx: mpsc::UnboundedSender<(Arc<str>, Fault)>,
+}
+
+impl FaultReporter {
+    /// A reporter for one session that sends to `tx`.
+    pub fn new(session_id: Arc<str>, tx: mpsc::UnboundedSender<(Arc<str>, Fault)>) -> Self {
+        Self { session_id, tx }
+    }
+
+    /// Reports a fault; a no-op once the registry has stopped listening.
+    pub fn report(&self, fault: Fault) {
+        let _ = self.tx.send((Arc::clone(&self.session_id), fault));
+    }
+}
+
+/// Everything a backend needs to start one session's worker.
+pub struct StartRequest {
+    /// The session id.
+    pub session_id: Arc<str>,
+    /// The owning tenant.
+    pub tenant: String,
+    /// The backend's name.
+    pub backend: String,
+    /// The request's config merged over the backend's.
+    pub config: BTreeMap<String, String>,
+    /// Where the worker's events go.
+    pub events: Arc<EventLog>,
+    /// The session's limits.
+    pub policy: SessionPolicy,
+    /// Deadline for start-up, including the plugin's `open`.
+    pub open_timeout: Duration,
+    /// Where out-of-band faults go.
+    pub faults: FaultReporter,
+}
+
+/// A running worker serving one session.
+#[async_trait]
+pub trait Worker: Send + Sync {
+    /// Runs `commands` in order. Each command gets `timeout` from when it
+    /// starts, and none runs past `deadline` (the client's gRPC deadline).
+    /// A fault stops the worker and is returned instead of any results.
+    async fn invoke(
+        &self,
+        commands: Vec<Command>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Outcome>, Fault>;
+
+    /// Closes gracefully (the plugin's `close`), killing the worker if that
+    /// takes longer than `grace`. Safe to call on a faulted worker.
+    async fn close(&self, grace: Duration);
+
+    /// Stops the worker at once.
+    fn kill(&self);
+
+    /// The worker's process id, for native workers.
+    fn pid(&self) -> Option<u32>;
+}
+
+/// A loaded backend that can start workers.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// What `ListBackends` shows.
+    fn info(&self) -> &BackendInfo;
+
+    /// Starts a worker for one session, reporting start-up states through
+    /// `progress`.
+    async fn start(
+        &self,
+        request: StartRequest,
+        progress: &(dyn Fn(SessionState) + Send + Sync),
+    ) -> Result<Box<dyn Worker>, StartError>;
+}

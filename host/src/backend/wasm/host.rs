@@ -1,0 +1,191 @@
+//! The per-session `Store` data: WASI context, limits, and the `host`
+//! interface the plugin imports.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::gatehouse::backend::{host, types};
+use super::stdio::{LogLimiter, log_line};
+use crate::events::{EmitError, EventLog};
+
+/// Longest delay a plugin may ask for in `schedule-tick`.
+const MAX_TICK_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A limit a guest hit; carried as the trap's error so the fault can say
+/// which limit it was.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimitHit {
+    /// The command ran past its deadline.
+    #[error("the call ran past its deadline")]
+    Deadline,
+    /// Linear memory would grow past the session's limit.
+    #[error("memory would grow to {desired} bytes, over the limit of {limit}")]
+    Memory {
+        /// Requested size.
+        desired: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A table would grow past its limit.
+    #[error("a table would grow to {desired} elements, over the limit of {limit}")]
+    Table {
+        /// Requested size.
+        desired: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The event queue was full under the `fault` overflow policy.
+    #[error("the event queue is full")]
+    EventOverflow,
+    /// An event payload was over `max_event_bytes`.
+    #[error("an event of {size} bytes is over the limit of {limit}")]
+    EventTooLarge {
+        /// The payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More ticks were scheduled than `max_pending_ticks`.
+    #[error("more than {0} ticks scheduled at once")]
+    TooManyTicks(usize),
+}
+
+impl LimitHit {
+    /// The fault code for this limit.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LimitHit::Deadline => "deadline",
+            LimitHit::Memory { .. } => "memory-limit",
+            LimitHit::Table { .. } => "table-limit",
+            LimitHit::EventOverflow => "event-overflow",
+            LimitHit::EventTooLarge { .. } => "event-too-large",
+            LimitHit::TooManyTicks(_) => "too-many-ticks",
+        }
+    }
+}
+
+/// Resource limits of one store.
+pub struct Limits {
+    /// Bytes of linear memory per memory.
+    pub memory: usize,
+    /// Elements per table.
+    pub table_elements: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            return Err(LimitHit::Memory {
+                desired,
+                limit: self.memory,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            return Err(LimitHit::Table {
+                desired,
+                limit: self.table_elements,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        // A component has several core instances (the module plus shims).
+        32
+    }
+
+    fn tables(&self) -> usize {
+        8
+    }
+
+    fn memories(&self) -> usize {
+        2
+    }
+}
+
+/// Everything a session's `Store` holds.
+pub struct SessionData {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: Limits,
+    pub(super) session_id: Arc<str>,
+    pub(super) events: Arc<EventLog>,
+    pub(super) max_event_bytes: usize,
+    pub(super) log_limiter: Arc<LogLimiter>,
+    /// Due times of the ticks the plugin asked for, soonest first.
+    pub(super) ticks: BinaryHeap<Reverse<Instant>>,
+    pub(super) max_pending_ticks: usize,
+    /// When the call in progress must stop; read by the epoch callback.
+    pub(super) deadline: Option<Instant>,
+}
+
+impl WasiView for SessionData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for SessionData {}
+
+impl host::Host for SessionData {
+    fn emit(&mut self, event: types::Event) -> wasmtime::Result<()> {
+        if event.payload.len() > self.max_event_bytes {
+            return Err(LimitHit::EventTooLarge {
+                size: event.payload.len(),
+                limit: self.max_event_bytes,
+            }
+            .into());
+        }
+        match self.events.emit(event.name, event.payload) {
+            Ok(_) | Err(EmitError::Closed) => Ok(()),
+            Err(EmitError::Overflow) => Err(LimitHit::EventOverflow.into()),
+        }
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            types::LogLevel::Trace => tracing::Level::TRACE,
+            types::LogLevel::Debug => tracing::Level::DEBUG,
+            types::LogLevel::Info => tracing::Level::INFO,
+            types::LogLevel::Warn => tracing::Level::WARN,
+            types::LogLevel::Error => tracing::Level::ERROR,
+        };
+        let message: String = message.chars().take(4096).collect();
+        log_line(&self.session_id, "log", level, &self.log_limiter, &message);
+        Ok(())
+    }
+
+    fn schedule_tick(&mut self, delay_ms: u64) -> wasmtime::Result<()> {
+        if self.ticks.len() >= self.max_pending_ticks {
+            return Err(LimitHit::TooManyTicks(self.max_pending_ticks).into());
+        }
+        let delay = Duration::from_millis(delay_ms).min(MAX_TICK_DELAY);
+        self.ticks.push(Reverse(Instant::now() + delay));
+        Ok(())
+    }
+}

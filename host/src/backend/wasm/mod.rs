@@ -1,0 +1,285 @@
+//! wasm backends: one component instance per session, in its own `Store`.
+//!
+//! One [`WasmRuntime`] (engine, linker, epoch ticker) serves every wasm
+//! backend. Each component is compiled once and pre-instantiated; a session
+//! costs a `Store` and an instantiation from the pooling allocator, with
+//! copy-on-write memory images.
+
+mod bindings;
+mod host;
+mod stdio;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtx;
+
+use self::bindings::BackendPre;
+use self::host::{LimitHit, Limits, SessionData};
+use self::stdio::{GuestOutput, LogLimiter, Source};
+use super::{Backend, BackendInfo, StartError, StartRequest, Worker};
+use crate::config::{BackendKind, BackendSpec};
+use crate::registry::state::SessionState;
+
+pub use self::worker::WasmWorker;
+
+/// Table elements a session's tables may grow to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Core instances one component may create.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Memories one component may have.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables one component may have.
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
+/// Virtual address space the memory pool may reserve in all.
+const MEMORY_POOL_BUDGET: u64 = 32 << 40;
+/// Guest log lines: burst and steady rate per session.
+const LOG_BURST: u32 = 200;
+const LOG_PER_SEC: u32 = 50;
+
+/// Settings of the shared wasm runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Live sessions the pooling allocator must hold.
+    pub max_sessions: usize,
+    /// The largest memory limit of any backend.
+    pub max_memory_bytes: usize,
+    /// How often the epoch advances: the granularity of deadlines.
+    pub epoch_tick: Duration,
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The runtime could not be created.
+    #[error("creating the wasm engine: {0}")]
+    Engine(String),
+    /// The bytes are not a valid component.
+    #[error("compiling the component: {0}")]
+    Compile(String),
+    /// The component needs imports gatehouse does not provide, or does not
+    /// export the `gatehouse:backend` world.
+    #[error("the component does not fit the gatehouse:backend world: {0}")]
+    Link(String),
+}
+
+/// The engine, linker and epoch ticker shared by all wasm backends.
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<SessionData>,
+    ticker: Arc<AtomicBool>,
+}
+
+impl WasmRuntime {
+    /// Creates the engine with a pooling allocator sized for
+    /// `options.max_sessions` and starts the epoch ticker.
+    pub fn new(options: &RuntimeOptions) -> Result<Self, LoadError> {
+        let engine = Engine::new(&engine_config(options))
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        bindings::Backend::add_to_linker::<SessionData, HasSelf<SessionData>>(&mut linker, |d| d)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let ticker = Arc::new(AtomicBool::new(true));
+        spawn_ticker(engine.clone(), options.epoch_tick, Arc::clone(&ticker));
+        Ok(Self {
+            engine,
+            linker,
+            ticker,
+        })
+    }
+
+    /// Compiles a component and pre-instantiates it for `spec`.
+    pub fn load(&self, spec: &BackendSpec, bytes: &[u8]) -> Result<WasmBackend, LoadError> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = BackendPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(WasmBackend {
+            info: BackendInfo {
+                name: spec.name.clone(),
+                kind: BackendKind::Wasm,
+                version: spec.version.clone(),
+                digest: format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
+                description: spec.description.clone(),
+            },
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            engine: self.engine.clone(),
+            pre,
+        })
+    }
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.ticker.store(false, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(options: &RuntimeOptions) -> Config {
+    let sessions = u32::try_from(options.max_sessions).unwrap_or(u32::MAX);
+    let memories = sessions.saturating_mul(MAX_MEMORIES_PER_COMPONENT);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(sessions)
+        .total_core_instances(sessions.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(memories)
+        .total_tables(sessions.saturating_mul(MAX_TABLES_PER_COMPONENT))
+        // Every live async store keeps its fiber stack.
+        .total_stacks(sessions)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_memory_size(options.max_memory_bytes);
+
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        // Component-model async is not used; it would slow every call.
+        .concurrency_support(false)
+        .memory_init_cow(true)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Large pools cannot give every memory a 4GiB reservation; fall back to
+    // smaller reservations (with bounds checks) past the budget.
+    let per_memory = MEMORY_POOL_BUDGET / u64::from(memories.max(1));
+    if per_memory < (4 << 30) {
+        let reservation = per_memory.max(options.max_memory_bytes as u64);
+        config
+            .memory_reservation(reservation)
+            .memory_guard_size(64 << 10);
+    }
+    config
+}
+
+/// Advances the engine's epoch every `tick` until `running` is cleared.
+fn spawn_ticker(engine: Engine, tick: Duration, running: Arc<AtomicBool>) {
+    let spawned = thread::Builder::new()
+        .name("gatehouse-epoch".into())
+        .spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the epoch thread: {e}; wasm deadlines will not fire");
+    }
+}
+
+/// A wasm backend: one compiled, pre-instantiated component.
+pub struct WasmBackend {
+    info: BackendInfo,
+    env: Vec<(String, String)>,
+    engine: Engine,
+    pre: BackendPre<SessionData>,
+}
+
+#[async_trait]
+impl Backend for WasmBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    async fn start(
+        &self,
+        request: StartRequest,
+        progress: &(dyn Fn(SessionState) + Send + Sync),
+    ) -> Result<Box<dyn Worker>, StartError> {
+        progress(SessionState::StartingWorker);
+        let log_limiter = Arc::new(LogLimiter::new(LOG_BURST, LOG_PER_SEC));
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestOutput::new(
+            Arc::clone(&request.session_id),
+            Source::Stdout,
+            Arc::clone(&log_limiter),
+        ))
+        .stderr(GuestOutput::new(
+            Arc::clone(&request.session_id),
+            Source::Stderr,
+            Arc::clone(&log_limiter),
+        ))
+        .envs(&self.env)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+
+        let policy = &request.policy;
+        let data = SessionData {
+            wasi: wasi.build(),
+            table: Default::default(),
+            limits: Limits {
+                memory: policy.memory_limit,
+                table_elements: MAX_TABLE_ELEMENTS,
+            },
+            session_id: Arc::clone(&request.session_id),
+            events: Arc::clone(&request.events),
+            max_event_bytes: policy.max_event_bytes,
+            log_limiter,
+            ticks: Default::default(),
+            max_pending_ticks: policy.max_pending_ticks,
+            deadline: Some(Instant::now() + request.open_timeout),
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|d| &mut d.limits);
+        // Every tick, a running guest either traps (past its deadline) or
+        // yields to tokio so other sessions keep running.
+        store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
+            Some(d) if Instant::now() >= d => Err(LimitHit::Deadline.into()),
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        store.set_epoch_deadline(1);
+
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => {
+                let fault = worker::classify(&e);
+                return Err(if fault.code == "pool-exhausted" {
+                    StartError::Exhausted(fault.detail)
+                } else {
+                    StartError::Failed(fault)
+                });
+            }
+        };
+
+        progress(SessionState::InitializingWorker);
+        let ctx = bindings::gatehouse::backend::types::SessionContext {
+            session_id: request.session_id.to_string(),
+            tenant: request.tenant.clone(),
+            backend: request.backend.clone(),
+            config: request.config.clone().into_iter().collect(),
+        };
+        store.set_epoch_deadline(1);
+        let opened = instance
+            .gatehouse_backend_session()
+            .call_open(&mut store, &ctx)
+            .await;
+        store.data_mut().deadline = None;
+        match opened {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(StartError::Refused(message)),
+            Err(e) => return Err(StartError::Failed(worker::classify(&e))),
+        }
+        Ok(Box::new(WasmWorker::spawn(store, instance, request)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! The task that owns one session's `Store` and serves its commands and
+//! ticks, in order.
+
+use std::cmp::Reverse;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use wasmtime::Store;
+
+use super::bindings::Backend as Instance;
+use super::bindings::gatehouse::backend::types;
+use super::host::{LimitHit, SessionData};
+use crate::backend::{Command, CommandError, Fault, FaultReporter, Outcome, StartRequest, Worker};
+
+/// Requests queued for a session's task.
+const QUEUE: usize = 64;
+
+enum Request {
+    Invoke {
+        commands: Vec<Command>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Result<Vec<Outcome>, Fault>>,
+    },
+    Close {
+        grace: Duration,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The handle the registry holds for a wasm session.
+pub struct WasmWorker {
+    tx: mpsc::Sender<Request>,
+    task: JoinHandle<()>,
+    fault: Arc<OnceLock<Fault>>,
+}
+
+impl WasmWorker {
+    pub(super) fn spawn(
+        store: Store<SessionData>,
+        instance: Instance,
+        request: StartRequest,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let fault = Arc::new(OnceLock::new());
+        let span = tracing::info_span!("session", session_id = %request.session_id, backend = %request.backend);
+        let task = SessionTask {
+            store,
+            instance,
+            rx,
+            fault: Arc::clone(&fault),
+            reporter: request.faults,
+            command_timeout: request.policy.command_timeout,
+            max_reply_bytes: request.policy.max_reply_bytes,
+        };
+        let task = tokio::spawn(task.run().instrument(span));
+        Self { tx, task, fault }
+    }
+
+    fn gone(&self) -> Fault {
+        self.fault
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Fault::crashed("worker-stopped", "the session's worker has stopped"))
+    }
+}
+
+impl Drop for WasmWorker {
+    fn drop(&mut self) {
+        // Never leak an instance: dropping the handle ends the task.
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl Worker for WasmWorker {
+    async fn invoke(
+        &self,
+        commands: Vec<Command>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Outcome>, Fault> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request::Invoke {
+            commands,
+            timeout,
+            deadline,
+            reply,
+        };
+        self.tx.send(request).await.map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
+    async fn close(&self, grace: Duration) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Close { grace, reply }).await.is_ok()
+            && tokio::time::timeout(grace + Duration::from_millis(50), rx)
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        self.kill();
+    }
+
+    fn kill(&self) {
+        self.task.abort();
+    }
+
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+}
+
+struct SessionTask {
+    store: Store<SessionData>,
+    instance: Instance,
+    rx: mpsc::Receiver<Request>,
+    fault: Arc<OnceLock<Fault>>,
+    reporter: FaultReporter,
+    command_timeout: Duration,
+    max_reply_bytes: usize,
+}
+
+impl SessionTask {
+    async fn run(mut self) {
+        loop {
+            let next_tick = self.store.data().ticks.peek().map(|Reverse(t)| *t);
+            let request = tokio::select! {
+                biased;
+                request = self.rx.recv() => request,
+                _ = tokio::time::sleep_until(next_tick.unwrap_or_else(Instant::now).into()), if next_tick.is_some() => {
+                    self.store.data_mut().ticks.pop();
+                    if let Err(fault) = self.tick().await {
+                        tracing::warn!(%fault, "session faulted in a timer tick");
+                        self.fail(fault.clone());
+                        self.reporter.report(fault);
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match request {
+                None => return,
+                Some(Request::Invoke {
+                    commands,
+                    timeout,
+                    deadline,
+                    reply,
+                }) => {
+                    if reply.is_closed() {
+                        // The caller gave up while the request was queued.
+                        continue;
+                    }
+                    let result = self.invoke(commands, timeout, deadline).await;
+                    let failed = result.as_ref().err().cloned();
+                    let _ = reply.send(result);
+                    if let Some(fault) = failed {
+                        tracing::warn!(%fault, "session faulted in a command");
+                        self.fail(fault);
+                        return;
+                    }
+                }
+                Some(Request::Close { grace, reply }) => {
+                    self.arm(Instant::now() + grace);
+                    let closed = self
+                        .instance
+                        .gatehouse_backend_session()
+                        .call_close(&mut self.store)
+                        .await;
+                    if let Err(e) = closed {
+                        tracing::debug!(fault = %classify(&e), "plugin close failed");
+                    }
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, fault: Fault) {
+        let _ = self.fault.set(fault);
+        // Wake queued callers: they see the recorded fault.
+        self.rx.close();
+    }
+
+    fn arm(&mut self, deadline: Instant) {
+        self.store.data_mut().deadline = Some(deadline);
+        self.store.set_epoch_deadline(1);
+    }
+
+    async fn invoke(
+        &mut self,
+        commands: Vec<Command>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Outcome>, Fault> {
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            let start = Instant::now();
+            let mut until = start + timeout;
+            if let Some(d) = deadline {
+                until = until.min(d);
+            }
+            if until <= start {
+                return Err(Fault::deadline(
+                    "the gRPC deadline passed before the command ran",
+                ));
+            }
+            self.arm(until);
+            let cmd = types::Command {
+                name: command.name,
+                payload: command.payload,
+            };
+            let result = self
+                .instance
+                .gatehouse_backend_session()
+                .call_handle(&mut self.store, &cmd)
+                .await;
+            self.store.data_mut().deadline = None;
+            let outcome = match result {
+                Ok(Ok(reply)) if reply.len() > self.max_reply_bytes => Outcome::ReplyTooLarge {
+                    size: reply.len(),
+                    limit: self.max_reply_bytes,
+                },
+                Ok(Ok(reply)) => Outcome::Reply(reply),
+                Ok(Err(e)) => Outcome::Error(match e {
+                    types::CommandError::UnknownCommand(m) => CommandError::UnknownCommand(m),
+                    types::CommandError::InvalidPayload(m) => CommandError::InvalidPayload(m),
+                    types::CommandError::Failed(m) => CommandError::Failed(m),
+                }),
+                Err(e) => {
+                    let mut fault = classify(&e);
+                    if fault.code == "deadline" {
+                        fault.detail = format!(
+                            "command {:?} ran past its {} ms deadline",
+                            cmd.name,
+                            until.duration_since(start).as_millis()
+                        );
+                    }
+                    return Err(fault);
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn tick(&mut self) -> Result<(), Fault> {
+        self.arm(Instant::now() + self.command_timeout);
+        let result = self
+            .instance
+            .gatehouse_backend_session()
+            .call_tick(&mut self.store)
+            .await;
+        self.store.data_mut().deadline = None;
+        result.map_err(|e| classify(&e))
+    }
+}
+
+/// Turns a wasmtime error into a fault with a stable code.
+pub(super) fn classify(error: &wasmtime::Error) -> Fault {
+    if let Some(hit) = error.downcast_ref::<LimitHit>() {
+        return match hit {
+            LimitHit::Deadline => Fault::deadline(hit.to_string()),
+            other => Fault::crashed(other.code(), other.to_string()),
+        };
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        use wasmtime::Trap;
+        let code = match trap {
+            Trap::StackOverflow => "stack-overflow".to_string(),
+            Trap::Interrupt => return Fault::deadline("interrupted"),
+            Trap::UnreachableCodeReached => "trap: unreachable".to_string(),
+            Trap::MemoryOutOfBounds => "trap: memory out of bounds".to_string(),
+            Trap::IntegerDivisionByZero => "trap: integer division by zero".to_string(),
+            Trap::IndirectCallToNull => "trap: indirect call to null".to_string(),
+            Trap::BadSignature => "trap: bad signature".to_string(),
+            Trap::IntegerOverflow => "trap: integer overflow".to_string(),
+            Trap::BadConversionToInteger => "trap: bad conversion to integer".to_string(),
+            Trap::TableOutOfBounds => "trap: table out of bounds".to_string(),
+            Trap::HeapMisaligned => "trap: heap misaligned".to_string(),
+            other => format!("trap: {other}"),
+        };
+        return Fault::crashed(code, format!("{error:?}"));
+    }
+    let text = format!("{error:#}");
+    if text.contains("maximum concurrent") || text.contains("pooling") {
+        return Fault::crashed("pool-exhausted", text);
+    }
+    Fault::crashed("trap", text)
+}

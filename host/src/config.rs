@@ -1,0 +1,754 @@
+//! Configuration: one TOML file, every value with a documented default.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:50051"        # gRPC address
+//! metrics_listen = "127.0.0.1:9464" # Prometheus /metrics; "off" disables it
+//! max_sessions = 1024               # live sessions in the whole gateway
+//! max_message_bytes = "4MiB"        # largest gRPC request or response
+//! max_batch_commands = 1000         # commands in one InvokeBatch
+//! sweep_interval = "1s"             # how often leases and timeouts are checked
+//! shutdown_timeout = "10s"          # drain time before workers are killed
+//! closed_session_retention = "60s"  # how long closed/faulted sessions stay visible
+//! epoch_tick = "10ms"               # wasm interruption granularity
+//!
+//! [sessions]                        # defaults for every backend
+//! command_timeout = "30s"
+//! max_command_timeout = "5m"        # cap on a client's requested timeout
+//! lease = "60s"
+//! max_lease = "1h"                  # cap on a client's requested lease
+//! idle_timeout = "off"              # close after this long without a call
+//! max_lifetime = "off"              # close this long after open
+//! close_timeout = "5s"              # graceful close before the worker is killed
+//! memory_limit = "64MiB"            # linear memory per wasm session
+//! max_reply_bytes = "1MiB"
+//! max_event_bytes = "64KiB"
+//! event_queue = 1024                # undelivered events kept per session
+//! replay_buffer = 256               # delivered events kept for resume
+//! event_overflow = "drop-oldest"    # or "fault"
+//! max_event_subscribers = 1
+//! max_pending_ticks = 64
+//!
+//! [[backends]]
+//! name = "echo"
+//! kind = "wasm"                     # the default
+//! module = "builtin:echo"           # or a path to a .wasm component
+//! description = "..."
+//! version = "0.1.0"
+//! config = { greeting = "hello" }   # handed to every session's open
+//! env = { MODE = "demo" }           # WASI environment granted to the plugin
+//! [backends.sessions]               # overrides of [sessions] for this backend
+//! command_timeout = "1s"
+//! ```
+//!
+//! Unknown keys and bad values are errors that name the key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::builtin;
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the
+    /// wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A key has a value that is not allowed.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted path of the key, e.g. `backends[1].sessions.lease`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The fully resolved configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server-wide settings.
+    pub server: ServerSettings,
+    /// Every backend, with its session policy resolved.
+    pub backends: Vec<BackendSpec>,
+}
+
+/// Server-wide settings (`[server]`).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus listen address; `None` disables the metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Live sessions allowed in the whole gateway.
+    pub max_sessions: usize,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// Most commands in one `InvokeBatch`.
+    pub max_batch_commands: usize,
+    /// How often the sweeper checks leases and timeouts.
+    pub sweep_interval: Duration,
+    /// How long shutdown waits for sessions to close before killing workers.
+    pub shutdown_timeout: Duration,
+    /// How long closed and faulted sessions stay visible.
+    pub closed_session_retention: Duration,
+    /// The wasm epoch tick: the granularity of command deadlines.
+    pub epoch_tick: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            max_sessions: 1024,
+            max_message_bytes: 4 << 20,
+            max_batch_commands: 1000,
+            sweep_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(10),
+            closed_session_retention: Duration::from_secs(60),
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// What a session may do and how long it may live (`[sessions]`, and
+/// `[backends.sessions]` per backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// Command timeout when the client asks for none.
+    pub command_timeout: Duration,
+    /// Largest command timeout a client may ask for.
+    pub max_command_timeout: Duration,
+    /// Lease when the client asks for none.
+    pub lease: Duration,
+    /// Largest lease a client may ask for.
+    pub max_lease: Duration,
+    /// Close after this long without a client call.
+    pub idle_timeout: Option<Duration>,
+    /// Close this long after open, whatever happens.
+    pub max_lifetime: Option<Duration>,
+    /// Time for a graceful close before the worker is killed.
+    pub close_timeout: Duration,
+    /// Linear memory a wasm session may grow to, in bytes.
+    pub memory_limit: usize,
+    /// Largest reply payload a command may return.
+    pub max_reply_bytes: usize,
+    /// Largest event payload a worker may emit.
+    pub max_event_bytes: usize,
+    /// Undelivered events kept per session.
+    pub event_queue: usize,
+    /// Delivered events kept for resuming a stream.
+    pub replay_buffer: usize,
+    /// What happens when the event queue is full.
+    pub event_overflow: OverflowPolicy,
+    /// Event streams attached to one session at a time.
+    pub max_event_subscribers: usize,
+    /// Ticks a plugin may have scheduled at once.
+    pub max_pending_ticks: usize,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self {
+            command_timeout: Duration::from_secs(30),
+            max_command_timeout: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
+            max_lease: Duration::from_secs(3600),
+            idle_timeout: None,
+            max_lifetime: None,
+            close_timeout: Duration::from_secs(5),
+            memory_limit: 64 << 20,
+            max_reply_bytes: 1 << 20,
+            max_event_bytes: 64 << 10,
+            event_queue: 1024,
+            replay_buffer: 256,
+            event_overflow: OverflowPolicy::DropOldest,
+            max_event_subscribers: 1,
+            max_pending_ticks: 64,
+        }
+    }
+}
+
+/// What to do when a session's event queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Drop the oldest undelivered event and count it.
+    DropOldest,
+    /// Fault the session.
+    Fault,
+}
+
+/// How a backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// A WebAssembly component.
+    Wasm,
+    /// An out-of-process worker.
+    Native,
+}
+
+/// Where a wasm backend's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// One of the components built into the binary.
+    Builtin(String),
+    /// A component file.
+    File(PathBuf),
+}
+
+/// One backend, resolved.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// The name clients open sessions on.
+    pub name: String,
+    /// How it runs.
+    pub kind: BackendKind,
+    /// The component.
+    pub module: ModuleSource,
+    /// Shown by `ListBackends`.
+    pub description: String,
+    /// Shown by `ListBackends`.
+    pub version: String,
+    /// Handed to every session's `open`, under the request's config.
+    pub config: BTreeMap<String, String>,
+    /// Environment variables the plugin may read.
+    pub env: BTreeMap<String, String>,
+    /// Session limits and timeouts.
+    pub policy: SessionPolicy,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base)
+    }
+
+    /// Parses and validates config text; relative module paths are resolved
+    /// against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        file.resolve(base)
+    }
+
+    /// The configuration used when no file is given: defaults everywhere and
+    /// the built-in example backends.
+    pub fn builtin() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            backends: builtin_backends(&SessionPolicy::default()),
+        }
+    }
+}
+
+fn builtin_backends(policy: &SessionPolicy) -> Vec<BackendSpec> {
+    let describe = |name: &str| match name {
+        "echo" => "Example: echo, a per-session counter, events and timer ticks",
+        "kv" => "Example: a per-session key/value store",
+        _ => "Example backend",
+    };
+    builtin::BUILTIN_COMPONENTS
+        .iter()
+        .map(|(name, _)| BackendSpec {
+            name: (*name).to_string(),
+            kind: BackendKind::Wasm,
+            module: ModuleSource::Builtin((*name).to_string()),
+            description: describe(name).to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: BTreeMap::new(),
+            env: BTreeMap::new(),
+            policy: policy.clone(),
+        })
+        .collect()
+}
+
+// ---- the file format -------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerFile,
+    #[serde(default)]
+    sessions: PolicyFile,
+    #[serde(default)]
+    backends: Vec<BackendFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    max_sessions: Option<usize>,
+    max_message_bytes: Option<ByteSize>,
+    max_batch_commands: Option<usize>,
+    sweep_interval: Option<Dur>,
+    shutdown_timeout: Option<Dur>,
+    closed_session_retention: Option<Dur>,
+    epoch_tick: Option<Dur>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    command_timeout: Option<Dur>,
+    max_command_timeout: Option<Dur>,
+    lease: Option<Dur>,
+    max_lease: Option<Dur>,
+    idle_timeout: Option<OptDur>,
+    max_lifetime: Option<OptDur>,
+    close_timeout: Option<Dur>,
+    memory_limit: Option<ByteSize>,
+    max_reply_bytes: Option<ByteSize>,
+    max_event_bytes: Option<ByteSize>,
+    event_queue: Option<usize>,
+    replay_buffer: Option<usize>,
+    event_overflow: Option<OverflowPolicy>,
+    max_event_subscribers: Option<usize>,
+    max_pending_ticks: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendFile {
+    name: String,
+    #[serde(default = "default_kind")]
+    kind: BackendKind,
+    module: Option<String>,
+    description: Option<String>,
+    version: Option<String>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    sessions: PolicyFile,
+}
+
+fn default_kind() -> BackendKind {
+    BackendKind::Wasm
+}
+
+impl ConfigFile {
+    fn resolve(self, base: &Path) -> Result<Config, ConfigError> {
+        let server = self.server.resolve()?;
+        let defaults = self.sessions.apply(SessionPolicy::default(), "sessions")?;
+        let mut backends = Vec::with_capacity(self.backends.len());
+        let mut names = HashSet::new();
+        for (i, b) in self.backends.into_iter().enumerate() {
+            let key = format!("backends[{i}]");
+            let spec = b.resolve(&key, base, &defaults)?;
+            if !names.insert(spec.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("duplicate backend name {:?}", spec.name),
+                ));
+            }
+            backends.push(spec);
+        }
+        if backends.is_empty() {
+            backends = builtin_backends(&defaults);
+        }
+        Ok(Config { server, backends })
+    }
+}
+
+impl ServerFile {
+    fn resolve(self) -> Result<ServerSettings, ConfigError> {
+        let d = ServerSettings::default();
+        let listen = match self.listen {
+            Some(s) => parse_addr(&s).map_err(|m| invalid("server.listen", m))?,
+            None => d.listen,
+        };
+        let metrics_listen = match self.metrics_listen.as_deref() {
+            Some("off") => None,
+            Some(s) => Some(parse_addr(s).map_err(|m| invalid("server.metrics_listen", m))?),
+            None => d.metrics_listen,
+        };
+        let s = ServerSettings {
+            listen,
+            metrics_listen,
+            max_sessions: self.max_sessions.unwrap_or(d.max_sessions),
+            max_message_bytes: self.max_message_bytes.map_or(d.max_message_bytes, |b| b.0),
+            max_batch_commands: self.max_batch_commands.unwrap_or(d.max_batch_commands),
+            sweep_interval: self.sweep_interval.map_or(d.sweep_interval, |v| v.0),
+            shutdown_timeout: self.shutdown_timeout.map_or(d.shutdown_timeout, |v| v.0),
+            closed_session_retention: self
+                .closed_session_retention
+                .map_or(d.closed_session_retention, |v| v.0),
+            epoch_tick: self.epoch_tick.map_or(d.epoch_tick, |v| v.0),
+        };
+        if s.max_sessions == 0 || s.max_sessions > 1_000_000 {
+            return Err(invalid("server.max_sessions", "must be 1..=1000000"));
+        }
+        if s.max_message_bytes < 1024 {
+            return Err(invalid("server.max_message_bytes", "must be at least 1KiB"));
+        }
+        if s.max_batch_commands == 0 {
+            return Err(invalid("server.max_batch_commands", "must be at least 1"));
+        }
+        nonzero(s.sweep_interval, "server.sweep_interval")?;
+        nonzero(s.epoch_tick, "server.epoch_tick")?;
+        Ok(s)
+    }
+}
+
+impl PolicyFile {
+    fn apply(&self, base: SessionPolicy, key: &str) -> Result<SessionPolicy, ConfigError> {
+        let p = SessionPolicy {
+            command_timeout: self.command_timeout.map_or(base.command_timeout, |v| v.0),
+            max_command_timeout: self
+                .max_command_timeout
+                .map_or(base.max_command_timeout, |v| v.0),
+            lease: self.lease.map_or(base.lease, |v| v.0),
+            max_lease: self.max_lease.map_or(base.max_lease, |v| v.0),
+            idle_timeout: self.idle_timeout.map_or(base.idle_timeout, |v| v.0),
+            max_lifetime: self.max_lifetime.map_or(base.max_lifetime, |v| v.0),
+            close_timeout: self.close_timeout.map_or(base.close_timeout, |v| v.0),
+            memory_limit: self.memory_limit.map_or(base.memory_limit, |v| v.0),
+            max_reply_bytes: self.max_reply_bytes.map_or(base.max_reply_bytes, |v| v.0),
+            max_event_bytes: self.max_event_bytes.map_or(base.max_event_bytes, |v| v.0),
+            event_queue: self.event_queue.unwrap_or(base.event_queue),
+            replay_buffer: self.replay_buffer.unwrap_or(base.replay_buffer),
+            event_overflow: self.event_overflow.unwrap_or(base.event_overflow),
+            max_event_subscribers: self
+                .max_event_subscribers
+                .unwrap_or(base.max_event_subscribers),
+            max_pending_ticks: self.max_pending_ticks.unwrap_or(base.max_pending_ticks),
+        };
+        let k = |name: &str| format!("{key}.{name}");
+        nonzero(p.command_timeout, &k("command_timeout"))?;
+        nonzero(p.lease, &k("lease"))?;
+        if p.command_timeout > p.max_command_timeout {
+            return Err(invalid(
+                k("command_timeout"),
+                "is larger than max_command_timeout",
+            ));
+        }
+        if p.lease > p.max_lease {
+            return Err(invalid(k("lease"), "is larger than max_lease"));
+        }
+        if p.memory_limit < (1 << 20) {
+            return Err(invalid(k("memory_limit"), "must be at least 1MiB"));
+        }
+        if p.event_queue == 0 {
+            return Err(invalid(k("event_queue"), "must be at least 1"));
+        }
+        if p.max_event_subscribers == 0 {
+            return Err(invalid(k("max_event_subscribers"), "must be at least 1"));
+        }
+        Ok(p)
+    }
+}
+
+impl BackendFile {
+    fn resolve(
+        self,
+        key: &str,
+        base: &Path,
+        defaults: &SessionPolicy,
+    ) -> Result<BackendSpec, ConfigError> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid_name {
+            return Err(invalid(
+                format!("{key}.name"),
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.kind == BackendKind::Native {
+            return Err(invalid(
+                format!("{key}.kind"),
+                "native backends are not supported by this build yet",
+            ));
+        }
+        let module = match self.module {
+            None => return Err(invalid(format!("{key}.module"), "is required")),
+            Some(m) => match m.strip_prefix(builtin::BUILTIN_PREFIX) {
+                Some(name) => {
+                    if builtin::component(name).is_none() {
+                        let known: Vec<&str> = builtin::BUILTIN_COMPONENTS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect();
+                        return Err(invalid(
+                            format!("{key}.module"),
+                            format!(
+                                "no built-in component {name:?} (have: {})",
+                                known.join(", ")
+                            ),
+                        ));
+                    }
+                    ModuleSource::Builtin(name.to_string())
+                }
+                None => {
+                    let path = base.join(&m);
+                    if !path.is_file() {
+                        return Err(invalid(
+                            format!("{key}.module"),
+                            format!("{} is not a file", path.display()),
+                        ));
+                    }
+                    ModuleSource::File(path)
+                }
+            },
+        };
+        let policy = self
+            .sessions
+            .apply(defaults.clone(), &format!("{key}.sessions"))?;
+        Ok(BackendSpec {
+            description: self.description.unwrap_or_default(),
+            version: self.version.unwrap_or_else(|| "0.0.0".into()),
+            name: self.name,
+            kind: self.kind,
+            module,
+            config: self.config,
+            env: self.env,
+            policy,
+        })
+    }
+}
+
+fn nonzero(d: Duration, key: &str) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(invalid(key, "must be greater than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:50051"))
+}
+
+// ---- value types -------------------------------------------------------------
+
+/// A duration written as `250ms`, `30s`, `5m` or `1h`.
+#[derive(Debug, Clone, Copy)]
+struct Dur(Duration);
+
+/// A duration that may also be `"off"`.
+#[derive(Debug, Clone, Copy)]
+struct OptDur(Option<Duration>);
+
+/// A size written as bytes (`4096`) or with a unit (`64KiB`, `4MiB`, `1GiB`).
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(usize);
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (also `1.5s`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h"))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4MiB"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    value
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for OptDur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "off" {
+            return Ok(OptDur(None));
+        }
+        parse_duration(&s)
+            .map(|v| OptDur(Some(v)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like 4096 or \"4MiB\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                usize::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("size must not be negative"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                usize::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("size is too large"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("."))
+    }
+
+    #[test]
+    fn empty_file_gets_defaults_and_builtin_backends() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
+        let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+        assert!(names.contains(&"echo") && names.contains(&"kv"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("[server]\nlisten_addr = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = parse("[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\nmemory = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("[sessions]\nlease = \"ten\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease"), "{e}");
+        let e = parse("[server]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("server.listen"), "{e}");
+        let e = parse(
+            "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[backends.sessions]\ncommand_timeout = \"10m\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("backends[0].sessions.command_timeout"), "{e}");
+        let e = parse("[[backends]]\nname = \"a\"\nmodule = \"builtin:nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("backends[0].module"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_backends_are_rejected() {
+        let e = parse(
+            "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[[backends]]\nname = \"a\"\nmodule = \"builtin:kv\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("backends[1].name"), "{e}");
+    }
+
+    #[test]
+    fn backend_policy_overrides_global_defaults() {
+        let c = parse(
+            "[sessions]\nlease = \"5s\"\nidle_timeout = \"1m\"\n[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[backends.sessions]\ncommand_timeout = \"200ms\"\nmemory_limit = \"8MiB\"\nidle_timeout = \"off\"\n",
+        )
+        .unwrap();
+        let p = &c.backends[0].policy;
+        assert_eq!(p.lease, Duration::from_secs(5));
+        assert_eq!(p.command_timeout, Duration::from_millis(200));
+        assert_eq!(p.memory_limit, 8 << 20);
+        assert_eq!(p.idle_timeout, None);
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("12").unwrap(), 12);
+        assert!(parse_size("1TiB").is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! gatehouse: a gRPC gateway that gives every client session its own
+//! sandboxed backend worker.
+//!
+//! Data flows one way through the modules:
+//!
+//! ```text
+//! api (gRPC, auth, status mapping)
+//!   -> registry (sessions, state machine, cap, leases, sweeper)
+//!     -> session (one session's state, events, worker handle)
+//!       -> backend (the Worker trait; wasm and native implementations)
+//! ```
+//!
+//! [`config`] describes everything, [`metrics`] observes everything, and
+//! [`server`] wires the pieces together for `gatehouse serve`.
+
+pub mod api;
+pub mod backend;
+pub mod builtin;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod proto;
+pub mod registry;
+pub mod server;
+
+/// A `Duration` as a protobuf `Duration`.
+pub fn api_duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}

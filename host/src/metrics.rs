@@ -1,0 +1,218 @@
+//! Prometheus metrics, served as text on `/metrics` of a separate HTTP port.
+//!
+//! Every gauge returns to its baseline once sessions close; the integration
+//! tests check that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::events::EventObserver;
+
+/// Labels: backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// Backend name.
+    pub backend: String,
+}
+
+/// Labels: backend and close reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Backend name.
+    pub backend: String,
+    /// A close reason or kill reason.
+    pub reason: String,
+}
+
+/// Labels: backend and fault code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// Backend name.
+    pub backend: String,
+    /// A fault code.
+    pub code: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1us .. ~33s
+    Histogram::new(exponential_buckets(1e-6, 2.0, 26))
+}
+
+/// All of the gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions holding a slot (starting, ready or closing).
+    pub open_sessions: Family<BackendLabel, Gauge>,
+    /// Sessions that reached READY.
+    pub sessions_opened: Family<BackendLabel, Counter>,
+    /// Sessions that ended, by reason.
+    pub sessions_closed: Family<ReasonLabel, Counter>,
+    /// Faults (failed opens and worker faults), by code.
+    pub faults: Family<CodeLabel, Counter>,
+    /// Workers stopped by force, by reason.
+    pub workers_killed: Family<ReasonLabel, Counter>,
+    /// Time for one Invoke or InvokeBatch through the worker.
+    pub invoke_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// Time to start a worker (wasm: instantiate and `open`).
+    pub instantiate_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// Events emitted by workers.
+    pub events_emitted: Family<BackendLabel, Counter>,
+    /// Events dropped by the overflow policy.
+    pub events_dropped: Family<BackendLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let m = Self {
+            open_sessions: Family::default(),
+            sessions_opened: Family::default(),
+            sessions_closed: Family::default(),
+            faults: Family::default(),
+            workers_killed: Family::default(),
+            invoke_seconds: Family::new_with_constructor(latency_histogram),
+            instantiate_seconds: Family::new_with_constructor(latency_histogram),
+            events_emitted: Family::default(),
+            events_dropped: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "open_sessions",
+            "Sessions holding a slot",
+            m.open_sessions.clone(),
+        );
+        registry.register(
+            "sessions_opened",
+            "Sessions that reached READY",
+            m.sessions_opened.clone(),
+        );
+        registry.register(
+            "sessions_closed",
+            "Sessions that ended, by reason",
+            m.sessions_closed.clone(),
+        );
+        registry.register(
+            "faults",
+            "Failed opens and worker faults, by code",
+            m.faults.clone(),
+        );
+        registry.register(
+            "workers_killed",
+            "Workers stopped by force, by reason",
+            m.workers_killed.clone(),
+        );
+        registry.register(
+            "invoke_seconds",
+            "Invoke latency through the worker",
+            m.invoke_seconds.clone(),
+        );
+        registry.register(
+            "instantiate_seconds",
+            "Worker start latency",
+            m.instantiate_seconds.clone(),
+        );
+        registry.register(
+            "events_emitted",
+            "Events emitted by workers",
+            m.events_emitted.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events dropped by the overflow policy",
+            m.events_dropped.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// An event observer counting into this backend's event metrics.
+    pub fn event_observer(&self, backend: &str) -> Arc<dyn EventObserver> {
+        let label = BackendLabel {
+            backend: backend.to_string(),
+        };
+        Arc::new(BackendEvents {
+            emitted: self.events_emitted.get_or_create(&label).clone(),
+            dropped: self.events_dropped.get_or_create(&label).clone(),
+        })
+    }
+
+    /// Records a latency in a per-backend histogram.
+    pub fn observe(
+        family: &Family<BackendLabel, Histogram, fn() -> Histogram>,
+        backend: &str,
+        took: Duration,
+    ) {
+        family
+            .get_or_create(&BackendLabel {
+                backend: backend.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+struct BackendEvents {
+    emitted: Counter,
+    dropped: Counter,
+}
+
+impl EventObserver for BackendEvents {
+    fn emitted(&self, n: u64) {
+        self.emitted.inc_by(n);
+    }
+
+    fn dropped(&self, n: u64) {
+        self.dropped.inc_by(n);
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

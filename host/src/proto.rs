@@ -1,0 +1,12 @@
+//! Generated protobuf and gRPC code for `gatehouse.v1`.
+
+#![allow(missing_docs, clippy::all)]
+
+/// `gatehouse.v1`: the client API.
+pub mod v1 {
+    tonic::include_proto!("gatehouse.v1");
+}
+
+/// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/gatehouse_descriptor.bin"));

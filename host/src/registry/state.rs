@@ -1,0 +1,202 @@
+//! The session state machine and the close-reason vocabulary.
+
+use std::fmt;
+
+/// Where a session is in its lifecycle; visible on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// Registered, nothing started yet.
+    Creating,
+    /// The worker is being created (wasm: instantiating).
+    StartingWorker,
+    /// Waiting for a native worker process to connect.
+    WaitingForWorker,
+    /// Checking a native worker's hello.
+    Handshaking,
+    /// The worker's `open` is running.
+    InitializingWorker,
+    /// Serving commands.
+    Ready,
+    /// A close is under way.
+    Closing,
+    /// Gone for good.
+    Closed,
+    /// The worker failed; only `Closed` can follow.
+    Faulted,
+}
+
+impl SessionState {
+    /// Whether the machine allows going from `self` to `to`.
+    ///
+    /// Start-up moves forward only; any live state may fault or start
+    /// closing; `Closing` ends in `Closed` or `Faulted`; `Faulted` only
+    /// closes; `Closed` is terminal. Nothing ever returns to `Ready`.
+    pub fn can_become(self, to: SessionState) -> bool {
+        use SessionState::*;
+        match (self, to) {
+            (Closed, _) => false,
+            (Faulted, Closed) => true,
+            (Faulted, _) => false,
+            (Closing, Closed | Faulted) => true,
+            (Closing, _) => false,
+            (_, Faulted | Closing) => true,
+            (Ready, Closed) => false,
+            (from, to) if from.is_starting() && to == Closed => true,
+            (from, to) if from.is_starting() && to.is_starting() || to == Ready => {
+                to.rank() > from.rank()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the session is still starting up.
+    pub fn is_starting(self) -> bool {
+        self.rank() < SessionState::Ready.rank()
+    }
+
+    /// Whether the session has ended (its worker is gone).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SessionState::Closed | SessionState::Faulted)
+    }
+
+    fn rank(self) -> u8 {
+        use SessionState::*;
+        match self {
+            Creating => 0,
+            StartingWorker => 1,
+            WaitingForWorker => 2,
+            Handshaking => 3,
+            InitializingWorker => 4,
+            Ready => 5,
+            Closing => 6,
+            Faulted => 7,
+            Closed => 8,
+        }
+    }
+
+    /// The wire name, e.g. `READY`.
+    pub fn as_str(self) -> &'static str {
+        use SessionState::*;
+        match self {
+            Creating => "CREATING",
+            StartingWorker => "STARTING_WORKER",
+            WaitingForWorker => "WAITING_FOR_WORKER",
+            Handshaking => "HANDSHAKING",
+            InitializingWorker => "INITIALIZING_WORKER",
+            Ready => "READY",
+            Closing => "CLOSING",
+            Closed => "CLOSED",
+            Faulted => "FAULTED",
+        }
+    }
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a session ended: a fixed vocabulary, used in metrics labels and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client called `CloseSession`.
+    ClientClose,
+    /// The lease ran out.
+    LeaseExpired,
+    /// No client call within the idle timeout.
+    IdleTimeout,
+    /// The session reached its maximum lifetime.
+    MaxLifetime,
+    /// The gateway is stopping.
+    GatewayShutdown,
+    /// The worker faulted.
+    Fault,
+}
+
+impl CloseReason {
+    /// The vocabulary word, e.g. `lease-expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client-close",
+            CloseReason::LeaseExpired => "lease-expired",
+            CloseReason::IdleTimeout => "idle-timeout",
+            CloseReason::MaxLifetime => "max-lifetime",
+            CloseReason::GatewayShutdown => "gateway-shutdown",
+            CloseReason::Fault => "fault",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionState::*;
+    use super::*;
+
+    const ALL: [SessionState; 9] = [
+        Creating,
+        StartingWorker,
+        WaitingForWorker,
+        Handshaking,
+        InitializingWorker,
+        Ready,
+        Closing,
+        Closed,
+        Faulted,
+    ];
+
+    #[test]
+    fn closed_is_terminal() {
+        for to in ALL {
+            assert!(!Closed.can_become(to), "CLOSED -> {to}");
+        }
+    }
+
+    #[test]
+    fn faulted_only_closes() {
+        for to in ALL {
+            assert_eq!(Faulted.can_become(to), to == Closed, "FAULTED -> {to}");
+        }
+    }
+
+    #[test]
+    fn closing_only_ends() {
+        for to in ALL {
+            assert_eq!(
+                Closing.can_become(to),
+                matches!(to, Closed | Faulted),
+                "CLOSING -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_walks_back_to_ready() {
+        for from in [Ready, Closing, Closed, Faulted] {
+            assert!(!from.can_become(Ready), "{from} -> READY");
+        }
+    }
+
+    #[test]
+    fn startup_moves_forward() {
+        assert!(Creating.can_become(StartingWorker));
+        assert!(StartingWorker.can_become(InitializingWorker));
+        assert!(StartingWorker.can_become(WaitingForWorker));
+        assert!(WaitingForWorker.can_become(Handshaking));
+        assert!(Handshaking.can_become(InitializingWorker));
+        assert!(InitializingWorker.can_become(Ready));
+        assert!(!InitializingWorker.can_become(StartingWorker));
+        assert!(!Ready.can_become(InitializingWorker));
+        assert!(!Ready.can_become(Closed), "READY closes through CLOSING");
+        for s in [Creating, StartingWorker, InitializingWorker, Ready] {
+            assert!(s.can_become(Faulted));
+            assert!(s.can_become(Closing));
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! `gatehouse serve`: loads the backends, builds the registry and serves
+//! gRPC (with health and reflection) and Prometheus metrics until Ctrl-C or
+//! SIGTERM, then drains every session.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{self, ApiLimits, Authenticator};
+use crate::backend::wasm::{RuntimeOptions, WasmRuntime};
+use crate::builtin;
+use crate::clock::SystemClock;
+use crate::config::{Config, ModuleSource};
+use crate::metrics::{self, Metrics};
+use crate::registry::{BackendEntry, Registry, RegistrySettings};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Refused by policy before anything started.
+    #[error("{0}")]
+    Refused(String),
+    /// A backend could not be loaded.
+    #[error("backend {name:?}: {message}")]
+    Backend {
+        /// The backend.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A socket could not be bound or served.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The addresses the server actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// Prometheus, if enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Loads every backend of `config` into a registry.
+pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Registry>, ServeError> {
+    let max_memory = config
+        .backends
+        .iter()
+        .map(|b| b.policy.memory_limit)
+        .max()
+        .unwrap_or(64 << 20);
+    let runtime = WasmRuntime::new(&RuntimeOptions {
+        max_sessions: config.server.max_sessions,
+        max_memory_bytes: max_memory,
+        epoch_tick: config.server.epoch_tick,
+    })
+    .map_err(|e| ServeError::Backend {
+        name: "*".into(),
+        message: e.to_string(),
+    })?;
+    let mut backends = BTreeMap::new();
+    for spec in &config.backends {
+        let fail = |message: String| ServeError::Backend {
+            name: spec.name.clone(),
+            message,
+        };
+        let bytes: std::borrow::Cow<'static, [u8]> = match &spec.module {
+            ModuleSource::Builtin(name) => builtin::component(name)
+                .ok_or_else(|| fail(format!("no built-in component {name:?}")))?
+                .into(),
+            ModuleSource::File(path) => std::fs::read(path)
+                .map_err(|e| fail(format!("reading {}: {e}", path.display())))?
+                .into(),
+        };
+        let began = std::time::Instant::now();
+        let backend = runtime
+            .load(spec, &bytes)
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(backend = %spec.name, bytes = bytes.len(), compile_ms = began.elapsed().as_millis() as u64, "backend loaded");
+        backends.insert(
+            spec.name.clone(),
+            BackendEntry {
+                backend: Arc::new(backend),
+                policy: spec.policy.clone(),
+                config: spec.config.clone(),
+            },
+        );
+    }
+    // The runtime lives as long as the backends that hold its engine; the
+    // epoch ticker must keep running for the life of the process.
+    std::mem::forget(runtime);
+    Ok(Registry::new(
+        backends,
+        RegistrySettings {
+            max_sessions: config.server.max_sessions,
+            closed_session_retention: config.server.closed_session_retention,
+            retry_after: Duration::from_secs(1),
+        },
+        Arc::new(SystemClock::new()),
+        metrics,
+    ))
+}
+
+/// Serves until Ctrl-C or SIGTERM, then drains. `on_bound` is told the bound
+/// addresses once the sockets are listening.
+pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServeError> {
+    // Local development mode: no keys, so only loopback.
+    if !config.server.listen.ip().is_loopback() {
+        return Err(ServeError::Refused(format!(
+            "refusing to listen on {} without API keys: local development mode only serves loopback",
+            config.server.listen
+        )));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let registry = build_registry(&config, Arc::clone(&metrics))?;
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("binding {}", config.server.listen),
+            source,
+        })?;
+    let grpc = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "reading the bound address".into(),
+        source,
+    })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let metrics_addr = match config.server.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Io {
+                    what: format!("binding metrics {addr}"),
+                    source,
+                })?;
+            let bound = l.local_addr().unwrap_or(addr);
+            let m = Arc::clone(&metrics);
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(l, m, stop).await {
+                    tracing::error!("metrics endpoint failed: {e}");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::proto::v1::gateway_server::GatewayServer<api::GatewayService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
+    let gateway = api::gateway_server(
+        Arc::clone(&registry),
+        Authenticator::local(),
+        ApiLimits {
+            max_message_bytes: config.server.max_message_bytes,
+            max_batch_commands: config.server.max_batch_commands,
+        },
+    );
+
+    // The sweeper: leases, idle timeouts, lifetimes, retention.
+    let sweeper = {
+        let registry = Arc::downgrade(&registry);
+        let every = config.server.sweep_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                registry.sweep().await;
+            }
+        })
+    };
+
+    on_bound(BoundAddrs {
+        grpc,
+        metrics: metrics_addr,
+    });
+    tracing::info!(%grpc, "gatehouse listening");
+
+    let shutdown_timeout = config.server.shutdown_timeout;
+    let drain = {
+        let registry = Arc::clone(&registry);
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: draining sessions");
+            health
+                .set_not_serving::<crate::proto::v1::gateway_server::GatewayServer<api::GatewayService>>()
+                .await;
+            registry.shutdown(shutdown_timeout).await;
+            let _ = stop_tx.send(true);
+        }
+    };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(gateway)
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await?;
+    sweeper.abort();
+    tracing::info!("gatehouse stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
