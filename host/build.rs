@@ -10,7 +10,11 @@ use std::process::Command;
 use prost::Message;
 
 /// The wasm plugins embedded in the binary: (backend name, crate name).
-const PLUGINS: &[(&str, &str)] = &[("echo", "gatehouse_echo"), ("kv", "gatehouse_kv")];
+const PLUGINS: &[(&str, &str)] = &[
+    ("chaos", "gatehouse_chaos"),
+    ("echo", "gatehouse_echo"),
+    ("kv", "gatehouse_kv"),
+];
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 

@@ -13,3 +13,7 @@ pub fn component(name: &str) -> Option<&'static [u8]> {
         .find(|(n, _)| *n == name)
         .map(|(_, bytes)| *bytes)
 }
+
+/// The built-in components served when no config names any backend. The
+/// others (the `chaos` test backend) must be named in a config.
+pub const DEFAULT_BACKENDS: &[&str] = &["echo", "kv"];

@@ -276,9 +276,9 @@ fn builtin_backends(policy: &SessionPolicy) -> Vec<BackendSpec> {
         "kv" => "Example: a per-session key/value store",
         _ => "Example backend",
     };
-    builtin::BUILTIN_COMPONENTS
+    builtin::DEFAULT_BACKENDS
         .iter()
-        .map(|(name, _)| BackendSpec {
+        .map(|name| BackendSpec {
             name: (*name).to_string(),
             kind: BackendKind::Wasm,
             module: ModuleSource::Builtin((*name).to_string()),

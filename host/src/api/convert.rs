@@ -12,13 +12,6 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
-pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// A wire duration as a `Duration`; `None` for unset, an error for negative.
 pub fn from_duration(d: Option<prost_types::Duration>) -> Result<Option<Duration>, String> {
     let Some(d) = d else { return Ok(None) };
@@ -100,8 +93,8 @@ pub fn session_info(
         close_reason: snap
             .close_reason
             .map_or(pb::CloseReason::Unspecified, close_reason) as i32,
-        command_timeout: Some(duration(s.times.command_timeout)),
-        lease: Some(duration(s.times.lease)),
+        command_timeout: Some(crate::api_duration(s.times.command_timeout)),
+        lease: Some(crate::api_duration(s.times.lease)),
         events_emitted: snap.events_emitted,
         events_dropped: snap.events_dropped,
     }

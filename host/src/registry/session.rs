@@ -61,6 +61,17 @@ pub struct Session {
     pub(super) lifecycle: tokio::sync::Mutex<()>,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("backend", &self.backend.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What changed when a session faulted, so the caller can release resources
 /// exactly once.
 pub(super) struct Faulted {

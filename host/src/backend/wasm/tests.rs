@@ -1,1 +1,323 @@
+//! The wasm runtime against the built-in components: real instances, real
+//! traps and deadlines.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::backend::{Command, Fault, FaultClass, FaultReporter, Outcome};
+use crate::config::{ModuleSource, SessionPolicy};
+use crate::events::{EventLimits, EventLog, NoObserver};
+
+fn runtime() -> WasmRuntime {
+    WasmRuntime::new(&RuntimeOptions {
+        max_sessions: 8,
+        max_memory_bytes: 64 << 20,
+        epoch_tick: Duration::from_millis(5),
+    })
+    .unwrap()
+}
+
+fn spec(name: &str, policy: SessionPolicy) -> BackendSpec {
+    BackendSpec {
+        name: name.into(),
+        kind: BackendKind::Wasm,
+        module: ModuleSource::Builtin(name.into()),
+        description: String::new(),
+        version: "test".into(),
+        config: BTreeMap::new(),
+        env: BTreeMap::new(),
+        policy,
+    }
+}
+
+struct Opened {
+    worker: Box<dyn Worker>,
+    events: Arc<EventLog>,
+    faults: mpsc::UnboundedReceiver<(Arc<str>, Fault)>,
+}
+
+async fn open(rt: &WasmRuntime, name: &str, policy: SessionPolicy) -> Result<Opened, StartError> {
+    let backend = rt
+        .load(
+            &spec(name, policy.clone()),
+            crate::builtin::component(name).unwrap(),
+        )
+        .unwrap();
+    let events = Arc::new(EventLog::new(
+        EventLimits {
+            queue: 1000,
+            replay: 10,
+            overflow: policy.event_overflow,
+            max_subscribers: 1,
+        },
+        Arc::new(NoObserver),
+    ));
+    let (tx, faults) = mpsc::unbounded_channel();
+    let id: Arc<str> = "s1".into();
+    let request = StartRequest {
+        session_id: Arc::clone(&id),
+        tenant: "t".into(),
+        backend: name.into(),
+        config: [("fail_open".to_string(), "no".to_string())].into(),
+        events: Arc::clone(&events),
+        policy: policy.clone(),
+        open_timeout: Duration::from_secs(5),
+        faults: FaultReporter::new(id, tx),
+    };
+    let states = std::sync::Mutex::new(Vec::new());
+    let worker = backend
+        .start(request, &|s| states.lock().unwrap().push(s))
+        .await?;
+    assert_eq!(
+        *states.lock().unwrap(),
+        vec![
+            SessionState::StartingWorker,
+            SessionState::InitializingWorker
+        ]
+    );
+    Ok(Opened {
+        worker,
+        events,
+        faults,
+    })
+}
+
+fn c(name: &str, payload: &str) -> Vec<Command> {
+    vec![Command {
+        name: name.into(),
+        payload: payload.as_bytes().to_vec(),
+    }]
+}
+
+async fn call(
+    w: &dyn Worker,
+    name: &str,
+    payload: &str,
+    timeout: Duration,
+) -> Result<Outcome, Fault> {
+    let mut out = w.invoke(c(name, payload), timeout, None).await?;
+    Ok(out.remove(0))
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn instances_keep_their_own_state() {
+    let rt = runtime();
+    let a = open(&rt, "echo", SessionPolicy::default()).await.unwrap();
+    let b = open(&rt, "echo", SessionPolicy::default()).await.unwrap();
+    for want in ["1", "2", "3"] {
+        assert_eq!(
+            call(&*a.worker, "count", "", LONG).await.unwrap(),
+            Outcome::Reply(want.into())
+        );
+    }
+    assert_eq!(
+        call(&*b.worker, "count", "", LONG).await.unwrap(),
+        Outcome::Reply("1".into())
+    );
+}
+
+#[tokio::test]
+async fn emitted_events_land_in_the_log() {
+    let rt = runtime();
+    let s = open(&rt, "echo", SessionPolicy::default()).await.unwrap();
+    call(&*s.worker, "emit", "3", LONG).await.unwrap();
+    assert_eq!(s.events.counts(), (3, 0));
+    let mut sub = s.events.subscribe(None).unwrap();
+    let first = sub.next().await.unwrap();
+    assert_eq!(first.event.name, "tick");
+    assert_eq!(first.event.payload, b"1");
+}
+
+#[tokio::test]
+async fn ticks_fire_on_the_session_task() {
+    let rt = runtime();
+    let s = open(&rt, "echo", SessionPolicy::default()).await.unwrap();
+    call(&*s.worker, "ticks", "5,3", LONG).await.unwrap();
+    let mut sub = s.events.subscribe(None).unwrap();
+    for want in 1..=3u64 {
+        let d = tokio::time::timeout(LONG, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.event.payload, want.to_string().into_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_spinning_command_hits_its_deadline() {
+    let rt = runtime();
+    let s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
+    let began = Instant::now();
+    let fault = call(&*s.worker, "spin", "", Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    let took = began.elapsed();
+    assert_eq!(fault.class, FaultClass::Deadline);
+    assert_eq!(fault.code, "deadline");
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    // The worker is gone for good.
+    assert!(call(&*s.worker, "echo", "", LONG).await.is_err());
+}
+
+#[tokio::test]
+async fn the_grpc_deadline_bounds_the_command() {
+    let rt = runtime();
+    let s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
+    let began = Instant::now();
+    let fault = s
+        .worker
+        .invoke(
+            c("spin", ""),
+            LONG,
+            Some(Instant::now() + Duration::from_millis(80)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(fault.code, "deadline");
+    assert!(began.elapsed() < Duration::from_millis(1000));
+}
+
+#[tokio::test]
+async fn slow_but_legitimate_commands_finish() {
+    let rt = runtime();
+    let s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
+    assert_eq!(
+        call(&*s.worker, "busy", "50", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Outcome::Reply("50".into())
+    );
+}
+
+#[tokio::test]
+async fn traps_are_classified() {
+    let rt = runtime();
+    for (cmd, arg, code) in [
+        ("trap", "", "trap: unreachable"),
+        ("panic", "", "trap: unreachable"),
+        ("recurse", "", "stack-overflow"),
+        ("grow", "100", "memory-limit"),
+    ] {
+        let policy = SessionPolicy {
+            memory_limit: 32 << 20,
+            ..SessionPolicy::default()
+        };
+        let s = open(&rt, "chaos", policy).await.unwrap();
+        let fault = call(&*s.worker, cmd, arg, LONG).await.unwrap_err();
+        assert_eq!(fault.code, code, "{cmd}: {fault}");
+        assert_eq!(fault.class, FaultClass::Crashed);
+    }
+}
+
+#[tokio::test]
+async fn a_trap_in_a_tick_is_reported() {
+    let rt = runtime();
+    let mut s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
+    call(&*s.worker, "tick-trap", "10", LONG).await.unwrap();
+    let (id, fault) = tokio::time::timeout(LONG, s.faults.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*id, "s1");
+    assert_eq!(fault.code, "trap: unreachable");
+}
+
+#[tokio::test]
+async fn oversized_replies_are_refused_not_fatal() {
+    let rt = runtime();
+    let policy = SessionPolicy {
+        max_reply_bytes: 1000,
+        ..SessionPolicy::default()
+    };
+    let s = open(&rt, "chaos", policy).await.unwrap();
+    assert_eq!(
+        call(&*s.worker, "big-reply", "5000", LONG).await.unwrap(),
+        Outcome::ReplyTooLarge {
+            size: 5000,
+            limit: 1000
+        }
+    );
+    assert_eq!(
+        call(&*s.worker, "echo", "ok", LONG).await.unwrap(),
+        Outcome::Reply("ok".into())
+    );
+}
+
+#[tokio::test]
+async fn the_sandbox_grants_nothing_by_default() {
+    let rt = runtime();
+    let s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
+    assert!(matches!(
+        call(&*s.worker, "read-file", "/etc/passwd", LONG)
+            .await
+            .unwrap(),
+        Outcome::Error(_)
+    ));
+    assert_eq!(
+        call(&*s.worker, "env", "", LONG).await.unwrap(),
+        Outcome::Reply(Vec::new())
+    );
+    assert!(matches!(
+        call(&*s.worker, "connect", "127.0.0.1:9", LONG)
+            .await
+            .unwrap(),
+        Outcome::Error(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_refused_open_is_reported_as_refused() {
+    let rt = runtime();
+    let backend = rt
+        .load(
+            &spec("chaos", SessionPolicy::default()),
+            crate::builtin::component("chaos").unwrap(),
+        )
+        .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let request = StartRequest {
+        session_id: "s".into(),
+        tenant: "t".into(),
+        backend: "chaos".into(),
+        config: [("fail_open".to_string(), "yes".to_string())].into(),
+        events: Arc::new(EventLog::new(
+            EventLimits {
+                queue: 1,
+                replay: 1,
+                overflow: crate::config::OverflowPolicy::DropOldest,
+                max_subscribers: 1,
+            },
+            Arc::new(NoObserver),
+        )),
+        policy: SessionPolicy::default(),
+        open_timeout: LONG,
+        faults: FaultReporter::new("s".into(), tx),
+    };
+    let err = backend.start(request, &|_| {}).await.err().unwrap();
+    assert!(matches!(err, StartError::Refused(m) if m.contains("fail_open")));
+}
+
+#[tokio::test]
+async fn close_runs_the_plugin_close() {
+    let rt = runtime();
+    let s = open(&rt, "echo", SessionPolicy::default()).await.unwrap();
+    s.worker.close(Duration::from_secs(1)).await;
+    assert!(call(&*s.worker, "echo", "", LONG).await.is_err());
+}
+
+#[test]
+fn a_non_component_is_rejected() {
+    let rt = runtime();
+    let err = rt
+        .load(&spec("x", SessionPolicy::default()), b"\0asm\x01\0\0\0")
+        .err()
+        .unwrap();
+    assert!(matches!(err, LoadError::Compile(_)), "{err}");
+}

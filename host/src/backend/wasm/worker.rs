@@ -161,7 +161,10 @@ impl SessionTask {
                     let _ = reply.send(result);
                     if let Some(fault) = failed {
                         tracing::warn!(%fault, "session faulted in a command");
-                        self.fail(fault);
+                        self.fail(fault.clone());
+                        // The caller may have gone away mid-command; the
+                        // registry still has to hear about the fault.
+                        self.reporter.report(fault);
                         return;
                     }
                 }
