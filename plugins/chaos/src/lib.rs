@@ -28,7 +28,11 @@ struct Chaos;
 
 impl Guest for Chaos {
     fn open(ctx: SessionContext) -> Result<(), String> {
-        if ctx.config.iter().any(|(k, v)| k == "fail_open" && v == "yes") {
+        if ctx
+            .config
+            .iter()
+            .any(|(k, v)| k == "fail_open" && v == "yes")
+        {
             return Err("refused: fail_open is set".into());
         }
         Ok(())

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""A gatehouse client written in Python from the proto alone (grpcio).
+
+It compiles proto/gatehouse/v1/gateway.proto with grpcio-tools at run time,
+then opens a session, invokes commands, streams events and closes it.
+
+    pip install grpcio grpcio-tools
+    python3 tests/python/client.py --addr 127.0.0.1:50051
+    python3 tests/python/client.py --spawn target/debug/gatehouse   # starts its own gateway
+"""
+
+import argparse
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+import grpc
+import grpc_tools
+from grpc_tools import protoc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_stubs():
+    out = tempfile.mkdtemp(prefix="gatehouse-py-")
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    rc = protoc.main([
+        "protoc",
+        f"-I{os.path.join(ROOT, 'proto')}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        "gatehouse/v1/gateway.proto",
+    ])
+    if rc != 0:
+        sys.exit(f"protoc failed with {rc}")
+    sys.path.insert(0, out)
+    return (importlib.import_module("gatehouse.v1.gateway_pb2"),
+            importlib.import_module("gatehouse.v1.gateway_pb2_grpc"))
+
+
+def spawn(binary):
+    proc = subprocess.Popen(
+        [binary, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if "grpc=" not in line:
+        proc.kill()
+        sys.exit(f"gateway did not start: {line!r}")
+    return proc, line.split("grpc=")[1].split()[0]
+
+
+def run(addr, pb, rpc):
+    checks = []
+
+    def check(name, ok):
+        checks.append((name, bool(ok)))
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+
+    with grpc.insecure_channel(addr) as channel:
+        gw = rpc.GatewayStub(channel)
+        backends = gw.ListBackends(pb.ListBackendsRequest())
+        check("ListBackends lists echo", any(b.name == "echo" for b in backends.backends))
+
+        opened = gw.OpenSession(pb.OpenSessionRequest(backend="echo", client_session_name="py"))
+        sid = opened.session.session_id
+        check("OpenSession returns READY", opened.session.state == pb.SESSION_STATE_READY)
+
+        counts = [gw.Invoke(pb.InvokeRequest(session_id=sid, command=pb.Command(name="count"))).payload
+                  for _ in range(3)]
+        check("count is per session: 1, 2, 3", counts == [b"1", b"2", b"3"])
+
+        reply = gw.Invoke(pb.InvokeRequest(session_id=sid, correlation_id="c-1",
+                                           command=pb.Command(name="echo", payload=b"hello")))
+        check("echo returns the payload", reply.payload == b"hello" and reply.correlation_id == "c-1")
+
+        bad = gw.Invoke(pb.InvokeRequest(session_id=sid, command=pb.Command(name="nope")))
+        check("a plugin error comes back inside an OK response",
+              bad.error.kind == pb.CommandError.KIND_UNKNOWN_COMMAND)
+
+        gw.Invoke(pb.InvokeRequest(session_id=sid, command=pb.Command(name="emit", payload=b"5")))
+        stream = gw.StreamEvents(pb.StreamEventsRequest(session_id=sid))
+        events = []
+        for event in stream:
+            events.append(event)
+            if len(events) == 5:
+                stream.cancel()
+                break
+        check("five tick events with sequences 1..5",
+              [e.sequence for e in events] == [1, 2, 3, 4, 5]
+              and all(e.name == "tick" for e in events))
+
+        replay = gw.StreamEvents(pb.StreamEventsRequest(session_id=sid, resume_after_sequence=3))
+        resumed = [next(replay).sequence, next(replay).sequence]
+        replay.cancel()
+        check("resume_after_sequence replays 4, 5", resumed == [4, 5])
+
+        try:
+            gw.GetSession(pb.GetSessionRequest(session_id="no-such-session"))
+            check("unknown session is NOT_FOUND", False)
+        except grpc.RpcError as e:
+            check("unknown session is NOT_FOUND", e.code() == grpc.StatusCode.NOT_FOUND)
+
+        first = gw.CloseSession(pb.CloseSessionRequest(session_id=sid))
+        second = gw.CloseSession(pb.CloseSessionRequest(session_id=sid))
+        check("close is idempotent",
+              first.final_state == pb.SESSION_STATE_CLOSED and not first.already_closed
+              and second.already_closed)
+
+    failed = sum(1 for _, ok in checks if not ok)
+    print(f"python: {len(checks) - failed} passed, {failed} failed")
+    return failed == 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addr", default="127.0.0.1:50051")
+    parser.add_argument("--spawn", help="path of a gatehouse binary to start for the run")
+    args = parser.parse_args()
+    pb, rpc = load_stubs()
+    proc = None
+    addr = args.addr
+    if args.spawn:
+        proc, addr = spawn(args.spawn)
+    try:
+        ok = run(addr, pb, rpc)
+    finally:
+        if proc:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
