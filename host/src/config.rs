@@ -11,6 +11,11 @@
 //! shutdown_timeout = "10s"          # drain time before workers are killed
 //! closed_session_retention = "60s"  # how long closed/faulted sessions stay visible
 //! epoch_tick = "10ms"               # wasm interruption granularity
+//! max_concurrent_streams = 1024     # HTTP/2 streams per connection
+//! max_connection_concurrency = 256  # requests in flight per connection; more are shed
+//! keepalive_interval = "30s"        # HTTP/2 pings to idle clients
+//! keepalive_timeout = "10s"         # drop a client that does not answer a ping
+//! max_pending_resets = 64           # HTTP/2 rapid-reset protection
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -28,6 +33,8 @@
 //! event_overflow = "drop-oldest"    # or "fault"
 //! max_event_subscribers = 1
 //! max_pending_ticks = 64
+//! log_lines_per_sec = 50            # guest log lines per session, after a burst of
+//! log_burst = 200
 //!
 //! [[backends]]
 //! name = "echo"
@@ -36,9 +43,15 @@
 //! description = "..."
 //! version = "0.1.0"
 //! config = { greeting = "hello" }   # handed to every session's open
-//! env = { MODE = "demo" }           # WASI environment granted to the plugin
 //! [backends.sessions]               # overrides of [sessions] for this backend
 //! command_timeout = "1s"
+//! [backends.grants]                 # what the sandbox opens; nothing by default
+//! env = { MODE = "demo" }           # environment variables the plugin sees
+//! network = ["127.0.0.1:8080"]      # TCP connects allowed: "IP:PORT", "*" for either
+//! [[backends.grants.preopens]]      # directories the plugin may use
+//! host = "/srv/data"
+//! guest = "/data"
+//! mode = "ro"                       # or "rw"
 //! ```
 //!
 //! Unknown keys and bad values are errors that name the key.
@@ -115,6 +128,16 @@ pub struct ServerSettings {
     pub closed_session_retention: Duration,
     /// The wasm epoch tick: the granularity of command deadlines.
     pub epoch_tick: Duration,
+    /// HTTP/2 streams a connection may open at once.
+    pub max_concurrent_streams: u32,
+    /// Requests in flight per connection; more are shed with `UNAVAILABLE`.
+    pub max_connection_concurrency: usize,
+    /// Interval of HTTP/2 keepalive pings.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 streams reset by the client but not yet accepted, at most.
+    pub max_pending_resets: usize,
 }
 
 impl Default for ServerSettings {
@@ -129,6 +152,11 @@ impl Default for ServerSettings {
             shutdown_timeout: Duration::from_secs(10),
             closed_session_retention: Duration::from_secs(60),
             epoch_tick: Duration::from_millis(10),
+            max_concurrent_streams: 1024,
+            max_connection_concurrency: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_pending_resets: 64,
         }
     }
 }
@@ -167,6 +195,11 @@ pub struct SessionPolicy {
     pub max_event_subscribers: usize,
     /// Ticks a plugin may have scheduled at once.
     pub max_pending_ticks: usize,
+    /// Guest log lines (stdout, stderr, `host.log`) a session may write per
+    /// second, after a burst of `log_burst`; the rest are dropped and counted.
+    pub log_lines_per_sec: u32,
+    /// Guest log lines a session may write at once.
+    pub log_burst: u32,
 }
 
 impl Default for SessionPolicy {
@@ -187,6 +220,8 @@ impl Default for SessionPolicy {
             event_overflow: OverflowPolicy::DropOldest,
             max_event_subscribers: 1,
             max_pending_ticks: 64,
+            log_lines_per_sec: 50,
+            log_burst: 200,
         }
     }
 }
@@ -235,10 +270,64 @@ pub struct BackendSpec {
     pub version: String,
     /// Handed to every session's `open`, under the request's config.
     pub config: BTreeMap<String, String>,
-    /// Environment variables the plugin may read.
-    pub env: BTreeMap<String, String>,
+    /// What the sandbox opens for the plugin.
+    pub grants: Grants,
     /// Session limits and timeouts.
     pub policy: SessionPolicy,
+}
+
+/// What a wasm plugin's sandbox opens. The default opens nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables the plugin sees.
+    pub env: BTreeMap<String, String>,
+    /// Host directories the plugin may use.
+    pub preopens: Vec<Preopen>,
+    /// TCP destinations the plugin may connect to.
+    pub network: Vec<NetRule>,
+}
+
+/// One preopened directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the plugin sees it.
+    pub guest: String,
+    /// Whether the plugin may write.
+    pub writable: bool,
+}
+
+/// One allowed TCP destination: `IP:PORT`, either part may be `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetRule {
+    /// The address, or any.
+    pub ip: Option<std::net::IpAddr>,
+    /// The port, or any.
+    pub port: Option<u16>,
+}
+
+impl NetRule {
+    /// Parses `127.0.0.1:8080`, `[::1]:443`, `*:80`, `10.0.0.1:*`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not IP:PORT (either may be *)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = match host {
+            "*" => None,
+            h => Some(h.parse().map_err(|_| bad())?),
+        };
+        let port = match port {
+            "*" => None,
+            p => Some(p.parse().map_err(|_| bad())?),
+        };
+        Ok(Self { ip, port })
+    }
+
+    /// Whether `addr` matches.
+    pub fn allows(&self, addr: SocketAddr) -> bool {
+        self.ip.is_none_or(|ip| ip == addr.ip()) && self.port.is_none_or(|p| p == addr.port())
+    }
 }
 
 impl Config {
@@ -285,7 +374,7 @@ fn builtin_backends(policy: &SessionPolicy) -> Vec<BackendSpec> {
             description: describe(name).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: BTreeMap::new(),
-            env: BTreeMap::new(),
+            grants: Grants::default(),
             policy: policy.clone(),
         })
         .collect()
@@ -316,6 +405,11 @@ struct ServerFile {
     shutdown_timeout: Option<Dur>,
     closed_session_retention: Option<Dur>,
     epoch_tick: Option<Dur>,
+    max_concurrent_streams: Option<u32>,
+    max_connection_concurrency: Option<usize>,
+    keepalive_interval: Option<Dur>,
+    keepalive_timeout: Option<Dur>,
+    max_pending_resets: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -336,6 +430,8 @@ struct PolicyFile {
     event_overflow: Option<OverflowPolicy>,
     max_event_subscribers: Option<usize>,
     max_pending_ticks: Option<usize>,
+    log_lines_per_sec: Option<u32>,
+    log_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,9 +446,76 @@ struct BackendFile {
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
+    sessions: PolicyFile,
+    #[serde(default)]
+    grants: GrantsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsFile {
+    #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
-    sessions: PolicyFile,
+    preopens: Vec<PreopenFile>,
+    #[serde(default)]
+    network: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreopenFile {
+    host: PathBuf,
+    guest: String,
+    #[serde(default)]
+    mode: PreopenMode,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PreopenMode {
+    #[default]
+    Ro,
+    Rw,
+}
+
+impl GrantsFile {
+    fn resolve(self, key: &str, base: &Path) -> Result<Grants, ConfigError> {
+        let mut preopens = Vec::with_capacity(self.preopens.len());
+        for (i, p) in self.preopens.into_iter().enumerate() {
+            let host = base.join(&p.host);
+            if !host.is_dir() {
+                return Err(invalid(
+                    format!("{key}.preopens[{i}].host"),
+                    format!("{} is not a directory", host.display()),
+                ));
+            }
+            if p.guest.is_empty() {
+                return Err(invalid(
+                    format!("{key}.preopens[{i}].guest"),
+                    "must not be empty",
+                ));
+            }
+            preopens.push(Preopen {
+                host,
+                guest: p.guest,
+                writable: p.mode == PreopenMode::Rw,
+            });
+        }
+        let network = self
+            .network
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                NetRule::parse(rule).map_err(|m| invalid(format!("{key}.network[{i}]"), m))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Grants {
+            env: self.env,
+            preopens,
+            network,
+        })
+    }
 }
 
 fn default_kind() -> BackendKind {
@@ -407,6 +570,17 @@ impl ServerFile {
                 .closed_session_retention
                 .map_or(d.closed_session_retention, |v| v.0),
             epoch_tick: self.epoch_tick.map_or(d.epoch_tick, |v| v.0),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .unwrap_or(d.max_concurrent_streams),
+            max_connection_concurrency: self
+                .max_connection_concurrency
+                .unwrap_or(d.max_connection_concurrency),
+            keepalive_interval: self
+                .keepalive_interval
+                .map_or(d.keepalive_interval, |v| v.0),
+            keepalive_timeout: self.keepalive_timeout.map_or(d.keepalive_timeout, |v| v.0),
+            max_pending_resets: self.max_pending_resets.unwrap_or(d.max_pending_resets),
         };
         if s.max_sessions == 0 || s.max_sessions > 1_000_000 {
             return Err(invalid("server.max_sessions", "must be 1..=1000000"));
@@ -419,6 +593,20 @@ impl ServerFile {
         }
         nonzero(s.sweep_interval, "server.sweep_interval")?;
         nonzero(s.epoch_tick, "server.epoch_tick")?;
+        nonzero(s.keepalive_interval, "server.keepalive_interval")?;
+        nonzero(s.keepalive_timeout, "server.keepalive_timeout")?;
+        if s.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if s.max_connection_concurrency == 0 {
+            return Err(invalid(
+                "server.max_connection_concurrency",
+                "must be at least 1",
+            ));
+        }
         Ok(s)
     }
 }
@@ -445,6 +633,8 @@ impl PolicyFile {
                 .max_event_subscribers
                 .unwrap_or(base.max_event_subscribers),
             max_pending_ticks: self.max_pending_ticks.unwrap_or(base.max_pending_ticks),
+            log_lines_per_sec: self.log_lines_per_sec.unwrap_or(base.log_lines_per_sec),
+            log_burst: self.log_burst.unwrap_or(base.log_burst),
         };
         let k = |name: &str| format!("{key}.{name}");
         nonzero(p.command_timeout, &k("command_timeout"))?;
@@ -530,6 +720,7 @@ impl BackendFile {
         let policy = self
             .sessions
             .apply(defaults.clone(), &format!("{key}.sessions"))?;
+        let grants = self.grants.resolve(&format!("{key}.grants"), base)?;
         Ok(BackendSpec {
             description: self.description.unwrap_or_default(),
             version: self.version.unwrap_or_else(|| "0.0.0".into()),
@@ -537,7 +728,7 @@ impl BackendFile {
             kind: self.kind,
             module,
             config: self.config,
-            env: self.env,
+            grants,
             policy,
         })
     }
@@ -738,6 +929,31 @@ mod tests {
         assert_eq!(p.command_timeout, Duration::from_millis(200));
         assert_eq!(p.memory_limit, 8 << 20);
         assert_eq!(p.idle_timeout, None);
+    }
+
+    #[test]
+    fn grants_are_parsed_and_checked() {
+        let dir = std::env::temp_dir();
+        let c = parse(&format!(
+            "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[backends.grants]\nenv = {{ A = \"1\" }}\nnetwork = [\"127.0.0.1:80\", \"*:443\", \"[::1]:*\"]\n[[backends.grants.preopens]]\nhost = {:?}\nguest = \"/tmp\"\nmode = \"rw\"\n",
+            dir.display().to_string()
+        ))
+        .unwrap();
+        let g = &c.backends[0].grants;
+        assert_eq!(g.env.get("A").map(String::as_str), Some("1"));
+        assert!(g.preopens[0].writable);
+        assert!(g.network[0].allows("127.0.0.1:80".parse().unwrap()));
+        assert!(!g.network[0].allows("127.0.0.1:81".parse().unwrap()));
+        assert!(g.network[1].allows("10.1.2.3:443".parse().unwrap()));
+        assert!(g.network[2].allows("[::1]:9".parse().unwrap()));
+        let e = parse("[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[backends.grants]\nnetwork = [\"example.com:80\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("backends[0].grants.network[0]"), "{e}");
+        let e = parse("[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[[backends.grants.preopens]]\nhost = \"/no/such/dir\"\nguest = \"/d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("backends[0].grants.preopens[0].host"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! [`config`] describes everything, [`metrics`] observes everything, and
 //! [`server`] wires the pieces together for `gatehouse serve`.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod backend;
 pub mod builtin;

@@ -222,10 +222,15 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
     };
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = &config.server;
     Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(1024))
+        .http2_keepalive_interval(Some(server.keepalive_interval))
+        .http2_keepalive_timeout(Some(server.keepalive_timeout))
+        .max_concurrent_streams(Some(server.max_concurrent_streams))
+        .http2_max_pending_accept_reset_streams(Some(server.max_pending_resets))
+        .concurrency_limit_per_connection(server.max_connection_concurrency)
+        .load_shed(true)
+        .layer(api::OversizeLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(gateway)

@@ -4,12 +4,14 @@
 mod auth;
 mod convert;
 mod gateway;
+mod oversize;
 mod status;
 
 use std::sync::Arc;
 
 pub use self::auth::Authenticator;
 pub use self::gateway::GatewayService;
+pub use self::oversize::OversizeLayer;
 pub use self::status::to_status;
 
 use crate::proto::v1::gateway_server::GatewayServer;

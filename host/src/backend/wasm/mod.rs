@@ -21,13 +21,14 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
-use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use self::bindings::BackendPre;
 use self::host::{LimitHit, Limits, SessionData};
 use self::stdio::{GuestOutput, LogLimiter, Source};
-use super::{Backend, BackendInfo, StartError, StartRequest, Worker};
-use crate::config::{BackendKind, BackendSpec};
+use super::{Backend, BackendInfo, Fault, StartError, StartRequest, Worker};
+use crate::config::{BackendKind, BackendSpec, Grants, NetRule};
 use crate::registry::state::SessionState;
 
 pub use self::worker::WasmWorker;
@@ -42,9 +43,6 @@ const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
 /// Virtual address space the memory pool may reserve in all.
 const MEMORY_POOL_BUDGET: u64 = 32 << 40;
-/// Guest log lines: burst and steady rate per session.
-const LOG_BURST: u32 = 200;
-const LOG_PER_SEC: u32 = 50;
 
 /// Settings of the shared wasm runtime.
 #[derive(Debug, Clone)]
@@ -117,10 +115,12 @@ impl WasmRuntime {
                 description: spec.description.clone(),
             },
             env: spec
+                .grants
                 .env
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            grants: spec.grants.clone(),
             engine: self.engine.clone(),
             pre,
         })
@@ -188,8 +188,30 @@ fn spawn_ticker(engine: Engine, tick: Duration, running: Arc<AtomicBool>) {
 pub struct WasmBackend {
     info: BackendInfo,
     env: Vec<(String, String)>,
+    grants: Grants,
     engine: Engine,
     pre: BackendPre<SessionData>,
+}
+
+impl WasmBackend {
+    /// TCP connects to the allow-list only; nothing else (no listening, no
+    /// UDP, no name lookup). Without a grant, TCP is off entirely.
+    fn grant_network(&self, wasi: &mut WasiCtxBuilder) {
+        if self.grants.network.is_empty() {
+            wasi.allow_tcp(false);
+            return;
+        }
+        let rules: Arc<[NetRule]> = self.grants.network.clone().into();
+        wasi.allow_tcp(true).socket_addr_check(move |addr, use_| {
+            let allowed = match use_ {
+                SocketAddrUse::TcpConnect => rules.iter().any(|r| r.allows(addr)),
+                // A connect first binds implicitly to the wildcard address.
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                _ => false,
+            };
+            Box::pin(async move { allowed })
+        });
+    }
 }
 
 #[async_trait]
@@ -204,7 +226,10 @@ impl Backend for WasmBackend {
         progress: &(dyn Fn(SessionState) + Send + Sync),
     ) -> Result<Box<dyn Worker>, StartError> {
         progress(SessionState::StartingWorker);
-        let log_limiter = Arc::new(LogLimiter::new(LOG_BURST, LOG_PER_SEC));
+        let log_limiter = Arc::new(LogLimiter::new(
+            request.policy.log_burst,
+            request.policy.log_lines_per_sec,
+        ));
         let mut wasi = WasiCtx::builder();
         wasi.stdout(GuestOutput::new(
             Arc::clone(&request.session_id),
@@ -217,9 +242,22 @@ impl Backend for WasmBackend {
             Arc::clone(&log_limiter),
         ))
         .envs(&self.env)
-        .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+        self.grant_network(&mut wasi);
+        for p in &self.grants.preopens {
+            let perms = if p.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
+                StartError::Failed(Fault::crashed(
+                    "preopen-failed",
+                    format!("{}: {e:#}", p.host.display()),
+                ))
+            })?;
+        }
 
         let policy = &request.policy;
         let data = SessionData {

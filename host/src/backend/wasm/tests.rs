@@ -29,7 +29,7 @@ fn spec(name: &str, policy: SessionPolicy) -> BackendSpec {
         description: String::new(),
         version: "test".into(),
         config: BTreeMap::new(),
-        env: BTreeMap::new(),
+        grants: Default::default(),
         policy,
     }
 }
