@@ -68,6 +68,12 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
         max_sessions: config.server.max_sessions,
         max_memory_bytes: max_memory,
         epoch_tick: config.server.epoch_tick,
+        max_reply_bytes: config
+            .backends
+            .iter()
+            .map(|b| b.policy.max_reply_bytes)
+            .max()
+            .unwrap_or(0),
     })
     .map_err(|e| ServeError::Backend {
         name: "*".into(),

@@ -7,6 +7,7 @@
 
 mod bindings;
 mod host;
+mod reply;
 mod stdio;
 mod worker;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -32,6 +33,9 @@ use crate::config::{BackendKind, BackendSpec, Grants, NetRule};
 use crate::registry::state::SessionState;
 
 pub use self::worker::WasmWorker;
+
+/// The WIT interface every backend exports.
+const SESSION_INTERFACE: &str = "gatehouse:backend/session@0.1.0";
 
 /// Table elements a session's tables may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
@@ -53,6 +57,9 @@ pub struct RuntimeOptions {
     pub max_memory_bytes: usize,
     /// How often the epoch advances: the granularity of deadlines.
     pub epoch_tick: Duration,
+    /// The largest reply of any backend; larger replies are never copied
+    /// out of an instance. Process-wide: the last runtime created sets it.
+    pub max_reply_bytes: usize,
 }
 
 /// Why a component could not be loaded.
@@ -88,6 +95,7 @@ impl WasmRuntime {
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         bindings::Backend::add_to_linker::<SessionData, HasSelf<SessionData>>(&mut linker, |d| d)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        reply::set_reply_cap(options.max_reply_bytes);
         let ticker = Arc::new(AtomicBool::new(true));
         spawn_ticker(engine.clone(), options.epoch_tick, Arc::clone(&ticker));
         Ok(Self {
@@ -106,6 +114,10 @@ impl WasmRuntime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = BackendPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let handle_index = component
+            .get_export_index(None, SESSION_INTERFACE)
+            .and_then(|iface| component.get_export_index(Some(&iface), "handle"))
+            .ok_or_else(|| LoadError::Link(format!("no {SESSION_INTERFACE}#handle export")))?;
         Ok(WasmBackend {
             info: BackendInfo {
                 name: spec.name.clone(),
@@ -123,6 +135,7 @@ impl WasmRuntime {
             grants: spec.grants.clone(),
             engine: self.engine.clone(),
             pre,
+            handle_index,
         })
     }
 }
@@ -191,6 +204,7 @@ pub struct WasmBackend {
     grants: Grants,
     engine: Engine,
     pre: BackendPre<SessionData>,
+    handle_index: ComponentExportIndex,
 }
 
 impl WasmBackend {
@@ -285,7 +299,14 @@ impl Backend for WasmBackend {
         });
         store.set_epoch_deadline(1);
 
-        let instance = match self.pre.instantiate_async(&mut store).await {
+        let instantiated = match self.pre.instance_pre().instantiate_async(&mut store).await {
+            Ok(raw) => bindings::Backend::new(&mut store, &raw).and_then(|b| {
+                let handle = raw.get_typed_func(&mut store, &self.handle_index)?;
+                Ok((b, handle))
+            }),
+            Err(e) => Err(e),
+        };
+        let (instance, handle) = match instantiated {
             Ok(i) => i,
             Err(e) => {
                 let fault = worker::classify(&e);
@@ -315,7 +336,9 @@ impl Backend for WasmBackend {
             Ok(Err(message)) => return Err(StartError::Refused(message)),
             Err(e) => return Err(StartError::Failed(worker::classify(&e))),
         }
-        Ok(Box::new(WasmWorker::spawn(store, instance, request)))
+        Ok(Box::new(WasmWorker::spawn(
+            store, instance, handle, request,
+        )))
     }
 }
 

@@ -17,6 +17,7 @@ fn runtime() -> WasmRuntime {
         max_sessions: 8,
         max_memory_bytes: 64 << 20,
         epoch_tick: Duration::from_millis(5),
+        max_reply_bytes: 1 << 20,
     })
     .unwrap()
 }

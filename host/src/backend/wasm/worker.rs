@@ -10,10 +10,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use wasmtime::Store;
+use wasmtime::component::TypedFunc;
 
 use super::bindings::Backend as Instance;
 use super::bindings::gatehouse::backend::types;
 use super::host::{LimitHit, SessionData};
+use super::reply::Reply;
+
+/// `session.handle`, lifting its reply as a [`Reply`] so an oversized one is
+/// never copied out of the instance.
+pub(super) type HandleFunc = TypedFunc<(types::Command,), (Result<Reply, types::CommandError>,)>;
 use crate::backend::{Command, CommandError, Fault, FaultReporter, Outcome, StartRequest, Worker};
 
 /// Requests queued for a session's task.
@@ -43,6 +49,7 @@ impl WasmWorker {
     pub(super) fn spawn(
         store: Store<SessionData>,
         instance: Instance,
+        handle: HandleFunc,
         request: StartRequest,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -51,6 +58,7 @@ impl WasmWorker {
         let task = SessionTask {
             store,
             instance,
+            handle,
             rx,
             fault: Arc::clone(&fault),
             reporter: request.faults,
@@ -119,6 +127,7 @@ impl Worker for WasmWorker {
 struct SessionTask {
     store: Store<SessionData>,
     instance: Instance,
+    handle: HandleFunc,
     rx: mpsc::Receiver<Request>,
     fault: Arc<OnceLock<Fault>>,
     reporter: FaultReporter,
@@ -215,23 +224,24 @@ impl SessionTask {
                 ));
             }
             self.arm(until);
+            let name = command.name.clone();
             let cmd = types::Command {
                 name: command.name,
                 payload: command.payload,
             };
-            let result = self
-                .instance
-                .gatehouse_backend_session()
-                .call_handle(&mut self.store, &cmd)
-                .await;
+            let result = self.handle.call_async(&mut self.store, (cmd,)).await;
             self.store.data_mut().deadline = None;
+            let too_large = |size| Outcome::ReplyTooLarge {
+                size,
+                limit: self.max_reply_bytes,
+            };
             let outcome = match result {
-                Ok(Ok(reply)) if reply.len() > self.max_reply_bytes => Outcome::ReplyTooLarge {
-                    size: reply.len(),
-                    limit: self.max_reply_bytes,
-                },
-                Ok(Ok(reply)) => Outcome::Reply(reply),
-                Ok(Err(e)) => Outcome::Error(match e {
+                Ok((Ok(Reply::TooLarge(size)),)) => too_large(size),
+                Ok((Ok(Reply::Bytes(reply)),)) if reply.len() > self.max_reply_bytes => {
+                    too_large(reply.len())
+                }
+                Ok((Ok(Reply::Bytes(reply)),)) => Outcome::Reply(reply),
+                Ok((Err(e),)) => Outcome::Error(match e {
                     types::CommandError::UnknownCommand(m) => CommandError::UnknownCommand(m),
                     types::CommandError::InvalidPayload(m) => CommandError::InvalidPayload(m),
                     types::CommandError::Failed(m) => CommandError::Failed(m),
@@ -241,7 +251,7 @@ impl SessionTask {
                     if fault.code == "deadline" {
                         fault.detail = format!(
                             "command {:?} ran past its {} ms deadline",
-                            cmd.name,
+                            name,
                             until.duration_since(start).as_millis()
                         );
                     }
