@@ -301,7 +301,7 @@ impl Backend for WasmBackend {
 
         let instantiated = match self.pre.instance_pre().instantiate_async(&mut store).await {
             Ok(raw) => bindings::Backend::new(&mut store, &raw).and_then(|b| {
-                let handle = raw.get_typed_func(&mut store, &self.handle_index)?;
+                let handle = raw.get_typed_func(&mut store, self.handle_index)?;
                 Ok((b, handle))
             }),
             Err(e) => Err(e),
