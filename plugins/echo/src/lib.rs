@@ -10,145 +10,100 @@
 //! - `whoami`: JSON with the session id, tenant and backend.
 //! - `config`: the session's config as a JSON object.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "backend",
-});
+use std::time::Duration;
 
-use std::cell::RefCell;
+use gatehouse_plugin::{
+    Command, CommandError, Context, Plugin, emit, failed, invalid_payload, json_reply,
+    schedule_tick,
+};
 
-use exports::gatehouse::backend::session::Guest;
-use gatehouse::backend::host;
-use gatehouse::backend::types::{Command, CommandError, Event, SessionContext};
-
-/// Per-session state: each session has its own instance, so plain globals are
-/// per session.
+/// One session's state.
 #[derive(Default)]
-struct State {
-    context: Option<SessionContext>,
+struct Echo {
+    ctx: Option<Context>,
     counter: u64,
     ticks: Option<Ticks>,
 }
 
 /// A running `ticks` command.
 struct Ticks {
-    interval_ms: u64,
+    interval: Duration,
     emitted: u64,
     count: u64,
 }
 
-thread_local! {
-    static STATE: RefCell<State> = RefCell::default();
-}
-
-struct Echo;
-
-impl Guest for Echo {
-    fn open(ctx: SessionContext) -> Result<(), String> {
-        STATE.with_borrow_mut(|s| s.context = Some(ctx));
+impl Plugin for Echo {
+    fn open(&mut self, ctx: &Context) -> Result<(), String> {
+        self.ctx = Some(ctx.clone());
         Ok(())
     }
 
-    fn handle(cmd: Command) -> Result<Vec<u8>, CommandError> {
+    fn handle(&mut self, cmd: Command) -> Result<Vec<u8>, CommandError> {
         match cmd.name.as_str() {
             "echo" => Ok(cmd.payload),
             "count" => {
-                let n = STATE.with_borrow_mut(|s| {
-                    s.counter += 1;
-                    s.counter
-                });
-                Ok(n.to_string().into_bytes())
+                self.counter += 1;
+                Ok(self.counter.to_string().into_bytes())
             }
             "emit" => {
-                let n: u64 = parse_number(&cmd.payload)?;
+                let n: u64 = cmd.parse()?;
                 for i in 1..=n {
-                    emit_tick(i);
+                    emit("tick", i.to_string());
                 }
                 Ok(n.to_string().into_bytes())
             }
             "ticks" => {
-                let text = text(&cmd.payload)?;
-                let (interval, count) = text.split_once(',').ok_or_else(|| {
-                    CommandError::InvalidPayload("expected INTERVAL_MS,COUNT".into())
-                })?;
-                let interval_ms = parse_number(interval.trim().as_bytes())?;
-                let count = parse_number(count.trim().as_bytes())?;
-                STATE.with_borrow_mut(|s| {
-                    s.ticks = Some(Ticks {
-                        interval_ms,
-                        emitted: 0,
-                        count,
-                    })
+                let (interval, count) = cmd
+                    .text()?
+                    .split_once(',')
+                    .ok_or_else(|| invalid_payload("expected INTERVAL_MS,COUNT"))?;
+                let number = |s: &str| {
+                    s.trim()
+                        .parse::<u64>()
+                        .map_err(|_| invalid_payload(format!("expected a number, got {s:?}")))
+                };
+                let interval = Duration::from_millis(number(interval)?);
+                let count = number(count)?;
+                self.ticks = Some(Ticks {
+                    interval,
+                    emitted: 0,
+                    count,
                 });
                 if count > 0 {
-                    host::schedule_tick(interval_ms);
+                    schedule_tick(interval);
                 }
                 Ok(Vec::new())
             }
-            "whoami" => STATE.with_borrow(|s| {
-                let ctx = s
-                    .context
+            "whoami" => {
+                let ctx = self
+                    .ctx
                     .as_ref()
-                    .ok_or_else(|| CommandError::Failed("session not open".into()))?;
-                Ok(serde_json::json!({
+                    .ok_or_else(|| failed("session not open"))?;
+                json_reply(&serde_json::json!({
                     "session_id": ctx.session_id,
                     "tenant": ctx.tenant,
                     "backend": ctx.backend,
-                })
-                .to_string()
-                .into_bytes())
-            }),
-            "config" => STATE.with_borrow(|s| {
-                let map: serde_json::Map<String, serde_json::Value> = s
-                    .context
-                    .iter()
-                    .flat_map(|ctx| ctx.config.iter())
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                    .collect();
-                Ok(serde_json::Value::Object(map).to_string().into_bytes())
-            }),
-            other => Err(CommandError::UnknownCommand(format!(
-                "echo has no command {other:?}"
-            ))),
+                }))
+            }
+            "config" => match &self.ctx {
+                Some(ctx) => json_reply(&ctx.config),
+                None => json_reply(&serde_json::json!({})),
+            },
+            _ => Err(cmd.unknown()),
         }
     }
 
-    fn tick() {
-        let next = STATE.with_borrow_mut(|s| {
-            let t = s.ticks.as_mut()?;
-            if t.emitted >= t.count {
-                return None;
-            }
-            t.emitted += 1;
-            Some((t.emitted, t.emitted < t.count, t.interval_ms))
-        });
-        if let Some((n, more, interval_ms)) = next {
-            emit_tick(n);
-            if more {
-                host::schedule_tick(interval_ms);
-            }
+    fn tick(&mut self) {
+        let Some(t) = self.ticks.as_mut() else { return };
+        if t.emitted >= t.count {
+            return;
+        }
+        t.emitted += 1;
+        emit("tick", t.emitted.to_string());
+        if t.emitted < t.count {
+            schedule_tick(t.interval);
         }
     }
-
-    fn close() {}
 }
 
-fn emit_tick(n: u64) {
-    host::emit(&Event {
-        name: "tick".into(),
-        payload: n.to_string().into_bytes(),
-    });
-}
-
-fn text(payload: &[u8]) -> Result<&str, CommandError> {
-    std::str::from_utf8(payload)
-        .map_err(|_| CommandError::InvalidPayload("payload is not UTF-8".into()))
-}
-
-fn parse_number(payload: &[u8]) -> Result<u64, CommandError> {
-    let t = text(payload)?.trim();
-    t.parse()
-        .map_err(|_| CommandError::InvalidPayload(format!("expected a number, got {t:?}")))
-}
-
-export!(Echo);
+gatehouse_plugin::export!(Echo);

@@ -10,100 +10,56 @@
 //! A missing key is a `failed` command error; a payload that is not the
 //! expected JSON is `invalid-payload`.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "backend",
-});
-
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use exports::gatehouse::backend::session::Guest;
-use gatehouse::backend::host;
-use gatehouse::backend::types::{Command, CommandError, Event, SessionContext};
+use gatehouse_plugin::{Command, CommandError, Plugin, emit, failed, json_reply};
 use serde_json::Value;
 
-thread_local! {
-    static STORE: RefCell<BTreeMap<String, Value>> = RefCell::default();
+/// One session's store.
+#[derive(Default)]
+struct Kv {
+    store: BTreeMap<String, Value>,
 }
 
-struct Kv;
+#[derive(serde::Deserialize)]
+struct Key {
+    key: String,
+}
 
-impl Guest for Kv {
-    fn open(_ctx: SessionContext) -> Result<(), String> {
-        Ok(())
-    }
+#[derive(serde::Deserialize)]
+struct Put {
+    key: String,
+    value: Value,
+}
 
-    fn handle(cmd: Command) -> Result<Vec<u8>, CommandError> {
+impl Plugin for Kv {
+    fn handle(&mut self, cmd: Command) -> Result<Vec<u8>, CommandError> {
         match cmd.name.as_str() {
             "put" => {
-                let mut body = object(&cmd.payload)?;
-                let key = key(&body)?;
-                let value = body
-                    .remove("value")
-                    .ok_or_else(|| CommandError::InvalidPayload("missing \"value\"".into()))?;
-                STORE.with_borrow_mut(|s| s.insert(key.clone(), value));
-                changed("put", &key);
+                let Put { key, value } = cmd.json()?;
+                self.store.insert(key.clone(), value);
+                emit("put", key);
                 Ok(Vec::new())
             }
             "get" => {
-                let key = key(&object(&cmd.payload)?)?;
-                STORE.with_borrow(|s| match s.get(&key) {
-                    Some(v) => Ok(v.to_string().into_bytes()),
-                    None => Err(missing(&key)),
-                })
+                let Key { key } = cmd.json()?;
+                let value = self.store.get(&key).ok_or_else(|| missing(&key))?;
+                json_reply(value)
             }
             "delete" => {
-                let key = key(&object(&cmd.payload)?)?;
-                STORE
-                    .with_borrow_mut(|s| s.remove(&key))
-                    .ok_or_else(|| missing(&key))?;
-                changed("delete", &key);
+                let Key { key } = cmd.json()?;
+                self.store.remove(&key).ok_or_else(|| missing(&key))?;
+                emit("delete", key);
                 Ok(Vec::new())
             }
-            "list" => STORE.with_borrow(|s| {
-                let keys: Vec<&String> = s.keys().collect();
-                Ok(serde_json::to_vec(&keys).unwrap_or_default())
-            }),
-            other => Err(CommandError::UnknownCommand(format!(
-                "kv has no command {other:?}"
-            ))),
+            "list" => json_reply(&self.store.keys().collect::<Vec<_>>()),
+            _ => Err(cmd.unknown()),
         }
-    }
-
-    fn tick() {}
-
-    fn close() {}
-}
-
-fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError> {
-    match serde_json::from_slice(payload) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(CommandError::InvalidPayload(
-            "expected a JSON object".into(),
-        )),
-        Err(e) => Err(CommandError::InvalidPayload(format!("bad JSON: {e}"))),
-    }
-}
-
-fn key(body: &serde_json::Map<String, Value>) -> Result<String, CommandError> {
-    match body.get("key") {
-        Some(Value::String(k)) => Ok(k.clone()),
-        _ => Err(CommandError::InvalidPayload(
-            "expected a string \"key\"".into(),
-        )),
     }
 }
 
 fn missing(key: &str) -> CommandError {
-    CommandError::Failed(format!("no such key: {key:?}"))
+    failed(format!("no such key: {key:?}"))
 }
 
-fn changed(name: &str, key: &str) {
-    host::emit(&Event {
-        name: name.into(),
-        payload: key.as_bytes().to_vec(),
-    });
-}
-
-export!(Kv);
+gatehouse_plugin::export!(Kv);
