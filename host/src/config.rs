@@ -16,6 +16,8 @@
 //! keepalive_interval = "30s"        # HTTP/2 pings to idle clients
 //! keepalive_timeout = "10s"         # drop a client that does not answer a ping
 //! max_pending_resets = 64           # HTTP/2 rapid-reset protection
+//! plugins_dir = "plugins.d"         # every *.wasm in it is a backend named by its file stem
+//! cache_dir = "~/.cache/gatehouse"  # compiled components ($XDG_CACHE_HOME/gatehouse); "off" disables
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -138,6 +140,20 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     /// HTTP/2 streams reset by the client but not yet accepted, at most.
     pub max_pending_resets: usize,
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from("XDG_CACHE_HOME")
+        .or_else(|| from("HOME").map(|h| h.join(".cache")))
+        .map(|d| d.join("gatehouse"))
 }
 
 impl Default for ServerSettings {
@@ -157,6 +173,7 @@ impl Default for ServerSettings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_pending_resets: 64,
+            cache_dir: default_cache_dir(),
         }
     }
 }
@@ -410,6 +427,8 @@ struct ServerFile {
     keepalive_interval: Option<Dur>,
     keepalive_timeout: Option<Dur>,
     max_pending_resets: Option<usize>,
+    plugins_dir: Option<PathBuf>,
+    cache_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -524,7 +543,8 @@ fn default_kind() -> BackendKind {
 
 impl ConfigFile {
     fn resolve(self, base: &Path) -> Result<Config, ConfigError> {
-        let server = self.server.resolve()?;
+        let plugins_dir = self.server.plugins_dir.clone();
+        let server = self.server.resolve(base)?;
         let defaults = self.sessions.apply(SessionPolicy::default(), "sessions")?;
         let mut backends = Vec::with_capacity(self.backends.len());
         let mut names = HashSet::new();
@@ -539,6 +559,17 @@ impl ConfigFile {
             }
             backends.push(spec);
         }
+        if let Some(dir) = plugins_dir {
+            for spec in plugins_in(&base.join(dir), &defaults)? {
+                if !names.insert(spec.name.clone()) {
+                    return Err(invalid(
+                        "server.plugins_dir",
+                        format!("{:?} is also defined in [[backends]]", spec.name),
+                    ));
+                }
+                backends.push(spec);
+            }
+        }
         if backends.is_empty() {
             backends = builtin_backends(&defaults);
         }
@@ -547,7 +578,7 @@ impl ConfigFile {
 }
 
 impl ServerFile {
-    fn resolve(self) -> Result<ServerSettings, ConfigError> {
+    fn resolve(self, base: &Path) -> Result<ServerSettings, ConfigError> {
         let d = ServerSettings::default();
         let listen = match self.listen {
             Some(s) => parse_addr(&s).map_err(|m| invalid("server.listen", m))?,
@@ -581,6 +612,11 @@ impl ServerFile {
                 .map_or(d.keepalive_interval, |v| v.0),
             keepalive_timeout: self.keepalive_timeout.map_or(d.keepalive_timeout, |v| v.0),
             max_pending_resets: self.max_pending_resets.unwrap_or(d.max_pending_resets),
+            cache_dir: match self.cache_dir.as_deref() {
+                Some("off") => None,
+                Some(dir) => Some(base.join(dir)),
+                None => d.cache_dir,
+            },
         };
         if s.max_sessions == 0 || s.max_sessions > 1_000_000 {
             return Err(invalid("server.max_sessions", "must be 1..=1000000"));
@@ -668,13 +704,7 @@ impl BackendFile {
         base: &Path,
         defaults: &SessionPolicy,
     ) -> Result<BackendSpec, ConfigError> {
-        let valid_name = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !valid_name {
+        if !valid_backend_name(&self.name) {
             return Err(invalid(
                 format!("{key}.name"),
                 "must be 1-64 characters of letters, digits, '-', '_' or '.'",
@@ -732,6 +762,52 @@ impl BackendFile {
             policy,
         })
     }
+}
+
+/// One backend per `*.wasm` in `dir`, named by its file stem.
+fn plugins_in(dir: &Path, defaults: &SessionPolicy) -> Result<Vec<BackendSpec>, ConfigError> {
+    let key = "server.plugins_dir";
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| invalid(key, format!("reading {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|n| valid_backend_name(n))
+                .ok_or_else(|| {
+                    invalid(
+                        key,
+                        format!("{} does not make a valid backend name", path.display()),
+                    )
+                })?
+                .to_string();
+            Ok(BackendSpec {
+                description: format!("{} (plugins_dir)", path.display()),
+                version: "0.0.0".into(),
+                kind: BackendKind::Wasm,
+                module: ModuleSource::File(path),
+                config: BTreeMap::new(),
+                grants: Grants::default(),
+                policy: defaults.clone(),
+                name,
+            })
+        })
+        .collect()
+}
+
+fn valid_backend_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn nonzero(d: Duration, key: &str) -> Result<(), ConfigError> {
@@ -954,6 +1030,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("backends[0].grants.preopens[0].host"), "{e}");
+    }
+
+    #[test]
+    fn plugins_dir_adds_a_backend_per_component() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("alpha.wasm"), b"x").unwrap();
+        std::fs::write(dir.path().join("beta.wasm"), b"x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let c = Config::parse(
+            &format!(
+                "[server]\nplugins_dir = {:?}\n",
+                dir.path().display().to_string()
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "beta"]);
+        let e = Config::parse(
+            &format!(
+                "[server]\nplugins_dir = {:?}\n[[backends]]\nname = \"alpha\"\nmodule = \"builtin:echo\"\n",
+                dir.path().display().to_string()
+            ),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("server.plugins_dir"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod events;
 pub mod metrics;
 pub mod proto;
 pub mod registry;
+pub mod scaffold;
 pub mod server;
 
 /// A `Duration` as a protobuf `Duration`.

@@ -49,6 +49,9 @@ enum Cmd {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Write and check plugins.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
     /// List the backends sessions can be opened on.
     Backends,
     /// Open a session and print its id.
@@ -117,6 +120,28 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum PluginCmd {
+    /// Write a ready-to-build plugin project in a new directory NAME.
+    ///
+    /// Example: gatehouse plugin new hello && cd hello && cargo build --release
+    New {
+        /// Project and backend name.
+        name: String,
+        /// Language of the template.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+    },
+    /// Check that a .wasm file is a gatehouse:backend component, list its
+    /// imports and the grants they need, and time its compilation.
+    ///
+    /// Example: gatehouse plugin check target/wasm32-wasip2/release/hello.wasm
+    Check {
+        /// The component file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Validate a config file; prints the first problem, naming its key.
     ///
@@ -150,9 +175,74 @@ fn main() -> ExitCode {
                 1
             }
         },
+        Cmd::Plugin(PluginCmd::New { name, lang }) => {
+            match gatehouse::scaffold::new_plugin(std::path::Path::new("."), &name, &lang) {
+                Ok(root) => {
+                    println!("wrote {}", root.display());
+                    println!("next: cd {} && cargo build --release", root.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+        Cmd::Plugin(PluginCmd::Check { file }) => plugin_check(&file, args.json),
         other => client(args.addr, args.json, other),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn plugin_check(file: &std::path::Path, json: bool) -> i32 {
+    use gatehouse::backend::wasm::check::{ImportStatus, check_component};
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return 1;
+        }
+    };
+    let report = match check_component(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": e.to_string() })
+                );
+            } else {
+                eprintln!("{}: {e}", file.display());
+            }
+            return 1;
+        }
+    };
+    if json {
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        value["ok"] = report.ok().into();
+        println!("{value}");
+    } else {
+        println!(
+            "{}: gatehouse:backend@{} component, {} bytes, compiled in {:.0} ms",
+            file.display(),
+            report.world_version,
+            report.size,
+            report.compile_time.as_secs_f64() * 1000.0
+        );
+        println!("imports:");
+        for i in &report.imports {
+            let mark = match i.status {
+                ImportStatus::Provided => "ok   ",
+                ImportStatus::NeedsGrant => "grant",
+                ImportStatus::Unsupported => "NO   ",
+            };
+            println!("  {mark} {:<44} {}", i.name, i.note);
+        }
+        for e in &report.link_errors {
+            println!("cannot run here: {e}");
+        }
+    }
+    if report.ok() { 0 } else { 1 }
 }
 
 fn init_logging() {
@@ -265,7 +355,7 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
             Cmd::Renew { session } => c.renew(session).await,
             Cmd::Sessions => c.sessions().await,
             Cmd::Close { session } => c.close(session).await,
-            Cmd::Serve { .. } | Cmd::Config(_) => Ok(0),
+            Cmd::Serve { .. } | Cmd::Config(_) | Cmd::Plugin(_) => Ok(0),
         }
     });
     match result {

@@ -79,6 +79,7 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
         name: "*".into(),
         message: e.to_string(),
     })?;
+    let cache = config.server.cache_dir.as_deref().map(|d| runtime.cache(d));
     let mut backends = BTreeMap::new();
     for spec in &config.backends {
         let fail = |message: String| ServeError::Backend {
@@ -94,10 +95,16 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
                 .into(),
         };
         let began = std::time::Instant::now();
-        let backend = runtime
-            .load(spec, &bytes)
+        let (backend, source) = runtime
+            .load_with(spec, &bytes, cache.as_ref())
             .map_err(|e| fail(e.to_string()))?;
-        tracing::info!(backend = %spec.name, bytes = bytes.len(), compile_ms = began.elapsed().as_millis() as u64, "backend loaded");
+        tracing::info!(
+            backend = %spec.name,
+            bytes = bytes.len(),
+            load_ms = began.elapsed().as_millis() as u64,
+            cached = source == crate::backend::wasm::cache::Source::Cached,
+            "backend loaded"
+        );
         backends.insert(
             spec.name.clone(),
             BackendEntry {

@@ -6,6 +6,8 @@
 //! copy-on-write memory images.
 
 mod bindings;
+pub mod cache;
+pub mod check;
 mod host;
 mod reply;
 mod stdio;
@@ -90,11 +92,7 @@ impl WasmRuntime {
     pub fn new(options: &RuntimeOptions) -> Result<Self, LoadError> {
         let engine = Engine::new(&engine_config(options))
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        bindings::Backend::add_to_linker::<SessionData, HasSelf<SessionData>>(&mut linker, |d| d)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let linker = new_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         reply::set_reply_cap(options.max_reply_bytes);
         let ticker = Arc::new(AtomicBool::new(true));
         spawn_ticker(engine.clone(), options.epoch_tick, Arc::clone(&ticker));
@@ -107,8 +105,22 @@ impl WasmRuntime {
 
     /// Compiles a component and pre-instantiates it for `spec`.
     pub fn load(&self, spec: &BackendSpec, bytes: &[u8]) -> Result<WasmBackend, LoadError> {
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.load_with(spec, bytes, None).map(|(b, _)| b)
+    }
+
+    /// Like [`load`](Self::load), reading and filling the compile `cache`.
+    pub fn load_with(
+        &self,
+        spec: &BackendSpec,
+        bytes: &[u8],
+        cache: Option<&cache::ArtifactCache>,
+    ) -> Result<(WasmBackend, cache::Source), LoadError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let (component, source) = match cache {
+            Some(cache) => cache.load(&self.engine, bytes, &digest),
+            None => Component::new(&self.engine, bytes).map(|c| (c, cache::Source::Compiled)),
+        }
+        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -118,25 +130,33 @@ impl WasmRuntime {
             .get_export_index(None, SESSION_INTERFACE)
             .and_then(|iface| component.get_export_index(Some(&iface), "handle"))
             .ok_or_else(|| LoadError::Link(format!("no {SESSION_INTERFACE}#handle export")))?;
-        Ok(WasmBackend {
-            info: BackendInfo {
-                name: spec.name.clone(),
-                kind: BackendKind::Wasm,
-                version: spec.version.clone(),
-                digest: format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
-                description: spec.description.clone(),
+        Ok((
+            WasmBackend {
+                info: BackendInfo {
+                    name: spec.name.clone(),
+                    kind: BackendKind::Wasm,
+                    version: spec.version.clone(),
+                    digest: format!("sha256:{digest}"),
+                    description: spec.description.clone(),
+                },
+                env: spec
+                    .grants
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                grants: spec.grants.clone(),
+                engine: self.engine.clone(),
+                pre,
+                handle_index,
             },
-            env: spec
-                .grants
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            grants: spec.grants.clone(),
-            engine: self.engine.clone(),
-            pre,
-            handle_index,
-        })
+            source,
+        ))
+    }
+
+    /// A compile cache in `dir` for this runtime's engine.
+    pub fn cache(&self, dir: &std::path::Path) -> cache::ArtifactCache {
+        cache::ArtifactCache::new(dir, &self.engine)
     }
 }
 
@@ -144,6 +164,15 @@ impl Drop for WasmRuntime {
     fn drop(&mut self) {
         self.ticker.store(false, Ordering::Relaxed);
     }
+}
+
+/// The linker every session is instantiated with: WASI preview 2 and the
+/// gatehouse `host` interface.
+fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<SessionData>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bindings::Backend::add_to_linker::<SessionData, HasSelf<SessionData>>(&mut linker, |d| d)?;
+    Ok(linker)
 }
 
 fn engine_config(options: &RuntimeOptions) -> Config {
