@@ -92,6 +92,11 @@ impl Client {
         })
     }
 
+    /// Whether output is JSON.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     /// `gatehouse backends`
     pub async fn backends(&mut self) -> Result<i32, CliError> {
         let r = self
@@ -317,6 +322,17 @@ impl Client {
                     s.final_fault
                 );
             }
+        }
+        Ok(0)
+    }
+
+    /// `gatehouse bench`
+    pub async fn bench(&mut self, options: crate::loadgen::BenchOptions) -> Result<i32, CliError> {
+        let report = crate::loadgen::run(self.inner.clone(), options).await;
+        if self.json {
+            println!("{}", report.to_json());
+        } else {
+            print!("{}", report.to_text());
         }
         Ok(0)
     }

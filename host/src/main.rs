@@ -112,6 +112,44 @@ enum Cmd {
     },
     /// List your sessions.
     Sessions,
+    /// Load a running gateway and report throughput and latency percentiles.
+    ///
+    /// Example: gatehouse bench --backend echo --mode churn --churn-after 10 -c 8 --duration 10s
+    Bench {
+        /// Backend to open sessions on.
+        #[arg(long, default_value = "echo")]
+        backend: String,
+        /// How sessions are used.
+        #[arg(long, value_enum, default_value = "reuse")]
+        mode: gatehouse::loadgen::Mode,
+        /// Virtual users.
+        #[arg(long, short = 'c', default_value_t = 1)]
+        concurrency: usize,
+        /// Run for this long (default 10s unless --count is given).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Stop after this many commands.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Command to invoke.
+        #[arg(long, default_value = "echo")]
+        command: String,
+        /// Payload text (default: --payload-size bytes of 'x').
+        #[arg(long)]
+        payload: Option<String>,
+        /// Payload size when --payload is not given.
+        #[arg(long, default_value_t = 16)]
+        payload_size: usize,
+        /// churn mode: commands per session before it is replaced.
+        #[arg(long, default_value_t = 10)]
+        churn_after: u64,
+        /// pool mode: sessions in the shared pool.
+        #[arg(long, default_value_t = 4)]
+        pool_size: usize,
+        /// Attach an event stream to every session and time event delivery.
+        #[arg(long)]
+        subscribe: bool,
+    },
     /// Close a session.
     Close {
         /// Session id.
@@ -318,6 +356,7 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
     };
     let result: Result<i32, CliError> = runtime.block_on(async move {
         let mut c = Client::connect(&addr, json).await?;
+        let json = c.json();
         match command {
             Cmd::Backends => c.backends().await,
             Cmd::Open {
@@ -355,6 +394,42 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
             Cmd::Renew { session } => c.renew(session).await,
             Cmd::Sessions => c.sessions().await,
             Cmd::Close { session } => c.close(session).await,
+            Cmd::Bench {
+                backend,
+                mode,
+                concurrency,
+                duration,
+                count,
+                command,
+                payload,
+                payload_size,
+                churn_after,
+                pool_size,
+                subscribe,
+            } => {
+                let duration = duration
+                    .map(|d| gatehouse::config::parse_duration(&d))
+                    .transpose()
+                    .map_err(CliError::Usage)?;
+                let payload = payload
+                    .map(String::into_bytes)
+                    .unwrap_or_else(|| vec![b'x'; payload_size]);
+                let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+                c.bench(gatehouse::loadgen::BenchOptions {
+                    backend,
+                    mode,
+                    concurrency,
+                    duration,
+                    count,
+                    command,
+                    payload,
+                    churn_after,
+                    pool_size,
+                    subscribe,
+                    progress,
+                })
+                .await
+            }
             Cmd::Serve { .. } | Cmd::Config(_) | Cmd::Plugin(_) => Ok(0),
         }
     });
