@@ -1,1 +1,17 @@
+//! Black-box integration tests: the real `gatehouse` binary, real gRPC over
+//! loopback, one gateway process per test.
+//!
+//! Run with `cargo test --test integration`.
 
+mod harness;
+
+mod cap;
+mod events;
+mod faults;
+mod leases;
+mod plugins;
+mod rpcs;
+mod sandbox;
+mod sessions;
+mod shutdown;
+mod status;

@@ -1,0 +1,118 @@
+//! Per-session isolation and the example plugins' commands.
+
+use gatehouse::proto::v1 as pb;
+use pb::command_error::Kind;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn every_session_has_its_own_instance() {
+    let gw = Gateway::start(Toml::standard().render()).await;
+    let mut c = gw.client().await;
+    let a = open(&mut c, "echo").await;
+    let b = open(&mut c, "echo").await;
+    for want in ["1", "2", "3"] {
+        assert_eq!(invoke_ok(&mut c, &a.session_id, "count", b"").await, want);
+    }
+    assert_eq!(invoke_ok(&mut c, &b.session_id, "count", b"").await, "1");
+    assert_eq!(invoke_ok(&mut c, &a.session_id, "count", b"").await, "4");
+    // A new session after closing one starts from scratch too.
+    close(&mut c, &a.session_id).await;
+    let d = open(&mut c, "echo").await;
+    assert_eq!(invoke_ok(&mut c, &d.session_id, "count", b"").await, "1");
+}
+
+#[tokio::test]
+async fn kv_put_get_list_delete() {
+    let gw = Gateway::start(Toml::standard().render()).await;
+    let mut c = gw.client().await;
+    let s = open(&mut c, "kv").await;
+    let id = s.session_id.as_str();
+    assert_eq!(invoke_ok(&mut c, id, "list", b"").await, "[]");
+    invoke_ok(&mut c, id, "put", br#"{"key":"b","value":{"x":[1,2]}}"#).await;
+    invoke_ok(&mut c, id, "put", br#"{"key":"a","value":"one"}"#).await;
+    let b: serde_json::Value =
+        serde_json::from_str(&invoke_ok(&mut c, id, "get", br#"{"key":"b"}"#).await).unwrap();
+    assert_eq!(b, serde_json::json!({"x": [1, 2]}));
+    assert_eq!(
+        invoke_ok(&mut c, id, "get", br#"{"key":"a"}"#).await,
+        r#""one""#
+    );
+    assert_eq!(invoke_ok(&mut c, id, "list", b"").await, r#"["a","b"]"#);
+    invoke_ok(&mut c, id, "put", br#"{"key":"a","value":2}"#).await;
+    assert_eq!(invoke_ok(&mut c, id, "get", br#"{"key":"a"}"#).await, "2");
+    invoke_ok(&mut c, id, "delete", br#"{"key":"a"}"#).await;
+    assert_eq!(invoke_ok(&mut c, id, "list", b"").await, r#"["b"]"#);
+
+    // Another kv session has its own store.
+    let other = open(&mut c, "kv").await;
+    assert_eq!(
+        invoke_ok(&mut c, &other.session_id, "list", b"").await,
+        "[]"
+    );
+
+    // put/delete emitted events.
+    let mut events = subscribe(&mut c, id, None).await.expect("StreamEvents");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let e = next_event(&mut events).await;
+        got.push((e.name, String::from_utf8(e.payload).unwrap()));
+    }
+    let want: Vec<(String, String)> = [("put", "b"), ("put", "a"), ("put", "a"), ("delete", "a")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn kv_missing_key_is_a_failed_command_error() {
+    let gw = Gateway::start(Toml::standard().render()).await;
+    let mut c = gw.client().await;
+    let s = open(&mut c, "kv").await;
+    for (name, payload) in [
+        ("get", r#"{"key":"nope"}"#),
+        ("delete", r#"{"key":"nope"}"#),
+    ] {
+        let r = try_invoke(&mut c, &s.session_id, name, payload)
+            .await
+            .unwrap_or_else(|st| panic!("{name} of a missing key is not a gRPC error: {st:?}"));
+        let e = r.error.expect("a command error");
+        assert_eq!(e.kind, Kind::Failed as i32, "{name}: {e:?}");
+        assert!(e.message.contains("nope"), "{e:?}");
+        assert!(r.payload.is_empty());
+    }
+    // The session is still READY and usable.
+    assert_eq!(
+        state(&get(&mut c, &s.session_id).await),
+        pb::SessionState::Ready
+    );
+    assert_eq!(invoke_ok(&mut c, &s.session_id, "list", b"").await, "[]");
+}
+
+#[tokio::test]
+async fn kv_bad_json_is_invalid_payload() {
+    let gw = Gateway::start(Toml::standard().render()).await;
+    let mut c = gw.client().await;
+    let s = open(&mut c, "kv").await;
+    for (name, payload) in [
+        ("put", "{not json"),
+        ("put", r#"{"key":"a"}"#),
+        ("get", "[1,2]"),
+        ("get", r#"{"key":7}"#),
+    ] {
+        let r = try_invoke(&mut c, &s.session_id, name, payload)
+            .await
+            .unwrap_or_else(|st| panic!("{name} {payload}: {st:?}"));
+        let e = r.error.expect("a command error");
+        assert_eq!(
+            e.kind,
+            Kind::InvalidPayload as i32,
+            "{name} {payload}: {e:?}"
+        );
+    }
+    assert_eq!(
+        state(&get(&mut c, &s.session_id).await),
+        pb::SessionState::Ready
+    );
+}
