@@ -194,6 +194,7 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
         ApiLimits {
             max_message_bytes: config.server.max_message_bytes,
             max_batch_commands: config.server.max_batch_commands,
+            deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
         },
     );
 
@@ -243,7 +244,7 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
         .http2_max_pending_accept_reset_streams(Some(server.max_pending_resets))
         .concurrency_limit_per_connection(server.max_connection_concurrency)
         .load_shed(true)
-        .layer(api::OversizeLayer)
+        .layer(api::StandardStatusLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(gateway)

@@ -481,29 +481,6 @@ pub async fn open_with(client: &mut Client, request: pb::OpenSessionRequest) -> 
         .expect("OpenSession returned no session")
 }
 
-/// Opens a session on a gateway at its cap right after a slot was freed.
-/// Retries only the wasm instance pool's transient "no capacity for another
-/// worker" refusal (see `cap::a_freed_slot_can_be_reused_at_once`); the
-/// gateway's own cap refusal fails the test.
-pub async fn open_freed_slot(client: &mut Client, backend: &str) -> pb::SessionInfo {
-    eventually("a freed slot to be usable", || {
-        let mut c = client.clone();
-        async move {
-            match c.open_session(open_request(backend)).await {
-                Ok(r) => Some(r.into_inner().session.expect("session")),
-                Err(st)
-                    if st.code() == tonic::Code::ResourceExhausted
-                        && st.message().contains("no capacity for another worker") =>
-                {
-                    None
-                }
-                Err(st) => panic!("opening a session on {backend}: {st:?}"),
-            }
-        }
-    })
-    .await
-}
-
 /// A command.
 pub fn cmd(name: &str, payload: impl AsRef<[u8]>) -> pb::Command {
     pb::Command {

@@ -91,7 +91,7 @@ async fn plugin_new_to_session() {
         (e.name.as_str(), e.payload.as_slice()),
         ("greeted", &b"ada"[..])
     );
-    assert_eq!(close(&mut c, &s.session_id).await.already_closed, false);
+    assert!(!close(&mut c, &s.session_id).await.already_closed);
 }
 
 fn check(bytes: &[u8]) -> (i32, String) {
@@ -272,5 +272,5 @@ async fn a_python_plugin_serves_sessions() {
     );
     let mut events = subscribe(&mut c, &a.session_id, None).await.unwrap();
     assert_eq!(next_event(&mut events).await.name, "added");
-    assert_eq!(close(&mut c, &a.session_id).await.already_closed, false);
+    assert!(!close(&mut c, &a.session_id).await.already_closed);
 }

@@ -38,8 +38,9 @@ impl GatewayService {
     }
 }
 
-/// The client's gRPC deadline, from the `grpc-timeout` header.
-fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
+/// The client's gRPC deadline, from the `grpc-timeout` header, moved
+/// `margin` earlier (see [`ApiLimits::deadline_margin`]).
+fn grpc_deadline<T>(request: &Request<T>, margin: Duration) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
@@ -52,7 +53,19 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Instant::now().checked_add(timeout)
+    Instant::now().checked_add(timeout.saturating_sub(margin))
+}
+
+/// Refuses a response that would be over the message limit; tonic would
+/// otherwise fail it mid-stream with OUT_OF_RANGE.
+fn fits<M: prost::Message>(response: M, limit: usize) -> Result<Response<M>, Status> {
+    let size = response.encoded_len();
+    if size > limit {
+        return Err(Status::resource_exhausted(format!(
+            "the response of {size} bytes is over the message limit of {limit}"
+        )));
+    }
+    Ok(Response::new(response))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -98,7 +111,7 @@ impl Gateway for GatewayService {
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         let caller = self.auth.caller(&request)?;
-        let deadline = grpc_deadline(&request);
+        let deadline = grpc_deadline(&request, self.limits.deadline_margin);
         let r = request.into_inner();
         let command = r
             .command
@@ -118,11 +131,14 @@ impl Gateway for GatewayService {
             .next()
             .map(convert::outcome)
             .ok_or_else(|| Status::internal("the worker returned no result"))?;
-        Ok(Response::new(pb::InvokeResponse {
-            payload,
-            error,
-            correlation_id: r.correlation_id,
-        }))
+        fits(
+            pb::InvokeResponse {
+                payload,
+                error,
+                correlation_id: r.correlation_id,
+            },
+            self.limits.max_message_bytes,
+        )
     }
 
     async fn invoke_batch(
@@ -130,7 +146,7 @@ impl Gateway for GatewayService {
         request: Request<pb::InvokeBatchRequest>,
     ) -> Result<Response<pb::InvokeBatchResponse>, Status> {
         let caller = self.auth.caller(&request)?;
-        let deadline = grpc_deadline(&request);
+        let deadline = grpc_deadline(&request, self.limits.deadline_margin);
         let r = request.into_inner();
         if r.commands.len() > self.limits.max_batch_commands {
             return Err(Status::invalid_argument(format!(
@@ -152,7 +168,10 @@ impl Gateway for GatewayService {
                 pb::InvokeResult { payload, error }
             })
             .collect();
-        Ok(Response::new(pb::InvokeBatchResponse { results }))
+        fits(
+            pb::InvokeBatchResponse { results },
+            self.limits.max_message_bytes,
+        )
     }
 
     type StreamEventsStream = EventStream;

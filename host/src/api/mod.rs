@@ -4,14 +4,14 @@
 mod auth;
 mod convert;
 mod gateway;
-mod oversize;
+mod standard_status;
 mod status;
 
 use std::sync::Arc;
 
 pub use self::auth::Authenticator;
 pub use self::gateway::GatewayService;
-pub use self::oversize::OversizeLayer;
+pub use self::standard_status::StandardStatusLayer;
 pub use self::status::to_status;
 
 use crate::proto::v1::gateway_server::GatewayServer;
@@ -24,6 +24,10 @@ pub struct ApiLimits {
     pub max_message_bytes: usize,
     /// Most commands in one `InvokeBatch`.
     pub max_batch_commands: usize,
+    /// How much earlier than the client's gRPC deadline a command is
+    /// stopped, so the gateway's DEADLINE_EXCEEDED (and the session's fault)
+    /// beats tonic's own timer: one epoch tick plus scheduling slack.
+    pub deadline_margin: std::time::Duration,
 }
 
 /// The Gateway service wrapped with its message size limits.

@@ -119,6 +119,15 @@ impl fmt::Display for Fault {
     }
 }
 
+/// How a close ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// The worker finished its close within the grace period.
+    Graceful,
+    /// The worker outran the grace period and was stopped by force.
+    Killed,
+}
+
 /// Why a worker did not start.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
@@ -188,7 +197,7 @@ pub trait Worker: Send + Sync {
 
     /// Closes gracefully (the plugin's `close`), killing the worker if that
     /// takes longer than `grace`. Safe to call on a faulted worker.
-    async fn close(&self, grace: Duration);
+    async fn close(&self, grace: Duration) -> CloseOutcome;
 
     /// Stops the worker at once.
     fn kill(&self);

@@ -22,7 +22,8 @@ use rand::RngCore;
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Backend, Command, Fault, FaultClass, FaultReporter, Outcome, StartError, StartRequest,
+    Backend, CloseOutcome, Command, Fault, FaultClass, FaultReporter, Outcome, StartError,
+    StartRequest,
 };
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
@@ -468,23 +469,44 @@ impl Registry {
         caller: &Caller,
         id: &str,
         resume_after: Option<u64>,
-    ) -> Result<Subscription, GatewayError> {
+    ) -> Result<EventStream, GatewayError> {
         let session = self.lookup(caller, id)?;
         let state = session.state();
         if state != SessionState::Ready {
             return Err(GatewayError::NotReady(state));
         }
         session.touch(self.clock.now());
-        session.events.subscribe(resume_after).map_err(|e| match e {
-            SubscribeError::TooManySubscribers(_) => GatewayError::SubscriberExists(e.to_string()),
-            SubscribeError::ResumePastEnd { .. } => GatewayError::OutOfRange(e.to_string()),
+        let subscription = session
+            .events
+            .subscribe(resume_after)
+            .map_err(|e| match e {
+                SubscribeError::TooManySubscribers(_) => {
+                    GatewayError::SubscriberExists(e.to_string())
+                }
+                SubscribeError::ResumePastEnd { .. } => GatewayError::OutOfRange(e.to_string()),
+            })?;
+        Ok(EventStream {
+            subscription,
+            session,
+            clock: Arc::clone(&self.clock),
         })
     }
 
     /// Closes a session for a client. Idempotent while the session is known.
-    pub async fn close(&self, caller: &Caller, id: &str) -> Result<CloseResult, GatewayError> {
+    /// Runs to completion even if the caller goes away: a close abandoned
+    /// halfway would leave the session stuck in CLOSING.
+    pub async fn close(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<CloseResult, GatewayError> {
         let session = self.lookup(caller, id)?;
-        Ok(self.close_session(&session, CloseReason::ClientClose).await)
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.close_session(&session, CloseReason::ClientClose).await })
+            .await
+            .map_err(|e| {
+                GatewayError::Faulted(Fault::crashed("internal", format!("close failed: {e}")))
+            })
     }
 
     /// Closes one session: serialized per session, graceful within the
@@ -516,13 +538,15 @@ impl Registry {
         }
         let backend = session.backend.name.clone();
         if let Some(worker) = session.take_worker() {
-            let graceful = tokio::time::timeout(
-                session.times.close_timeout + Duration::from_millis(100),
+            // The worker enforces the grace period itself; the outer timeout
+            // only guards against a worker that does not.
+            let outcome = tokio::time::timeout(
+                session.times.close_timeout + Duration::from_millis(500),
                 worker.close(session.times.close_timeout),
             )
             .await
-            .is_ok();
-            if !graceful {
+            .unwrap_or(CloseOutcome::Killed);
+            if outcome == CloseOutcome::Killed {
                 worker.kill();
                 self.metrics
                     .workers_killed
@@ -652,6 +676,31 @@ impl Registry {
                         .inc();
                 }
             }
+        }
+    }
+}
+
+/// An attached event stream. While it exists the sweeper keeps the session's
+/// lease alive; when it is dropped the lease restarts from that moment, so a
+/// slow sweep can never expire a session that was being watched.
+pub struct EventStream {
+    subscription: Subscription,
+    session: Arc<Session>,
+    clock: Arc<dyn Clock>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the session has ended and the stream is
+    /// drained.
+    pub async fn next(&mut self) -> Option<crate::events::Delivery> {
+        self.subscription.next().await
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if self.session.state() == SessionState::Ready {
+            self.session.keep_alive(self.clock.now());
         }
     }
 }

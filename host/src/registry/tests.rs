@@ -75,11 +75,12 @@ impl Worker for FakeWorker {
             .collect())
     }
 
-    async fn close(&self, _grace: Duration) {
+    async fn close(&self, _grace: Duration) -> CloseOutcome {
         if self.script.hang_on_close {
             std::future::pending::<()>().await;
         }
         self.script.closed.fetch_add(1, Ordering::SeqCst);
+        CloseOutcome::Graceful
     }
 
     fn kill(&self) {
@@ -559,4 +560,21 @@ async fn shutdown_closes_everything_and_refuses_new_sessions() {
         Err(GatewayError::ShuttingDown)
     ));
     assert_eq!(open_gauge(&f), 0);
+}
+
+#[tokio::test]
+async fn a_detached_stream_restarts_the_lease_even_without_sweeps() {
+    let f = fixture();
+    let s = f.registry.open(&me(), open_req()).await.unwrap();
+    let sub = f.registry.subscribe(&me(), &s.id, None).unwrap();
+    // The sweeper was starved while the stream was attached...
+    f.clock.advance(Duration::from_secs(59));
+    drop(sub);
+    // ...yet the lease runs from the moment the stream went away.
+    f.clock.advance(Duration::from_secs(59));
+    f.registry.sweep().await;
+    assert_eq!(s.state(), SessionState::Ready);
+    f.clock.advance(Duration::from_secs(1));
+    f.registry.sweep().await;
+    assert_eq!(s.state(), SessionState::Closed);
 }

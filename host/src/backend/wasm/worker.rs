@@ -20,7 +20,9 @@ use super::reply::Reply;
 /// `session.handle`, lifting its reply as a [`Reply`] so an oversized one is
 /// never copied out of the instance.
 pub(super) type HandleFunc = TypedFunc<(types::Command,), (Result<Reply, types::CommandError>,)>;
-use crate::backend::{Command, CommandError, Fault, FaultReporter, Outcome, StartRequest, Worker};
+use crate::backend::{
+    CloseOutcome, Command, CommandError, Fault, FaultReporter, Outcome, StartRequest, Worker,
+};
 
 /// Requests queued for a session's task.
 const QUEUE: usize = 64;
@@ -34,7 +36,23 @@ enum Request {
     },
     Close {
         grace: Duration,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<CloseOutcome>,
+    },
+}
+
+/// How a session task ended.
+enum Exit {
+    /// The handle was dropped.
+    Quiet,
+    /// A command or tick faulted.
+    Faulted {
+        reply: Option<oneshot::Sender<Result<Vec<Outcome>, Fault>>>,
+        fault: Fault,
+    },
+    /// A close request was served.
+    Closed {
+        reply: oneshot::Sender<CloseOutcome>,
+        outcome: CloseOutcome,
     },
 }
 
@@ -103,16 +121,22 @@ impl Worker for WasmWorker {
         rx.await.map_err(|_| self.gone())?
     }
 
-    async fn close(&self, grace: Duration) {
+    async fn close(&self, grace: Duration) -> CloseOutcome {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request::Close { grace, reply }).await.is_ok()
-            && tokio::time::timeout(grace + Duration::from_millis(50), rx)
-                .await
-                .is_ok()
-        {
-            return;
+        if self.tx.send(Request::Close { grace, reply }).await.is_err() {
+            // Already stopped (faulted): nothing left to close.
+            return CloseOutcome::Graceful;
         }
-        self.kill();
+        // A running command delays the close; past the grace period the
+        // worker is stopped wherever it is.
+        match tokio::time::timeout(grace + Duration::from_millis(50), rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => CloseOutcome::Graceful,
+            Err(_) => {
+                self.kill();
+                CloseOutcome::Killed
+            }
+        }
     }
 
     fn kill(&self) {
@@ -136,7 +160,32 @@ struct SessionTask {
 }
 
 impl SessionTask {
+    /// Serves until the session ends, then frees the instance *before*
+    /// telling anyone: the registry releases the session's slot as soon as
+    /// it hears, and the pool slot must be free by then.
     async fn run(mut self) {
+        let exit = self.serve().await;
+        let SessionTask {
+            store, reporter, ..
+        } = self;
+        drop(store);
+        match exit {
+            Exit::Quiet => {}
+            Exit::Faulted { reply, fault } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(fault.clone()));
+                }
+                // The caller may have gone away mid-command; the registry
+                // still has to hear about the fault.
+                reporter.report(fault);
+            }
+            Exit::Closed { reply, outcome } => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    async fn serve(&mut self) -> Exit {
         loop {
             let next_tick = self.store.data().ticks.peek().map(|Reverse(t)| *t);
             let request = tokio::select! {
@@ -147,14 +196,13 @@ impl SessionTask {
                     if let Err(fault) = self.tick().await {
                         tracing::warn!(%fault, "session faulted in a timer tick");
                         self.fail(fault.clone());
-                        self.reporter.report(fault);
-                        return;
+                        return Exit::Faulted { reply: None, fault };
                     }
                     continue;
                 }
             };
             match request {
-                None => return,
+                None => return Exit::Quiet,
                 Some(Request::Invoke {
                     commands,
                     timeout,
@@ -165,16 +213,18 @@ impl SessionTask {
                         // The caller gave up while the request was queued.
                         continue;
                     }
-                    let result = self.invoke(commands, timeout, deadline).await;
-                    let failed = result.as_ref().err().cloned();
-                    let _ = reply.send(result);
-                    if let Some(fault) = failed {
-                        tracing::warn!(%fault, "session faulted in a command");
-                        self.fail(fault.clone());
-                        // The caller may have gone away mid-command; the
-                        // registry still has to hear about the fault.
-                        self.reporter.report(fault);
-                        return;
+                    match self.invoke(commands, timeout, deadline).await {
+                        Ok(outcomes) => {
+                            let _ = reply.send(Ok(outcomes));
+                        }
+                        Err(fault) => {
+                            tracing::warn!(%fault, "session faulted in a command");
+                            self.fail(fault.clone());
+                            return Exit::Faulted {
+                                reply: Some(reply),
+                                fault,
+                            };
+                        }
                     }
                 }
                 Some(Request::Close { grace, reply }) => {
@@ -184,11 +234,19 @@ impl SessionTask {
                         .gatehouse_backend_session()
                         .call_close(&mut self.store)
                         .await;
-                    if let Err(e) = closed {
-                        tracing::debug!(fault = %classify(&e), "plugin close failed");
-                    }
-                    let _ = reply.send(());
-                    return;
+                    let outcome = match closed {
+                        Ok(()) => CloseOutcome::Graceful,
+                        Err(e) => {
+                            let fault = classify(&e);
+                            tracing::debug!(%fault, "plugin close failed");
+                            if fault.code == "deadline" {
+                                CloseOutcome::Killed
+                            } else {
+                                CloseOutcome::Graceful
+                            }
+                        }
+                    };
+                    return Exit::Closed { reply, outcome };
                 }
             }
         }

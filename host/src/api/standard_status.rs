@@ -1,0 +1,97 @@
+//! Two statuses tonic answers differently from the gRPC specification,
+//! rewritten so clients see the standard codes:
+//!
+//! - a request over the size limit: tonic's decoder says `OUT_OF_RANGE`;
+//!   gRPC says `RESOURCE_EXHAUSTED`;
+//! - a request that outlived its `grpc-timeout`: tonic's timeout layer says
+//!   `CANCELLED` ("Timeout expired"); gRPC says `DEADLINE_EXCEEDED`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tower::{Layer, Service};
+
+/// Rewrites tonic's non-standard statuses (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StandardStatusLayer;
+
+impl<S> Layer<S> for StandardStatusLayer {
+    type Service = StandardStatus<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StandardStatus { inner }
+    }
+}
+
+/// The service [`StandardStatusLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct StandardStatus<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<http::Request<B>> for StandardStatus<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            fix(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+fn fix(headers: &mut http::HeaderMap) {
+    let code = headers.get("grpc-status").map(|v| v.as_bytes().to_vec());
+    let message = headers
+        .get("grpc-message")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).replace("%20", " "))
+        .unwrap_or_default();
+    let standard = match code.as_deref() {
+        Some(b"11") if message.contains("message length too large") => "8",
+        Some(b"1") if message.contains("Timeout expired") => "4",
+        _ => return,
+    };
+    headers.insert("grpc-status", HeaderValue::from_static(standard));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: &'static str, message: &'static str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        h.insert("grpc-message", HeaderValue::from_static(message));
+        fix(&mut h);
+        h
+    }
+
+    #[test]
+    fn rewrites_only_tonics_two_quirks() {
+        let code = |h: http::HeaderMap| h["grpc-status"].to_str().unwrap().to_string();
+        assert_eq!(
+            code(status(
+                "11",
+                "Error,%20decoded%20message%20length%20too%20large"
+            )),
+            "8"
+        );
+        assert_eq!(code(status("1", "Timeout%20expired")), "4");
+        assert_eq!(code(status("11", "resume past the end")), "11");
+        assert_eq!(code(status("1", "client went away")), "1");
+    }
+}
