@@ -102,6 +102,8 @@ impl EventObserver for NoObserver {
 pub struct EventLog {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when a subscriber detaches.
+    detached: Notify,
     limits: EventLimits,
     observer: Arc<dyn EventObserver>,
     has_subscriber: AtomicBool,
@@ -150,6 +152,7 @@ impl EventLog {
                 ..State::default()
             }),
             notify: Notify::new(),
+            detached: Notify::new(),
             limits,
             observer,
             has_subscriber: AtomicBool::new(false),
@@ -222,6 +225,30 @@ impl EventLog {
             log: Arc::clone(self),
             cursor,
         })
+    }
+
+    /// Like [`subscribe`](Self::subscribe), but when every subscriber slot
+    /// is taken, waits up to `grace` for one to detach. A client that cancels
+    /// a stream and at once opens a new one races the server noticing the
+    /// cancel; this absorbs that race instead of answering ALREADY_EXISTS.
+    pub async fn subscribe_within(
+        self: &Arc<Self>,
+        resume_after: Option<u64>,
+        grace: std::time::Duration,
+    ) -> Result<Subscription, SubscribeError> {
+        let until = tokio::time::Instant::now() + grace;
+        loop {
+            let mut detached = pin!(self.detached.notified());
+            detached.as_mut().enable();
+            match self.subscribe(resume_after) {
+                Err(SubscribeError::TooManySubscribers(n)) => {
+                    if tokio::time::timeout_at(until, detached).await.is_err() {
+                        return Err(SubscribeError::TooManySubscribers(n));
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Whether a stream is attached (an attached stream keeps the lease
@@ -301,6 +328,8 @@ impl Drop for Subscription {
         self.log
             .has_subscriber
             .store(st.subscribers > 0, Ordering::Relaxed);
+        drop(st);
+        self.log.detached.notify_waiters();
     }
 }
 
@@ -422,6 +451,26 @@ mod tests {
         assert!(s.next().await.is_none());
         drop(s);
         assert!(!l.has_subscriber());
+    }
+
+    #[tokio::test]
+    async fn a_new_subscriber_waits_briefly_for_the_old_one_to_detach() {
+        let l = log(10, 10, OverflowPolicy::DropOldest);
+        let first = l.subscribe(None).unwrap();
+        let l2 = Arc::clone(&l);
+        let waiter = tokio::spawn(async move {
+            l2.subscribe_within(None, std::time::Duration::from_secs(5))
+                .await
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        let _second = waiter.await.unwrap().expect("took over the freed slot");
+        // Nobody leaves: refused once the grace is over.
+        assert!(matches!(
+            l.subscribe_within(None, std::time::Duration::from_millis(20))
+                .await,
+            Err(SubscribeError::TooManySubscribers(1))
+        ));
     }
 
     #[tokio::test]

@@ -132,6 +132,15 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
 /// Serves until Ctrl-C or SIGTERM, then drains. `on_bound` is told the bound
 /// addresses once the sockets are listening.
 pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServeError> {
+    serve_until(config, on_bound, wait_for_signal()).await
+}
+
+/// Serves until `stop` resolves, then drains. For embedding and benchmarks.
+pub async fn serve_until(
+    config: Config,
+    on_bound: impl FnOnce(BoundAddrs),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     // Local development mode: no keys, so only loopback.
     if !config.server.listen.ip().is_loopback() {
         return Err(ServeError::Refused(format!(
@@ -225,7 +234,7 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
     let drain = {
         let registry = Arc::clone(&registry);
         async move {
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("shutting down: draining sessions");
             health
                 .set_not_serving::<crate::proto::v1::gateway_server::GatewayServer<api::GatewayService>>()

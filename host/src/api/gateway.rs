@@ -185,6 +185,7 @@ impl Gateway for GatewayService {
         let subscription = self
             .registry
             .subscribe(&caller, &r.session_id, r.resume_after_sequence)
+            .await
             .map_err(to_status)?;
         let stream = futures::stream::unfold(subscription, |mut sub| async move {
             let delivery = sub.next().await?;

@@ -463,8 +463,9 @@ impl Registry {
         }
     }
 
-    /// Attaches an event stream to a READY session.
-    pub fn subscribe(
+    /// Attaches an event stream to a READY session. At the subscriber limit
+    /// it waits briefly for a just-cancelled stream to detach.
+    pub async fn subscribe(
         &self,
         caller: &Caller,
         id: &str,
@@ -478,7 +479,8 @@ impl Registry {
         session.touch(self.clock.now());
         let subscription = session
             .events
-            .subscribe(resume_after)
+            .subscribe_within(resume_after, SUBSCRIBE_GRACE)
+            .await
             .map_err(|e| match e {
                 SubscribeError::TooManySubscribers(_) => {
                     GatewayError::SubscriberExists(e.to_string())
@@ -679,6 +681,10 @@ impl Registry {
         }
     }
 }
+
+/// How long a new event stream waits for a cancelled one to detach before
+/// ALREADY_EXISTS.
+const SUBSCRIBE_GRACE: Duration = Duration::from_millis(250);
 
 /// An attached event stream. While it exists the sweeper keeps the session's
 /// lease alive; when it is dropped the lease restarts from that moment, so a

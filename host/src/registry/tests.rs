@@ -332,7 +332,7 @@ async fn every_call_renews_the_lease() {
 async fn an_attached_stream_keeps_the_lease_alive() {
     let f = fixture();
     let s = f.registry.open(&me(), open_req()).await.unwrap();
-    let sub = f.registry.subscribe(&me(), &s.id, None).unwrap();
+    let sub = f.registry.subscribe(&me(), &s.id, None).await.unwrap();
     for _ in 0..10 {
         f.clock.advance(Duration::from_secs(30));
         f.registry.sweep().await;
@@ -356,7 +356,7 @@ async fn idle_timeout_ignores_an_attached_stream() {
         Script::default(),
     );
     let s = f.registry.open(&me(), open_req()).await.unwrap();
-    let _sub = f.registry.subscribe(&me(), &s.id, None).unwrap();
+    let _sub = f.registry.subscribe(&me(), &s.id, None).await.unwrap();
     f.clock.advance(Duration::from_secs(9));
     f.registry.sweep().await;
     assert_eq!(s.state(), SessionState::Ready);
@@ -566,7 +566,7 @@ async fn shutdown_closes_everything_and_refuses_new_sessions() {
 async fn a_detached_stream_restarts_the_lease_even_without_sweeps() {
     let f = fixture();
     let s = f.registry.open(&me(), open_req()).await.unwrap();
-    let sub = f.registry.subscribe(&me(), &s.id, None).unwrap();
+    let sub = f.registry.subscribe(&me(), &s.id, None).await.unwrap();
     // The sweeper was starved while the stream was attached...
     f.clock.advance(Duration::from_secs(59));
     drop(sub);

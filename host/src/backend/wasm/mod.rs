@@ -377,3 +377,95 @@ impl Backend for WasmBackend {
 
 #[cfg(test)]
 mod tests;
+
+/// Bare wasmtime, for benchmarks: the same engine and component as a
+/// [`WasmBackend`], without the gateway around it.
+#[doc(hidden)]
+pub mod baseline {
+    use super::*;
+    use crate::config::OverflowPolicy;
+    use crate::events::{EventLimits, EventLog, NoObserver};
+
+    /// A component pre-instantiated on the runtime's engine.
+    pub struct Bare {
+        engine: Engine,
+        pre: BackendPre<SessionData>,
+    }
+
+    /// One bare instance.
+    pub struct BareInstance {
+        store: Store<SessionData>,
+        instance: bindings::Backend,
+    }
+
+    impl WasmRuntime {
+        /// Compiles `bytes` for a bare baseline.
+        pub fn bare(&self, bytes: &[u8]) -> wasmtime::Result<Bare> {
+            let component = Component::new(&self.engine, bytes)?;
+            let pre = BackendPre::new(self.linker.instantiate_pre(&component)?)?;
+            Ok(Bare {
+                engine: self.engine.clone(),
+                pre,
+            })
+        }
+    }
+
+    impl Bare {
+        /// `Store::new`, instantiate, and call `open`: nothing else.
+        pub async fn open(&self) -> wasmtime::Result<BareInstance> {
+            let data = SessionData {
+                wasi: WasiCtx::builder().build(),
+                table: Default::default(),
+                limits: Limits {
+                    memory: 64 << 20,
+                    table_elements: MAX_TABLE_ELEMENTS,
+                },
+                session_id: "bare".into(),
+                events: Arc::new(EventLog::new(
+                    EventLimits {
+                        queue: 1024,
+                        replay: 0,
+                        overflow: OverflowPolicy::DropOldest,
+                        max_subscribers: 1,
+                    },
+                    Arc::new(NoObserver),
+                )),
+                max_event_bytes: 1 << 16,
+                log_limiter: Arc::new(LogLimiter::new(1, 1)),
+                ticks: Default::default(),
+                max_pending_ticks: 1,
+                deadline: None,
+            };
+            let mut store = Store::new(&self.engine, data);
+            store.set_epoch_deadline(u64::MAX / 2);
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let ctx = bindings::gatehouse::backend::types::SessionContext {
+                session_id: "bare".into(),
+                tenant: "bench".into(),
+                backend: "bare".into(),
+                config: Vec::new(),
+            };
+            instance
+                .gatehouse_backend_session()
+                .call_open(&mut store, &ctx)
+                .await?
+                .map_err(|e| wasmtime::format_err!("open: {e}"))?;
+            Ok(BareInstance { store, instance })
+        }
+    }
+
+    impl BareInstance {
+        /// A direct typed call of `handle`.
+        pub async fn call(&mut self, name: &str, payload: &[u8]) -> wasmtime::Result<Vec<u8>> {
+            let cmd = bindings::gatehouse::backend::types::Command {
+                name: name.to_string(),
+                payload: payload.to_vec(),
+            };
+            self.instance
+                .gatehouse_backend_session()
+                .call_handle(&mut self.store, &cmd)
+                .await?
+                .map_err(|e| wasmtime::format_err!("handle: {e:?}"))
+        }
+    }
+}
