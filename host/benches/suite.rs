@@ -1,0 +1,417 @@
+//! The gatehouse benchmark suite: `cargo bench --bench suite`.
+//!
+//! Every figure is measured next to its baseline in the same run, on the
+//! same engine settings, and reported as a ratio, because one machine's
+//! absolute numbers drift between runs:
+//!
+//! - session open, host side: `Registry::open` (+ close) of an `echo`
+//!   session vs a bare `Store::new` + instantiate + `open` of the same
+//!   component on the same engine;
+//! - host-side dispatch: a command through the session task vs a direct
+//!   typed call into an instance;
+//! - Invoke over gRPC on loopback vs a bare tonic unary server answering the
+//!   same `Invoke` message, same client, same concurrency;
+//! - invokes/s at concurrency 1, 8 and 64; events/s on one stream;
+//! - density: RSS and open time with 1,000 and 10,000 idle sessions.
+//!
+//! `GATEHOUSE_BENCH_QUICK=1` runs a shorter version.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse::backend::Command;
+use gatehouse::backend::wasm::{RuntimeOptions, WasmRuntime};
+use gatehouse::config::Config;
+use gatehouse::loadgen::{BenchOptions, Mode};
+use gatehouse::metrics::Metrics;
+use gatehouse::proto::v1 as pb;
+use gatehouse::proto::v1::gateway_client::GatewayClient;
+use gatehouse::proto::v1::gateway_server::{Gateway, GatewayServer};
+use gatehouse::registry::{Caller, OpenRequest, Registry};
+use tonic::{Request, Response, Status};
+
+fn quick() -> bool {
+    std::env::var_os("GATEHOUSE_BENCH_QUICK").is_some()
+}
+
+/// Latency samples in microseconds.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn new() -> Self {
+        Samples(Vec::new())
+    }
+    fn push(&mut self, d: Duration) {
+        self.0.push(d.as_secs_f64() * 1e6);
+    }
+    fn pct(&mut self, p: f64) -> f64 {
+        self.0.sort_by(|a, b| a.total_cmp(b));
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0.get(i).copied().unwrap_or(f64::NAN)
+    }
+}
+
+fn row(name: &str, ours: f64, base: f64, unit: &str) {
+    println!(
+        "| {name} | {ours:.1} {unit} | {base:.1} {unit} | {:.2}x |",
+        ours / base
+    );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn registry(max_sessions: usize) -> Arc<Registry> {
+    let mut config = Config::builtin();
+    config.server.max_sessions = max_sessions;
+    config.server.cache_dir = None;
+    gatehouse::server::build_registry(&config, Arc::new(Metrics::new())).expect("registry")
+}
+
+fn echo() -> OpenRequest {
+    OpenRequest {
+        backend: "echo".into(),
+        ..OpenRequest::default()
+    }
+}
+
+async fn open_section(n: usize) {
+    let runtime = WasmRuntime::new(&RuntimeOptions {
+        max_sessions: 64,
+        max_memory_bytes: 64 << 20,
+        epoch_tick: Duration::from_millis(10),
+        max_reply_bytes: 1 << 20,
+    })
+    .expect("runtime");
+    let bare = runtime
+        .bare(gatehouse::builtin::component("echo").expect("echo"))
+        .expect("bare");
+    let reg = registry(64);
+    let me = Caller::local();
+
+    let (mut bare_open, mut bare_cycle) = (Samples::new(), Samples::new());
+    let (mut gh_open, mut gh_cycle, mut gh_invoke_cycle) =
+        (Samples::new(), Samples::new(), Samples::new());
+    for round in 0..n + n / 10 {
+        let warm = round >= n / 10;
+        let t = Instant::now();
+        let mut inst = bare.open().await.expect("bare open");
+        let opened = t.elapsed();
+        inst.call("echo", b"0123456789abcdef")
+            .await
+            .expect("bare call");
+        drop(inst);
+        let cycle = t.elapsed();
+        if warm {
+            bare_open.push(opened);
+            bare_cycle.push(cycle);
+        }
+
+        let t = Instant::now();
+        let s = reg.open(&me, echo()).await.expect("open");
+        let opened = t.elapsed();
+        reg.close(&me, &s.id).await.expect("close");
+        let cycle = t.elapsed();
+        let t = Instant::now();
+        let s = reg.open(&me, echo()).await.expect("open");
+        reg.invoke(&me, &s.id, vec![cmd()], None)
+            .await
+            .expect("invoke");
+        reg.close(&me, &s.id).await.expect("close");
+        let invoke_cycle = t.elapsed();
+        if warm {
+            gh_open.push(opened);
+            gh_cycle.push(cycle);
+            gh_invoke_cycle.push(invoke_cycle);
+        }
+    }
+    println!("\n### Session open, host side ({n} rounds, p50 / p99 in us)\n");
+    println!("| figure | gatehouse | bare wasmtime | ratio |\n|---|---|---|---|");
+    row("open, p50", gh_open.pct(0.5), bare_open.pct(0.5), "us");
+    row("open, p99", gh_open.pct(0.99), bare_open.pct(0.99), "us");
+    row(
+        "open + one invoke + close, p50",
+        gh_invoke_cycle.pct(0.5),
+        bare_cycle.pct(0.5),
+        "us",
+    );
+    println!(
+        "| open + close (no invoke), p50 | {:.1} us | | |",
+        gh_cycle.pct(0.5)
+    );
+
+    // Dispatch: the same command through the session task vs a direct call.
+    let rounds = n * 4;
+    let s = reg.open(&me, echo()).await.expect("open");
+    let mut inst = bare.open().await.expect("bare open");
+    let (mut ours, mut base) = (Samples::new(), Samples::new());
+    for round in 0..rounds + rounds / 10 {
+        let t = Instant::now();
+        reg.invoke(&me, &s.id, vec![cmd()], None)
+            .await
+            .expect("invoke");
+        let a = t.elapsed();
+        let t = Instant::now();
+        inst.call("echo", b"0123456789abcdef").await.expect("call");
+        let b = t.elapsed();
+        if round >= rounds / 10 {
+            ours.push(a);
+            base.push(b);
+        }
+    }
+    println!("\n### Host-side dispatch ({rounds} calls of echo, 16 B)\n");
+    println!(
+        "| figure | through the session task | direct typed call | ratio |\n|---|---|---|---|"
+    );
+    let (o, b) = (ours.pct(0.5), base.pct(0.5));
+    row("one command, p50", o, b, "us");
+    println!("| difference, p50 | {:.1} us | | |", o - b);
+}
+
+fn cmd() -> Command {
+    Command {
+        name: "echo".into(),
+        payload: b"0123456789abcdef".to_vec(),
+    }
+}
+
+/// A bare tonic server answering `Invoke` with the payload: the transport's
+/// floor, same messages and codec as the gateway.
+struct BareEcho;
+
+#[tonic::async_trait]
+impl Gateway for BareEcho {
+    async fn list_backends(
+        &self,
+        _: Request<pb::ListBackendsRequest>,
+    ) -> Result<Response<pb::ListBackendsResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn open_session(
+        &self,
+        _: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        Ok(Response::new(pb::OpenSessionResponse {
+            session: Some(pb::SessionInfo {
+                session_id: "bare".into(),
+                ..Default::default()
+            }),
+        }))
+    }
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(pb::InvokeResponse {
+            payload: r.command.map(|c| c.payload).unwrap_or_default(),
+            error: None,
+            correlation_id: r.correlation_id,
+        }))
+    }
+    async fn invoke_batch(
+        &self,
+        _: Request<pb::InvokeBatchRequest>,
+    ) -> Result<Response<pb::InvokeBatchResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    type StreamEventsStream = futures::stream::Empty<Result<pb::Event, Status>>;
+    async fn stream_events(
+        &self,
+        _: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn renew_lease(
+        &self,
+        _: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_session(
+        &self,
+        _: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn close_session(
+        &self,
+        _: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        Ok(Response::new(pb::CloseSessionResponse::default()))
+    }
+}
+
+async fn bare_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(GatewayServer::new(BareEcho))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+async fn gatehouse_server() -> SocketAddr {
+    let mut config = Config::builtin();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.metrics_listen = None;
+    config.server.cache_dir = None;
+    config.server.max_sessions = 256;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(gatehouse::server::serve_until(
+        config,
+        move |a| {
+            let _ = tx.send(a.grpc);
+        },
+        std::future::pending(),
+    ));
+    rx.await.expect("gatehouse started")
+}
+
+async fn client(addr: SocketAddr) -> GatewayClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect");
+    GatewayClient::new(channel)
+}
+
+fn load(
+    concurrency: usize,
+    secs: f64,
+    command: &str,
+    payload: &[u8],
+    subscribe: bool,
+) -> BenchOptions {
+    BenchOptions {
+        backend: "echo".into(),
+        mode: Mode::Reuse,
+        concurrency,
+        duration: Some(Duration::from_secs_f64(secs)),
+        count: None,
+        command: command.into(),
+        payload: payload.to_vec(),
+        churn_after: 1,
+        pool_size: 1,
+        subscribe,
+        progress: false,
+    }
+}
+
+fn rate(report: &gatehouse::loadgen::Report, op: &str) -> (f64, f64) {
+    let v = report.to_json();
+    (
+        v["operations"][op]["per_sec"].as_f64().unwrap_or(0.0),
+        v["operations"][op]["p50_us"].as_f64().unwrap_or(0.0),
+    )
+}
+
+async fn grpc_section() {
+    let secs = if quick() { 1.0 } else { 3.0 };
+    let ours = gatehouse_server().await;
+    let bare = bare_server().await;
+    let (ours_c, bare_c) = (client(ours).await, client(bare).await);
+    println!("\n### Invoke over gRPC on loopback (echo, 16 B, {secs}s each)\n");
+    println!(
+        "| concurrency | gatehouse invokes/s | bare tonic req/s | ratio | gatehouse p50 | bare p50 | p50 ratio |\n|---|---|---|---|---|---|---|"
+    );
+    for c in [1, 8, 64] {
+        let a = gatehouse::loadgen::run(
+            ours_c.clone(),
+            load(c, secs, "echo", b"0123456789abcdef", false),
+        )
+        .await;
+        let b = gatehouse::loadgen::run(
+            bare_c.clone(),
+            load(c, secs, "echo", b"0123456789abcdef", false),
+        )
+        .await;
+        let ((ra, pa), (rb, pb_)) = (rate(&a, "invoke"), rate(&b, "invoke"));
+        println!(
+            "| {c} | {ra:.0} | {rb:.0} | {:.2}x | {pa:.0} us | {pb_:.0} us | {:.2}x |",
+            ra / rb,
+            pa / pb_
+        );
+    }
+    // Events: one session, one stream, `emit 1000` in a loop.
+    let events =
+        gatehouse::loadgen::run(ours_c.clone(), load(1, secs, "emit", b"1000", true)).await;
+    let (ev, lat) = rate(&events, "event");
+    println!("\n### Events on one stream\n\n| figure | value |\n|---|---|");
+    println!("| events/s delivered | {ev:.0} |\n| emit to receipt, p50 | {lat:.0} us |");
+}
+
+async fn density_section() {
+    let counts: &[usize] = if quick() { &[1_000] } else { &[1_000, 10_000] };
+    println!("\n### Density: idle echo sessions (one invoke each)\n");
+    println!("| sessions | RSS added | per session | open p50 | open p99 |\n|---|---|---|---|---|");
+    for &n in counts {
+        let reg = registry(n);
+        let me = Caller::local();
+        let before = rss_kib();
+        let mut opens = Samples::new();
+        let mut held = Vec::with_capacity(n);
+        let mut failed = None;
+        for i in 0..n {
+            let t = Instant::now();
+            match reg.open(&me, echo()).await {
+                Ok(s) => {
+                    opens.push(t.elapsed());
+                    let _ = reg.invoke(&me, &s.id, vec![cmd()], None).await;
+                    held.push(s);
+                }
+                Err(e) => {
+                    failed = Some((i, e.to_string()));
+                    break;
+                }
+            }
+        }
+        let added = rss_kib().saturating_sub(before);
+        println!(
+            "| {} | {:.1} MiB | {:.1} KiB | {:.1} us | {:.1} us |",
+            held.len(),
+            added as f64 / 1024.0,
+            added as f64 / held.len().max(1) as f64,
+            opens.pct(0.5),
+            opens.pct(0.99)
+        );
+        if let Some((i, e)) = failed {
+            println!("\nopening session {} failed: {e}", i + 1);
+        }
+        reg.shutdown(Duration::from_secs(30)).await;
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    runtime.block_on(async {
+        println!("## gatehouse benchmark suite\n");
+        let n = if quick() { 500 } else { 5_000 };
+        open_section(n).await;
+        grpc_section().await;
+        density_section().await;
+    });
+}
