@@ -224,6 +224,7 @@ pub(super) fn resolve(
         };
         let limits = limits(&t.sessions, &format!("{key}.sessions"))?;
         let mut keys = Vec::with_capacity(t.keys.len());
+        let mut key_names = HashSet::new();
         for (j, k) in t.keys.into_iter().enumerate() {
             let kkey = format!("{key}.keys[{j}]");
             let hash =
@@ -254,6 +255,14 @@ pub(super) fn resolve(
                 return Err(invalid(
                     format!("{kkey}.name"),
                     "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if let Some(name) = &k.name
+                && !key_names.insert(name.clone())
+            {
+                return Err(invalid(
+                    format!("{kkey}.name"),
+                    format!("duplicate key name {name:?} in this tenant"),
                 ));
             }
             keys.push(KeySpec {
@@ -468,6 +477,12 @@ scopes = ["admin"]
             "[[tenants]]\nname = \"a\"\n[[tenants.keys]]\nhash = \"ghk_plaintext\"\nscopes = [\"admin\"]\n",
         );
         assert!(e.starts_with("tenants[0].keys[0].hash"), "{e}");
+        let e = err(&format!(
+            "[[tenants]]\nname = \"a\"\n[[tenants.keys]]\nname = \"k\"\nhash = \"{}\"\nscopes = [\"admin\"]\n[[tenants.keys]]\nname = \"k\"\nhash = \"{}\"\nscopes = [\"admin\"]\n",
+            hash(1),
+            hash(2)
+        ));
+        assert!(e.starts_with("tenants[0].keys[1].name"), "{e}");
         let e = err("[[tenants]]\nname = \"a\"\nmax_sessions = 0\n");
         assert!(e.starts_with("tenants[0].max_sessions"), "{e}");
         let e = err("[[tenants]]\nname = \"a\"\n[tenants.sessions]\nevent_overflow = \"fault\"\n");
