@@ -169,8 +169,9 @@ struct KeyFile {
     scopes: Vec<String>,
 }
 
-/// Whether `name` is 1-64 letters, digits, `-`, `_` or `.`.
-pub(super) fn valid_name(name: &str) -> bool {
+/// Whether `name` is a valid tenant or key name: 1-64 letters, digits, `-`,
+/// `_` or `.`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
