@@ -120,27 +120,25 @@ impl LimitOverrides {
 
     /// The backend's policy with these overrides applied: every limit is the
     /// smaller of the two, and defaults stay within their maximums.
+    /// Settings that are not limits (and any added later) are the backend's.
     pub fn apply(&self, backend: &SessionPolicy) -> SessionPolicy {
-        let b = backend;
-        let mut p = SessionPolicy {
-            command_timeout: lower(b.command_timeout, self.command_timeout),
-            max_command_timeout: lower(b.max_command_timeout, self.max_command_timeout),
-            lease: lower(b.lease, self.lease),
-            max_lease: lower(b.max_lease, self.max_lease),
-            idle_timeout: lower_opt(b.idle_timeout, self.idle_timeout),
-            max_lifetime: lower_opt(b.max_lifetime, self.max_lifetime),
-            close_timeout: lower(b.close_timeout, self.close_timeout),
-            memory_limit: lower(b.memory_limit, self.memory_limit),
-            max_reply_bytes: lower(b.max_reply_bytes, self.max_reply_bytes),
-            max_event_bytes: lower(b.max_event_bytes, self.max_event_bytes),
-            event_queue: lower(b.event_queue, self.event_queue),
-            replay_buffer: lower(b.replay_buffer, self.replay_buffer),
-            event_overflow: b.event_overflow,
-            max_event_subscribers: lower(b.max_event_subscribers, self.max_event_subscribers),
-            max_pending_ticks: lower(b.max_pending_ticks, self.max_pending_ticks),
-            log_lines_per_sec: lower(b.log_lines_per_sec, self.log_lines_per_sec),
-            log_burst: lower(b.log_burst, self.log_burst),
-        };
+        let mut p = backend.clone();
+        p.command_timeout = lower(p.command_timeout, self.command_timeout);
+        p.max_command_timeout = lower(p.max_command_timeout, self.max_command_timeout);
+        p.lease = lower(p.lease, self.lease);
+        p.max_lease = lower(p.max_lease, self.max_lease);
+        p.idle_timeout = lower_opt(p.idle_timeout, self.idle_timeout);
+        p.max_lifetime = lower_opt(p.max_lifetime, self.max_lifetime);
+        p.close_timeout = lower(p.close_timeout, self.close_timeout);
+        p.memory_limit = lower(p.memory_limit, self.memory_limit);
+        p.max_reply_bytes = lower(p.max_reply_bytes, self.max_reply_bytes);
+        p.max_event_bytes = lower(p.max_event_bytes, self.max_event_bytes);
+        p.event_queue = lower(p.event_queue, self.event_queue);
+        p.replay_buffer = lower(p.replay_buffer, self.replay_buffer);
+        p.max_event_subscribers = lower(p.max_event_subscribers, self.max_event_subscribers);
+        p.max_pending_ticks = lower(p.max_pending_ticks, self.max_pending_ticks);
+        p.log_lines_per_sec = lower(p.log_lines_per_sec, self.log_lines_per_sec);
+        p.log_burst = lower(p.log_burst, self.log_burst);
         p.command_timeout = p.command_timeout.min(p.max_command_timeout);
         p.lease = p.lease.min(p.max_lease);
         p
@@ -287,30 +285,52 @@ pub(super) fn resolve(
 /// values are not known here; they are combined at open).
 fn limits(f: &PolicyFile, key: &str) -> Result<LimitOverrides, ConfigError> {
     let k = |name: &str| format!("{key}.{name}");
-    if f.event_overflow.is_some() {
+    // Destructured in full, so a key added to `[sessions]` cannot be
+    // silently ignored here: it fails to compile until it is either a limit
+    // or refused.
+    let PolicyFile {
+        command_timeout,
+        max_command_timeout,
+        lease,
+        max_lease,
+        idle_timeout,
+        max_lifetime,
+        close_timeout,
+        memory_limit,
+        max_reply_bytes,
+        max_event_bytes,
+        event_queue,
+        replay_buffer,
+        event_overflow,
+        max_event_subscribers,
+        max_pending_ticks,
+        log_lines_per_sec,
+        log_burst,
+    } = f;
+    if event_overflow.is_some() {
         return Err(invalid(
             k("event_overflow"),
             "is a backend setting, not a limit a tenant can lower",
         ));
     }
     let l = LimitOverrides {
-        command_timeout: f.command_timeout.map(|v| v.0),
-        max_command_timeout: f.max_command_timeout.map(|v| v.0),
-        lease: f.lease.map(|v| v.0),
-        max_lease: f.max_lease.map(|v| v.0),
+        command_timeout: command_timeout.map(|v| v.0),
+        max_command_timeout: max_command_timeout.map(|v| v.0),
+        lease: lease.map(|v| v.0),
+        max_lease: max_lease.map(|v| v.0),
         // "off" is no limit, which never lowers anything.
-        idle_timeout: f.idle_timeout.and_then(|v| v.0),
-        max_lifetime: f.max_lifetime.and_then(|v| v.0),
-        close_timeout: f.close_timeout.map(|v| v.0),
-        memory_limit: f.memory_limit.map(|v| v.0),
-        max_reply_bytes: f.max_reply_bytes.map(|v| v.0),
-        max_event_bytes: f.max_event_bytes.map(|v| v.0),
-        event_queue: f.event_queue,
-        replay_buffer: f.replay_buffer,
-        max_event_subscribers: f.max_event_subscribers,
-        max_pending_ticks: f.max_pending_ticks,
-        log_lines_per_sec: f.log_lines_per_sec,
-        log_burst: f.log_burst,
+        idle_timeout: idle_timeout.and_then(|v| v.0),
+        max_lifetime: max_lifetime.and_then(|v| v.0),
+        close_timeout: close_timeout.map(|v| v.0),
+        memory_limit: memory_limit.map(|v| v.0),
+        max_reply_bytes: max_reply_bytes.map(|v| v.0),
+        max_event_bytes: max_event_bytes.map(|v| v.0),
+        event_queue: *event_queue,
+        replay_buffer: *replay_buffer,
+        max_event_subscribers: *max_event_subscribers,
+        max_pending_ticks: *max_pending_ticks,
+        log_lines_per_sec: *log_lines_per_sec,
+        log_burst: *log_burst,
     };
     for (name, value) in [
         ("command_timeout", l.command_timeout),

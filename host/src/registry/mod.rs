@@ -1,10 +1,11 @@
 //! The session registry: every live session, the cap, the state machine,
 //! leases and the sweeper.
 //!
-//! Opening a session takes a slot (rejecting at once when none is free),
-//! registers the session, starts its worker and marks it `READY`. A failure
-//! rolls back every step in reverse: fault, deregister, dispose the worker,
-//! release the slot, count the fault, log, return the error.
+//! Opening a session takes a slot of the caller's tenant's quota and one of
+//! the gateway's cap (both or neither, rejecting at once when either is
+//! full), registers the session, starts its worker and marks it `READY`. A
+//! failure rolls back every step in reverse: fault, deregister, dispose the
+//! worker, release the slot, count the fault, log, return the error.
 
 pub mod session;
 pub mod slots;
