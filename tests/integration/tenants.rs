@@ -63,9 +63,9 @@ impl Gateway {
         let line = rx.recv_timeout(Duration::from_secs(120)).ok().flatten();
         let fail = |child: &mut Child, why: String| {
             let _ = child.kill();
-            let _ = child.wait();
+            let status = child.wait();
             let log = std::fs::read_to_string(&log).unwrap_or_default();
-            Err(format!("{why}\n--- gateway log ---\n{log}"))
+            Err(format!("{why} ({status:?})\n--- gateway log ---\n{log}"))
         };
         let Some(line) = line else {
             return fail(
