@@ -286,14 +286,17 @@ async fn gatehouse_server() -> SocketAddr {
     rx.await.expect("gatehouse started")
 }
 
-async fn client(addr: SocketAddr) -> GatewayClient<tonic::transport::Channel> {
+async fn client(addr: SocketAddr) -> gatehouse::loadgen::Client {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .tcp_nodelay(true)
         .connect()
         .await
         .expect("connect");
-    GatewayClient::new(channel)
+    GatewayClient::with_interceptor(
+        channel,
+        gatehouse::cli::BearerKey::new(None).expect("no key"),
+    )
 }
 
 fn load(

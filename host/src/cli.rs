@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::config::parse_duration;
+use crate::keys::{Scope, Scopes};
 use crate::proto::v1 as pb;
 use crate::proto::v1::gateway_client::GatewayClient;
 
@@ -63,15 +67,50 @@ fn code_name(code: tonic::Code) -> String {
         .collect()
 }
 
+/// Sends `authorization: Bearer <key>` on every call, when there is a key.
+#[derive(Clone)]
+pub struct BearerKey(Option<MetadataValue<Ascii>>);
+
+impl BearerKey {
+    /// The header value for `key`; `None` sends nothing (local development
+    /// mode).
+    pub fn new(key: Option<&str>) -> Result<Self, CliError> {
+        let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
+            return Ok(Self(None));
+        };
+        let mut value: MetadataValue<Ascii> = format!("Bearer {key}").parse().map_err(|_| {
+            CliError::Usage("the API key has characters a header cannot carry".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for BearerKey {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// A connected client plus output settings.
 pub struct Client {
-    inner: GatewayClient<Channel>,
+    inner: GatewayClient<InterceptedService<Channel, BearerKey>>,
     json: bool,
 }
 
 impl Client {
-    /// Connects to `addr` (`http://host:port` or `host:port`).
-    pub async fn connect(addr: &str, json: bool) -> Result<Self, CliError> {
+    /// Connects to `addr` (`http://host:port` or `host:port`); every call
+    /// carries `key` if given.
+    pub async fn connect(addr: &str, json: bool, key: Option<&str>) -> Result<Self, CliError> {
+        let bearer = BearerKey::new(key)?;
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -87,7 +126,8 @@ impl Client {
                 message: source_chain(&e),
             })?;
         Ok(Self {
-            inner: GatewayClient::new(channel).max_decoding_message_size(64 << 20),
+            inner: GatewayClient::with_interceptor(channel, bearer)
+                .max_decoding_message_size(64 << 20),
             json,
         })
     }
@@ -360,6 +400,70 @@ impl Client {
         }
         Ok(0)
     }
+}
+
+/// `gatehouse keys new --tenant NAME --scope S...`: prints a new key once,
+/// and the config snippet that holds its hash.
+pub fn new_key(
+    tenant: &str,
+    scopes: &[String],
+    name: Option<&str>,
+    json: bool,
+) -> Result<i32, CliError> {
+    use crate::config::tenants::valid_name;
+    let bad_name = |what: &str, n: &str| {
+        CliError::Usage(format!(
+            "{what} {n:?}: use 1-64 letters, digits, '-', '_' or '.'"
+        ))
+    };
+    if !valid_name(tenant) {
+        return Err(bad_name("tenant", tenant));
+    }
+    if let Some(n) = name
+        && !valid_name(n)
+    {
+        return Err(bad_name("key name", n));
+    }
+    let scopes: Scopes = scopes
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| Scope::parse(s.trim()).map_err(CliError::Usage))
+        .collect::<Result<_, _>>()?;
+    if scopes.is_empty() {
+        return Err(CliError::Usage("give at least one --scope".into()));
+    }
+    let (key, hash) = crate::keys::generate().map_err(CliError::Usage)?;
+    let names: Vec<String> = scopes.iter().map(|s| format!("{:?}", s.as_str())).collect();
+    let mut snippet = String::from("[[tenants.keys]]\n");
+    if let Some(n) = name {
+        snippet.push_str(&format!("name = {n:?}\n"));
+    }
+    snippet.push_str(&format!(
+        "hash = \"{hash}\"\nscopes = [{}]\n",
+        names.join(", ")
+    ));
+    if json {
+        let scopes: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
+        println!(
+            "{}",
+            json!({
+                "tenant": tenant,
+                "key": key,
+                "hash": hash.to_string(),
+                "scopes": scopes,
+                "toml": snippet,
+            })
+        );
+    } else {
+        println!(
+            "# API key for tenant {tenant:?}. It is shown only now: the gateway keeps only its hash."
+        );
+        println!("{key}");
+        println!();
+        println!("# Add this under the [[tenants]] entry with name = {tenant:?}:");
+        print!("{snippet}");
+    }
+    Ok(0)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

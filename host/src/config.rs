@@ -54,6 +54,9 @@
 //! host = "/srv/data"
 //! guest = "/data"
 //! mode = "ro"                       # or "rw"
+//!
+//! [[tenants]]                       # API keys, quotas, allowed backends: see `tenants`
+//! name = "acme"
 //! ```
 //!
 //! Unknown keys and bad values are errors that name the key.
@@ -67,6 +70,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::builtin;
+
+pub mod tenants;
+
+pub use self::tenants::{KeySpec, LimitOverrides, TenantSpec};
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +114,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// Every backend, with its session policy resolved.
     pub backends: Vec<BackendSpec>,
+    /// Every tenant (`[[tenants]]`); see [`tenants`].
+    pub tenants: Vec<TenantSpec>,
 }
 
 /// Server-wide settings (`[server]`).
@@ -372,7 +381,14 @@ impl Config {
         Self {
             server: ServerSettings::default(),
             backends: builtin_backends(&SessionPolicy::default()),
+            tenants: Vec::new(),
         }
+    }
+
+    /// Whether any API key is configured. Without one the gateway runs in
+    /// local development mode: anonymous calls, loopback only.
+    pub fn has_keys(&self) -> bool {
+        self.tenants.iter().any(|t| !t.keys.is_empty())
     }
 }
 
@@ -408,6 +424,8 @@ struct ConfigFile {
     sessions: PolicyFile,
     #[serde(default)]
     backends: Vec<BackendFile>,
+    #[serde(default)]
+    tenants: Vec<tenants::TenantFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -573,7 +591,12 @@ impl ConfigFile {
         if backends.is_empty() {
             backends = builtin_backends(&defaults);
         }
-        Ok(Config { server, backends })
+        let tenants = tenants::resolve(self.tenants, &backends)?;
+        Ok(Config {
+            server,
+            backends,
+            tenants,
+        })
     }
 }
 

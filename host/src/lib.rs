@@ -22,6 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod keys;
 pub mod loadgen;
 pub mod metrics;
 pub mod proto;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::proto::v1 as pb;
@@ -162,7 +163,8 @@ impl Shared {
     }
 }
 
-type Client = GatewayClient<Channel>;
+/// The client a run drives (with the caller's API key, if any).
+pub type Client = GatewayClient<InterceptedService<Channel, crate::cli::BearerKey>>;
 
 /// Runs the benchmark against `client` (cloned per virtual user).
 pub async fn run(client: Client, options: BenchOptions) -> Report {

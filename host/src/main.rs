@@ -22,6 +22,10 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     addr: String,
+    /// API key for the client commands, sent as `authorization: Bearer KEY`
+    /// (not needed in local development mode).
+    #[arg(long, global = true, env = "GATEHOUSE_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -52,6 +56,9 @@ enum Cmd {
     /// Write and check plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// Make API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// List the backends sessions can be opened on.
     Backends,
     /// Open a session and print its id.
@@ -190,6 +197,26 @@ enum ConfigCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Print a new random API key (once) and the config snippet holding its
+    /// hash.
+    ///
+    /// Example: gatehouse keys new --tenant acme --scope sessions:open,sessions:use
+    New {
+        /// The tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// Scopes: sessions:open, sessions:use, sessions:read, backends:read,
+        /// admin (repeatable or comma-separated).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// A label for the key in logs.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
@@ -227,7 +254,18 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Plugin(PluginCmd::Check { file }) => plugin_check(&file, args.json),
-        other => client(args.addr, args.json, other),
+        Cmd::Keys(KeysCmd::New {
+            tenant,
+            scopes,
+            name,
+        }) => match cli::new_key(&tenant, &scopes, name.as_deref(), args.json) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                e.exit_code()
+            }
+        },
+        other => client(args.addr, args.key, args.json, other),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -344,7 +382,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<St
     }
 }
 
-fn client(addr: String, json: bool, command: Cmd) -> i32 {
+fn client(addr: String, key: Option<String>, json: bool, command: Cmd) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -356,7 +394,7 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
         }
     };
     let result: Result<i32, CliError> = runtime.block_on(async move {
-        let mut c = Client::connect(&addr, json).await?;
+        let mut c = Client::connect(&addr, json, key.as_deref()).await?;
         let json = c.json();
         match command {
             Cmd::Backends => c.backends().await,
@@ -431,7 +469,7 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
                 })
                 .await
             }
-            Cmd::Serve { .. } | Cmd::Config(_) | Cmd::Plugin(_) => Ok(0),
+            Cmd::Serve { .. } | Cmd::Config(_) | Cmd::Plugin(_) | Cmd::Keys(_) => Ok(0),
         }
     });
     match result {

@@ -40,6 +40,13 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// Labels: tenant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// Tenant name.
+    pub tenant: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1us .. ~33s
     Histogram::new(exponential_buckets(1e-6, 2.0, 26))
@@ -66,6 +73,8 @@ pub struct Metrics {
     pub events_emitted: Family<BackendLabel, Counter>,
     /// Events dropped by the overflow policy.
     pub events_dropped: Family<BackendLabel, Counter>,
+    /// Sessions holding a slot of a tenant's quota.
+    pub tenant_open_sessions: Family<TenantLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -88,6 +97,7 @@ impl Metrics {
             instantiate_seconds: Family::new_with_constructor(latency_histogram),
             events_emitted: Family::default(),
             events_dropped: Family::default(),
+            tenant_open_sessions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -134,6 +144,11 @@ impl Metrics {
             "events_dropped",
             "Events dropped by the overflow policy",
             m.events_dropped.clone(),
+        );
+        registry.register(
+            "tenant_open_sessions",
+            "Sessions holding a slot, by tenant",
+            m.tenant_open_sessions.clone(),
         );
         Self { registry, ..m }
     }

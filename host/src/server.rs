@@ -141,8 +141,10 @@ pub async fn serve_until(
     on_bound: impl FnOnce(BoundAddrs),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    // Local development mode: no keys, so only loopback.
-    if !config.server.listen.ip().is_loopback() {
+    // Local development mode: no keys, so only loopback. With keys every
+    // call must authenticate, and any address may be served.
+    let auth = Authenticator::from_tenants(&config.tenants);
+    if auth.is_local() && !config.server.listen.ip().is_loopback() {
         return Err(ServeError::Refused(format!(
             "refusing to listen on {} without API keys: local development mode only serves loopback",
             config.server.listen
@@ -199,7 +201,7 @@ pub async fn serve_until(
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gateway = api::gateway_server(
         Arc::clone(&registry),
-        Authenticator::local(),
+        auth.clone(),
         ApiLimits {
             max_message_bytes: config.server.max_message_bytes,
             max_batch_commands: config.server.max_batch_commands,
@@ -228,7 +230,7 @@ pub async fn serve_until(
         grpc,
         metrics: metrics_addr,
     });
-    tracing::info!(%grpc, "gatehouse listening");
+    tracing::info!(%grpc, local_mode = auth.is_local(), tenants = config.tenants.len(), "gatehouse listening");
 
     let shutdown_timeout = config.server.shutdown_timeout;
     let drain = {

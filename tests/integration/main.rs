@@ -15,3 +15,4 @@ mod sandbox;
 mod sessions;
 mod shutdown;
 mod status;
+mod tenants;

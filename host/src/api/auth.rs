@@ -1,24 +1,394 @@
-//! Who is calling. In local development mode (no keys configured) every call
-//! is the anonymous tenant `default`.
+//! Who is calling, and may they make this call.
+//!
+//! [`Authenticated`] wraps the Gateway service (and only it: health and
+//! reflection need no credentials). For every RPC it reads
+//! `authorization: Bearer <key>`, finds the key's tenant and scopes, checks
+//! the scope the RPC needs ([`required_scope`]) and hands the resolved
+//! [`Caller`] to the service in the request's extensions. Failures are typed
+//! ([`AuthError`]) and become gRPC statuses in `status.rs`.
+//!
+//! With no keys configured the gateway is in local development mode: every
+//! call is the anonymous tenant `default` with every scope but `admin`, and
+//! any `authorization` header is ignored.
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::Either;
 use tonic::Status;
+use tonic::server::NamedService;
+use tower::Service;
 
-use crate::registry::Caller;
+use super::status::auth_status;
+use crate::config::TenantSpec;
+use crate::keys::{KeyTable, Scope, Scopes};
+use crate::registry::{Caller, DEFAULT_TENANT, Tenant};
+
+/// Why a call was refused before it reached the service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` header.
+    #[error("missing API key: send the metadata `authorization: Bearer <key>`")]
+    Missing,
+    /// An `authorization` header that is not `Bearer <key>`.
+    #[error("malformed authorization metadata: expected `Bearer <key>`")]
+    Malformed,
+    /// A well-formed key that matches no configured key.
+    #[error("unknown API key")]
+    UnknownKey,
+    /// A valid key without the scope the RPC needs.
+    #[error("{method} needs the {scope} scope, which this key does not have")]
+    MissingScope {
+        /// The scope the RPC needs.
+        scope: Scope,
+        /// The RPC, e.g. `OpenSession`.
+        method: String,
+    },
+}
+
+/// The scope each Gateway RPC needs. `admin` implies every scope. An RPC
+/// missing from this table (there is none; a test checks the proto) needs
+/// `admin`, so a new RPC is closed until someone decides its scope.
+pub fn required_scope(method: &str) -> Scope {
+    match method {
+        "ListBackends" => Scope::BackendsRead,
+        "OpenSession" => Scope::SessionsOpen,
+        "Invoke" | "InvokeBatch" | "StreamEvents" | "RenewLease" | "CloseSession" => {
+            Scope::SessionsUse
+        }
+        "GetSession" | "ListSessions" => Scope::SessionsRead,
+        _ => Scope::Admin,
+    }
+}
+
+/// What a key resolves to.
+#[derive(Debug, Clone)]
+struct Principal {
+    tenant: Arc<Tenant>,
+    key: Option<Arc<str>>,
+    scopes: Scopes,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Local development mode: everyone is this principal.
+    Local(Principal),
+    /// Keys configured: every call must present one.
+    Keys(KeyTable<Principal>),
+}
 
 /// Resolves the caller of each RPC from its metadata.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Authenticator {
-    _private: (),
+    mode: Arc<Mode>,
 }
 
 impl Authenticator {
-    /// Local development mode: anonymous calls as tenant `default`.
+    /// Local development mode: anonymous calls as tenant `default`, with no
+    /// quota and every backend.
     pub fn local() -> Self {
-        Self::default()
+        Self::local_as(Tenant::unrestricted(DEFAULT_TENANT))
     }
 
-    /// The caller of a request.
-    pub fn caller<T>(&self, _request: &tonic::Request<T>) -> Result<Caller, Status> {
-        Ok(Caller::local())
+    fn local_as(tenant: Arc<Tenant>) -> Self {
+        Self {
+            mode: Arc::new(Mode::Local(Principal {
+                tenant,
+                key: None,
+                scopes: Scopes::all_but_admin(),
+            })),
+        }
+    }
+
+    /// The authenticator for a config's tenants. Without any key this is
+    /// local development mode, where the anonymous tenant takes the quota,
+    /// backends and limits of a `[[tenants]]` entry named `default` if there
+    /// is one. Keys of one tenant share one quota.
+    pub fn from_tenants(specs: &[TenantSpec]) -> Self {
+        if specs.iter().all(|t| t.keys.is_empty()) {
+            let tenant = specs
+                .iter()
+                .find(|t| t.name == DEFAULT_TENANT)
+                .map_or_else(|| Tenant::unrestricted(DEFAULT_TENANT), Tenant::from_spec);
+            return Self::local_as(tenant);
+        }
+        let mut entries = Vec::new();
+        for spec in specs {
+            let tenant = Tenant::from_spec(spec);
+            for key in &spec.keys {
+                entries.push((
+                    key.hash,
+                    Principal {
+                        tenant: Arc::clone(&tenant),
+                        key: Some(key.label().into()),
+                        scopes: key.scopes,
+                    },
+                ));
+            }
+        }
+        Self {
+            mode: Arc::new(Mode::Keys(KeyTable::new(entries))),
+        }
+    }
+
+    /// Whether this is local development mode (no keys).
+    pub fn is_local(&self) -> bool {
+        matches!(*self.mode, Mode::Local(_))
+    }
+
+    /// Authenticates a call to `method` (the RPC name, e.g. `OpenSession`)
+    /// from its headers and checks the scope it needs.
+    pub fn authorize(&self, headers: &http::HeaderMap, method: &str) -> Result<Caller, AuthError> {
+        let principal = match &*self.mode {
+            Mode::Local(p) => p,
+            Mode::Keys(table) => {
+                let key = bearer(headers)?;
+                table.find(key).ok_or(AuthError::UnknownKey)?
+            }
+        };
+        let scope = required_scope(method);
+        if !principal.scopes.allows(scope) {
+            return Err(AuthError::MissingScope {
+                scope,
+                method: method.to_string(),
+            });
+        }
+        Ok(Caller::new(
+            Arc::clone(&principal.tenant),
+            principal.key.clone(),
+            principal.scopes.is_admin(),
+        ))
+    }
+
+    /// The caller [`Authenticated`] resolved for this request.
+    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        // Fail closed: a request that did not pass the layer has no caller.
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
+    }
+}
+
+/// The key of `authorization: Bearer <key>`.
+fn bearer(headers: &http::HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthError::Malformed);
+    }
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?.trim();
+    let (scheme, key) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    let key = key.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() || key.contains(' ') {
+        return Err(AuthError::Malformed);
+    }
+    Ok(key)
+}
+
+/// A service wrapped with authentication: see the module docs.
+#[derive(Debug, Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+impl<S> Authenticated<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, auth: Authenticator) -> Self {
+        Self { inner, auth }
+    }
+}
+
+impl<S: NamedService> NamedService for Authenticated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for Authenticated<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+{
+    type Response = S::Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, std::future::Ready<Result<Self::Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+        match self.auth.authorize(request.headers(), method) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Either::Left(self.inner.call(request))
+            }
+            Err(e) => {
+                tracing::info!(method, "call refused: {e}");
+                Either::Right(std::future::ready(Ok(auth_status(e).into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+    use prost::Message;
+
+    use super::*;
+    use crate::config::{KeySpec, LimitOverrides};
+    use crate::keys::{KeyHash, generate};
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = auth {
+            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn spec(name: &str, keys: Vec<(KeyHash, Scopes)>) -> TenantSpec {
+        TenantSpec {
+            name: name.into(),
+            max_sessions: None,
+            backends: None,
+            limits: LimitOverrides::default(),
+            keys: keys
+                .into_iter()
+                .map(|(hash, scopes)| KeySpec {
+                    name: None,
+                    hash,
+                    scopes,
+                })
+                .collect(),
+        }
+    }
+
+    fn scopes(list: &[Scope]) -> Scopes {
+        list.iter().copied().collect()
+    }
+
+    #[test]
+    fn every_gateway_rpc_has_a_scope_that_is_not_admin() {
+        let fds =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let methods: Vec<String> = fds
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .filter(|s| s.name() == "Gateway")
+            .flat_map(|s| &s.method)
+            .map(|m| m.name().to_string())
+            .collect();
+        assert_eq!(methods.len(), 9, "{methods:?}");
+        for m in &methods {
+            assert_ne!(required_scope(m), Scope::Admin, "{m} has no scope");
+        }
+        assert_eq!(required_scope("SomethingNew"), Scope::Admin);
+    }
+
+    #[test]
+    fn scope_table() {
+        use Scope::*;
+        let table = [
+            ("ListBackends", BackendsRead),
+            ("OpenSession", SessionsOpen),
+            ("Invoke", SessionsUse),
+            ("InvokeBatch", SessionsUse),
+            ("StreamEvents", SessionsUse),
+            ("RenewLease", SessionsUse),
+            ("CloseSession", SessionsUse),
+            ("GetSession", SessionsRead),
+            ("ListSessions", SessionsRead),
+        ];
+        for (m, s) in table {
+            assert_eq!(required_scope(m), s, "{m}");
+        }
+    }
+
+    #[test]
+    fn keys_resolve_to_their_tenant_and_scopes() {
+        let (a_key, a_hash) = generate().unwrap();
+        let (b_key, b_hash) = generate().unwrap();
+        let (admin_key, admin_hash) = generate().unwrap();
+        let auth = Authenticator::from_tenants(&[
+            spec("a", vec![(a_hash, scopes(&[Scope::SessionsRead]))]),
+            spec(
+                "b",
+                vec![
+                    (b_hash, scopes(&[Scope::SessionsOpen])),
+                    (admin_hash, scopes(&[Scope::Admin])),
+                ],
+            ),
+        ]);
+        assert!(!auth.is_local());
+        let bearer = |k: &str| headers(Some(&format!("Bearer {k}")));
+
+        let a = auth.authorize(&bearer(&a_key), "ListSessions").unwrap();
+        assert_eq!(a.tenant_name(), "a");
+        assert!(!a.admin);
+        assert_eq!(a.key.as_deref(), Some(a_hash.short().as_str()));
+        assert_eq!(
+            auth.authorize(&bearer(&a_key), "OpenSession").unwrap_err(),
+            AuthError::MissingScope {
+                scope: Scope::SessionsOpen,
+                method: "OpenSession".into()
+            }
+        );
+        let b = auth.authorize(&bearer(&b_key), "OpenSession").unwrap();
+        assert_eq!(b.tenant_name(), "b");
+        let admin = auth.authorize(&bearer(&admin_key), "Invoke").unwrap();
+        assert!(admin.admin);
+        assert!(
+            Arc::ptr_eq(&b.tenant, &admin.tenant),
+            "keys of one tenant share its quota"
+        );
+        // The scheme is case-insensitive.
+        auth.authorize(&headers(Some(&format!("bearer {b_key}"))), "OpenSession")
+            .unwrap();
+    }
+
+    #[test]
+    fn missing_malformed_and_unknown_keys_are_refused() {
+        let (_, hash) = generate().unwrap();
+        let auth = Authenticator::from_tenants(&[spec("a", vec![(hash, scopes(&[Scope::Admin]))])]);
+        let check = |h: Option<&str>| auth.authorize(&headers(h), "ListBackends").unwrap_err();
+        assert_eq!(check(None), AuthError::Missing);
+        assert_eq!(check(Some("Basic dXNlcjpwYXNz")), AuthError::Malformed);
+        assert_eq!(check(Some("Bearer")), AuthError::Malformed);
+        assert_eq!(check(Some("Bearer ")), AuthError::Malformed);
+        assert_eq!(check(Some("Bearer a b")), AuthError::Malformed);
+        assert_eq!(check(Some("Bearer ghk_00")), AuthError::UnknownKey);
+        let (other, _) = generate().unwrap();
+        assert_eq!(
+            check(Some(&format!("Bearer {other}"))),
+            AuthError::UnknownKey
+        );
+    }
+
+    #[test]
+    fn local_mode_is_anonymous_default_without_admin() {
+        for auth in [
+            Authenticator::local(),
+            Authenticator::from_tenants(&[]),
+            Authenticator::from_tenants(&[spec("default", vec![])]),
+        ] {
+            assert!(auth.is_local());
+            let c = auth.authorize(&headers(None), "OpenSession").unwrap();
+            assert_eq!(c.tenant_name(), DEFAULT_TENANT);
+            assert!(!c.admin && c.key.is_none());
+            // A stray header is ignored.
+            auth.authorize(&headers(Some("Bearer whatever")), "Invoke")
+                .unwrap();
+        }
+        let auth = Authenticator::from_tenants(&[TenantSpec {
+            max_sessions: Some(3),
+            ..spec("default", vec![])
+        }]);
+        let c = auth.authorize(&headers(None), "OpenSession").unwrap();
+        assert_eq!(c.tenant.max_sessions(), Some(3));
     }
 }

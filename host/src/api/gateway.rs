@@ -76,10 +76,11 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::ListBackendsRequest>,
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
-        self.auth.caller(&request)?;
+        let caller = self.auth.caller(&request)?;
+        // Only the backends the caller's tenant may open.
         let backends = self
             .registry
-            .backends()
+            .backends_for(&caller)
             .map(|b| convert::backend_info(b.backend.info()))
             .collect();
         Ok(Response::new(pb::ListBackendsResponse { backends }))

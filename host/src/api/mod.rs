@@ -9,10 +9,10 @@ mod status;
 
 use std::sync::Arc;
 
-pub use self::auth::Authenticator;
+pub use self::auth::{AuthError, Authenticated, Authenticator, required_scope};
 pub use self::gateway::GatewayService;
 pub use self::standard_status::StandardStatusLayer;
-pub use self::status::to_status;
+pub use self::status::{auth_status, to_status};
 
 use crate::proto::v1::gateway_server::GatewayServer;
 use crate::registry::Registry;
@@ -30,13 +30,15 @@ pub struct ApiLimits {
     pub deadline_margin: std::time::Duration,
 }
 
-/// The Gateway service wrapped with its message size limits.
+/// The Gateway service wrapped with its message size limits and with
+/// authentication.
 pub fn gateway_server(
     registry: Arc<Registry>,
     auth: Authenticator,
     limits: ApiLimits,
-) -> GatewayServer<GatewayService> {
-    GatewayServer::new(GatewayService::new(registry, auth, limits))
+) -> Authenticated<GatewayServer<GatewayService>> {
+    let server = GatewayServer::new(GatewayService::new(registry, auth.clone(), limits))
         .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+    Authenticated::new(server, auth)
 }

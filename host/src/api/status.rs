@@ -3,8 +3,21 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::auth::AuthError;
 use crate::backend::{FaultClass, StartError};
 use crate::registry::GatewayError;
+
+/// Maps a refused credential to `UNAUTHENTICATED` (no usable key) or
+/// `PERMISSION_DENIED` (a valid key without the scope).
+pub fn auth_status(error: AuthError) -> Status {
+    let message = error.to_string();
+    match error {
+        AuthError::Missing | AuthError::Malformed | AuthError::UnknownKey => {
+            Status::unauthenticated(message)
+        }
+        AuthError::MissingScope { .. } => Status::permission_denied(message),
+    }
+}
 
 /// Maps a gateway error to the status the spec names for it.
 pub fn to_status(error: GatewayError) -> Status {
@@ -13,8 +26,10 @@ pub fn to_status(error: GatewayError) -> Status {
         GatewayError::SessionNotFound(_) | GatewayError::BackendNotFound(_) => {
             Status::not_found(message)
         }
+        GatewayError::BackendNotAllowed(_) => Status::permission_denied(message),
         GatewayError::NotReady(_) => Status::failed_precondition(message),
-        GatewayError::SessionCapReached { retry_after, .. } => Status::with_error_details(
+        GatewayError::SessionCapReached { retry_after, .. }
+        | GatewayError::TenantQuotaReached { retry_after, .. } => Status::with_error_details(
             Code::ResourceExhausted,
             message,
             ErrorDetails::with_retry_info(Some(retry_after)),

@@ -1,14 +1,16 @@
 //! The session registry: every live session, the cap, the state machine,
 //! leases and the sweeper.
 //!
-//! Opening a session takes a slot (rejecting at once when none is free),
-//! registers the session, starts its worker and marks it `READY`. A failure
-//! rolls back every step in reverse: fault, deregister, dispose the worker,
-//! release the slot, count the fault, log, return the error.
+//! Opening a session takes a slot of the caller's tenant's quota and one of
+//! the gateway's cap (both or neither, rejecting at once when either is
+//! full), registers the session, starts its worker and marks it `READY`. A
+//! failure rolls back every step in reverse: fault, deregister, dispose the
+//! worker, release the slot, count the fault, log, return the error.
 
 pub mod session;
 pub mod slots;
 pub mod state;
+pub mod tenant;
 
 #[cfg(test)]
 mod tests;
@@ -28,30 +30,12 @@ use crate::backend::{
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, SubscribeError, Subscription};
-use crate::metrics::{BackendLabel, CodeLabel, Metrics, ReasonLabel};
+use crate::metrics::{BackendLabel, CodeLabel, Metrics, ReasonLabel, TenantLabel};
 
 pub use self::session::{Session, SessionSnapshot, SessionTimes};
-use self::slots::Slots;
+use self::slots::{Refused, Slots};
 pub use self::state::{CloseReason, SessionState};
-
-/// Who is calling: resolved by the API layer from credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The caller's tenant.
-    pub tenant: String,
-    /// Whether the caller may see and close every tenant's sessions.
-    pub admin: bool,
-}
-
-impl Caller {
-    /// The anonymous caller of local development mode.
-    pub fn local() -> Self {
-        Self {
-            tenant: "default".into(),
-            admin: false,
-        }
-    }
-}
+pub use self::tenant::{Caller, DEFAULT_TENANT, Tenant};
 
 /// A gateway-level failure. Mapped to a gRPC status once, in the API layer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,6 +46,9 @@ pub enum GatewayError {
     /// No such backend.
     #[error("no backend named {0:?}")]
     BackendNotFound(String),
+    /// The backend exists but the caller's tenant may not open it.
+    #[error("this tenant may not open sessions on backend {0:?}")]
+    BackendNotAllowed(String),
     /// The session is not READY.
     #[error("session is {0}, not READY")]
     NotReady(SessionState),
@@ -70,6 +57,16 @@ pub enum GatewayError {
     SessionCapReached {
         /// The cap.
         cap: usize,
+        /// When a retry may succeed.
+        retry_after: Duration,
+    },
+    /// The caller's tenant holds as many sessions as its quota allows.
+    #[error("tenant {tenant:?} is at its quota of {quota} sessions")]
+    TenantQuotaReached {
+        /// The tenant.
+        tenant: String,
+        /// The quota.
+        quota: usize,
         /// When a retry may succeed.
         retry_after: Duration,
     },
@@ -206,6 +203,17 @@ impl Registry {
         self.backends.values()
     }
 
+    /// The backends the caller's tenant may open, by name.
+    pub fn backends_for<'a>(
+        &'a self,
+        caller: &'a Caller,
+    ) -> impl Iterator<Item = &'a BackendEntry> + 'a {
+        self.backends
+            .iter()
+            .filter(|(name, _)| caller.tenant.may_open(name))
+            .map(|(_, entry)| entry)
+    }
+
     /// Sessions holding a slot.
     pub fn open_count(&self) -> usize {
         self.slots.used()
@@ -245,7 +253,11 @@ impl Registry {
             .backends
             .get(&request.backend)
             .ok_or_else(|| GatewayError::BackendNotFound(request.backend.clone()))?;
-        let policy = &entry.policy;
+        if !caller.tenant.may_open(&request.backend) {
+            return Err(GatewayError::BackendNotAllowed(request.backend));
+        }
+        // The backend's limits, lowered by the tenant's overrides.
+        let policy = &caller.tenant.policy(&entry.policy);
         let times = SessionTimes {
             command_timeout: capped(
                 request.command_timeout,
@@ -263,14 +275,28 @@ impl Registry {
             backend: backend_name.clone(),
         };
 
-        // 1. Take a slot, or refuse at once.
-        let gauge = self.metrics.open_sessions.get_or_create(&label).clone();
+        // 1. Take a slot of the tenant's quota and one of the gateway's cap
+        //    (both or neither), or refuse at once.
+        let gauges = vec![
+            self.metrics.open_sessions.get_or_create(&label).clone(),
+            self.metrics
+                .tenant_open_sessions
+                .get_or_create(&TenantLabel {
+                    tenant: caller.tenant_name().to_string(),
+                })
+                .clone(),
+        ];
+        let retry_after = self.settings.retry_after;
         let slot = self
             .slots
-            .try_take(gauge)
-            .ok_or(GatewayError::SessionCapReached {
-                cap: self.slots.cap(),
-                retry_after: self.settings.retry_after,
+            .try_take_both(caller.tenant.quota(), gauges)
+            .map_err(|refused| match refused {
+                Refused::Cap(cap) => GatewayError::SessionCapReached { cap, retry_after },
+                Refused::Quota(quota) => GatewayError::TenantQuotaReached {
+                    tenant: caller.tenant_name().to_string(),
+                    quota,
+                    retry_after,
+                },
             })?;
 
         // 2. Register.
@@ -287,7 +313,8 @@ impl Registry {
         let now = self.clock.now();
         let session = Arc::new(Session::new(
             Arc::clone(&id),
-            caller.tenant.clone(),
+            caller.tenant_name().to_string(),
+            caller.key.clone(),
             entry.backend.info().clone(),
             request.client_session_name,
             request.client_correlation_id,
@@ -305,7 +332,7 @@ impl Registry {
         config.extend(request.config);
         let start = StartRequest {
             session_id: Arc::clone(&id),
-            tenant: caller.tenant.clone(),
+            tenant: caller.tenant_name().to_string(),
             backend: backend_name.clone(),
             config,
             events,
@@ -332,7 +359,7 @@ impl Registry {
                 session.set_worker(Arc::clone(&worker));
                 if session.transition(SessionState::Ready, self.clock.now()) {
                     self.metrics.sessions_opened.get_or_create(&label).inc();
-                    tracing::info!(session_id = %id, backend = %backend_name, tenant = %caller.tenant, "session opened");
+                    tracing::info!(session_id = %id, backend = %backend_name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
                     return Ok(Arc::clone(&session));
                 }
                 GatewayError::StartFailed(StartError::Failed(
@@ -375,19 +402,38 @@ impl Registry {
         Err(error)
     }
 
-    /// Finds a session the caller may see.
+    /// Finds a session the caller may see: one of its tenant's, or any for
+    /// an admin. Anything else is `SessionNotFound`, exactly as for an
+    /// unknown id.
     pub fn lookup(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
+        self.find(caller, id, caller.admin)
+    }
+
+    /// Finds a session of the caller's own tenant: the sessions it may use
+    /// (invoke, stream, renew). An admin sees and closes every tenant's
+    /// sessions but does not drive them.
+    fn owned(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
+        self.find(caller, id, false)
+    }
+
+    fn find(
+        &self,
+        caller: &Caller,
+        id: &str,
+        any_tenant: bool,
+    ) -> Result<Arc<Session>, GatewayError> {
         let sessions = self.sessions();
         match sessions.get(id) {
-            Some(s) if caller.admin || s.tenant == caller.tenant => Ok(Arc::clone(s)),
+            Some(s) if any_tenant || s.tenant == caller.tenant_name() => Ok(Arc::clone(s)),
             _ => Err(GatewayError::SessionNotFound(id.to_string())),
         }
     }
 
-    /// Finds a session, renewing its lease if it is READY.
+    /// Finds a session, renewing its lease if it is READY and the caller is
+    /// its owner (same tenant and key).
     pub fn get(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
         let session = self.lookup(caller, id)?;
-        if session.state() == SessionState::Ready && session.tenant == caller.tenant {
+        if session.state() == SessionState::Ready && session.is_owned_by(caller) {
             session.touch(self.clock.now());
         }
         Ok(session)
@@ -398,7 +444,7 @@ impl Registry {
         let mut out: Vec<Arc<Session>> = self
             .sessions()
             .values()
-            .filter(|s| caller.admin || s.tenant == caller.tenant)
+            .filter(|s| caller.admin || s.tenant == caller.tenant_name())
             .cloned()
             .collect();
         out.sort_by_key(|s| s.opened_at);
@@ -407,7 +453,7 @@ impl Registry {
 
     /// Renews a READY session's lease.
     pub fn renew(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
-        let session = self.lookup(caller, id)?;
+        let session = self.owned(caller, id)?;
         let state = session.state();
         if state != SessionState::Ready {
             return Err(GatewayError::NotReady(state));
@@ -425,13 +471,24 @@ impl Registry {
         commands: Vec<Command>,
         deadline: Option<Instant>,
     ) -> Result<Vec<Outcome>, GatewayError> {
-        let session = self.lookup(caller, id)?;
+        let session = self.owned(caller, id)?;
         let worker = session.ready_worker().map_err(GatewayError::NotReady)?;
         session.touch(self.clock.now());
         let began = Instant::now();
-        let result = worker
-            .invoke(commands, session.times.command_timeout, deadline)
-            .await;
+        let invoked = worker.invoke(commands, session.times.command_timeout, deadline);
+        let result = match deadline {
+            None => invoked.await,
+            // The worker stops itself at the deadline too, but only at its
+            // next epoch tick; answering from here on the dot keeps the
+            // client's status DEADLINE_EXCEEDED even on a loaded machine,
+            // ahead of tonic's own timer.
+            Some(at) => tokio::select! {
+                r = invoked => r,
+                _ = tokio::time::sleep_until(at.into()) => {
+                    Err(Fault::deadline("the command ran past the client's gRPC deadline"))
+                }
+            },
+        };
         Metrics::observe(
             &self.metrics.invoke_seconds,
             &session.backend.name,
@@ -471,7 +528,7 @@ impl Registry {
         id: &str,
         resume_after: Option<u64>,
     ) -> Result<EventStream, GatewayError> {
-        let session = self.lookup(caller, id)?;
+        let session = self.owned(caller, id)?;
         let state = session.state();
         if state != SessionState::Ready {
             return Err(GatewayError::NotReady(state));

@@ -42,6 +42,8 @@ pub struct Session {
     pub id: Arc<str>,
     /// The owning tenant.
     pub tenant: String,
+    /// The label of the API key that opened it; `None` when anonymous.
+    pub owner_key: Option<Arc<str>>,
     /// The backend it runs on.
     pub backend: BackendInfo,
     /// Client-chosen name.
@@ -85,6 +87,7 @@ impl Session {
     pub(super) fn new(
         id: Arc<str>,
         tenant: String,
+        owner_key: Option<Arc<str>>,
         backend: BackendInfo,
         client_session_name: String,
         client_correlation_id: String,
@@ -96,6 +99,7 @@ impl Session {
         Self {
             id,
             tenant,
+            owner_key,
             backend,
             client_session_name,
             client_correlation_id,
@@ -114,6 +118,12 @@ impl Session {
             slot: Mutex::new(Some(slot)),
             lifecycle: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Whether `caller` is the client that opened the session: the same
+    /// tenant and the same key.
+    pub fn is_owned_by(&self, caller: &crate::registry::Caller) -> bool {
+        self.tenant == caller.tenant_name() && self.owner_key == caller.key
     }
 
     fn status(&self) -> MutexGuard<'_, Status> {

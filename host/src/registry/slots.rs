@@ -1,16 +1,30 @@
-//! The session cap: a slot per live session, taken at open (never queued)
-//! and given back exactly once when the session ends.
+//! The session cap and tenant quotas: a slot per live session, taken at open
+//! (never queued) and given back exactly once when the session ends.
+//!
+//! A session holds one unit of the gateway-wide pool and, when its tenant
+//! has one, one unit of the tenant's pool. [`Slots::try_take_both`] takes
+//! both or neither, and dropping the [`Slot`] gives both back, so no failure
+//! path can leak either.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 
-/// The pool of session slots.
+/// A pool of session slots.
 #[derive(Debug)]
 pub struct Slots {
     used: AtomicUsize,
     cap: usize,
+}
+
+/// Which limit refused a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The gateway-wide pool is full.
+    Cap(usize),
+    /// The tenant's pool is full.
+    Quota(usize),
 }
 
 impl Slots {
@@ -22,19 +36,42 @@ impl Slots {
         })
     }
 
-    /// Takes a slot, or returns `None` at once when all are taken. `gauge`
-    /// goes up now and down when the slot is dropped.
-    pub fn try_take(self: &Arc<Self>, gauge: Gauge) -> Option<Slot> {
+    /// A pool that never refuses (a tenant without a quota).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    fn claim(self: &Arc<Self>) -> Option<Claim> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.cap).then_some(n + 1)
             })
             .ok()?;
-        gauge.inc();
-        Some(Slot {
+        Some(Claim {
             pool: Arc::clone(self),
-            gauge,
         })
+    }
+
+    /// Takes a slot, or returns `None` at once when all are taken. `gauge`
+    /// goes up now and down when the slot is dropped.
+    pub fn try_take(self: &Arc<Self>, gauge: Gauge) -> Option<Slot> {
+        let global = self.claim()?;
+        Some(Slot::new(global, None, vec![gauge]))
+    }
+
+    /// Takes a slot from this (gateway-wide) pool and one from `tenant`, or
+    /// neither. The tenant's is taken first, so a tenant at its quota never
+    /// holds a gateway slot, not even for a moment. Each of `gauges` goes up
+    /// once both are held and down when the slot is dropped.
+    pub fn try_take_both(
+        self: &Arc<Self>,
+        tenant: &Arc<Slots>,
+        gauges: Vec<Gauge>,
+    ) -> Result<Slot, Refused> {
+        let quota = tenant.claim().ok_or(Refused::Quota(tenant.cap))?;
+        // On failure `quota` is dropped here, giving the tenant's slot back.
+        let global = self.claim().ok_or(Refused::Cap(self.cap))?;
+        Ok(Slot::new(global, Some(quota), gauges))
     }
 
     /// Slots in use.
@@ -48,17 +85,44 @@ impl Slots {
     }
 }
 
-/// A taken slot; dropping it gives it back.
+/// One unit of one pool; dropping it gives it back.
+#[derive(Debug)]
+struct Claim {
+    pool: Arc<Slots>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.pool.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A taken slot; dropping it gives it back to every pool it came from.
 #[derive(Debug)]
 pub struct Slot {
-    pool: Arc<Slots>,
-    gauge: Gauge,
+    _global: Claim,
+    _tenant: Option<Claim>,
+    gauges: Vec<Gauge>,
+}
+
+impl Slot {
+    fn new(global: Claim, tenant: Option<Claim>, gauges: Vec<Gauge>) -> Self {
+        for g in &gauges {
+            g.inc();
+        }
+        Self {
+            _global: global,
+            _tenant: tenant,
+            gauges,
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.pool.used.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
+        for g in &self.gauges {
+            g.dec();
+        }
     }
 }
 
@@ -79,5 +143,64 @@ mod tests {
         let _c = slots.try_take(g.clone()).unwrap();
         drop(b);
         assert_eq!(g.get(), 1);
+    }
+
+    #[test]
+    fn quota_reached_while_the_cap_is_not() {
+        let global = Slots::new(10);
+        let tenant = Slots::new(2);
+        let (g, t) = (Gauge::default(), Gauge::default());
+        let take = || global.try_take_both(&tenant, vec![g.clone(), t.clone()]);
+        let a = take().unwrap();
+        let _b = take().unwrap();
+        assert_eq!(take().unwrap_err(), Refused::Quota(2));
+        // The refusal took nothing.
+        assert_eq!((global.used(), tenant.used()), (2, 2));
+        assert_eq!((g.get(), t.get()), (2, 2));
+        drop(a);
+        assert_eq!((global.used(), tenant.used()), (1, 1));
+        assert_eq!((g.get(), t.get()), (1, 1));
+        take().unwrap();
+    }
+
+    #[test]
+    fn cap_reached_while_the_quota_is_not_rolls_the_quota_back() {
+        let global = Slots::new(2);
+        let (a, b) = (Slots::new(5), Slots::unlimited());
+        let g = Gauge::default();
+        let _x = global.try_take_both(&b, vec![g.clone()]).unwrap();
+        let y = global.try_take_both(&b, vec![g.clone()]).unwrap();
+        assert_eq!(
+            global.try_take_both(&a, vec![g.clone()]).unwrap_err(),
+            Refused::Cap(2)
+        );
+        assert_eq!(a.used(), 0, "the tenant slot taken first was given back");
+        assert_eq!((global.used(), g.get()), (2, 2));
+        drop(y);
+        let _z = global.try_take_both(&a, vec![g.clone()]).unwrap();
+        assert_eq!((a.used(), b.used(), global.used()), (1, 1, 2));
+    }
+
+    #[test]
+    fn concurrent_takes_never_overshoot_or_leak() {
+        let global = Slots::new(8);
+        let tenants: Vec<Arc<Slots>> = (0..4).map(|_| Slots::new(3)).collect();
+        std::thread::scope(|s| {
+            for t in &tenants {
+                let global = &global;
+                s.spawn(move || {
+                    for _ in 0..2000 {
+                        let held: Vec<Slot> = (0..4)
+                            .filter_map(|_| global.try_take_both(t, Vec::new()).ok())
+                            .collect();
+                        assert!(t.used() <= 3);
+                        assert!(global.used() <= 8);
+                        drop(held);
+                    }
+                });
+            }
+        });
+        assert_eq!(global.used(), 0);
+        assert!(tenants.iter().all(|t| t.used() == 0));
     }
 }

@@ -1,0 +1,107 @@
+//! A tenant as the registry sees it: a name, a quota, the backends it may
+//! open and its limit overrides. Nothing here knows about keys or gRPC; the
+//! API layer resolves a caller to a tenant and hands the registry a
+//! [`Caller`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::slots::Slots;
+use crate::config::{LimitOverrides, SessionPolicy, TenantSpec};
+
+/// The tenant of local development mode.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// One tenant.
+#[derive(Debug)]
+pub struct Tenant {
+    name: String,
+    quota: Arc<Slots>,
+    max_sessions: Option<usize>,
+    backends: Option<BTreeSet<String>>,
+    limits: LimitOverrides,
+}
+
+impl Tenant {
+    /// A tenant from its config.
+    pub fn from_spec(spec: &TenantSpec) -> Arc<Self> {
+        Arc::new(Self {
+            name: spec.name.clone(),
+            quota: spec.max_sessions.map_or_else(Slots::unlimited, Slots::new),
+            max_sessions: spec.max_sessions,
+            backends: spec.backends.clone(),
+            limits: spec.limits.clone(),
+        })
+    }
+
+    /// A tenant with no quota, every backend and the backends' own limits.
+    pub fn unrestricted(name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            quota: Slots::unlimited(),
+            max_sessions: None,
+            backends: None,
+            limits: LimitOverrides::default(),
+        })
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the tenant may open sessions on `backend`.
+    pub fn may_open(&self, backend: &str) -> bool {
+        self.backends.as_ref().is_none_or(|b| b.contains(backend))
+    }
+
+    /// The policy this tenant's sessions on a backend run under.
+    pub fn policy(&self, backend: &SessionPolicy) -> SessionPolicy {
+        self.limits.apply(backend)
+    }
+
+    /// The tenant's quota, if it has one.
+    pub fn max_sessions(&self) -> Option<usize> {
+        self.max_sessions
+    }
+
+    /// Sessions holding one of this tenant's slots.
+    pub fn open_sessions(&self) -> usize {
+        self.quota.used()
+    }
+
+    pub(super) fn quota(&self) -> &Arc<Slots> {
+        &self.quota
+    }
+}
+
+/// Who is calling: resolved by the API layer from credentials.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The caller's tenant.
+    pub tenant: Arc<Tenant>,
+    /// A label of the API key used, for ownership and logs; `None` when
+    /// anonymous.
+    pub key: Option<Arc<str>>,
+    /// Whether the caller may see and close every tenant's sessions.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// A caller of `tenant` with the key labelled `key`.
+    pub fn new(tenant: Arc<Tenant>, key: Option<Arc<str>>, admin: bool) -> Self {
+        Self { tenant, key, admin }
+    }
+
+    /// The anonymous caller of local development mode, with a tenant of its
+    /// own (no quota). The server shares one tenant between all anonymous
+    /// calls instead; this is for tests and embedding.
+    pub fn local() -> Self {
+        Self::new(Tenant::unrestricted(DEFAULT_TENANT), None, false)
+    }
+
+    /// The caller's tenant name.
+    pub fn tenant_name(&self) -> &str {
+        self.tenant.name()
+    }
+}
