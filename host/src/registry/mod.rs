@@ -485,7 +485,10 @@ impl Registry {
             Some(at) => tokio::select! {
                 r = invoked => r,
                 _ = tokio::time::sleep_until(at.into()) => {
-                    Err(Fault::deadline("the command ran past the client's gRPC deadline"))
+                    let ms = at.saturating_duration_since(began).as_millis();
+                    Err(Fault::deadline(format!(
+                        "the command ran past the client's gRPC deadline, its {ms} ms deadline"
+                    )))
                 }
             },
         };
