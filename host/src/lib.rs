@@ -10,8 +10,10 @@
 //!       -> backend (the Worker trait; wasm and native implementations)
 //! ```
 //!
-//! [`config`] describes everything, [`metrics`] observes everything, and
-//! [`server`] wires the pieces together for `gatehouse serve`.
+//! [`config`] describes everything, [`metrics`] and [`telemetry`] observe
+//! everything, and [`server`] wires the pieces together for `gatehouse
+//! serve`. [`client`] is the Rust client library the `gatehouse` CLI
+//! ([`cli`]) is built on.
 
 #![warn(missing_docs)]
 
@@ -19,6 +21,7 @@ pub mod api;
 pub mod backend;
 pub mod builtin;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod events;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod proto;
 pub mod registry;
 pub mod server;
+pub mod telemetry;
 
 /// A `Duration` as a protobuf `Duration`.
 pub fn api_duration(d: std::time::Duration) -> prost_types::Duration {

@@ -6,13 +6,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use gatehouse::cli::{self, CliError, Client};
 use gatehouse::config::Config;
+use gatehouse::telemetry::LogFormat;
 
 /// A gRPC gateway that gives every client session its own sandboxed backend.
+///
+/// `gatehouse serve` runs the gateway; the other commands are a small client
+/// for it. Try: gatehouse serve & SID=$(gatehouse open echo); gatehouse invoke $SID count
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about)]
+#[command(name = "gatehouse", version, about, long_about)]
 struct Args {
     /// Gateway address for the client commands.
     #[arg(
@@ -22,6 +26,10 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     addr: String,
+    /// API key for the client commands, sent as `authorization: Bearer KEY`
+    /// (not needed in local development mode).
+    #[arg(long, global = true, env = "GATEHOUSE_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -42,18 +50,32 @@ enum Cmd {
         /// gRPC listen address (overrides the file).
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Prometheus listen address (overrides the file); "off" disables it.
+        /// Prometheus, /healthz and /readyz listen address (overrides the
+        /// file); "off" disables it.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Log lines on stderr as text or JSON.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GATEHOUSE_LOG_FORMAT")]
+        log_format: LogFormat,
+        /// What to log, in RUST_LOG syntax, e.g. "info,gatehouse::rpc=warn".
+        #[arg(long, env = "RUST_LOG", default_value = "info")]
+        log_filter: String,
     },
     /// Work with config files.
+    ///
+    /// Example: gatehouse config check gatehouse.toml
     #[command(subcommand)]
     Config(ConfigCmd),
     /// List the backends sessions can be opened on.
+    ///
+    /// Example: gatehouse backends --json
     Backends,
     /// Open a session and print its id.
     ///
-    /// Example: SID=$(gatehouse open echo --config greeting=hi)
+    /// The session lives until it is closed or its lease runs out; every call
+    /// on it renews the lease.
+    ///
+    /// Example: SID=$(gatehouse open echo --config greeting=hi --lease 5m)
     Open {
         /// Backend name.
         backend: String,
@@ -72,7 +94,9 @@ enum Cmd {
     },
     /// Run one command on a session and print its reply.
     ///
-    /// Example: gatehouse invoke $SID echo hello
+    /// Exits 3 when the plugin answers with a command error.
+    ///
+    /// Example: gatehouse invoke $SID echo hello; echo '{"key": "a"}' | gatehouse invoke $KV get -
     Invoke {
         /// Session id.
         session: String,
@@ -82,6 +106,10 @@ enum Cmd {
         payload: Option<String>,
     },
     /// Print a session's events.
+    ///
+    /// Without --follow it stops once it has printed what was emitted so far.
+    /// With --follow it keeps the stream open, resuming after the last event
+    /// printed if the connection drops, until the session closes.
     ///
     /// Example: gatehouse events $SID --follow
     Events {
@@ -97,22 +125,40 @@ enum Cmd {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Describe one session.
+    /// Describe one session: state, lease, counters, fault.
+    ///
+    /// Example: gatehouse session $SID --json
     Session {
         /// Session id.
         session: String,
     },
-    /// Renew a session's lease.
+    /// Renew a session's lease (by its lease duration from now).
+    ///
+    /// Example: gatehouse renew $SID
     Renew {
         /// Session id.
         session: String,
     },
-    /// List your sessions.
+    /// List your sessions, including closed and faulted ones still retained.
+    ///
+    /// Example: gatehouse sessions
     Sessions,
-    /// Close a session.
+    /// Close a session. Closing again reports it was already closed.
+    ///
+    /// Example: gatehouse close $SID
     Close {
         /// Session id.
         session: String,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: gatehouse completions bash > ~/.local/share/bash-completion/completions/gatehouse
+    ///
+    /// zsh: gatehouse completions zsh > "${fpath[1]}/_gatehouse"; fish: gatehouse
+    /// completions fish > ~/.config/fish/completions/gatehouse.fish
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -134,7 +180,24 @@ fn main() -> ExitCode {
             config,
             listen,
             metrics_listen,
-        } => serve(config, listen, metrics_listen),
+            log_format,
+            log_filter,
+        } => match gatehouse::telemetry::init(log_format, &log_filter) {
+            Ok(()) => serve(config, listen, metrics_listen),
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                cli::EXIT_USAGE
+            }
+        },
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "gatehouse",
+                &mut std::io::stdout(),
+            );
+            0
+        }
         Cmd::Config(ConfigCmd::Check { file }) => match Config::load(&file) {
             Ok(c) => {
                 println!(
@@ -150,22 +213,12 @@ fn main() -> ExitCode {
                 1
             }
         },
-        other => client(args.addr, args.json, other),
+        other => client(args.addr, args.key, args.json, other),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<String>) -> i32 {
-    init_logging();
     let mut config = match config {
         Some(path) => match Config::load(&path) {
             Ok(c) => c,
@@ -215,7 +268,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<St
     }
 }
 
-fn client(addr: String, json: bool, command: Cmd) -> i32 {
+fn client(addr: String, key: Option<String>, json: bool, command: Cmd) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -227,7 +280,7 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
         }
     };
     let result: Result<i32, CliError> = runtime.block_on(async move {
-        let mut c = Client::connect(&addr, json).await?;
+        let mut c = Client::connect(&addr, json, key.as_deref()).await?;
         match command {
             Cmd::Backends => c.backends().await,
             Cmd::Open {
@@ -265,7 +318,7 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
             Cmd::Renew { session } => c.renew(session).await,
             Cmd::Sessions => c.sessions().await,
             Cmd::Close { session } => c.close(session).await,
-            Cmd::Serve { .. } | Cmd::Config(_) => Ok(0),
+            Cmd::Serve { .. } | Cmd::Config(_) | Cmd::Completions { .. } => Ok(0),
         }
     });
     match result {
