@@ -16,6 +16,7 @@
 //! keepalive_interval = "30s"        # HTTP/2 pings to idle clients
 //! keepalive_timeout = "10s"         # drop a client that does not answer a ping
 //! max_pending_resets = 64           # HTTP/2 rapid-reset protection
+//! max_event_stream_age = "off"      # end event streams with UNAVAILABLE after this; clients resume
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -138,6 +139,10 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     /// HTTP/2 streams reset by the client but not yet accepted, at most.
     pub max_pending_resets: usize,
+    /// Event streams end with `UNAVAILABLE` this long after they start, so
+    /// long streams move between gateways behind a load balancer; clients
+    /// resume with `resume_after_sequence`. `None` keeps them open.
+    pub max_event_stream_age: Option<Duration>,
 }
 
 impl Default for ServerSettings {
@@ -157,6 +162,7 @@ impl Default for ServerSettings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_pending_resets: 64,
+            max_event_stream_age: None,
         }
     }
 }
@@ -410,6 +416,7 @@ struct ServerFile {
     keepalive_interval: Option<Dur>,
     keepalive_timeout: Option<Dur>,
     max_pending_resets: Option<usize>,
+    max_event_stream_age: Option<OptDur>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -581,6 +588,9 @@ impl ServerFile {
                 .map_or(d.keepalive_interval, |v| v.0),
             keepalive_timeout: self.keepalive_timeout.map_or(d.keepalive_timeout, |v| v.0),
             max_pending_resets: self.max_pending_resets.unwrap_or(d.max_pending_resets),
+            max_event_stream_age: self
+                .max_event_stream_age
+                .map_or(d.max_event_stream_age, |v| v.0),
         };
         if s.max_sessions == 0 || s.max_sessions > 1_000_000 {
             return Err(invalid("server.max_sessions", "must be 1..=1000000"));
@@ -595,6 +605,9 @@ impl ServerFile {
         nonzero(s.epoch_tick, "server.epoch_tick")?;
         nonzero(s.keepalive_interval, "server.keepalive_interval")?;
         nonzero(s.keepalive_timeout, "server.keepalive_timeout")?;
+        if let Some(age) = s.max_event_stream_age {
+            nonzero(age, "server.max_event_stream_age")?;
+        }
         if s.max_concurrent_streams == 0 {
             return Err(invalid(
                 "server.max_concurrent_streams",

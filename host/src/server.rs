@@ -187,6 +187,7 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
         ApiLimits {
             max_message_bytes: config.server.max_message_bytes,
             max_batch_commands: config.server.max_batch_commands,
+            max_event_stream_age: config.server.max_event_stream_age,
         },
     );
 

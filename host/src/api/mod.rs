@@ -6,6 +6,7 @@ mod convert;
 mod gateway;
 mod oversize;
 mod status;
+mod trace;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ pub use self::auth::Authenticator;
 pub use self::gateway::GatewayService;
 pub use self::oversize::OversizeLayer;
 pub use self::status::to_status;
+pub use self::trace::CORRELATION_HEADER;
 
 use crate::proto::v1::gateway_server::GatewayServer;
 use crate::registry::Registry;
@@ -24,6 +26,9 @@ pub struct ApiLimits {
     pub max_message_bytes: usize,
     /// Most commands in one `InvokeBatch`.
     pub max_batch_commands: usize,
+    /// Event streams end with `UNAVAILABLE` this long after they start (the
+    /// client resumes); `None` keeps them open.
+    pub max_event_stream_age: Option<std::time::Duration>,
 }
 
 /// The Gateway service wrapped with its message size limits.

@@ -54,7 +54,7 @@ impl WasmWorker {
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let fault = Arc::new(OnceLock::new());
-        let span = tracing::info_span!("session", session_id = %request.session_id, backend = %request.backend);
+        let span = tracing::info_span!("session", session_id = %request.session_id, tenant = %request.tenant, backend = %request.backend);
         let task = SessionTask {
             store,
             instance,
