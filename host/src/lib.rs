@@ -25,6 +25,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod health;
 pub mod metrics;
 pub mod proto;
 pub mod registry;
