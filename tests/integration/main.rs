@@ -1,1 +1,3 @@
+//! Black-box integration tests: the real binary over real gRPC.
 
+mod ops;
