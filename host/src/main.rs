@@ -182,13 +182,7 @@ fn main() -> ExitCode {
             metrics_listen,
             log_format,
             log_filter,
-        } => match gatehouse::telemetry::init(log_format, &log_filter) {
-            Ok(()) => serve(config, listen, metrics_listen),
-            Err(e) => {
-                eprintln!("gatehouse: {e}");
-                cli::EXIT_USAGE
-            }
-        },
+        } => serve(config, listen, metrics_listen, (log_format, log_filter)),
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -218,7 +212,12 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<String>) -> i32 {
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    metrics: Option<String>,
+    (log_format, log_filter): (LogFormat, String),
+) -> i32 {
     let mut config = match config {
         Some(path) => match Config::load(&path) {
             Ok(c) => c,
@@ -250,6 +249,15 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<St
             return 1;
         }
     };
+    // Inside the runtime: an OTLP exporter needs one.
+    let telemetry =
+        match runtime.block_on(async { gatehouse::telemetry::init(log_format, &log_filter) }) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                return cli::EXIT_USAGE;
+            }
+        };
     let result = runtime.block_on(gatehouse::server::serve(config, |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         match addrs.metrics {
@@ -257,6 +265,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<St
             None => println!("gatehouse listening grpc={}", addrs.grpc),
         }
     }));
+    telemetry.shutdown();
     // Worker tasks may still be unwinding; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
