@@ -295,7 +295,7 @@ async fn client(addr: SocketAddr) -> gatehouse::loadgen::Client {
         .expect("connect");
     GatewayClient::with_interceptor(
         channel,
-        gatehouse::cli::BearerKey::new(None).expect("no key"),
+        gatehouse::client::BearerKey::new(None).expect("no key"),
     )
 }
 

@@ -18,6 +18,7 @@
 //! max_pending_resets = 64           # HTTP/2 rapid-reset protection
 //! plugins_dir = "plugins.d"         # every *.wasm in it is a backend named by its file stem
 //! cache_dir = "~/.cache/gatehouse"  # compiled components ($XDG_CACHE_HOME/gatehouse); "off" disables
+//! max_event_stream_age = "off"      # end event streams with UNAVAILABLE after this; clients resume
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -151,6 +152,10 @@ pub struct ServerSettings {
     pub max_pending_resets: usize,
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Event streams end with `UNAVAILABLE` this long after they start, so
+    /// long streams move between gateways behind a load balancer; clients
+    /// resume with `resume_after_sequence`. `None` keeps them open.
+    pub max_event_stream_age: Option<Duration>,
 }
 
 /// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
@@ -183,6 +188,7 @@ impl Default for ServerSettings {
             keepalive_timeout: Duration::from_secs(10),
             max_pending_resets: 64,
             cache_dir: default_cache_dir(),
+            max_event_stream_age: None,
         }
     }
 }
@@ -447,6 +453,7 @@ struct ServerFile {
     max_pending_resets: Option<usize>,
     plugins_dir: Option<PathBuf>,
     cache_dir: Option<String>,
+    max_event_stream_age: Option<OptDur>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -640,6 +647,9 @@ impl ServerFile {
                 Some(dir) => Some(base.join(dir)),
                 None => d.cache_dir,
             },
+            max_event_stream_age: self
+                .max_event_stream_age
+                .map_or(d.max_event_stream_age, |v| v.0),
         };
         if s.max_sessions == 0 || s.max_sessions > 1_000_000 {
             return Err(invalid("server.max_sessions", "must be 1..=1000000"));
@@ -654,6 +664,9 @@ impl ServerFile {
         nonzero(s.epoch_tick, "server.epoch_tick")?;
         nonzero(s.keepalive_interval, "server.keepalive_interval")?;
         nonzero(s.keepalive_timeout, "server.keepalive_timeout")?;
+        if let Some(age) = s.max_event_stream_age {
+            nonzero(age, "server.max_event_stream_age")?;
+        }
         if s.max_concurrent_streams == 0 {
             return Err(invalid(
                 "server.max_concurrent_streams",

@@ -10,8 +10,10 @@
 //!       -> backend (the Worker trait; wasm and native implementations)
 //! ```
 //!
-//! [`config`] describes everything, [`metrics`] observes everything, and
-//! [`server`] wires the pieces together for `gatehouse serve`.
+//! [`config`] describes everything, [`metrics`] and [`telemetry`] observe
+//! everything, and [`server`] wires the pieces together for `gatehouse
+//! serve`. [`client`] is the Rust client library the `gatehouse` CLI
+//! ([`cli`]) is built on.
 
 #![warn(missing_docs)]
 
@@ -19,9 +21,11 @@ pub mod api;
 pub mod backend;
 pub mod builtin;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod health;
 pub mod keys;
 pub mod loadgen;
 pub mod metrics;
@@ -29,6 +33,7 @@ pub mod proto;
 pub mod registry;
 pub mod scaffold;
 pub mod server;
+pub mod telemetry;
 
 /// A `Duration` as a protobuf `Duration`.
 pub fn api_duration(d: std::time::Duration) -> prost_types::Duration {
@@ -37,3 +42,8 @@ pub fn api_duration(d: std::time::Duration) -> prost_types::Duration {
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }
 }
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

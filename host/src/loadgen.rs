@@ -18,11 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 use crate::proto::v1 as pb;
-use crate::proto::v1::gateway_client::GatewayClient;
 
 /// How sessions are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -164,7 +161,7 @@ impl Shared {
 }
 
 /// The client a run drives (with the caller's API key, if any).
-pub type Client = GatewayClient<InterceptedService<Channel, crate::cli::BearerKey>>;
+pub type Client = crate::client::RawClient;
 
 /// Runs the benchmark against `client` (cloned per virtual user).
 pub async fn run(client: Client, options: BenchOptions) -> Report {

@@ -6,13 +6,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use gatehouse::cli::{self, CliError, Client};
 use gatehouse::config::Config;
+use gatehouse::telemetry::LogFormat;
 
 /// A gRPC gateway that gives every client session its own sandboxed backend.
+///
+/// `gatehouse serve` runs the gateway; the other commands are a small client
+/// for it. Try: gatehouse serve & SID=$(gatehouse open echo); gatehouse invoke $SID count
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about)]
+#[command(name = "gatehouse", version, about, long_about)]
 struct Args {
     /// Gateway address for the client commands.
     #[arg(
@@ -46,24 +50,32 @@ enum Cmd {
         /// gRPC listen address (overrides the file).
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Prometheus listen address (overrides the file); "off" disables it.
+        /// Prometheus, /healthz and /readyz listen address (overrides the
+        /// file); "off" disables it.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Log lines on stderr as text or JSON.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GATEHOUSE_LOG_FORMAT")]
+        log_format: LogFormat,
+        /// What to log, in RUST_LOG syntax, e.g. "info,gatehouse::rpc=warn".
+        #[arg(long, env = "RUST_LOG", default_value = "info")]
+        log_filter: String,
     },
     /// Work with config files.
+    ///
+    /// Example: gatehouse config check gatehouse.toml
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Write and check plugins.
-    #[command(subcommand)]
-    Plugin(PluginCmd),
-    /// Make API keys.
-    #[command(subcommand)]
-    Keys(KeysCmd),
     /// List the backends sessions can be opened on.
+    ///
+    /// Example: gatehouse backends --json
     Backends,
     /// Open a session and print its id.
     ///
-    /// Example: SID=$(gatehouse open echo --config greeting=hi)
+    /// The session lives until it is closed or its lease runs out; every call
+    /// on it renews the lease.
+    ///
+    /// Example: SID=$(gatehouse open echo --config greeting=hi --lease 5m)
     Open {
         /// Backend name.
         backend: String,
@@ -82,7 +94,9 @@ enum Cmd {
     },
     /// Run one command on a session and print its reply.
     ///
-    /// Example: gatehouse invoke $SID echo hello
+    /// Exits 3 when the plugin answers with a command error.
+    ///
+    /// Example: gatehouse invoke $SID echo hello; echo '{"key": "a"}' | gatehouse invoke $KV get -
     Invoke {
         /// Session id.
         session: String,
@@ -92,6 +106,10 @@ enum Cmd {
         payload: Option<String>,
     },
     /// Print a session's events.
+    ///
+    /// Without --follow it stops once it has printed what was emitted so far.
+    /// With --follow it keeps the stream open, resuming after the last event
+    /// printed if the connection drops, until the session closes.
     ///
     /// Example: gatehouse events $SID --follow
     Events {
@@ -107,18 +125,37 @@ enum Cmd {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Describe one session.
+    /// Describe one session: state, lease, counters, fault.
+    ///
+    /// Example: gatehouse session $SID --json
     Session {
         /// Session id.
         session: String,
     },
-    /// Renew a session's lease.
+    /// Renew a session's lease (by its lease duration from now).
+    ///
+    /// Example: gatehouse renew $SID
     Renew {
         /// Session id.
         session: String,
     },
-    /// List your sessions.
+    /// List your sessions, including closed and faulted ones still retained.
+    ///
+    /// Example: gatehouse sessions
     Sessions,
+    /// Close a session. Closing again reports it was already closed.
+    ///
+    /// Example: gatehouse close $SID
+    Close {
+        /// Session id.
+        session: String,
+    },
+    /// Write and check plugins.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+    /// Make API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Load a running gateway and report throughput and latency percentiles.
     ///
     /// Example: gatehouse bench --backend echo --mode churn --churn-after 10 -c 8 --duration 10s
@@ -157,10 +194,15 @@ enum Cmd {
         #[arg(long)]
         subscribe: bool,
     },
-    /// Close a session.
-    Close {
-        /// Session id.
-        session: String,
+    /// Print a shell completion script.
+    ///
+    /// Example: gatehouse completions bash > ~/.local/share/bash-completion/completions/gatehouse
+    ///
+    /// zsh: gatehouse completions zsh > "${fpath[1]}/_gatehouse"; fish: gatehouse
+    /// completions fish > ~/.config/fish/completions/gatehouse.fish
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -187,17 +229,6 @@ enum PluginCmd {
 }
 
 #[derive(Subcommand)]
-enum ConfigCmd {
-    /// Validate a config file; prints the first problem, naming its key.
-    ///
-    /// Example: gatehouse config check gatehouse.toml
-    Check {
-        /// The file.
-        file: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
 enum KeysCmd {
     /// Print a new random API key (once) and the config snippet holding its
     /// hash.
@@ -217,6 +248,17 @@ enum KeysCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config file; prints the first problem, naming its key.
+    ///
+    /// Example: gatehouse config check gatehouse.toml
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
@@ -224,7 +266,18 @@ fn main() -> ExitCode {
             config,
             listen,
             metrics_listen,
-        } => serve(config, listen, metrics_listen),
+            log_format,
+            log_filter,
+        } => serve(config, listen, metrics_listen, (log_format, log_filter)),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "gatehouse",
+                &mut std::io::stdout(),
+            );
+            0
+        }
         Cmd::Config(ConfigCmd::Check { file }) => match Config::load(&file) {
             Ok(c) => {
                 println!(
@@ -321,18 +374,12 @@ fn plugin_check(file: &std::path::Path, json: bool) -> i32 {
     if report.ok() { 0 } else { 1 }
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<String>) -> i32 {
-    init_logging();
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    metrics: Option<String>,
+    (log_format, log_filter): (LogFormat, String),
+) -> i32 {
     let mut config = match config {
         Some(path) => match Config::load(&path) {
             Ok(c) => c,
@@ -364,6 +411,15 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<St
             return 1;
         }
     };
+    // Inside the runtime: an OTLP exporter needs one.
+    let telemetry =
+        match runtime.block_on(async { gatehouse::telemetry::init(log_format, &log_filter) }) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                return cli::EXIT_USAGE;
+            }
+        };
     let result = runtime.block_on(gatehouse::server::serve(config, |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         match addrs.metrics {
@@ -371,6 +427,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, metrics: Option<St
             None => println!("gatehouse listening grpc={}", addrs.grpc),
         }
     }));
+    telemetry.shutdown();
     // Worker tasks may still be unwinding; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -469,7 +526,12 @@ fn client(addr: String, key: Option<String>, json: bool, command: Cmd) -> i32 {
                 })
                 .await
             }
-            Cmd::Serve { .. } | Cmd::Config(_) | Cmd::Plugin(_) | Cmd::Keys(_) => Ok(0),
+
+            Cmd::Serve { .. }
+            | Cmd::Config(_)
+            | Cmd::Completions { .. }
+            | Cmd::Plugin(_)
+            | Cmd::Keys(_) => Ok(0),
         }
     });
     match result {

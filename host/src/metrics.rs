@@ -202,10 +202,12 @@ impl EventObserver for BackendEvents {
     }
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// Serves `/metrics`, plus the routes of `extra` (`/healthz`, `/readyz`),
+/// on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    extra: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
@@ -227,7 +229,7 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
+    axum::serve(listener, app.merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -17,8 +17,14 @@ use crate::backend::wasm::{RuntimeOptions, WasmRuntime};
 use crate::builtin;
 use crate::clock::SystemClock;
 use crate::config::{Config, ModuleSource};
+use crate::health::{Gate, Health};
 use crate::metrics::{self, Metrics};
 use crate::registry::{BackendEntry, Registry, RegistrySettings};
+
+/// The gRPC name of the Gateway service, as health checks ask for it.
+pub const GATEWAY_SERVICE: &str = <crate::proto::v1::gateway_server::GatewayServer<
+    api::GatewayService,
+> as tonic::server::NamedService>::NAME;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +136,12 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
 }
 
 /// Serves until Ctrl-C or SIGTERM, then drains. `on_bound` is told the bound
-/// addresses once the sockets are listening.
+/// addresses once the backends are loaded and the gateway is ready.
+///
+/// The order matters to health checks: both ports are bound and answer
+/// first (gRPC health `NOT_SERVING`, `/readyz` 503, Gateway calls
+/// `UNAVAILABLE`), then the backends load and health turns `SERVING`; on
+/// a signal health turns `NOT_SERVING` before any session is closed.
 pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServeError> {
     serve_until(config, on_bound, wait_for_signal()).await
 }
@@ -151,7 +162,8 @@ pub async fn serve_until(
         )));
     }
     let metrics = Arc::new(Metrics::new());
-    let registry = build_registry(&config, Arc::clone(&metrics))?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::starting(reporter, GATEWAY_SERVICE).await;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -179,9 +191,10 @@ pub async fn serve_until(
                 })?;
             let bound = l.local_addr().unwrap_or(addr);
             let m = Arc::clone(&metrics);
+            let routes = health.routes();
             let stop = stopped(stop_rx.clone());
             tokio::spawn(async move {
-                if let Err(e) = metrics::serve(l, m, stop).await {
+                if let Err(e) = metrics::serve(l, m, routes, stop).await {
                     tracing::error!("metrics endpoint failed: {e}");
                 }
             });
@@ -190,24 +203,70 @@ pub async fn serve_until(
         None => None,
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<crate::proto::v1::gateway_server::GatewayServer<api::GatewayService>>()
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
-    let gateway = api::gateway_server(
+    let gate = Gate::new();
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = &config.server;
+    let grpc_server = tokio::spawn(
+        Server::builder()
+            .http2_keepalive_interval(Some(server.keepalive_interval))
+            .http2_keepalive_timeout(Some(server.keepalive_timeout))
+            .max_concurrent_streams(Some(server.max_concurrent_streams))
+            .http2_max_pending_accept_reset_streams(Some(server.max_pending_resets))
+            .concurrency_limit_per_connection(server.max_connection_concurrency)
+            .load_shed(true)
+            .layer(api::StandardStatusLayer)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(gate.clone())
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+    );
+    tracing::info!(%grpc, metrics = ?metrics_addr, "listening; loading backends");
+
+    // Load the backends off the async threads: compiling takes a while.
+    let signal = stop;
+    tokio::pin!(signal);
+    let loading = {
+        let config = config.clone();
+        let metrics = Arc::clone(&metrics);
+        tokio::task::spawn_blocking(move || build_registry(&config, metrics))
+    };
+    let loaded = tokio::select! {
+        loaded = loading => loaded.unwrap_or_else(|e| Err(ServeError::Backend {
+            name: "*".into(),
+            message: format!("loading panicked: {e}"),
+        })),
+        _ = &mut signal => {
+            tracing::info!("stopped while loading backends");
+            health.draining().await;
+            let _ = stop_tx.send(true);
+            let _ = grpc_server.await;
+            return Ok(());
+        }
+    };
+    let registry = match loaded {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = grpc_server.await;
+            return Err(e);
+        }
+    };
+    gate.open(api::gateway_server(
         Arc::clone(&registry),
         auth.clone(),
         ApiLimits {
             max_message_bytes: config.server.max_message_bytes,
             max_batch_commands: config.server.max_batch_commands,
+            max_event_stream_age: config.server.max_event_stream_age,
             deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
         },
-    );
+    ));
 
     // The sweeper: leases, idle timeouts, lifetimes, retention.
     let sweeper = {
@@ -226,44 +285,29 @@ pub async fn serve_until(
         })
     };
 
+    health.serving().await;
     on_bound(BoundAddrs {
         grpc,
         metrics: metrics_addr,
     });
     tracing::info!(%grpc, local_mode = auth.is_local(), tenants = config.tenants.len(), "gatehouse listening");
 
-    let shutdown_timeout = config.server.shutdown_timeout;
-    let drain = {
-        let registry = Arc::clone(&registry);
-        async move {
-            stop.await;
-            tracing::info!("shutting down: draining sessions");
-            health
-                .set_not_serving::<crate::proto::v1::gateway_server::GatewayServer<api::GatewayService>>()
-                .await;
-            registry.shutdown(shutdown_timeout).await;
-            let _ = stop_tx.send(true);
-        }
-    };
-
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = &config.server;
-    Server::builder()
-        .http2_keepalive_interval(Some(server.keepalive_interval))
-        .http2_keepalive_timeout(Some(server.keepalive_timeout))
-        .max_concurrent_streams(Some(server.max_concurrent_streams))
-        .http2_max_pending_accept_reset_streams(Some(server.max_pending_resets))
-        .concurrency_limit_per_connection(server.max_connection_concurrency)
-        .load_shed(true)
-        .layer(api::StandardStatusLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(gateway)
-        .serve_with_incoming_shutdown(incoming, drain)
-        .await?;
+    // Drain: NOT_SERVING first, so balancers stop sending work while the
+    // sessions close; then stop both servers.
+    signal.await;
+    tracing::info!("shutting down: draining sessions");
+    health.draining().await;
+    registry.shutdown(config.server.shutdown_timeout).await;
+    let _ = stop_tx.send(true);
+    let served = grpc_server.await;
     sweeper.abort();
     tracing::info!("gatehouse stopped");
-    Ok(())
+    match served {
+        Ok(result) => result.map_err(ServeError::from),
+        Err(e) => Err(ServeError::Refused(format!(
+            "the gRPC server task failed: {e}"
+        ))),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -9,6 +9,7 @@ mod cap;
 mod events;
 mod faults;
 mod leases;
+mod ops;
 mod plugins;
 mod rpcs;
 mod sandbox;

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import grpc
 import grpc_tools
@@ -53,6 +54,29 @@ def spawn(binary):
     return proc, line.split("grpc=")[1].split()[0]
 
 
+def resume(gw, pb, sid, after, attempts=100):
+    """Subscribes again after `after`. Right after a cancel the gateway may
+    not have detached the old stream yet (ALREADY_EXISTS): retry briefly."""
+    for attempt in range(attempts):
+        stream = gw.StreamEvents(pb.StreamEventsRequest(session_id=sid, resume_after_sequence=after))
+        try:
+            return stream, next(stream)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
+def health(channel, service=""):
+    """grpc.health.v1.Health/Check with hand-encoded messages: field 1
+    (service) as a string; the reply's field 1 is the status (1 = SERVING)."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    name = service.encode()
+    return check(b"\x0a" + bytes([len(name)]) + name if name else b"")
+
+
 def run(addr, pb, rpc):
     checks = []
 
@@ -62,6 +86,8 @@ def run(addr, pb, rpc):
 
     with grpc.insecure_channel(addr) as channel:
         gw = rpc.GatewayStub(channel)
+        check("health reports SERVING", health(channel) == b"\x08\x01"
+              and health(channel, "gatehouse.v1.Gateway") == b"\x08\x01")
         backends = gw.ListBackends(pb.ListBackendsRequest())
         check("ListBackends lists echo", any(b.name == "echo" for b in backends.backends))
 
@@ -93,8 +119,8 @@ def run(addr, pb, rpc):
               [e.sequence for e in events] == [1, 2, 3, 4, 5]
               and all(e.name == "tick" for e in events))
 
-        replay = gw.StreamEvents(pb.StreamEventsRequest(session_id=sid, resume_after_sequence=3))
-        resumed = [next(replay).sequence, next(replay).sequence]
+        replay, first = resume(gw, pb, sid, 3)
+        resumed = [first.sequence, next(replay).sequence]
         replay.cancel()
         check("resume_after_sequence replays 4, 5", resumed == [4, 5])
 

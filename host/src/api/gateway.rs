@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status};
 use super::ApiLimits;
 use super::auth::Authenticator;
 use super::convert;
+use super::standard_status::RequestStart;
 use super::status::to_status;
+use super::trace::Rpc;
 use crate::proto::v1 as pb;
 use crate::proto::v1::gateway_server::Gateway;
 use crate::registry::{OpenRequest, Registry};
@@ -36,6 +38,15 @@ impl GatewayService {
     fn info(&self, s: &crate::registry::Session) -> pb::SessionInfo {
         convert::session_info(s, |t| self.registry.wall(t))
     }
+
+    /// Records the caller's tenant and, when the request names a session
+    /// the caller may see, its backend on the RPC span.
+    fn note(&self, rpc: &Rpc, caller: &crate::registry::Caller, session_id: Option<&str>) {
+        rpc.tenant(caller.tenant_name());
+        if let Some(session) = session_id.and_then(|id| self.registry.lookup(caller, id).ok()) {
+            rpc.backend(&session.backend.name);
+        }
+    }
 }
 
 /// The client's gRPC deadline, from the `grpc-timeout` header, moved
@@ -53,7 +64,14 @@ fn grpc_deadline<T>(request: &Request<T>, margin: Duration) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Instant::now().checked_add(timeout.saturating_sub(margin))
+    // Count from when the request arrived: everything before the handler
+    // (connection set-up, auth, the first use of a log callsite) already
+    // spent part of the client's budget.
+    let start = request
+        .extensions()
+        .get::<RequestStart>()
+        .map_or_else(Instant::now, |s| s.0);
+    start.checked_add(timeout.saturating_sub(margin))
 }
 
 /// Refuses a response that would be over the message limit; tonic would
@@ -76,103 +94,127 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::ListBackendsRequest>,
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
-        let caller = self.auth.caller(&request)?;
-        // Only the backends the caller's tenant may open.
-        let backends = self
-            .registry
-            .backends_for(&caller)
-            .map(|b| convert::backend_info(b.backend.info()))
-            .collect();
-        Ok(Response::new(pb::ListBackendsResponse { backends }))
+        let rpc = Rpc::start("ListBackends", &request, "", "");
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            self.note(&rpc, &caller, None);
+            // Only the backends the caller's tenant may open.
+            let backends = self
+                .registry
+                .backends_for(&caller)
+                .map(|b| convert::backend_info(b.backend.info()))
+                .collect();
+            Ok(Response::new(pb::ListBackendsResponse { backends }))
+        })
+        .await
     }
 
     async fn open_session(
         &self,
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let r = request.into_inner();
-        let open = OpenRequest {
-            backend: r.backend,
-            client_session_name: r.client_session_name,
-            client_correlation_id: r.client_correlation_id,
-            command_timeout: convert::from_duration(r.command_timeout)
-                .map_err(Status::invalid_argument)?,
-            lease: convert::from_duration(r.lease).map_err(Status::invalid_argument)?,
-            config: r.config.into_iter().collect(),
-        };
-        let session = self.registry.open(&caller, open).await.map_err(to_status)?;
-        Ok(Response::new(pb::OpenSessionResponse {
-            session: Some(self.info(&session)),
-        }))
+        let r = request.get_ref();
+        let rpc = Rpc::start("OpenSession", &request, "", &r.client_correlation_id);
+        rpc.backend(&r.backend);
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            self.note(&rpc, &caller, None);
+            let r = request.into_inner();
+            let open = OpenRequest {
+                backend: r.backend,
+                client_session_name: r.client_session_name,
+                client_correlation_id: r.client_correlation_id,
+                command_timeout: convert::from_duration(r.command_timeout)
+                    .map_err(Status::invalid_argument)?,
+                lease: convert::from_duration(r.lease).map_err(Status::invalid_argument)?,
+                config: r.config.into_iter().collect(),
+            };
+            let session = self.registry.open(&caller, open).await.map_err(to_status)?;
+            rpc.session(&session.id);
+            Ok(Response::new(pb::OpenSessionResponse {
+                session: Some(self.info(&session)),
+            }))
+        })
+        .await
     }
 
     async fn invoke(
         &self,
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let deadline = grpc_deadline(&request, self.limits.deadline_margin);
-        let r = request.into_inner();
-        let command = r
-            .command
-            .ok_or_else(|| Status::invalid_argument("command is required"))?;
-        let outcomes = self
-            .registry
-            .invoke(
-                &caller,
-                &r.session_id,
-                vec![convert::command(command)],
-                deadline,
+        let r = request.get_ref();
+        let rpc = Rpc::start("Invoke", &request, &r.session_id, &r.correlation_id);
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let deadline = grpc_deadline(&request, self.limits.deadline_margin);
+            let r = request.into_inner();
+            let command = r
+                .command
+                .ok_or_else(|| Status::invalid_argument("command is required"))?;
+            let outcomes = self
+                .registry
+                .invoke(
+                    &caller,
+                    &r.session_id,
+                    vec![convert::command(command)],
+                    deadline,
+                )
+                .await
+                .map_err(to_status)?;
+            let (payload, error) = outcomes
+                .into_iter()
+                .next()
+                .map(convert::outcome)
+                .ok_or_else(|| Status::internal("the worker returned no result"))?;
+            fits(
+                pb::InvokeResponse {
+                    payload,
+                    error,
+                    correlation_id: r.correlation_id,
+                },
+                self.limits.max_message_bytes,
             )
-            .await
-            .map_err(to_status)?;
-        let (payload, error) = outcomes
-            .into_iter()
-            .next()
-            .map(convert::outcome)
-            .ok_or_else(|| Status::internal("the worker returned no result"))?;
-        fits(
-            pb::InvokeResponse {
-                payload,
-                error,
-                correlation_id: r.correlation_id,
-            },
-            self.limits.max_message_bytes,
-        )
+        })
+        .await
     }
 
     async fn invoke_batch(
         &self,
         request: Request<pb::InvokeBatchRequest>,
     ) -> Result<Response<pb::InvokeBatchResponse>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let deadline = grpc_deadline(&request, self.limits.deadline_margin);
-        let r = request.into_inner();
-        if r.commands.len() > self.limits.max_batch_commands {
-            return Err(Status::invalid_argument(format!(
-                "a batch may hold at most {} commands, this one has {}",
-                self.limits.max_batch_commands,
-                r.commands.len()
-            )));
-        }
-        let commands = r.commands.into_iter().map(convert::command).collect();
-        let outcomes = self
-            .registry
-            .invoke(&caller, &r.session_id, commands, deadline)
-            .await
-            .map_err(to_status)?;
-        let results = outcomes
-            .into_iter()
-            .map(|o| {
-                let (payload, error) = convert::outcome(o);
-                pb::InvokeResult { payload, error }
-            })
-            .collect();
-        fits(
-            pb::InvokeBatchResponse { results },
-            self.limits.max_message_bytes,
-        )
+        let rpc = Rpc::start("InvokeBatch", &request, &request.get_ref().session_id, "");
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let deadline = grpc_deadline(&request, self.limits.deadline_margin);
+            let r = request.into_inner();
+            if r.commands.len() > self.limits.max_batch_commands {
+                return Err(Status::invalid_argument(format!(
+                    "a batch may hold at most {} commands, this one has {}",
+                    self.limits.max_batch_commands,
+                    r.commands.len()
+                )));
+            }
+            let commands = r.commands.into_iter().map(convert::command).collect();
+            let outcomes = self
+                .registry
+                .invoke(&caller, &r.session_id, commands, deadline)
+                .await
+                .map_err(to_status)?;
+            let results = outcomes
+                .into_iter()
+                .map(|o| {
+                    let (payload, error) = convert::outcome(o);
+                    pb::InvokeResult { payload, error }
+                })
+                .collect();
+            fits(
+                pb::InvokeBatchResponse { results },
+                self.limits.max_message_bytes,
+            )
+        })
+        .await
     }
 
     type StreamEventsStream = EventStream;
@@ -181,69 +223,128 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let r = request.into_inner();
-        let subscription = self
-            .registry
-            .subscribe(&caller, &r.session_id, r.resume_after_sequence)
-            .await
-            .map_err(to_status)?;
-        let stream = futures::stream::unfold(subscription, |mut sub| async move {
-            let delivery = sub.next().await?;
-            Some((Ok(convert::event(delivery)), sub))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let rpc = Rpc::start("StreamEvents", &request, &request.get_ref().session_id, "");
+        let subscribed = async {
+            let caller = self.auth.caller(&request)?;
+            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let r = request.get_ref();
+            self.registry
+                .subscribe(&caller, &r.session_id, r.resume_after_sequence)
+                .await
+                .map_err(to_status)
+        };
+        let subscription = match subscribed.await {
+            Ok(s) => s,
+            // A refused subscription completes the call at once.
+            Err(status) => return rpc.run(async { Err(status) }).await,
+        };
+        let events = event_stream(subscription, self.limits.max_event_stream_age);
+        Ok(Response::new(Box::pin(rpc.stream(events))))
     }
 
     async fn renew_lease(
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::SessionInfo>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let session = self
-            .registry
-            .renew(&caller, &request.get_ref().session_id)
-            .map_err(to_status)?;
-        Ok(Response::new(self.info(&session)))
+        let rpc = Rpc::start("RenewLease", &request, &request.get_ref().session_id, "");
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            rpc.tenant(caller.tenant_name());
+            let session = self
+                .registry
+                .renew(&caller, &request.get_ref().session_id)
+                .map_err(to_status)?;
+            rpc.backend(&session.backend.name);
+            Ok(Response::new(self.info(&session)))
+        })
+        .await
     }
 
     async fn get_session(
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::SessionInfo>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let session = self
-            .registry
-            .get(&caller, &request.get_ref().session_id)
-            .map_err(to_status)?;
-        Ok(Response::new(self.info(&session)))
+        let rpc = Rpc::start("GetSession", &request, &request.get_ref().session_id, "");
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            rpc.tenant(caller.tenant_name());
+            let session = self
+                .registry
+                .get(&caller, &request.get_ref().session_id)
+                .map_err(to_status)?;
+            rpc.backend(&session.backend.name);
+            Ok(Response::new(self.info(&session)))
+        })
+        .await
     }
 
     async fn list_sessions(
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let sessions = self
-            .registry
-            .list(&caller)
-            .iter()
-            .map(|s| self.info(s))
-            .collect();
-        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+        let rpc = Rpc::start("ListSessions", &request, "", "");
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            self.note(&rpc, &caller, None);
+            let sessions = self
+                .registry
+                .list(&caller)
+                .iter()
+                .map(|s| self.info(s))
+                .collect();
+            Ok(Response::new(pb::ListSessionsResponse { sessions }))
+        })
+        .await
     }
 
     async fn close_session(
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let caller = self.auth.caller(&request)?;
-        let id = request.into_inner().session_id;
-        let result = self.registry.close(&caller, &id).await.map_err(to_status)?;
-        Ok(Response::new(pb::CloseSessionResponse {
-            session_id: id,
-            final_state: convert::state(result.final_state) as i32,
-            already_closed: result.already_closed,
-        }))
+        let rpc = Rpc::start("CloseSession", &request, &request.get_ref().session_id, "");
+        rpc.run(async {
+            let caller = self.auth.caller(&request)?;
+            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let id = request.into_inner().session_id;
+            let result = self.registry.close(&caller, &id).await.map_err(to_status)?;
+            Ok(Response::new(pb::CloseSessionResponse {
+                session_id: id,
+                final_state: convert::state(result.final_state) as i32,
+                already_closed: result.already_closed,
+            }))
+        })
+        .await
     }
+}
+
+/// A subscription as a response stream. With a maximum age the stream ends
+/// with `UNAVAILABLE` once it is that old, after detaching, so the client's
+/// resume (with `resume_after_sequence`) is not refused as a second
+/// subscriber; load balancers can then move long streams between gateways.
+fn event_stream(
+    subscription: crate::registry::EventStream,
+    max_age: Option<Duration>,
+) -> Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>> {
+    let ends_at = max_age.map(|age| tokio::time::Instant::now() + age);
+    Box::pin(futures::stream::unfold(
+        Some(subscription),
+        move |sub| async move {
+            let mut sub = sub?;
+            let delivery = match ends_at {
+                None => sub.next().await?,
+                Some(at) => tokio::select! {
+                    biased;
+                    delivery = sub.next() => delivery?,
+                    _ = tokio::time::sleep_until(at) => {
+                        drop(sub);
+                        let status = Status::unavailable(
+                            "the event stream reached its maximum age; resume with resume_after_sequence",
+                        );
+                        return Some((Err(status), None));
+                    }
+                },
+            };
+            Some((Ok(convert::event(delivery)), Some(sub)))
+        },
+    ))
 }

@@ -6,6 +6,7 @@ mod convert;
 mod gateway;
 mod standard_status;
 mod status;
+mod trace;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ pub use self::auth::{AuthError, Authenticated, Authenticator, required_scope};
 pub use self::gateway::GatewayService;
 pub use self::standard_status::StandardStatusLayer;
 pub use self::status::{auth_status, to_status};
+pub use self::trace::CORRELATION_HEADER;
 
 use crate::proto::v1::gateway_server::GatewayServer;
 use crate::registry::Registry;
@@ -28,6 +30,9 @@ pub struct ApiLimits {
     /// stopped, so the gateway's DEADLINE_EXCEEDED (and the session's fault)
     /// beats tonic's own timer: one epoch tick plus scheduling slack.
     pub deadline_margin: std::time::Duration,
+    /// Event streams end with `UNAVAILABLE` this long after they start (the
+    /// client resumes); `None` keeps them open.
+    pub max_event_stream_age: Option<std::time::Duration>,
 }
 
 /// The Gateway service wrapped with its message size limits and with

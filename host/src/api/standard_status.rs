@@ -4,7 +4,8 @@
 //!
 //! (tonic's own `grpc-timeout` layer, which answers `CANCELLED`, sits
 //! outside every user layer; the registry answers `DEADLINE_EXCEEDED` a
-//! little before it instead.)
+//! little before it instead, counting from the [`RequestStart`] this layer
+//! records.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +14,13 @@ use std::task::{Context, Poll};
 use http::HeaderValue;
 use tower::{Layer, Service};
 
-/// Rewrites tonic's non-standard oversize status (see the module docs).
+/// When the request reached the service stack: the client's `grpc-timeout`
+/// counts from here, not from when a handler gets to run.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub std::time::Instant);
+
+/// Rewrites tonic's non-standard oversize status (see the module docs) and
+/// stamps every request with its [`RequestStart`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StandardStatusLayer;
 
@@ -44,7 +51,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(RequestStart(std::time::Instant::now()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;

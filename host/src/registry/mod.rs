@@ -233,7 +233,9 @@ impl Registry {
     ) -> Result<Arc<Session>, GatewayError> {
         let this = Arc::clone(self);
         let caller = caller.clone();
-        match tokio::spawn(async move { this.open_inner(caller, request).await }).await {
+        // The open keeps the caller's span (the RPC's) for its logs.
+        let open = this.open_inner(caller, request);
+        match tokio::spawn(tracing::Instrument::in_current_span(open)).await {
             Ok(result) => result,
             Err(e) => Err(GatewayError::StartFailed(StartError::Failed(
                 Fault::crashed("internal", e.to_string()),

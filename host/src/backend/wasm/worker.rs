@@ -72,7 +72,10 @@ impl WasmWorker {
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let fault = Arc::new(OnceLock::new());
-        let span = tracing::info_span!("session", session_id = %request.session_id, backend = %request.backend);
+        // A root span: the session outlives the OpenSession call that started
+        // it, so that call is linked (follows-from) rather than a parent.
+        let span = tracing::info_span!(parent: None, "session", session_id = %request.session_id, tenant = %request.tenant, backend = %request.backend);
+        span.follows_from(tracing::Span::current());
         let task = SessionTask {
             store,
             instance,

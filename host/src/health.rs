@@ -1,0 +1,224 @@
+//! Whether the gateway is starting, serving or draining, reported three
+//! ways:
+//!
+//! - gRPC `grpc.health.v1.Health`, for the whole server (`""`) and for
+//!   `gatehouse.v1.Gateway`: `NOT_SERVING` while the backends load,
+//!   `SERVING` once they have, `NOT_SERVING` again from the first moment of
+//!   a shutdown, while sessions drain;
+//! - `GET /readyz` on the metrics port: 200 while serving, 503 otherwise;
+//! - `GET /healthz` on the metrics port: 200 as long as the process answers
+//!   (liveness).
+//!
+//! The gRPC port is bound before the backends load, so probes get an answer
+//! at once; until the backends are loaded, Gateway calls are refused with
+//! `UNAVAILABLE` by [`Gate`].
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tonic::Status;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::Service;
+
+/// Where the gateway is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading backends: not ready.
+    Starting,
+    /// Ready for sessions.
+    Serving,
+    /// Shutting down: closing sessions, refusing new ones.
+    Draining,
+}
+
+impl Phase {
+    /// `starting`, `serving` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Serving => "serving",
+            Phase::Draining => "draining",
+        }
+    }
+}
+
+/// The gateway's health, shared by the gRPC health service and the HTTP
+/// endpoints.
+#[derive(Clone)]
+pub struct Health {
+    phase: Arc<watch::Sender<Phase>>,
+    reporter: HealthReporter,
+    service: &'static str,
+}
+
+impl Health {
+    /// Health in the `Starting` phase, reporting through `reporter` for the
+    /// whole server and for the service named `service`.
+    pub async fn starting(reporter: HealthReporter, service: &'static str) -> Self {
+        let health = Self {
+            phase: Arc::new(watch::channel(Phase::Starting).0),
+            reporter,
+            service,
+        };
+        health.report(ServingStatus::NotServing).await;
+        health
+    }
+
+    async fn report(&self, status: ServingStatus) {
+        // The reporter starts the whole server ("") as SERVING; it must
+        // follow the gateway's phase like the service does.
+        self.reporter.set_service_status("", status).await;
+        self.reporter.set_service_status(self.service, status).await;
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Follows phase changes.
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Backends are loaded: `SERVING`.
+    pub async fn serving(&self) {
+        // Only from Starting: never walk a shutdown back.
+        let became = self.phase.send_if_modified(|p| {
+            let starting = *p == Phase::Starting;
+            if starting {
+                *p = Phase::Serving;
+            }
+            starting
+        });
+        if became {
+            self.report(ServingStatus::Serving).await;
+        }
+    }
+
+    /// Shutdown has begun: `NOT_SERVING` from now on.
+    pub async fn draining(&self) {
+        self.phase.send_replace(Phase::Draining);
+        self.report(ServingStatus::NotServing).await;
+    }
+
+    /// `/healthz` and `/readyz`, to merge into the metrics HTTP router.
+    pub fn routes(&self) -> axum::Router {
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        let ready = self.clone();
+        axum::Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let phase = ready.phase();
+                    async move {
+                        let code = if phase == Phase::Serving {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        (code, format!("{}\n", phase.as_str()))
+                    }
+                }),
+            )
+    }
+}
+
+/// A gRPC service that answers `UNAVAILABLE` until [`Gate::open`] gives it
+/// the real service, so the server can listen (and answer health checks)
+/// before the backends are loaded.
+pub struct Gate<S> {
+    inner: Arc<OnceLock<S>>,
+}
+
+impl<S> Clone for Gate<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S> Default for Gate<S> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+impl<S> Gate<S> {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets calls through to `service` from now on.
+    pub fn open(&self, service: S) {
+        let _ = self.inner.set(service);
+    }
+}
+
+impl<S: NamedService> NamedService for Gate<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for Gate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        match self.inner.get() {
+            Some(service) => {
+                let mut service = service.clone();
+                Box::pin(async move {
+                    futures::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                    service.call(request).await
+                })
+            }
+            None => Box::pin(async {
+                Ok(
+                    Status::unavailable("the gateway is starting: its backends are loading")
+                        .into_http(),
+                )
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn phases_go_starting_serving_draining_and_never_back() {
+        let (reporter, _service) = tonic_health::server::health_reporter();
+        let health = Health::starting(reporter, "gatehouse.v1.Gateway").await;
+        assert_eq!(health.phase(), Phase::Starting);
+        health.serving().await;
+        assert_eq!(health.phase(), Phase::Serving);
+        health.draining().await;
+        health.serving().await;
+        assert_eq!(health.phase(), Phase::Draining);
+    }
+}
