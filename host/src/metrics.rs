@@ -172,19 +172,6 @@ impl Metrics {
             dropped: self.events_dropped.get_or_create(&label).clone(),
         })
     }
-
-    /// Records a latency in a per-backend histogram.
-    pub fn observe(
-        family: &Family<BackendLabel, Histogram, fn() -> Histogram>,
-        backend: &str,
-        took: Duration,
-    ) {
-        family
-            .get_or_create(&BackendLabel {
-                backend: backend.to_string(),
-            })
-            .observe(took.as_secs_f64());
-    }
 }
 
 struct BackendEvents {

@@ -24,8 +24,8 @@ use rand::RngCore;
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Backend, CloseOutcome, Command, Fault, FaultClass, FaultReporter, Outcome, StartError,
-    StartRequest,
+    Backend, BackendInfo, CloseOutcome, Command, Fault, FaultClass, FaultReporter, Outcome,
+    StartError, StartRequest,
 };
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
@@ -136,6 +136,39 @@ pub struct BackendEntry {
     pub config: BTreeMap<String, String>,
 }
 
+/// A backend as the registry keeps it: the entry plus what every open of it
+/// would otherwise rebuild (its info, its metric handles).
+struct Loaded {
+    entry: BackendEntry,
+    info: Arc<BackendInfo>,
+    metrics: Arc<BackendMetrics>,
+}
+
+/// One backend's metric handles, resolved once instead of by label on every
+/// call.
+pub(crate) struct BackendMetrics {
+    open_sessions: prometheus_client::metrics::gauge::Gauge,
+    sessions_opened: prometheus_client::metrics::counter::Counter,
+    pub(crate) invoke_seconds: prometheus_client::metrics::histogram::Histogram,
+    instantiate_seconds: prometheus_client::metrics::histogram::Histogram,
+    events: Arc<dyn crate::events::EventObserver>,
+}
+
+impl BackendMetrics {
+    fn new(metrics: &Metrics, backend: &str) -> Self {
+        let label = BackendLabel {
+            backend: backend.to_string(),
+        };
+        Self {
+            open_sessions: metrics.open_sessions.get_or_create(&label).clone(),
+            sessions_opened: metrics.sessions_opened.get_or_create(&label).clone(),
+            invoke_seconds: metrics.invoke_seconds.get_or_create(&label).clone(),
+            instantiate_seconds: metrics.instantiate_seconds.get_or_create(&label).clone(),
+            events: metrics.event_observer(backend),
+        }
+    }
+}
+
 /// Registry-wide settings.
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
@@ -149,7 +182,7 @@ pub struct RegistrySettings {
 
 /// The session registry.
 pub struct Registry {
-    backends: BTreeMap<String, BackendEntry>,
+    backends: BTreeMap<String, Loaded>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     slots: Arc<Slots>,
     settings: RegistrySettings,
@@ -170,7 +203,17 @@ impl Registry {
     ) -> Arc<Self> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Arc<str>, Fault)>();
         let registry = Arc::new(Self {
-            backends,
+            backends: backends
+                .into_iter()
+                .map(|(name, entry)| {
+                    let loaded = Loaded {
+                        info: Arc::new(entry.backend.info().clone()),
+                        metrics: Arc::new(BackendMetrics::new(&metrics, &name)),
+                        entry,
+                    };
+                    (name, loaded)
+                })
+                .collect(),
             sessions: Mutex::new(HashMap::new()),
             slots: Slots::new(settings.max_sessions),
             settings,
@@ -200,7 +243,7 @@ impl Registry {
 
     /// The backends, by name.
     pub fn backends(&self) -> impl Iterator<Item = &BackendEntry> {
-        self.backends.values()
+        self.backends.values().map(|l| &l.entry)
     }
 
     /// The backends the caller's tenant may open, by name.
@@ -211,7 +254,7 @@ impl Registry {
         self.backends
             .iter()
             .filter(|(name, _)| caller.tenant.may_open(name))
-            .map(|(_, entry)| entry)
+            .map(|(_, loaded)| &loaded.entry)
     }
 
     /// Sessions holding a slot.
@@ -251,10 +294,12 @@ impl Registry {
         if self.draining.load(Ordering::Acquire) {
             return Err(GatewayError::ShuttingDown);
         }
-        let entry = self
+        let loaded = self
             .backends
             .get(&request.backend)
             .ok_or_else(|| GatewayError::BackendNotFound(request.backend.clone()))?;
+        let entry = &loaded.entry;
+        let handles = &loaded.metrics;
         if !caller.tenant.may_open(&request.backend) {
             return Err(GatewayError::BackendNotAllowed(request.backend));
         }
@@ -272,15 +317,12 @@ impl Registry {
             max_lifetime: policy.max_lifetime,
             close_timeout: policy.close_timeout,
         };
-        let backend_name = entry.backend.info().name.clone();
-        let label = BackendLabel {
-            backend: backend_name.clone(),
-        };
+        let backend_name = loaded.info.name.clone();
 
         // 1. Take a slot of the tenant's quota and one of the gateway's cap
         //    (both or neither), or refuse at once.
         let gauges = vec![
-            self.metrics.open_sessions.get_or_create(&label).clone(),
+            handles.open_sessions.clone(),
             self.metrics
                 .tenant_open_sessions
                 .get_or_create(&TenantLabel {
@@ -310,14 +352,14 @@ impl Registry {
                 overflow: policy.event_overflow,
                 max_subscribers: policy.max_event_subscribers,
             },
-            self.metrics.event_observer(&backend_name),
+            Arc::clone(&handles.events),
         ));
         let now = self.clock.now();
         let session = Arc::new(Session::new(
             Arc::clone(&id),
             caller.tenant_name().to_string(),
             caller.key.clone(),
-            entry.backend.info().clone(),
+            Arc::clone(&loaded.info),
             request.client_session_name,
             request.client_correlation_id,
             times,
@@ -348,11 +390,9 @@ impl Registry {
         };
         let began = Instant::now();
         let started = entry.backend.start(start, &progress).await;
-        Metrics::observe(
-            &self.metrics.instantiate_seconds,
-            &backend_name,
-            began.elapsed(),
-        );
+        handles
+            .instantiate_seconds
+            .observe(began.elapsed().as_secs_f64());
 
         // 4. READY, or roll back.
         let error = match started {
@@ -360,7 +400,7 @@ impl Registry {
                 let worker: Arc<dyn crate::backend::Worker> = Arc::from(worker);
                 session.set_worker(Arc::clone(&worker));
                 if session.transition(SessionState::Ready, self.clock.now()) {
-                    self.metrics.sessions_opened.get_or_create(&label).inc();
+                    handles.sessions_opened.inc();
                     tracing::info!(session_id = %id, backend = %backend_name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
                     return Ok(Arc::clone(&session));
                 }
@@ -494,11 +534,12 @@ impl Registry {
                 }
             },
         };
-        Metrics::observe(
-            &self.metrics.invoke_seconds,
-            &session.backend.name,
-            began.elapsed(),
-        );
+        if let Some(loaded) = self.backends.get(&*session.backend.name) {
+            loaded
+                .metrics
+                .invoke_seconds
+                .observe(began.elapsed().as_secs_f64());
+        }
         match result {
             Ok(outcomes) => {
                 if let Some((index, size, limit)) =

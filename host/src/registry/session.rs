@@ -45,7 +45,7 @@ pub struct Session {
     /// The label of the API key that opened it; `None` when anonymous.
     pub owner_key: Option<Arc<str>>,
     /// The backend it runs on.
-    pub backend: BackendInfo,
+    pub backend: Arc<BackendInfo>,
     /// Client-chosen name.
     pub client_session_name: String,
     /// Client-chosen correlation id.
@@ -88,7 +88,7 @@ impl Session {
         id: Arc<str>,
         tenant: String,
         owner_key: Option<Arc<str>>,
-        backend: BackendInfo,
+        backend: Arc<BackendInfo>,
         client_session_name: String,
         client_correlation_id: String,
         times: SessionTimes,
