@@ -114,6 +114,12 @@ enum Cmd {
         /// Session id.
         session: String,
     },
+    /// Run a built-in native worker (started by the gateway, not by hand).
+    #[command(hide = true)]
+    Worker {
+        /// The built-in worker: sim-device.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,9 +156,22 @@ fn main() -> ExitCode {
                 1
             }
         },
+        Cmd::Worker { name } => return worker(&name),
         other => client(args.addr, args.json, other),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Runs a native worker built into this binary, so the built-in
+/// `sim-device` backend needs no separate program.
+fn worker(name: &str) -> ExitCode {
+    match name {
+        gatehouse::builtin::SIM_DEVICE => gatehouse_sim_device::main(),
+        other => {
+            eprintln!("no built-in worker {other:?} (have: sim-device)");
+            ExitCode::from(64)
+        }
+    }
 }
 
 fn init_logging() {
@@ -265,7 +284,7 @@ fn client(addr: String, json: bool, command: Cmd) -> i32 {
             Cmd::Renew { session } => c.renew(session).await,
             Cmd::Sessions => c.sessions().await,
             Cmd::Close { session } => c.close(session).await,
-            Cmd::Serve { .. } | Cmd::Config(_) => Ok(0),
+            Cmd::Serve { .. } | Cmd::Config(_) | Cmd::Worker { .. } => Ok(0),
         }
     });
     match result {

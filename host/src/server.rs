@@ -13,10 +13,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, ApiLimits, Authenticator};
+use crate::backend::native::NativeRuntime;
 use crate::backend::wasm::{RuntimeOptions, WasmRuntime};
 use crate::builtin;
 use crate::clock::SystemClock;
-use crate::config::{Config, ModuleSource};
+use crate::config::{Config, ModuleSource, Runner};
 use crate::metrics::{self, Metrics};
 use crate::registry::{BackendEntry, Registry, RegistrySettings};
 
@@ -56,8 +57,36 @@ pub struct BoundAddrs {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Loads every backend of `config` into a registry.
-pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Registry>, ServeError> {
+/// Loads every backend of `config` into a registry. Before any native
+/// worker can start, the leftovers of a previous gateway run recorded in
+/// the state directory are killed. Must be called inside a tokio runtime.
+pub fn build_registry(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<Registry>, Option<NativeRuntime>), ServeError> {
+    let has_native = config
+        .backends
+        .iter()
+        .any(|b| matches!(b.runner, Runner::Native(_)));
+    let native = match NativeRuntime::new(&config.server.state_dir) {
+        Ok(n) => Some(n),
+        Err(e) if has_native => {
+            return Err(ServeError::Io {
+                what: format!(
+                    "opening the state directory {}",
+                    config.server.state_dir.display()
+                ),
+                source: e,
+            });
+        }
+        Err(e) => {
+            tracing::warn!(
+                "state directory {}: {e}; leftovers of a previous run were not checked",
+                config.server.state_dir.display()
+            );
+            None
+        }
+    };
     let max_memory = config
         .backends
         .iter()
@@ -79,7 +108,26 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
             name: spec.name.clone(),
             message,
         };
-        let bytes: std::borrow::Cow<'static, [u8]> = match &spec.module {
+        let module = match &spec.runner {
+            Runner::Wasm(m) => m,
+            Runner::Native(n) => {
+                let native = native
+                    .as_ref()
+                    .ok_or_else(|| fail("no state directory for native workers".into()))?;
+                let backend = native.load(spec).map_err(fail)?;
+                tracing::info!(backend = %spec.name, command = ?n.command, warm_pool = n.warm_pool, "native backend loaded");
+                backends.insert(
+                    spec.name.clone(),
+                    BackendEntry {
+                        backend: Arc::new(backend),
+                        policy: spec.policy.clone(),
+                        config: spec.config.clone(),
+                    },
+                );
+                continue;
+            }
+        };
+        let bytes: std::borrow::Cow<'static, [u8]> = match module {
             ModuleSource::Builtin(name) => builtin::component(name)
                 .ok_or_else(|| fail(format!("no built-in component {name:?}")))?
                 .into(),
@@ -104,7 +152,7 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
     // The runtime lives as long as the backends that hold its engine; the
     // epoch ticker must keep running for the life of the process.
     std::mem::forget(runtime);
-    Ok(Registry::new(
+    let registry = Registry::new(
         backends,
         RegistrySettings {
             max_sessions: config.server.max_sessions,
@@ -113,7 +161,8 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
         },
         Arc::new(SystemClock::new()),
         metrics,
-    ))
+    );
+    Ok((registry, native))
 }
 
 /// Serves until Ctrl-C or SIGTERM, then drains. `on_bound` is told the bound
@@ -127,7 +176,7 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
         )));
     }
     let metrics = Arc::new(Metrics::new());
-    let registry = build_registry(&config, Arc::clone(&metrics))?;
+    let (registry, native) = build_registry(&config, Arc::clone(&metrics))?;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -220,7 +269,15 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
             let _ = stop_tx.send(true);
         }
     };
-
+    // Whatever is still alive after the drain (warm pools, stuck workers)
+    // is killed; the state directory goes with a clean exit.
+    let native_done = native.clone();
+    let drain = async move {
+        drain.await;
+        if let Some(n) = &native_done {
+            n.shutdown();
+        }
+    };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = &config.server;
     Server::builder()
@@ -237,6 +294,10 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
     sweeper.abort();
+    if let Some(n) = &native {
+        n.shutdown();
+        n.remove_state();
+    }
     tracing::info!("gatehouse stopped");
     Ok(())
 }

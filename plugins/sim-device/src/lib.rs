@@ -178,7 +178,9 @@ impl Worker for SimDevice {
                     .ok()
                     .filter(|ms| *ms <= MAX_SLOW_MS)
                     .ok_or_else(|| {
-                        CommandError::InvalidPayload(format!("usage: slow MS (at most {MAX_SLOW_MS})"))
+                        CommandError::InvalidPayload(format!(
+                            "usage: slow MS (at most {MAX_SLOW_MS})"
+                        ))
                     })?;
                 thread::sleep(Duration::from_millis(ms));
                 format!("slept {ms}")
@@ -200,7 +202,10 @@ impl SimDevice {
         let usage = || CommandError::InvalidPayload("usage: subscribe TAG INTERVAL_MS".into());
         let mut words = args.split_whitespace();
         let tag = words.next().filter(|t| valid_tag(t)).ok_or_else(usage)?;
-        let interval: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(usage)?;
+        let interval: u64 = words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(usage)?;
         if words.next().is_some() {
             return Err(usage());
         }

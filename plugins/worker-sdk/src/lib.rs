@@ -158,7 +158,10 @@ impl fmt::Display for SendError {
         match self {
             SendError::Closed => f.write_str("the session is closed"),
             SendError::TooLarge { size, limit } => {
-                write!(f, "an event of {size} bytes is over the frame cap of {limit}")
+                write!(
+                    f,
+                    "an event of {size} bytes is over the frame cap of {limit}"
+                )
             }
         }
     }
@@ -324,10 +327,8 @@ fn serve<W: Worker>(link: &Arc<Link>, rx: &mpsc::Receiver<to_worker::Msg>) -> Re
                     }
                     Err(error) => {
                         link.closed.store(true, Ordering::Release);
-                        let _ = link.send(from_worker::Msg::Opened(proto::Opened {
-                            ok: false,
-                            error,
-                        }));
+                        let _ =
+                            link.send(from_worker::Msg::Opened(proto::Opened { ok: false, error }));
                         return Ok(());
                     }
                 }
@@ -449,10 +450,11 @@ impl Settings {
                 ours: PROTOCOL_VERSION,
             });
         }
-        let interval = Duration::from_millis(number(env::HEARTBEAT_INTERVAL_MS, Some(1000))?.max(1));
+        let interval =
+            Duration::from_millis(number(env::HEARTBEAT_INTERVAL_MS, Some(1000))?.max(1));
         let grace = Duration::from_millis(number(env::HEARTBEAT_GRACE_MS, Some(5000))?.max(1));
-        let max_frame = usize::try_from(number(env::MAX_FRAME_BYTES, Some(4 << 20))?)
-            .unwrap_or(usize::MAX);
+        let max_frame =
+            usize::try_from(number(env::MAX_FRAME_BYTES, Some(4 << 20))?).unwrap_or(usize::MAX);
         Ok(Self {
             fd,
             nonce,
@@ -478,10 +480,7 @@ struct Link {
 
 impl Link {
     fn send(&self, msg: from_worker::Msg) -> Result<(), SendError> {
-        let frame = encode_frame(
-            &proto::FromWorker { msg: Some(msg) },
-            self.max_frame,
-        )?;
+        let frame = encode_frame(&proto::FromWorker { msg: Some(msg) }, self.max_frame)?;
         let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         stream.write_all(&frame).map_err(|_| {
             self.closed.store(true, Ordering::Release);
