@@ -1185,6 +1185,88 @@ mod tests {
     }
 
     #[test]
+    fn native_backends_are_parsed_and_checked() {
+        let c = parse(
+            "[server]\nstate_dir = \"/tmp/gh-test\"\n[[backends]]\nname = \"plc\"\nkind = \"native\"\ncommand = [\"sh\", \"-c\", \"exit 0\"]\n[backends.grants]\nenv = { A = \"1\" }\n[backends.native]\nheartbeat_interval = \"200ms\"\nheartbeat_grace = \"1s\"\nwarm_pool = 2\nmax_frame_bytes = \"64KiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.state_dir, PathBuf::from("/tmp/gh-test"));
+        let b = &c.backends[0];
+        assert_eq!(b.kind, BackendKind::Native);
+        let Runner::Native(n) = &b.runner else {
+            panic!("not native: {:?}", b.runner)
+        };
+        assert_eq!(n.command, ["sh", "-c", "exit 0"]);
+        assert_eq!(n.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(n.heartbeat_grace, Duration::from_secs(1));
+        assert_eq!(n.startup_timeout, Duration::from_secs(10));
+        assert_eq!(n.warm_pool, 2);
+        assert_eq!(n.max_frame_bytes, 64 << 10);
+        assert_eq!(b.grants.env.get("A").map(String::as_str), Some("1"));
+
+        let native = "[[backends]]\nname = \"plc\"\nkind = \"native\"\n";
+        let cases = [
+            (native.to_string(), "backends[0].command"),
+            (format!("{native}command = []\n"), "backends[0].command"),
+            (format!("{native}command = [\"\"]\n"), "backends[0].command[0]"),
+            (
+                format!("{native}command = [\"./no/such/worker\"]\n"),
+                "backends[0].command[0]",
+            ),
+            (
+                format!("{native}command = [\"w\"]\nmodule = \"builtin:echo\"\n"),
+                "backends[0].module",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.grants]\nnetwork = [\"*:80\"]\n"),
+                "backends[0].grants.network",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.native]\nheartbeat_grace = \"1s\"\nheartbeat_interval = \"1s\"\n"),
+                "backends[0].native.heartbeat_grace",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.native]\nstartup_timeout = \"0s\"\n"),
+                "backends[0].native.startup_timeout",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.native]\nmax_frame_bytes = 10\n"),
+                "backends[0].native.max_frame_bytes",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\ncommand = [\"w\"]\n".into(),
+                "backends[0].command",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[backends.native]\nwarm_pool = 1\n".into(),
+                "backends[0].native",
+            ),
+            ("[server]\nstate_dir = \"rel\"\n".into(), "server.state_dir"),
+        ];
+        for (text, key) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{key}: {e}\n{text}");
+        }
+        let e = parse(&format!(
+            "{native}command = [\"w\"]\n[backends.native]\nheartbeat = \"1s\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn the_builtin_config_serves_sim_device_from_this_binary() {
+        let c = Config::builtin();
+        let sim = c.backends.iter().find(|b| b.name == "sim-device").unwrap();
+        let Runner::Native(n) = &sim.runner else {
+            panic!("sim-device is native")
+        };
+        assert_eq!(&n.command[1..], ["worker", "sim-device"]);
+        assert!(c.server.state_dir.is_absolute());
+    }
+
+    #[test]
     fn units() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));

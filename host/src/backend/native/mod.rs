@@ -431,3 +431,6 @@ fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
 
 /// How long a pool waits before retrying after a failed start.
 const POOL_BACKOFF: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests;
