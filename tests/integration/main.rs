@@ -1,1 +1,3 @@
+//! Black-box tests: the real `gatehouse` binary over real gRPC.
 
+mod native;
