@@ -209,7 +209,7 @@ fn pids_in(dir: &Path) -> Vec<u32> {
 /// and the fake workers.
 fn config(dir: &Path, pids: &Path) -> String {
     let state = dir.join("state");
-    let native = "[backends.native]\nheartbeat_interval = \"100ms\"\nheartbeat_grace = \"600ms\"\nstartup_timeout = \"5s\"\n";
+    let native = "[backends.native]\nheartbeat_interval = \"100ms\"\nheartbeat_grace = \"600ms\"\nstartup_timeout = \"5s\"\nmax_frame_bytes = \"64KiB\"\n";
     let mut c = format!(
         "[server]\nstate_dir = {state:?}\nsweep_interval = \"100ms\"\nshutdown_timeout = \"2s\"\n\n\
          [[backends]]\nname = \"sim\"\nkind = \"native\"\ncommand = [{GATEHOUSE:?}, \"worker\", \"sim-device\"]\n{native}\n\
@@ -346,6 +346,19 @@ async fn sim_device_session_lifecycle() {
         String::from_utf8(r.payload).unwrap(),
         format!("session={sid} pid={pid}")
     );
+
+    // A command the worker's frame cap cannot carry is the client's error;
+    // the session stays usable.
+    let big = "x".repeat(100 << 10);
+    let r = invoke(&mut c, &sid, "write", &format!("big {big}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.error.expect("a command error").kind,
+        pb::command_error::Kind::InvalidPayload as i32
+    );
+    let r = invoke(&mut c, &sid, "read", "line1/temp").await.unwrap();
+    assert_eq!(r.payload, b"21.5");
 
     // A subscription: events arrive while the client only listens.
     invoke(&mut c, &sid, "subscribe", "line1/temp 30")

@@ -403,37 +403,58 @@ impl Task {
 
     /// Sends the next queued command, or answers the invoke when done.
     async fn next_command(&mut self) -> Step {
+        let max_frame = self.timing.max_frame;
         let Phase::Ready(Some(pending)) = &mut self.phase else {
             return Ok(());
         };
-        let Some(command) = pending.queue.pop_front() else {
-            let Phase::Ready(Some(pending)) =
-                std::mem::replace(&mut self.phase, Phase::Ready(None))
-            else {
-                unreachable!("checked above");
+        let msg = loop {
+            let Some(command) = pending.queue.pop_front() else {
+                let Phase::Ready(Some(pending)) =
+                    std::mem::replace(&mut self.phase, Phase::Ready(None))
+                else {
+                    unreachable!("checked above");
+                };
+                let _ = pending.reply.send(Ok(pending.outcomes));
+                return Ok(());
             };
-            let _ = pending.reply.send(Ok(pending.outcomes));
+            let start = Instant::now();
+            let mut until = start + pending.timeout;
+            if let Some(d) = pending.deadline {
+                until = until.min(d);
+            }
+            if until <= start {
+                return Err(Fault::deadline(
+                    "the gRPC deadline passed before the command ran",
+                ));
+            }
+            self.next_id += 1;
+            let id = self.next_id;
+            let name = command.name.clone();
+            let msg = pb::ToWorker {
+                msg: Some(pb::to_worker::Msg::Command(pb::Command {
+                    id,
+                    name: command.name,
+                    payload: command.payload,
+                })),
+            };
+            // A command the worker's frame cap cannot carry is the client's
+            // error, not the worker's: the session stays usable.
+            let size = prost::Message::encoded_len(&msg);
+            if size > max_frame {
+                pending
+                    .outcomes
+                    .push(Outcome::Error(CommandError::InvalidPayload(format!(
+                        "the command is {size} bytes framed, over the worker's frame cap of {max_frame}"
+                    ))));
+                continue;
+            }
+            pending.current = Some((id, name, start, until));
+            break msg;
+        };
+        let Some(msg) = msg.msg else {
             return Ok(());
         };
-        let start = Instant::now();
-        let mut until = start + pending.timeout;
-        if let Some(d) = pending.deadline {
-            until = until.min(d);
-        }
-        if until <= start {
-            return Err(Fault::deadline(
-                "the gRPC deadline passed before the command ran",
-            ));
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        pending.current = Some((id, command.name.clone(), start, until));
-        self.send(pb::to_worker::Msg::Command(pb::Command {
-            id,
-            name: command.name,
-            payload: command.payload,
-        }))
-        .await
+        self.send(msg).await
     }
 
     fn on_frame(&mut self, msg: pb::FromWorker) -> Step {
