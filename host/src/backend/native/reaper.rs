@@ -71,10 +71,16 @@ impl StateDir {
                 tracing::warn!("removing {}: {e}", path.display());
             }
         }
+        // Built under a temporary name and renamed into place, so another
+        // gateway scanning the directory never sees a `gw-*` without its
+        // `gateway` record (and takes it for a dead one).
         let dir = root.join(format!("gw-{me}"));
-        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let staging = root.join(format!(".staging-{me}"));
+        let _ = fs::remove_dir_all(&staging);
+        fs::DirBuilder::new().mode(0o700).create(&staging)?;
         let start = start_time(me).unwrap_or(0);
-        fs::write(dir.join("gateway"), format!("{me} {start}\n"))?;
+        fs::write(staging.join("gateway"), format!("{me} {start}\n"))?;
+        fs::rename(&staging, &dir)?;
         Ok((Self { dir }, killed))
     }
 
