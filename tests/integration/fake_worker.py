@@ -123,6 +123,7 @@ def main():
     mode, pid_dir = sys.argv[1], sys.argv[2]
     with open(os.path.join(pid_dir, str(os.getpid())), "w") as f:
         f.write(mode)
+    print(f"fake worker {mode} starting", file=sys.stderr, flush=True)
     sock = socket.socket(fileno=int(os.environ["GATEHOUSE_WORKER_FD"]))
     nonce = os.environ["GATEHOUSE_NONCE"]
     version = int(os.environ["GATEHOUSE_PROTOCOL_VERSION"])

@@ -519,6 +519,11 @@ async fn misbehaving_workers_are_rejected_and_killed() {
             .await,
         0.0
     );
+    // What workers write to stderr lands in the gateway's log.
+    eventually("worker output is logged", PATIENCE, || {
+        s.gw.log().contains("fake worker garbage starting")
+    })
+    .await;
     let refused = open_refused(&mut c).await;
     assert_eq!(refused, Code::FailedPrecondition);
 }

@@ -96,6 +96,7 @@ impl NativeRuntime {
     /// Opens the state directory, killing the leftovers of a previous
     /// gateway run before anything else starts.
     pub fn new(state_dir: &Path) -> std::io::Result<Self> {
+        raise_fd_limit();
         let (state, killed) = StateDir::open(state_dir)?;
         if killed > 0 {
             tracing::warn!(
@@ -159,6 +160,33 @@ impl NativeRuntime {
     /// Removes this gateway's state directory (after `shutdown`).
     pub fn remove_state(&self) {
         self.state.remove();
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: each
+/// native session holds a socket and a pipe in the gateway, and the usual
+/// soft limit of 1024 would cap a gateway at a few hundred of them.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::debug!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open file limit"
+                );
+            }
+        }
     }
 }
 

@@ -161,7 +161,7 @@ pub async fn spawn(
         // tokio's process support needs a runtime context; the fork itself
         // happens on this thread.
         let _guard = handle.enter();
-        let result = spawn_here(&spec).inspect(|child| {
+        let result = spawn_here(&spec).inspect(|(child, _)| {
             if let Some(pid) = child.id() {
                 recorder.record(pid);
             }
@@ -174,18 +174,18 @@ pub async fn spawn(
         .unwrap_or_else(|e| e.into_inner())
         .send(job)
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-    let (mut child, backend) = rx
+    let ((child, output), backend) = rx
         .await
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))??;
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other("the worker exited before it had a pid"))?;
 
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_output(out, backend.clone(), pid, "stdout"));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_output(err, backend.clone(), pid, "stderr"));
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
+        Ok(output) => {
+            tokio::spawn(forward_output(output, backend, pid));
+        }
+        Err(e) => tracing::warn!(pid, "the worker's output will not be logged: {e}"),
     }
 
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -199,6 +199,7 @@ pub async fn spawn(
         .unwrap_or_else(|e| e.into_inner())
         .insert(pid, Arc::clone(&proc));
     let waiter = Arc::clone(&proc);
+    let mut child = child;
     tokio::spawn(async move {
         let status = child.wait().await;
         // Anything the worker started in its group goes with it. The group
@@ -220,21 +221,25 @@ pub async fn spawn(
     Ok(proc)
 }
 
-/// Forks and execs, on the spawner thread.
-fn spawn_here(spec: &SpawnSpec) -> io::Result<tokio::process::Child> {
+/// Forks and execs, on the spawner thread. Returns the child and the read
+/// end of the pipe that is its stdout and stderr.
+fn spawn_here(spec: &SpawnSpec) -> io::Result<(tokio::process::Child, OwnedFd)> {
     let (program, args) = spec
         .command
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let fd = spec.child_end.as_raw_fd();
+    // One pipe for stdout and stderr: one descriptor and one task per
+    // worker in the gateway, and the lines stay in order.
+    let (output, output_writer) = io::pipe()?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
         .envs(passed_env())
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(output_writer.try_clone()?))
+        .stderr(Stdio::from(output_writer))
         .process_group(0)
         .kill_on_drop(true);
     // SAFETY: getpid is async-signal-safe and called before the fork.
@@ -266,7 +271,10 @@ fn spawn_here(spec: &SpawnSpec) -> io::Result<tokio::process::Child> {
             Ok(())
         });
     }
-    cmd.spawn()
+    // The parent's copies of the write end close with `cmd`, so the read
+    // end sees end-of-file when the worker (and its children) exit.
+    let child = cmd.spawn()?;
+    Ok((child, OwnedFd::from(output)))
 }
 
 fn passed_env() -> Vec<(OsString, OsString)> {
@@ -278,9 +286,9 @@ fn passed_env() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
-/// Forwards a worker's stdout or stderr to the gateway's log, a line at a
+/// Forwards a worker's stdout and stderr to the gateway's log, a line at a
 /// time.
-async fn forward_output(out: impl AsyncRead + Unpin, backend: String, pid: u32, stream: &str) {
+async fn forward_output(out: impl AsyncRead + Unpin, backend: String, pid: u32) {
     let mut lines = BufReader::new(out);
     let mut line = Vec::new();
     loop {
@@ -295,7 +303,7 @@ async fn forward_output(out: impl AsyncRead + Unpin, backend: String, pid: u32, 
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
                 if !text.is_empty() {
-                    tracing::info!(target: "gatehouse::worker", %backend, pid, stream, "{text}");
+                    tracing::info!(target: "gatehouse::worker", %backend, pid, "{text}");
                 }
             }
         }
