@@ -694,3 +694,56 @@ async fn two_hundred_sessions_leave_no_zombies_descriptors_or_gauges() {
             .await;
     assert_eq!(opened, 151.0);
 }
+
+#[tokio::test]
+async fn sigterm_closes_sessions_and_kills_a_stuck_worker() {
+    let mut s = setup();
+    let state = s.dir.path().join("state");
+    let gw_pid = s.gw.pid();
+    let mut c = s.gw.client().await;
+    let idle = open(&mut c, "sim").await.unwrap();
+    invoke(&mut c, &idle.session_id, "subscribe", "sim.ramp 20")
+        .await
+        .unwrap();
+    let busy = open(&mut c, "sim").await.unwrap();
+    let mut c2 = s.gw.client().await;
+    let busy_id = busy.session_id.clone();
+    // A command that will not finish before the shutdown timeout (2s).
+    let stuck = tokio::spawn(async move { invoke(&mut c2, &busy_id, "slow", "60000").await });
+    eventually("the slow command reaches the worker", PATIENCE, || {
+        s.gw.log()
+            .lines()
+            .any(|l| l.contains("command sent") && l.contains("slow"))
+    })
+    .await;
+    let workers = recorded_workers(&state, gw_pid);
+    assert!(workers.contains(&idle.worker_pid) && workers.contains(&busy.worker_pid));
+
+    let began = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe {
+        libc::kill(gw_pid as i32, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = s.gw.child.wait().unwrap();
+        (status, s)
+    });
+    let (status, s) = tokio::time::timeout(PATIENCE, status)
+        .await
+        .expect("the gateway stops in time")
+        .unwrap();
+    let took = began.elapsed();
+    assert!(status.success(), "{status:?}\n{}", s.gw.log());
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    assert!(stuck.await.unwrap().is_err());
+    eventually("every worker is gone after shutdown", PATIENCE, || {
+        workers.iter().all(|p| !alive(*p))
+    })
+    .await;
+    assert!(
+        !state.join(format!("gw-{gw_pid}")).exists(),
+        "a clean exit removes its state directory"
+    );
+    let log = s.gw.log();
+    assert!(log.contains("gateway-shutdown"), "{log}");
+}

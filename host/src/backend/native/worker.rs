@@ -63,16 +63,17 @@ enum Request {
         deadline: Option<Instant>,
         reply: oneshot::Sender<Result<Vec<Outcome>, Fault>>,
     },
-    Close {
-        grace: Duration,
-        reply: oneshot::Sender<()>,
-    },
 }
+
+/// A close request: grace, and who to tell when it is done. On a channel of
+/// its own, so a close is heard even while a command runs.
+type CloseRequest = (Duration, oneshot::Sender<()>);
 
 /// The handle for one worker process: idle (in the warm pool, or between
 /// handshake and open) or serving a session.
 pub struct NativeWorker {
     tx: mpsc::Sender<Request>,
+    close_tx: mpsc::Sender<CloseRequest>,
     task: JoinHandle<()>,
     fault: Arc<OnceLock<Fault>>,
     proc: Arc<Proc>,
@@ -89,6 +90,7 @@ impl NativeWorker {
         backend: &str,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (close_tx, close_rx) = mpsc::channel(4);
         let fault = Arc::new(OnceLock::new());
         let now = Instant::now();
         let task = Task {
@@ -96,6 +98,7 @@ impl NativeWorker {
             writer,
             frames,
             rx,
+            close_rx,
             fault: Arc::clone(&fault),
             timing,
             attach: None,
@@ -110,6 +113,7 @@ impl NativeWorker {
         let task = tokio::spawn(task.run().instrument(span));
         Self {
             tx,
+            close_tx,
             task,
             fault,
             proc,
@@ -175,7 +179,7 @@ impl WorkerTrait for NativeWorker {
 
     async fn close(&self, grace: Duration) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request::Close { grace, reply }).await.is_ok()
+        if self.close_tx.send((grace, reply)).await.is_ok()
             && tokio::time::timeout(grace + Duration::from_millis(50), rx)
                 .await
                 .is_ok()
@@ -228,6 +232,7 @@ struct Task {
     writer: OwnedWriteHalf,
     frames: mpsc::Receiver<Result<pb::FromWorker, FrameError>>,
     rx: mpsc::Receiver<Request>,
+    close_rx: mpsc::Receiver<CloseRequest>,
     fault: Arc<OnceLock<Fault>>,
     timing: Timing,
     attach: Option<Box<Attach>>,
@@ -247,6 +252,7 @@ impl Task {
     async fn run(mut self) {
         loop {
             let accepting = matches!(self.phase, Phase::Idle | Phase::Ready(None));
+            let closing = matches!(self.phase, Phase::Closing { .. });
             let wake = self.next_wake();
             let step = tokio::select! {
                 biased;
@@ -267,6 +273,10 @@ impl Task {
                         self.eof_at = Some(Instant::now());
                         Ok(())
                     }
+                },
+                close = self.close_rx.recv(), if !closing => match close {
+                    Some((grace, reply)) => self.begin_close(grace, reply).await,
+                    None => Ok(()),
                 },
                 request = self.rx.recv(), if accepting => match request {
                     Some(request) => self.on_request(request).await,
@@ -384,21 +394,39 @@ impl Task {
                 self.phase = Phase::Ready(Some(pending));
                 self.next_command().await
             }
-            Request::Close { grace, reply } => {
-                self.phase = Phase::Closing {
-                    reply,
-                    until: Instant::now() + grace,
-                };
-                let shutdown = pb::to_worker::Msg::Shutdown(pb::Shutdown {
-                    reason: "close".into(),
-                });
-                if self.send(shutdown).await.is_err() {
-                    // It cannot hear us: stop it now.
-                    self.proc.kill();
-                }
-                Ok(())
-            }
         }
+    }
+
+    /// Asks the worker to close and exit; the exit (or the grace running
+    /// out, then a kill) finishes the close.
+    async fn begin_close(&mut self, grace: Duration, reply: oneshot::Sender<()>) -> Step {
+        let until = Instant::now() + grace;
+        match std::mem::replace(&mut self.phase, Phase::Closing { reply, until }) {
+            Phase::Ready(Some(pending)) => {
+                // The command in flight will not be answered.
+                let _ = pending.reply.send(Err(Fault::crashed(
+                    "worker-stopped",
+                    "the session was closed while the command ran",
+                )));
+            }
+            Phase::Opening { reply, .. } => {
+                let _ = reply.send(Err(StartError::Failed(Fault::crashed(
+                    "worker-stopped",
+                    "closed while opening",
+                ))));
+            }
+            _ => {}
+        }
+        // Later requests find the worker gone.
+        self.rx.close();
+        let shutdown = pb::to_worker::Msg::Shutdown(pb::Shutdown {
+            reason: "close".into(),
+        });
+        if self.send(shutdown).await.is_err() {
+            // It cannot hear us: stop it now.
+            self.proc.kill();
+        }
+        Ok(())
     }
 
     /// Sends the next queued command, or answers the invoke when done.
@@ -448,6 +476,7 @@ impl Task {
                     ))));
                 continue;
             }
+            tracing::debug!(id, command = %name, "command sent");
             pending.current = Some((id, name, start, until));
             break msg;
         };
