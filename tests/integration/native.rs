@@ -565,6 +565,33 @@ async fn warm_pool_sessions_use_pre_started_workers() {
     })
     .await;
     close(&mut c, &info.session_id).await;
+
+    // An idle worker that dies is replaced, and never handed to a session.
+    eventually("the session's worker is gone", PATIENCE, || {
+        !alive(info.worker_pid) && recorded_workers(&state, gw_pid).len() == 2
+    })
+    .await;
+    let idle = recorded_workers(&state, gw_pid);
+    let victim = *idle.iter().next().unwrap();
+    // SAFETY: kill has no memory-safety preconditions; the pid is a worker
+    // of the gateway this test started.
+    unsafe {
+        libc::kill(victim as i32, libc::SIGKILL);
+    }
+    eventually("the dead idle worker is replaced", PATIENCE, || {
+        let now = recorded_workers(&state, gw_pid);
+        now.len() == 2 && !now.contains(&victim)
+    })
+    .await;
+    let info = open(&mut c, "sim-warm").await.unwrap();
+    assert_ne!(info.worker_pid, victim);
+    assert_eq!(
+        invoke(&mut c, &info.session_id, "read", "sim.ramp")
+            .await
+            .unwrap()
+            .payload,
+        b"1"
+    );
 }
 
 #[tokio::test]
