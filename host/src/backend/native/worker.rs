@@ -276,7 +276,11 @@ impl Task {
                 },
                 close = self.close_rx.recv(), if !closing => match close {
                     Some((grace, reply)) => self.begin_close(grace, reply).await,
-                    None => Ok(()),
+                    None => {
+                        // Every handle is gone.
+                        self.proc.kill();
+                        return;
+                    }
                 },
                 request = self.rx.recv(), if accepting => match request {
                     Some(request) => self.on_request(request).await,
@@ -298,11 +302,13 @@ impl Task {
                 self.fail(fault);
                 return;
             }
-            if let Phase::Closing { until, .. } = &self.phase
+            if let Phase::Closing { until, .. } = &mut self.phase
                 && Instant::now() >= *until
             {
                 self.proc.kill();
                 // Reaped right away; the exit branch finishes the close.
+                // Until then, do not spin.
+                *until = Instant::now() + EXIT_AFTER_EOF;
             }
         }
     }
