@@ -268,7 +268,10 @@ pub fn run<W: Worker>() -> ExitCode {
 
 /// Like [`run`], returning the error instead of printing it.
 pub fn try_run<W: Worker>() -> Result<(), RunError> {
-    let settings = Settings::from_env()?;
+    run_with::<W>(Settings::from_env()?)
+}
+
+fn run_with<W: Worker>(settings: Settings) -> Result<(), RunError> {
     // SAFETY: the gateway handed us this descriptor for exactly this use and
     // nothing else in the process owns it. It is duplicated with
     // close-on-exec (so programs this worker starts do not inherit the
@@ -295,7 +298,12 @@ pub fn try_run<W: Worker>() -> Result<(), RunError> {
     let (tx, rx) = mpsc::channel();
     spawn_reader(Arc::clone(&link), reader, tx)?;
     spawn_heartbeat(Arc::clone(&link), settings.interval, settings.grace)?;
-    serve::<W>(&link, &rx)
+    let result = serve::<W>(&link, &rx);
+    // The worker is finishing on its own terms: the background threads must
+    // not exit the process under the caller of `run`.
+    link.shutting_down.store(true, Ordering::Release);
+    link.closed.store(true, Ordering::Release);
+    result
 }
 
 /// The main loop: open, commands in order, shutdown.
@@ -471,7 +479,9 @@ struct Link {
     max_frame: usize,
     /// No more events: the session closed or the gateway is gone.
     closed: AtomicBool,
-    /// A shutdown is in progress: the worker's `close` is running.
+    /// The worker is finishing (a shutdown, a refused open, `run`
+    /// returning): the background threads stop instead of exiting the
+    /// process.
     shutting_down: AtomicBool,
     started: Instant,
     /// When the gateway was last heard from, in ms since `started`.
@@ -593,6 +603,10 @@ fn spawn_heartbeat(link: Arc<Link>, interval: Duration, grace: Duration) -> io::
             let mut sequence = 0u64;
             loop {
                 thread::sleep(interval);
+                if link.shutting_down.load(Ordering::Acquire) {
+                    // The worker's close is running; the process exits next.
+                    return;
+                }
                 if link.silent_for() > grace {
                     eprintln!(
                         "gatehouse worker: the gateway has been silent for {} ms; exiting",
@@ -612,7 +626,185 @@ fn spawn_heartbeat(link: Arc<Link>, interval: Duration, grace: Duration) -> io::
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::IntoRawFd;
+
     use super::*;
+
+    /// Echoes, and emits events from another thread on `emit N`.
+    struct Echo {
+        events: EventSender,
+        session: String,
+    }
+
+    impl Worker for Echo {
+        fn open(ctx: &SessionContext, events: EventSender) -> Result<Self, String> {
+            if ctx.config.contains_key("refuse") {
+                return Err("refused".into());
+            }
+            events.emit("opened", ctx.session_id.clone()).unwrap();
+            Ok(Echo {
+                events,
+                session: ctx.session_id.clone(),
+            })
+        }
+
+        fn handle(&mut self, command: Command) -> Result<Vec<u8>, CommandError> {
+            match command.name.as_str() {
+                "echo" => Ok(command.payload),
+                "emit" => {
+                    let n: u32 = String::from_utf8_lossy(&command.payload).parse().unwrap();
+                    let events = self.events.clone();
+                    thread::spawn(move || {
+                        for i in 1..=n {
+                            events.emit("tick", i.to_string()).unwrap();
+                        }
+                    })
+                    .join()
+                    .unwrap();
+                    Ok(self.session.clone().into_bytes())
+                }
+                other => Err(CommandError::UnknownCommand(other.into())),
+            }
+        }
+    }
+
+    fn send(s: &mut UnixStream, msg: to_worker::Msg) {
+        let frame = encode_frame(&proto::ToWorker { msg: Some(msg) }, 1 << 20).unwrap();
+        s.write_all(&frame).unwrap();
+    }
+
+    /// The next frame from the worker that is not a heartbeat.
+    fn next(s: &mut UnixStream) -> from_worker::Msg {
+        loop {
+            let frame: proto::FromWorker = read_frame(s, 1 << 20).unwrap().unwrap();
+            match frame.msg.unwrap() {
+                from_worker::Msg::Heartbeat(_) => continue,
+                msg => return msg,
+            }
+        }
+    }
+
+    fn start(nonce: &str) -> (UnixStream, thread::JoinHandle<Result<(), RunError>>) {
+        let (gateway, worker) = UnixStream::pair().unwrap();
+        gateway
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let settings = Settings {
+            fd: worker.into_raw_fd(),
+            nonce: nonce.into(),
+            interval: Duration::from_millis(20),
+            grace: Duration::from_secs(30),
+            max_frame: 1 << 20,
+        };
+        (gateway, thread::spawn(move || run_with::<Echo>(settings)))
+    }
+
+    #[test]
+    fn a_session_through_the_sdk() {
+        let nonce = "ab".repeat(32);
+        let (mut gw, worker) = start(&nonce);
+        let from_worker::Msg::Hello(hello) = next(&mut gw) else {
+            panic!("the first frame is a hello")
+        };
+        assert_eq!(hello.nonce, nonce);
+        assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
+        assert_eq!(hello.pid, std::process::id());
+
+        send(
+            &mut gw,
+            to_worker::Msg::Open(proto::Open {
+                session_id: "s-1".into(),
+                ..Default::default()
+            }),
+        );
+        // An event emitted during open comes before the answer to it.
+        let from_worker::Msg::Event(e) = next(&mut gw) else {
+            panic!("the event from open")
+        };
+        assert_eq!(
+            (e.name.as_str(), e.payload.as_slice()),
+            ("opened", &b"s-1"[..])
+        );
+        assert!(matches!(next(&mut gw), from_worker::Msg::Opened(o) if o.ok));
+
+        send(
+            &mut gw,
+            to_worker::Msg::Command(proto::Command {
+                id: 1,
+                name: "echo".into(),
+                payload: b"hi".to_vec(),
+            }),
+        );
+        let from_worker::Msg::Reply(r) = next(&mut gw) else {
+            panic!("a reply")
+        };
+        assert_eq!(r.id, 1);
+        assert_eq!(
+            r.result,
+            Some(proto::reply::Result::Payload(b"hi".to_vec()))
+        );
+
+        // Events from another thread, then the reply.
+        send(
+            &mut gw,
+            to_worker::Msg::Command(proto::Command {
+                id: 2,
+                name: "emit".into(),
+                payload: b"3".to_vec(),
+            }),
+        );
+        for i in 1..=3 {
+            let from_worker::Msg::Event(e) = next(&mut gw) else {
+                panic!("event {i}")
+            };
+            assert_eq!(e.payload, i.to_string().into_bytes());
+        }
+        let from_worker::Msg::Reply(r) = next(&mut gw) else {
+            panic!("a reply")
+        };
+        assert_eq!(r.id, 2);
+
+        send(
+            &mut gw,
+            to_worker::Msg::Command(proto::Command {
+                id: 3,
+                name: "nope".into(),
+                payload: vec![],
+            }),
+        );
+        let from_worker::Msg::Reply(r) = next(&mut gw) else {
+            panic!("a reply")
+        };
+        let Some(proto::reply::Result::Error(e)) = r.result else {
+            panic!("an error reply")
+        };
+        assert_eq!(e.kind, proto::command_error::Kind::UnknownCommand as i32);
+
+        send(
+            &mut gw,
+            to_worker::Msg::Shutdown(proto::Shutdown::default()),
+        );
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_refused_open_ends_the_worker() {
+        let (mut gw, worker) = start("n");
+        assert!(matches!(next(&mut gw), from_worker::Msg::Hello(_)));
+        send(
+            &mut gw,
+            to_worker::Msg::Open(proto::Open {
+                config: [("refuse".to_string(), String::new())].into(),
+                ..Default::default()
+            }),
+        );
+        let from_worker::Msg::Opened(o) = next(&mut gw) else {
+            panic!("opened")
+        };
+        assert!(!o.ok);
+        assert_eq!(o.error, "refused");
+        worker.join().unwrap().unwrap();
+    }
 
     #[test]
     fn frames_round_trip_and_cap_is_checked_first() {
