@@ -227,7 +227,10 @@ impl Backend for NativeBackend {
         progress: &(dyn Fn(SessionState) + Send + Sync),
     ) -> Result<Box<dyn Worker>, StartError> {
         progress(SessionState::StartingWorker);
-        let worker = match self.pool.as_ref().and_then(|p| p.take()) {
+        let began = Instant::now();
+        let warm = self.pool.as_ref().and_then(|p| p.take());
+        let from_pool = warm.is_some();
+        let worker = match warm {
             Some(warm) => warm,
             None => {
                 self.launcher
@@ -253,8 +256,18 @@ impl Backend for NativeBackend {
                 .min(self.launcher.native.startup_timeout),
         };
         // On an error, dropping `worker` kills the process.
-        worker.open(attach).await?;
-        tracing::debug!(session_id = %request.session_id, pid = ?worker.pid(), "native worker opened");
+        let opened = worker.open(attach).await;
+        if from_pool && let Some(pool) = &self.pool {
+            pool.replenish();
+        }
+        opened?;
+        tracing::debug!(
+            session_id = %request.session_id,
+            pid = ?worker.pid(),
+            from_pool,
+            start_us = began.elapsed().as_micros() as u64,
+            "native worker opened"
+        );
         Ok(Box::new(worker))
     }
 }

@@ -40,8 +40,8 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a live idle worker, if there is one, and asks for a
-    /// replacement.
+    /// Takes a live idle worker, if there is one. Call [`Pool::replenish`]
+    /// once the session is open.
     pub(super) fn take(&self) -> Option<NativeWorker> {
         let mut idle = self.idle();
         let mut taken = None;
@@ -53,8 +53,15 @@ impl Pool {
             // Dropping a dead one kills whatever is left of it.
         }
         drop(idle);
-        self.wake.notify_one();
         taken
+    }
+
+    /// Starts a replacement for a taken worker. Called after the taking
+    /// session's open rather than at the take, so that the fork and exec of
+    /// the replacement do not compete with that open for the CPU (and the
+    /// gateway's memory map lock, which `fork` holds).
+    pub(super) fn replenish(&self) {
+        self.wake.notify_one();
     }
 
     /// Stops refilling and kills the idle workers.
