@@ -14,6 +14,10 @@ use tokio::sync::Notify;
 use super::worker::NativeWorker;
 use super::{Launcher, POOL_BACKOFF};
 
+/// How long the pool waits after a worker is taken before starting
+/// replacements (back to back, once started).
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// Idle, handshaken workers.
 pub struct Pool {
     idle: Mutex<VecDeque<NativeWorker>>,
@@ -75,6 +79,7 @@ impl Pool {
 /// Keeps the pool at its target until the pool is dropped or stopped.
 async fn refill(pool: Weak<Pool>, launcher: Arc<Launcher>, check_every: Duration) {
     let mut backoff = POOL_BACKOFF;
+    let mut settled = true;
     loop {
         let Some(p) = pool.upgrade() else { return };
         if p.stopped.load(Ordering::Acquire) {
@@ -88,9 +93,18 @@ async fn refill(pool: Weak<Pool>, launcher: Arc<Launcher>, check_every: Duration
         if missing == 0 {
             // Wait for a take, and look for dead idle workers now and then.
             let _ = tokio::time::timeout(check_every, p.wake.notified()).await;
+            settled = false;
             continue;
         }
         drop(p);
+        if !settled {
+            // Let the opens that emptied the pool finish first: a fork and
+            // exec on a small machine otherwise competes with them for the
+            // CPU, and costs a warm open most of what the pool saves.
+            tokio::time::sleep(SETTLE).await;
+            settled = true;
+            continue;
+        }
         match launcher.launch(None, None).await {
             Ok(worker) => {
                 backoff = POOL_BACKOFF;

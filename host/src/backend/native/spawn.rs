@@ -161,8 +161,14 @@ pub async fn spawn(
         // tokio's process support needs a runtime context; the fork itself
         // happens on this thread.
         let _guard = handle.enter();
+        let began = std::time::Instant::now();
         let result = spawn_here(&spec).inspect(|(child, _)| {
             if let Some(pid) = child.id() {
+                tracing::debug!(
+                    pid,
+                    spawn_us = began.elapsed().as_micros() as u64,
+                    "worker spawned"
+                );
                 recorder.record(pid);
             }
         });
