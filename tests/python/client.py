@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import grpc
 import grpc_tools
@@ -93,8 +94,19 @@ def run(addr, pb, rpc):
               [e.sequence for e in events] == [1, 2, 3, 4, 5]
               and all(e.name == "tick" for e in events))
 
-        replay = gw.StreamEvents(pb.StreamEventsRequest(session_id=sid, resume_after_sequence=3))
-        resumed = [next(replay).sequence, next(replay).sequence]
+        # The server frees the cancelled stream's subscriber slot when it
+        # sees the cancellation, which can be just after a new call arrives;
+        # until then a second subscriber is ALREADY_EXISTS, so retry briefly.
+        deadline = time.monotonic() + 5
+        while True:
+            replay = gw.StreamEvents(pb.StreamEventsRequest(session_id=sid, resume_after_sequence=3))
+            try:
+                resumed = [next(replay).sequence, next(replay).sequence]
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.ALREADY_EXISTS or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         replay.cancel()
         check("resume_after_sequence replays 4, 5", resumed == [4, 5])
 
