@@ -72,7 +72,9 @@ fn registry(max_sessions: usize) -> Arc<Registry> {
     let mut config = Config::builtin();
     config.server.max_sessions = max_sessions;
     config.server.cache_dir = None;
-    gatehouse::server::build_registry(&config, Arc::new(Metrics::new())).expect("registry")
+    gatehouse::server::build_registry(&config, Arc::new(Metrics::new()))
+        .expect("registry")
+        .0
 }
 
 fn echo() -> OpenRequest {

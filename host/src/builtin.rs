@@ -17,3 +17,7 @@ pub fn component(name: &str) -> Option<&'static [u8]> {
 /// The built-in components served when no config names any backend. The
 /// others (the `chaos` test backend) must be named in a config.
 pub const DEFAULT_BACKENDS: &[&str] = &["echo", "kv"];
+
+/// The built-in native example backend, run from this binary as `gatehouse
+/// worker sim-device`.
+pub const SIM_DEVICE: &str = "sim-device";

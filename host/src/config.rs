@@ -19,6 +19,8 @@
 //! plugins_dir = "plugins.d"         # every *.wasm in it is a backend named by its file stem
 //! cache_dir = "~/.cache/gatehouse"  # compiled components ($XDG_CACHE_HOME/gatehouse); "off" disables
 //! max_event_stream_age = "off"      # end event streams with UNAVAILABLE after this; clients resume
+//! state_dir = "$XDG_RUNTIME_DIR/gatehouse" # live native worker pids; without
+//!                                   # XDG_RUNTIME_DIR, "/tmp/gatehouse-<uid>"
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -58,7 +60,26 @@
 //!
 //! [[tenants]]                       # API keys, quotas, allowed backends: see `tenants`
 //! name = "acme"
+//! [[backends]]
+//! name = "plc"
+//! kind = "native"                   # one worker process per session
+//! command = ["/opt/plc/worker", "--flag"] # required for native, forbidden for wasm;
+//!                                   # a relative path is resolved against the config file
+//! [backends.grants]
+//! env = { VENDOR_SDK = "/opt/sdk" } # native: added to the worker's environment
+//!                                   # (preopens and network are wasm-only)
+//! [backends.native]                 # only for kind = "native"
+//! startup_timeout = "10s"           # spawn to hello; and the worker's open
+//! heartbeat_interval = "1s"         # both ways
+//! heartbeat_grace = "5s"            # silence that faults the session; > interval
+//! warm_pool = 0                     # pre-started, handshaken workers kept ready
+//! max_frame_bytes = "4MiB"          # largest protocol frame either way
 //! ```
+//!
+//! A native worker gets a clean environment: `PATH`, `HOME`, `LANG`, `LC_*`,
+//! `TZ`, `RUST_LOG` and `RUST_BACKTRACE` from the gateway's, the backend's
+//! `grants.env`, and the `GATEHOUSE_*` protocol variables. `memory_limit`
+//! applies to wasm sessions only.
 //!
 //! Unknown keys and bad values are errors that name the key.
 
@@ -156,6 +177,9 @@ pub struct ServerSettings {
     /// long streams move between gateways behind a load balancer; clients
     /// resume with `resume_after_sequence`. `None` keeps them open.
     pub max_event_stream_age: Option<Duration>,
+    /// Where live native worker pids are recorded, so that a gateway
+    /// killed outright has its leftovers removed at the next start.
+    pub state_dir: PathBuf,
 }
 
 /// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
@@ -168,6 +192,18 @@ fn default_cache_dir() -> Option<PathBuf> {
     from("XDG_CACHE_HOME")
         .or_else(|| from("HOME").map(|h| h.join(".cache")))
         .map(|d| d.join("gatehouse"))
+}
+
+/// `$XDG_RUNTIME_DIR/gatehouse`, else `/tmp/gatehouse-<uid>`.
+pub fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("gatehouse"),
+        _ => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            std::env::temp_dir().join(format!("gatehouse-{uid}"))
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -189,6 +225,7 @@ impl Default for ServerSettings {
             max_pending_resets: 64,
             cache_dir: default_cache_dir(),
             max_event_stream_age: None,
+            state_dir: default_state_dir(),
         }
     }
 }
@@ -287,6 +324,48 @@ pub enum ModuleSource {
     File(PathBuf),
 }
 
+/// What runs a backend's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runner {
+    /// A wasm component.
+    Wasm(ModuleSource),
+    /// A native worker program.
+    Native(NativeSpec),
+}
+
+/// How a native backend's workers are started and watched
+/// (`command` and `[backends.native]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeSpec {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Time from spawn to a valid hello, and separately for the worker's
+    /// `open` to answer.
+    pub startup_timeout: Duration,
+    /// How often each side heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Silence from the worker that faults the session.
+    pub heartbeat_grace: Duration,
+    /// Pre-started, handshaken workers kept ready for new sessions.
+    pub warm_pool: usize,
+    /// The largest frame either side may send.
+    pub max_frame_bytes: usize,
+}
+
+impl NativeSpec {
+    /// Defaults for `command`.
+    pub fn new(command: Vec<String>) -> Self {
+        Self {
+            command,
+            startup_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_grace: Duration::from_secs(5),
+            warm_pool: 0,
+            max_frame_bytes: 4 << 20,
+        }
+    }
+}
+
 /// One backend, resolved.
 #[derive(Debug, Clone)]
 pub struct BackendSpec {
@@ -294,15 +373,15 @@ pub struct BackendSpec {
     pub name: String,
     /// How it runs.
     pub kind: BackendKind,
-    /// The component.
-    pub module: ModuleSource,
+    /// The component or the worker program.
+    pub runner: Runner,
     /// Shown by `ListBackends`.
     pub description: String,
     /// Shown by `ListBackends`.
     pub version: String,
     /// Handed to every session's `open`, under the request's config.
     pub config: BTreeMap<String, String>,
-    /// What the sandbox opens for the plugin.
+    /// What the sandbox opens for the plugin (native: `env` only).
     pub grants: Grants,
     /// Session limits and timeouts.
     pub policy: SessionPolicy,
@@ -404,19 +483,39 @@ fn builtin_backends(policy: &SessionPolicy) -> Vec<BackendSpec> {
         "kv" => "Example: a per-session key/value store",
         _ => "Example backend",
     };
-    builtin::DEFAULT_BACKENDS
+    let mut backends: Vec<BackendSpec> = builtin::DEFAULT_BACKENDS
         .iter()
         .map(|name| BackendSpec {
             name: (*name).to_string(),
             kind: BackendKind::Wasm,
-            module: ModuleSource::Builtin((*name).to_string()),
+            runner: Runner::Wasm(ModuleSource::Builtin((*name).to_string())),
             description: describe(name).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: BTreeMap::new(),
             grants: Grants::default(),
             policy: policy.clone(),
         })
-        .collect()
+        .collect();
+    // The native example runs from this very binary (`gatehouse worker
+    // sim-device`), so it needs no build step of its own.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "gatehouse".into());
+    backends.push(BackendSpec {
+        name: builtin::SIM_DEVICE.to_string(),
+        kind: BackendKind::Native,
+        runner: Runner::Native(NativeSpec::new(vec![
+            exe,
+            "worker".into(),
+            builtin::SIM_DEVICE.into(),
+        ])),
+        description: "Example native worker: a simulated industrial tag server".into(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config: BTreeMap::new(),
+        grants: Grants::default(),
+        policy: policy.clone(),
+    });
+    backends
 }
 
 // ---- the file format -------------------------------------------------------
@@ -454,6 +553,7 @@ struct ServerFile {
     plugins_dir: Option<PathBuf>,
     cache_dir: Option<String>,
     max_event_stream_age: Option<OptDur>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -485,6 +585,7 @@ struct BackendFile {
     #[serde(default = "default_kind")]
     kind: BackendKind,
     module: Option<String>,
+    command: Option<Vec<String>>,
     description: Option<String>,
     version: Option<String>,
     #[serde(default)]
@@ -493,6 +594,51 @@ struct BackendFile {
     sessions: PolicyFile,
     #[serde(default)]
     grants: GrantsFile,
+    native: Option<NativeFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeFile {
+    startup_timeout: Option<Dur>,
+    heartbeat_interval: Option<Dur>,
+    heartbeat_grace: Option<Dur>,
+    warm_pool: Option<usize>,
+    max_frame_bytes: Option<ByteSize>,
+}
+
+impl NativeFile {
+    fn resolve(self, key: &str, command: Vec<String>) -> Result<NativeSpec, ConfigError> {
+        let d = NativeSpec::new(command);
+        let n = NativeSpec {
+            startup_timeout: self.startup_timeout.map_or(d.startup_timeout, |v| v.0),
+            heartbeat_interval: self
+                .heartbeat_interval
+                .map_or(d.heartbeat_interval, |v| v.0),
+            heartbeat_grace: self.heartbeat_grace.map_or(d.heartbeat_grace, |v| v.0),
+            warm_pool: self.warm_pool.unwrap_or(d.warm_pool),
+            max_frame_bytes: self.max_frame_bytes.map_or(d.max_frame_bytes, |v| v.0),
+            command: d.command,
+        };
+        let k = |name: &str| format!("{key}.{name}");
+        nonzero(n.startup_timeout, &k("startup_timeout"))?;
+        if n.heartbeat_interval < Duration::from_millis(10) {
+            return Err(invalid(k("heartbeat_interval"), "must be at least 10ms"));
+        }
+        if n.heartbeat_grace <= n.heartbeat_interval {
+            return Err(invalid(
+                k("heartbeat_grace"),
+                "must be longer than heartbeat_interval",
+            ));
+        }
+        if n.warm_pool > 1024 {
+            return Err(invalid(k("warm_pool"), "must be 0..=1024"));
+        }
+        if !(1 << 10..=1 << 30).contains(&n.max_frame_bytes) {
+            return Err(invalid(k("max_frame_bytes"), "must be 1KiB..=1GiB"));
+        }
+        Ok(n)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -650,7 +796,11 @@ impl ServerFile {
             max_event_stream_age: self
                 .max_event_stream_age
                 .map_or(d.max_event_stream_age, |v| v.0),
+            state_dir: self.state_dir.unwrap_or(d.state_dir),
         };
+        if !s.state_dir.is_absolute() {
+            return Err(invalid("server.state_dir", "must be an absolute path"));
+        }
         if s.max_sessions == 0 || s.max_sessions > 1_000_000 {
             return Err(invalid("server.max_sessions", "must be 1..=1000000"));
         }
@@ -746,42 +896,47 @@ impl BackendFile {
                 "must be 1-64 characters of letters, digits, '-', '_' or '.'",
             ));
         }
-        if self.kind == BackendKind::Native {
-            return Err(invalid(
-                format!("{key}.kind"),
-                "native backends are not supported by this build yet",
-            ));
-        }
-        let module = match self.module {
-            None => return Err(invalid(format!("{key}.module"), "is required")),
-            Some(m) => match m.strip_prefix(builtin::BUILTIN_PREFIX) {
-                Some(name) => {
-                    if builtin::component(name).is_none() {
-                        let known: Vec<&str> = builtin::BUILTIN_COMPONENTS
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect();
-                        return Err(invalid(
-                            format!("{key}.module"),
-                            format!(
-                                "no built-in component {name:?} (have: {})",
-                                known.join(", ")
-                            ),
-                        ));
-                    }
-                    ModuleSource::Builtin(name.to_string())
+        let runner = match self.kind {
+            BackendKind::Wasm => {
+                if self.command.is_some() {
+                    return Err(invalid(
+                        format!("{key}.command"),
+                        "is only for kind = \"native\"; a wasm backend names its module",
+                    ));
                 }
-                None => {
-                    let path = base.join(&m);
-                    if !path.is_file() {
-                        return Err(invalid(
-                            format!("{key}.module"),
-                            format!("{} is not a file", path.display()),
-                        ));
-                    }
-                    ModuleSource::File(path)
+                if self.native.is_some() {
+                    return Err(invalid(
+                        format!("{key}.native"),
+                        "is only for kind = \"native\"",
+                    ));
                 }
-            },
+                Runner::Wasm(resolve_module(self.module, key, base)?)
+            }
+            BackendKind::Native => {
+                if self.module.is_some() {
+                    return Err(invalid(
+                        format!("{key}.module"),
+                        "is only for kind = \"wasm\"; a native backend names its command",
+                    ));
+                }
+                if !self.grants.preopens.is_empty() || !self.grants.network.is_empty() {
+                    let what = if self.grants.preopens.is_empty() {
+                        "network"
+                    } else {
+                        "preopens"
+                    };
+                    return Err(invalid(
+                        format!("{key}.grants.{what}"),
+                        "native workers are not sandboxed; only grants.env applies to them",
+                    ));
+                }
+                let command = resolve_command(self.command, key, base)?;
+                Runner::Native(
+                    self.native
+                        .unwrap_or_default()
+                        .resolve(&format!("{key}.native"), command)?,
+                )
+            }
         };
         let policy = self
             .sessions
@@ -792,7 +947,7 @@ impl BackendFile {
             version: self.version.unwrap_or_else(|| "0.0.0".into()),
             name: self.name,
             kind: self.kind,
-            module,
+            runner,
             config: self.config,
             grants,
             policy,
@@ -828,7 +983,7 @@ fn plugins_in(dir: &Path, defaults: &SessionPolicy) -> Result<Vec<BackendSpec>, 
                 description: format!("{} (plugins_dir)", path.display()),
                 version: "0.0.0".into(),
                 kind: BackendKind::Wasm,
-                module: ModuleSource::File(path),
+                runner: Runner::Wasm(ModuleSource::File(path)),
                 config: BTreeMap::new(),
                 grants: Grants::default(),
                 policy: defaults.clone(),
@@ -844,6 +999,78 @@ fn valid_backend_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn resolve_module(
+    module: Option<String>,
+    key: &str,
+    base: &Path,
+) -> Result<ModuleSource, ConfigError> {
+    let Some(m) = module else {
+        return Err(invalid(format!("{key}.module"), "is required"));
+    };
+    match m.strip_prefix(builtin::BUILTIN_PREFIX) {
+        Some(name) => {
+            if builtin::component(name).is_none() {
+                let known: Vec<&str> = builtin::BUILTIN_COMPONENTS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                return Err(invalid(
+                    format!("{key}.module"),
+                    format!(
+                        "no built-in component {name:?} (have: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            Ok(ModuleSource::Builtin(name.to_string()))
+        }
+        None => {
+            let path = base.join(&m);
+            if !path.is_file() {
+                return Err(invalid(
+                    format!("{key}.module"),
+                    format!("{} is not a file", path.display()),
+                ));
+            }
+            Ok(ModuleSource::File(path))
+        }
+    }
+}
+
+/// A native command line: a program (a bare name is looked up in `PATH` at
+/// spawn; a path with a `/` is resolved against the config's directory and
+/// must be a file) and its arguments.
+fn resolve_command(
+    command: Option<Vec<String>>,
+    key: &str,
+    base: &Path,
+) -> Result<Vec<String>, ConfigError> {
+    let k = format!("{key}.command");
+    let Some(mut command) = command else {
+        return Err(invalid(k, "is required for kind = \"native\""));
+    };
+    let Some(program) = command.first_mut() else {
+        return Err(invalid(k, "must name a program"));
+    };
+    if program.is_empty() {
+        return Err(invalid(format!("{k}[0]"), "must name a program"));
+    }
+    if program.contains('/') {
+        let path = base.join(&*program);
+        if !path.is_file() {
+            return Err(invalid(
+                format!("{k}[0]"),
+                format!("{} is not a file", path.display()),
+            ));
+        }
+        *program = path.display().to_string();
+    }
+    if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+        return Err(invalid(format!("{k}[{i}]"), "must not contain NUL"));
+    }
+    Ok(command)
 }
 
 fn nonzero(d: Duration, key: &str) -> Result<(), ConfigError> {
@@ -1094,6 +1321,88 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("server.plugins_dir"), "{e}");
+    }
+
+    #[test]
+    fn native_backends_are_parsed_and_checked() {
+        let c = parse(
+            "[server]\nstate_dir = \"/tmp/gh-test\"\n[[backends]]\nname = \"plc\"\nkind = \"native\"\ncommand = [\"sh\", \"-c\", \"exit 0\"]\n[backends.grants]\nenv = { A = \"1\" }\n[backends.native]\nheartbeat_interval = \"200ms\"\nheartbeat_grace = \"1s\"\nwarm_pool = 2\nmax_frame_bytes = \"64KiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.state_dir, PathBuf::from("/tmp/gh-test"));
+        let b = &c.backends[0];
+        assert_eq!(b.kind, BackendKind::Native);
+        let Runner::Native(n) = &b.runner else {
+            panic!("not native: {:?}", b.runner)
+        };
+        assert_eq!(n.command, ["sh", "-c", "exit 0"]);
+        assert_eq!(n.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(n.heartbeat_grace, Duration::from_secs(1));
+        assert_eq!(n.startup_timeout, Duration::from_secs(10));
+        assert_eq!(n.warm_pool, 2);
+        assert_eq!(n.max_frame_bytes, 64 << 10);
+        assert_eq!(b.grants.env.get("A").map(String::as_str), Some("1"));
+
+        let native = "[[backends]]\nname = \"plc\"\nkind = \"native\"\n";
+        let cases = [
+            (native.to_string(), "backends[0].command"),
+            (format!("{native}command = []\n"), "backends[0].command"),
+            (format!("{native}command = [\"\"]\n"), "backends[0].command[0]"),
+            (
+                format!("{native}command = [\"./no/such/worker\"]\n"),
+                "backends[0].command[0]",
+            ),
+            (
+                format!("{native}command = [\"w\"]\nmodule = \"builtin:echo\"\n"),
+                "backends[0].module",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.grants]\nnetwork = [\"*:80\"]\n"),
+                "backends[0].grants.network",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.native]\nheartbeat_grace = \"1s\"\nheartbeat_interval = \"1s\"\n"),
+                "backends[0].native.heartbeat_grace",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.native]\nstartup_timeout = \"0s\"\n"),
+                "backends[0].native.startup_timeout",
+            ),
+            (
+                format!("{native}command = [\"w\"]\n[backends.native]\nmax_frame_bytes = 10\n"),
+                "backends[0].native.max_frame_bytes",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\ncommand = [\"w\"]\n".into(),
+                "backends[0].command",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\n[backends.native]\nwarm_pool = 1\n".into(),
+                "backends[0].native",
+            ),
+            ("[server]\nstate_dir = \"rel\"\n".into(), "server.state_dir"),
+        ];
+        for (text, key) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{key}: {e}\n{text}");
+        }
+        let e = parse(&format!(
+            "{native}command = [\"w\"]\n[backends.native]\nheartbeat = \"1s\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn the_builtin_config_serves_sim_device_from_this_binary() {
+        let c = Config::builtin();
+        let sim = c.backends.iter().find(|b| b.name == "sim-device").unwrap();
+        let Runner::Native(n) = &sim.runner else {
+            panic!("sim-device is native")
+        };
+        assert_eq!(&n.command[1..], ["worker", "sim-device"]);
+        assert!(c.server.state_dir.is_absolute());
     }
 
     #[test]

@@ -194,6 +194,12 @@ enum Cmd {
         #[arg(long)]
         subscribe: bool,
     },
+    /// Run a built-in native worker (started by the gateway, not by hand).
+    #[command(hide = true)]
+    Worker {
+        /// The built-in worker: sim-device.
+        name: String,
+    },
     /// Print a shell completion script.
     ///
     /// Example: gatehouse completions bash > ~/.local/share/bash-completion/completions/gatehouse
@@ -318,6 +324,7 @@ fn main() -> ExitCode {
                 e.exit_code()
             }
         },
+        Cmd::Worker { name } => return worker(&name),
         other => client(args.addr, args.key, args.json, other),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -372,6 +379,18 @@ fn plugin_check(file: &std::path::Path, json: bool) -> i32 {
         }
     }
     if report.ok() { 0 } else { 1 }
+}
+
+/// Runs a native worker built into this binary, so the built-in
+/// `sim-device` backend needs no separate program.
+fn worker(name: &str) -> ExitCode {
+    match name {
+        gatehouse::builtin::SIM_DEVICE => gatehouse_sim_device::main(),
+        other => {
+            eprintln!("no built-in worker {other:?} (have: sim-device)");
+            ExitCode::from(64)
+        }
+    }
 }
 
 fn serve(
@@ -531,7 +550,8 @@ fn client(addr: String, key: Option<String>, json: bool, command: Cmd) -> i32 {
             | Cmd::Config(_)
             | Cmd::Completions { .. }
             | Cmd::Plugin(_)
-            | Cmd::Keys(_) => Ok(0),
+            | Cmd::Keys(_)
+            | Cmd::Worker { .. } => Ok(0),
         }
     });
     match result {

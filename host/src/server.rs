@@ -13,10 +13,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, ApiLimits, Authenticator};
+use crate::backend::native::NativeRuntime;
 use crate::backend::wasm::{RuntimeOptions, WasmRuntime};
 use crate::builtin;
 use crate::clock::SystemClock;
-use crate::config::{Config, ModuleSource};
+use crate::config::{Config, ModuleSource, Runner};
 use crate::health::{Gate, Health};
 use crate::metrics::{self, Metrics};
 use crate::registry::{BackendEntry, Registry, RegistrySettings};
@@ -63,7 +64,36 @@ pub struct BoundAddrs {
 }
 
 /// Loads every backend of `config` into a registry.
-pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Registry>, ServeError> {
+/// Loads every backend of `config` into a registry. Native backends need the
+/// state directory: opening it also removes the leftovers of a previous run,
+/// before any session is accepted.
+pub fn build_registry(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<Registry>, Option<NativeRuntime>), ServeError> {
+    let has_native = config
+        .backends
+        .iter()
+        .any(|b| matches!(b.runner, Runner::Native(_)));
+    let native = match NativeRuntime::new(&config.server.state_dir) {
+        Ok(n) => Some(n),
+        Err(e) if has_native => {
+            return Err(ServeError::Io {
+                what: format!(
+                    "opening the state directory {}",
+                    config.server.state_dir.display()
+                ),
+                source: e,
+            });
+        }
+        Err(e) => {
+            tracing::warn!(
+                "state directory {}: {e}; leftovers of a previous run were not checked",
+                config.server.state_dir.display()
+            );
+            None
+        }
+    };
     let max_memory = config
         .backends
         .iter()
@@ -92,7 +122,26 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
             name: spec.name.clone(),
             message,
         };
-        let bytes: std::borrow::Cow<'static, [u8]> = match &spec.module {
+        let module = match &spec.runner {
+            Runner::Wasm(m) => m,
+            Runner::Native(n) => {
+                let native = native
+                    .as_ref()
+                    .ok_or_else(|| fail("no state directory for native workers".into()))?;
+                let backend = native.load(spec).map_err(fail)?;
+                tracing::info!(backend = %spec.name, command = ?n.command, warm_pool = n.warm_pool, "native backend loaded");
+                backends.insert(
+                    spec.name.clone(),
+                    BackendEntry {
+                        backend: Arc::new(backend),
+                        policy: spec.policy.clone(),
+                        config: spec.config.clone(),
+                    },
+                );
+                continue;
+            }
+        };
+        let bytes: std::borrow::Cow<'static, [u8]> = match module {
             ModuleSource::Builtin(name) => builtin::component(name)
                 .ok_or_else(|| fail(format!("no built-in component {name:?}")))?
                 .into(),
@@ -123,7 +172,7 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
     // The runtime lives as long as the backends that hold its engine; the
     // epoch ticker must keep running for the life of the process.
     std::mem::forget(runtime);
-    Ok(Registry::new(
+    let registry = Registry::new(
         backends,
         RegistrySettings {
             max_sessions: config.server.max_sessions,
@@ -132,7 +181,8 @@ pub fn build_registry(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Regi
         },
         Arc::new(SystemClock::new()),
         metrics,
-    ))
+    );
+    Ok((registry, native))
 }
 
 /// Serves until Ctrl-C or SIGTERM, then drains. `on_bound` is told the bound
@@ -249,7 +299,7 @@ pub async fn serve_until(
             return Ok(());
         }
     };
-    let registry = match loaded {
+    let (registry, native) = match loaded {
         Ok(r) => r,
         Err(e) => {
             let _ = stop_tx.send(true);
@@ -298,9 +348,20 @@ pub async fn serve_until(
     tracing::info!("shutting down: draining sessions");
     health.draining().await;
     registry.shutdown(config.server.shutdown_timeout).await;
+    // Whatever is still alive after the drain (warm pools, stuck workers)
+    // is killed; the state directory goes with a clean exit.
+    if let Some(n) = &native {
+        n.shutdown();
+    }
     let _ = stop_tx.send(true);
     let served = grpc_server.await;
     sweeper.abort();
+    if let Some(n) = &native {
+        // Late stragglers (a pool refill racing the drain), then the state
+        // directory: a clean exit leaves nothing to reap at the next start.
+        n.shutdown();
+        n.remove_state();
+    }
     tracing::info!("gatehouse stopped");
     match served {
         Ok(result) => result.map_err(ServeError::from),

@@ -9,6 +9,7 @@ mod cap;
 mod events;
 mod faults;
 mod leases;
+mod native;
 mod ops;
 mod plugins;
 mod rpcs;

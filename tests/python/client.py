@@ -136,6 +136,25 @@ def run(addr, pb, rpc):
               first.final_state == pb.SESSION_STATE_CLOSED and not first.already_closed
               and second.already_closed)
 
+        # A native session (one worker process) looks the same to a client.
+        native = gw.OpenSession(pb.OpenSessionRequest(backend="sim-device")).session
+        check("a native session is READY with a worker pid",
+              native.state == pb.SESSION_STATE_READY
+              and native.backend_kind == pb.BACKEND_KIND_NATIVE and native.worker_pid > 0)
+        nid = native.session_id
+        gw.Invoke(pb.InvokeRequest(session_id=nid, command=pb.Command(name="write", payload=b"t 7")))
+        read = gw.Invoke(pb.InvokeRequest(session_id=nid, command=pb.Command(name="read", payload=b"t")))
+        check("sim-device reads back what was written", read.payload == b"7")
+        gw.Invoke(pb.InvokeRequest(session_id=nid,
+                                   command=pb.Command(name="subscribe", payload=b"sim.ramp 20")))
+        stream = gw.StreamEvents(pb.StreamEventsRequest(session_id=nid))
+        first_event = next(stream)
+        stream.cancel()
+        check("sim-device subscriptions stream data-change events",
+              first_event.sequence == 1 and first_event.name == "data-change")
+        closed = gw.CloseSession(pb.CloseSessionRequest(session_id=nid))
+        check("a native session closes", closed.final_state == pb.SESSION_STATE_CLOSED)
+
     failed = sum(1 for _, ok in checks if not ok)
     print(f"python: {len(checks) - failed} passed, {failed} failed")
     return failed == 0

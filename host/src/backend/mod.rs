@@ -3,6 +3,7 @@
 //! The registry holds `Box<dyn Worker>` and never knows whether a session
 //! runs in a wasm instance or in a native process.
 
+pub mod native;
 pub mod wasm;
 
 use std::collections::BTreeMap;

@@ -26,7 +26,7 @@ fn spec(name: &str, policy: SessionPolicy) -> BackendSpec {
     BackendSpec {
         name: name.into(),
         kind: BackendKind::Wasm,
-        module: ModuleSource::Builtin(name.into()),
+        runner: crate::config::Runner::Wasm(ModuleSource::Builtin(name.into())),
         description: String::new(),
         version: "test".into(),
         config: BTreeMap::new(),
