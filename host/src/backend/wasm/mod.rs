@@ -180,7 +180,7 @@ fn engine_config(options: &RuntimeOptions) -> Config {
     // the pool when its task unwinds, which may be just after the registry
     // has handed the session's slot to a new open.
     let cap = u32::try_from(options.max_sessions).unwrap_or(u32::MAX);
-    let sessions = cap.saturating_add(cap / 16 + 4);
+    let sessions = cap.saturating_add((cap / 64).clamp(4, 64));
     let memories = sessions.saturating_mul(MAX_MEMORIES_PER_COMPONENT);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(sessions)
