@@ -125,6 +125,8 @@ impl WasmRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let indices =
+            bindings::BackendIndices::new(&pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = BackendPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let handle_index = component
             .get_export_index(None, SESSION_INTERFACE)
@@ -149,6 +151,7 @@ impl WasmRuntime {
                 engine: self.engine.clone(),
                 pre,
                 handle_index,
+                indices,
             },
             source,
         ))
@@ -238,6 +241,9 @@ pub struct WasmBackend {
     engine: Engine,
     pre: BackendPre<SessionData>,
     handle_index: ComponentExportIndex,
+    /// The world's export indices, resolved once at load instead of by
+    /// name on every open.
+    indices: bindings::BackendIndices,
 }
 
 impl WasmBackend {
@@ -333,7 +339,7 @@ impl Backend for WasmBackend {
         store.set_epoch_deadline(1);
 
         let instantiated = match self.pre.instance_pre().instantiate_async(&mut store).await {
-            Ok(raw) => bindings::Backend::new(&mut store, &raw).and_then(|b| {
+            Ok(raw) => self.indices.load(&mut store, &raw).and_then(|b| {
                 let handle = raw.get_typed_func(&mut store, self.handle_index)?;
                 Ok((b, handle))
             }),
