@@ -8,7 +8,7 @@
 //! walks the wire-visible states:
 //!
 //! ```text
-//! STARTING_WORKER     forking (spawn.rs)
+//! STARTING_WORKER     starting the process (spawn.rs, launch.rs)
 //! WAITING_FOR_WORKER  the process runs; waiting for its first frame
 //! HANDSHAKING         checking the hello: nonce, protocol version
 //! INITIALIZING_WORKER the worker's open
@@ -33,6 +33,7 @@
 //! worker that exits is `worker-exited` with its exit status. Faults outside
 //! a command reach the registry through the session's `FaultReporter`.
 
+mod launch;
 mod pool;
 pub mod protocol;
 pub mod reaper;

@@ -1,33 +1,37 @@
 //! Spawning worker processes so that none outlives the gateway, and reaping
 //! every one of them.
 //!
-//! - Every worker is forked by one dedicated, never-ending spawner thread.
-//!   `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-//!   not the process; tokio's blocking threads exit when idle, so forking
-//!   from one of them would kill healthy workers at random.
+//! - Every worker is started by one dedicated, never-ending spawner thread
+//!   (with `clone(CLONE_VM | CLONE_VFORK)`, launch.rs, not `fork`).
+//!   `PR_SET_PDEATHSIG` fires when the *thread* that created the child
+//!   exits, not the process; tokio's blocking threads exit when idle, so
+//!   spawning from one of them would kill healthy workers at random.
 //! - In the child, before `exec`: the parent-death signal is set to
 //!   SIGKILL, then `getppid()` is compared with the gateway's pid, which
-//!   closes the race of the gateway dying between `fork` and `prctl`; only
+//!   closes the race of the gateway dying between the clone and `prctl`; only
 //!   the worker's end of the socket pair has its close-on-exec flag
 //!   cleared, so it is the one descriptor the program inherits.
 //! - The child leads its own process group, so the gateway kills the worker
 //!   and anything it started with one `kill(-pgid, SIGKILL)`, and a Ctrl-C
 //!   in the gateway's terminal does not hit workers directly.
-//! - A task per child waits for its exit (no zombies), sweeps its process
-//!   group, and removes its state-directory record.
+//! - A task per child waits for its exit on a pidfd and reaps it (no
+//!   zombies), sweeps its process group, and removes its state-directory
+//!   record.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::{ExitStatus, Stdio};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc as std_mpsc};
 use std::thread;
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{oneshot, watch};
 
+use super::launch::Launch;
 use super::reaper::StateDir;
 
 /// Longest worker output line kept in the gateway's log.
@@ -155,37 +159,41 @@ pub async fn spawn(
     live: Arc<LiveSet>,
 ) -> io::Result<Arc<Proc>> {
     let (tx, rx) = oneshot::channel();
-    let handle = tokio::runtime::Handle::current();
     let recorder = Arc::clone(&state);
     let job: Job = Box::new(move || {
-        // tokio's process support needs a runtime context; the fork itself
-        // happens on this thread.
-        let _guard = handle.enter();
         let began = std::time::Instant::now();
-        let result = spawn_here(&spec).inspect(|(child, _)| {
-            if let Some(pid) = child.id() {
-                tracing::debug!(
-                    pid,
-                    spawn_us = began.elapsed().as_micros() as u64,
-                    "worker spawned"
-                );
-                recorder.record(pid);
-            }
+        let result = spawn_here(&spec).inspect(|(pid, _)| {
+            tracing::debug!(
+                pid,
+                spawn_us = began.elapsed().as_micros() as u64,
+                "worker spawned"
+            );
+            recorder.record(*pid);
         });
         drop(spec.child_end);
-        let _ = tx.send(result.map(|child| (child, spec.backend)));
+        if let Err(Ok(((pid, _), _))) = tx.send(result.map(|child| (child, spec.backend))) {
+            // The open was abandoned while the worker started: nobody
+            // will ever wait for it, so end it here.
+            kill_group(pid);
+            reap_blocking(pid);
+            recorder.forget(pid);
+        }
     });
     spawner()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .send(job)
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-    let ((child, output), backend) = rx
+    let ((pid, output), backend) = rx
         .await
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))??;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("the worker exited before it had a pid"))?;
+    // Until the waiter below owns it, a failure here must not leave the
+    // child running unreaped.
+    let exit = ExitWatch::new(pid).inspect_err(|_| {
+        kill_group(pid);
+        reap_blocking(pid);
+        state.forget(pid);
+    })?;
 
     match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
         Ok(output) => {
@@ -205,9 +213,8 @@ pub async fn spawn(
         .unwrap_or_else(|e| e.into_inner())
         .insert(pid, Arc::clone(&proc));
     let waiter = Arc::clone(&proc);
-    let mut child = child;
     tokio::spawn(async move {
-        let status = child.wait().await;
+        let status = exit.wait().await;
         // Anything the worker started in its group goes with it. The group
         // id cannot have been reused yet: this runs right after the reap.
         kill_group(pid);
@@ -227,60 +234,118 @@ pub async fn spawn(
     Ok(proc)
 }
 
-/// Forks and execs, on the spawner thread. Returns the child and the read
+/// Starts the worker, on the spawner thread. Returns its pid and the read
 /// end of the pipe that is its stdout and stderr.
-fn spawn_here(spec: &SpawnSpec) -> io::Result<(tokio::process::Child, OwnedFd)> {
+fn spawn_here(spec: &SpawnSpec) -> io::Result<(u32, OwnedFd)> {
     let (program, args) = spec
         .command
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-    let fd = spec.child_end.as_raw_fd();
     // One pipe for stdout and stderr: one descriptor and one task per
     // worker in the gateway, and the lines stay in order.
     let (output, output_writer) = io::pipe()?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(passed_env())
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(output_writer.try_clone()?))
-        .stderr(Stdio::from(output_writer))
-        .process_group(0)
-        .kill_on_drop(true);
-    // SAFETY: getpid is async-signal-safe and called before the fork.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe calls (prctl, getppid, fcntl); it allocates
-    // nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The gateway may have died before prctl took effect; then the
-            // signal will never come, so do not start at all.
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let stdin = std::fs::File::open("/dev/null")?;
+    let mut env = passed_env();
+    env.extend(
+        spec.env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    let launch = Launch::new(
+        program,
+        args,
+        &env,
+        (
+            stdin.as_raw_fd(),
+            output_writer.as_raw_fd(),
+            spec.child_end.as_raw_fd(),
+        ),
+    )?;
+    let pid = launch.spawn()?;
+    // The gateway's copy of the write end closes here, so the read end
+    // sees end-of-file when the worker (and its children) exit.
+    drop(output_writer);
+    let pid = u32::try_from(pid).map_err(|_| io::Error::other("a negative pid"))?;
+    Ok((pid, OwnedFd::from(output)))
+}
+
+/// A child's exit, awaited through a pidfd (readable once it has exited)
+/// and then reaped. Dropped before that (the runtime is shutting down),
+/// it kills the child's group, as `kill_on_drop` would.
+struct ExitWatch {
+    pid: u32,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    reaped: bool,
+}
+
+impl ExitWatch {
+    fn new(pid: u32) -> io::Result<Self> {
+        let raw = i32::try_from(pid).map_err(|_| io::Error::other("a negative pid"))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor or -1. The child is not reaped yet, so the pid is ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        let pidfd = if fd >= 0 {
+            // SAFETY: a fresh descriptor nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            // SAFETY: the AsyncFd owns the descriptor, which stays open
+            // and the same until it is dropped.
+            Some(unsafe { AsyncFd::register(fd) }?)
+        } else {
+            // Kernels before 5.3: wait on a blocking thread instead.
+            None
+        };
+        Ok(Self {
+            pid,
+            pidfd,
+            reaped: false,
+        })
     }
-    // The parent's copies of the write end close with `cmd`, so the read
-    // end sees end-of-file when the worker (and its children) exit.
-    let child = cmd.spawn()?;
-    Ok((child, OwnedFd::from(output)))
+
+    async fn wait(mut self) -> io::Result<ExitStatus> {
+        let status = match &self.pidfd {
+            Some(fd) => {
+                let _ready = fd.readable().await?;
+                waitpid(self.pid, 0)
+            }
+            None => {
+                let pid = self.pid;
+                tokio::task::spawn_blocking(move || waitpid(pid, 0))
+                    .await
+                    .map_err(io::Error::other)?
+            }
+        };
+        self.reaped = true;
+        status
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        if !self.reaped {
+            kill_group(self.pid);
+        }
+    }
+}
+
+fn waitpid(pid: u32, flags: libc::c_int) -> io::Result<ExitStatus> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::other("a negative pid"))?;
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r == pid {
+            return Ok(std::os::unix::process::ExitStatusExt::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if r < 0 && e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reaps a child that was just killed, on the calling thread.
+fn reap_blocking(pid: u32) {
+    let _ = waitpid(pid, 0);
 }
 
 fn passed_env() -> Vec<(OsString, OsString)> {
