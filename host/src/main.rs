@@ -266,6 +266,16 @@ enum ConfigCmd {
 }
 
 fn main() -> ExitCode {
+    // A native worker's start-up is on the path of every cold open: skip
+    // building the whole command-line parser for it.
+    let mut argv = std::env::args_os().skip(1);
+    if let (Some(cmd), Some(name), None) = (argv.next(), argv.next(), argv.next())
+        && cmd == "worker"
+        && let Some(name) = name.to_str()
+        && !name.starts_with('-')
+    {
+        return worker(name);
+    }
     let args = Args::parse();
     let code = match args.command {
         Cmd::Serve {
