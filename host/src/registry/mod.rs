@@ -12,6 +12,45 @@ pub mod slots;
 pub mod state;
 pub mod tenant;
 
+/// Undoes a registered open that does not reach READY, in reverse order:
+/// fault, deregister, dispose of the worker, release the slot, count.
+/// Runs on drop, so an open abandoned at an `.await` rolls back too.
+struct Rollback<'a> {
+    registry: &'a Registry,
+    session: &'a Arc<Session>,
+    /// `None` once the session is READY.
+    fault: Option<Fault>,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        let Some(fault) = self.fault.take() else {
+            return;
+        };
+        let (registry, session) = (self.registry, self.session);
+        let code = fault.code.clone();
+        let released = session.fault(fault, registry.clock.now());
+        registry.sessions().remove(&session.id);
+        if let Some(released) = released {
+            if let Some(worker) = released.worker {
+                worker.kill();
+            }
+            drop(released.slot);
+        }
+        registry
+            .metrics
+            .faults
+            .get_or_create(&CodeLabel {
+                backend: session.backend.name.to_string(),
+                code: code.clone(),
+            })
+            .inc();
+        if code == "open-abandoned" {
+            tracing::info!(session_id = %session.id, "open abandoned by its caller; rolled back");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -267,23 +306,18 @@ impl Registry {
         self.clock.wall(at)
     }
 
-    /// Opens a session and returns it once READY. Runs to completion (or
-    /// rollback) even if the caller goes away.
+    /// Opens a session and returns it once READY. An open the caller
+    /// abandons (its future is dropped: the client went away or its
+    /// deadline passed) rolls back, as a failed one does: nobody holds the
+    /// id, so a session left behind would only wait for its lease.
     pub async fn open(
         self: &Arc<Self>,
         caller: &Caller,
         request: OpenRequest,
     ) -> Result<Arc<Session>, GatewayError> {
-        let this = Arc::clone(self);
-        let caller = caller.clone();
-        // The open keeps the caller's span (the RPC's) for its logs.
-        let open = this.open_inner(caller, request);
-        match tokio::spawn(tracing::Instrument::in_current_span(open)).await {
-            Ok(result) => result,
-            Err(e) => Err(GatewayError::StartFailed(StartError::Failed(
-                Fault::crashed("internal", e.to_string()),
-            ))),
-        }
+        // Runs on the caller's task: a task of its own cost a hop to
+        // another thread on most opens (about a tenth of an echo open).
+        Arc::clone(self).open_inner(caller.clone(), request).await
     }
 
     async fn open_inner(
@@ -370,6 +404,16 @@ impl Registry {
         let _lifecycle = session.lifecycle.lock().await;
         self.sessions()
             .insert(Arc::clone(&id), Arc::clone(&session));
+        // From here until READY, every way out rolls back: a failure below,
+        // or the caller dropping this future mid-start.
+        let mut rollback = Rollback {
+            registry: &self,
+            session: &session,
+            fault: Some(Fault::crashed(
+                "open-abandoned",
+                "the caller went away before the session was ready",
+            )),
+        };
 
         // 3. Start the worker.
         let mut config = entry.config.clone();
@@ -400,6 +444,7 @@ impl Registry {
                 let worker: Arc<dyn crate::backend::Worker> = Arc::from(worker);
                 session.set_worker(Arc::clone(&worker));
                 if session.transition(SessionState::Ready, self.clock.now()) {
+                    rollback.fault = None;
                     handles.sessions_opened.inc();
                     tracing::info!(session_id = %id, backend = %backend_name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
                     return Ok(Arc::clone(&session));
@@ -412,7 +457,7 @@ impl Registry {
             }
             Err(e) => GatewayError::StartFailed(e),
         };
-        let fault = match &error {
+        rollback.fault = Some(match &error {
             GatewayError::StartFailed(StartError::Failed(f)) => f.clone(),
             GatewayError::StartFailed(StartError::Refused(m)) => {
                 Fault::crashed("open-refused", m.clone())
@@ -421,25 +466,13 @@ impl Registry {
                 Fault::crashed("no-capacity", m.clone())
             }
             other => Fault::crashed("start-failed", other.to_string()),
-        };
-        let code = fault.code.clone();
-        // Fault, deregister, dispose the worker, release the slot, count,
-        // log, return.
-        let released = session.fault(fault, self.clock.now());
-        self.sessions().remove(&id);
-        if let Some(released) = released {
-            if let Some(worker) = released.worker {
-                worker.kill();
-            }
-            drop(released.slot);
-        }
-        self.metrics
-            .faults
-            .get_or_create(&CodeLabel {
-                backend: backend_name.clone(),
-                code: code.clone(),
-            })
-            .inc();
+        });
+        let code = rollback
+            .fault
+            .as_ref()
+            .map(|f| f.code.clone())
+            .unwrap_or_default();
+        drop(rollback);
         tracing::warn!(session_id = %id, backend = %backend_name, code = %code, "session open failed: {error}");
         Err(error)
     }

@@ -18,6 +18,8 @@ struct Script {
     fail_start: Mutex<Option<StartError>>,
     /// Close never finishes (a stuck worker).
     hang_on_close: bool,
+    /// The next start never finishes (until its future is dropped).
+    hang_on_start: Mutex<bool>,
     fault_next_invoke: Mutex<Option<Fault>>,
     started: AtomicUsize,
     closed: AtomicUsize,
@@ -48,6 +50,9 @@ impl Backend for FakeBackend {
         progress(SessionState::StartingWorker);
         if let Some(e) = self.script.fail_start.lock().unwrap().take() {
             return Err(e);
+        }
+        if std::mem::take(&mut *self.script.hang_on_start.lock().unwrap()) {
+            std::future::pending::<()>().await;
         }
         progress(SessionState::InitializingWorker);
         self.script.started.fetch_add(1, Ordering::SeqCst);
@@ -206,6 +211,39 @@ async fn the_cap_refuses_at_once_and_slots_come_back() {
         other => panic!("expected the cap, got {:?}", other.map(|s| s.id.clone())),
     }
     f.registry.close(&me(), &a.id).await.unwrap();
+    f.registry.open(&me(), open_req()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_open_abandoned_mid_start_rolls_back_everything() {
+    let script = Script::default();
+    *script.hang_on_start.lock().unwrap() = true;
+    let f = fixture_with(1, policy(), script);
+    let caller = me();
+    {
+        let open = f.registry.open(&caller, open_req());
+        tokio::pin!(open);
+        assert!(futures::poll!(open.as_mut()).is_pending(), "start hangs");
+        assert_eq!(
+            f.registry.open_count(),
+            1,
+            "the slot is held while starting"
+        );
+        assert_eq!(f.registry.list(&me()).len(), 1, "registered while starting");
+    } // The caller goes away: the open's future is dropped mid-start.
+    assert_eq!(f.registry.open_count(), 0);
+    assert_eq!(open_gauge(&f), 0);
+    assert!(f.registry.list(&me()).is_empty(), "deregistered");
+    let faults = f
+        .metrics
+        .faults
+        .get_or_create(&CodeLabel {
+            backend: "fake".into(),
+            code: "open-abandoned".into(),
+        })
+        .get();
+    assert_eq!(faults, 1);
+    // The single slot is free again.
     f.registry.open(&me(), open_req()).await.unwrap();
 }
 
