@@ -12,9 +12,15 @@
 //! - Invoke over gRPC on loopback vs a bare tonic unary server answering the
 //!   same `Invoke` message, same client, same concurrency;
 //! - invokes/s at concurrency 1, 8 and 64; events/s on one stream;
-//! - density: RSS and open time with 1,000 and 10,000 idle sessions.
+//! - density: RSS and open time with 1,000 and 10,000 idle sessions;
+//! - native: open of `sim-device`, cold and from the warm pool, vs a wasm
+//!   open in the same run.
 //!
-//! `GATEHOUSE_BENCH_QUICK=1` runs a shorter version.
+//! `GATEHOUSE_BENCH_QUICK=1` runs a shorter version;
+//! `GATEHOUSE_BENCH_ONLY=open,native` (any of density, open, native, grpc)
+//! runs only those sections, for profiling (`GATEHOUSE_BENCH_ROUNDS` sets
+//! the open section's rounds); `GATEHOUSE_BENCH_LOG=filter`
+//! logs the gateway's own events (spawn and handshake timings) to stderr.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +39,12 @@ use tonic::{Request, Response, Status};
 
 fn quick() -> bool {
     std::env::var_os("GATEHOUSE_BENCH_QUICK").is_some()
+}
+
+/// Whether `GATEHOUSE_BENCH_ONLY` (comma-separated) selects `section`.
+fn selected(section: &str) -> bool {
+    std::env::var("GATEHOUSE_BENCH_ONLY")
+        .map_or(true, |only| only.split(',').any(|s| s.trim() == section))
 }
 
 /// Latency samples in microseconds.
@@ -373,6 +385,92 @@ async fn grpc_section() {
     println!("| events/s delivered | {ev:.0} |\n| emit to receipt, p50 | {lat:.0} us |");
 }
 
+/// A registry serving `sim-device` from the gatehouse binary with a warm
+/// pool of `warm` workers, and `echo` for comparison.
+fn native_registry(warm: usize, state_dir: &std::path::Path) -> Arc<Registry> {
+    let mut config = Config::builtin();
+    config.server.max_sessions = 64;
+    config.server.cache_dir = None;
+    config.server.state_dir = state_dir.to_path_buf();
+    for spec in &mut config.backends {
+        if let gatehouse::config::Runner::Native(native) = &mut spec.runner {
+            // This process is the bench binary: name the real one.
+            native.command[0] = env!("CARGO_BIN_EXE_gatehouse").into();
+            native.warm_pool = warm;
+        }
+    }
+    gatehouse::server::build_registry(&config, Arc::new(Metrics::new()))
+        .expect("registry")
+        .0
+}
+
+async fn native_section(n: usize) {
+    let dirs = tempfile::tempdir().expect("state dirs");
+    let cold = native_registry(0, &dirs.path().join("cold"));
+    let warm = native_registry(4, &dirs.path().join("warm"));
+    let me = Caller::local();
+    let device = || OpenRequest {
+        backend: gatehouse::builtin::SIM_DEVICE.into(),
+        ..OpenRequest::default()
+    };
+    // Let the pool fill before the first warm open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut c, mut w, mut wasm) = (Samples::new(), Samples::new(), Samples::new());
+    for round in 0..n + n / 10 {
+        let measured = round >= n / 10;
+        let t = Instant::now();
+        let s = cold.open(&me, device()).await.expect("cold open");
+        let opened = t.elapsed();
+        cold.close(&me, &s.id).await.expect("close");
+        if measured {
+            c.push(opened);
+        }
+
+        let t = Instant::now();
+        let s = warm.open(&me, device()).await.expect("warm open");
+        let opened = t.elapsed();
+        warm.close(&me, &s.id).await.expect("close");
+        if measured {
+            w.push(opened);
+        }
+
+        let t = Instant::now();
+        let s = cold.open(&me, echo()).await.expect("wasm open");
+        let opened = t.elapsed();
+        cold.close(&me, &s.id).await.expect("close");
+        if measured {
+            wasm.push(opened);
+        }
+        // Time for the pool to refill (a cold start) between rounds. Busy,
+        // not asleep: after a sleep every open would first pay for waking
+        // the runtime's parked threads, wasm and native alike.
+        let pause = Instant::now();
+        while pause.elapsed() < Duration::from_millis(15) {
+            tokio::task::yield_now().await;
+        }
+    }
+    println!("\n### Native workers: open of sim-device, host side ({n} rounds)\n");
+    println!("| figure | p50 | p99 | p50 vs wasm open |\n|---|---|---|---|");
+    let wasm50 = wasm.pct(0.5);
+    for (name, s) in [
+        ("cold (spawn + handshake + open)", &mut c),
+        ("from the warm pool", &mut w),
+    ] {
+        let p50 = s.pct(0.5);
+        println!(
+            "| {name} | {p50:.1} us | {:.1} us | {:.1}x |",
+            s.pct(0.99),
+            p50 / wasm50
+        );
+    }
+    println!(
+        "| wasm open of echo, same conditions | {wasm50:.1} us | {:.1} us | 1.0x |",
+        wasm.pct(0.99)
+    );
+    cold.shutdown(Duration::from_secs(10)).await;
+    warm.shutdown(Duration::from_secs(10)).await;
+}
+
 async fn density_section() {
     let counts: &[usize] = if quick() { &[1_000] } else { &[1_000, 10_000] };
     println!("\n### Density: idle echo sessions (one invoke each)\n");
@@ -420,6 +518,13 @@ async fn density_section() {
 }
 
 fn main() {
+    // Off by default: logging costs, and the figures are without it.
+    if let Ok(filter) = std::env::var("GATEHOUSE_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -439,10 +544,20 @@ fn main() {
         // Density first: engines live as long as the process (their epoch
         // ticker holds them), and the earlier sections' pools would use up
         // memory mappings the 10k run needs.
-        density_section().await;
-        let n = if quick() { 500 } else { 5_000 };
-        open_section(n).await;
-        grpc_section().await;
+        if selected("density") {
+            density_section().await;
+        }
+        if selected("open") {
+            let rounds = std::env::var("GATEHOUSE_BENCH_ROUNDS").ok();
+            let rounds = rounds.and_then(|r| r.parse().ok());
+            open_section(rounds.unwrap_or(if quick() { 500 } else { 5_000 })).await;
+        }
+        if selected("native") {
+            native_section(if quick() { 50 } else { 300 }).await;
+        }
+        if selected("grpc") {
+            grpc_section().await;
+        }
     });
     runtime.block_on(suite).expect("the suite ran");
 }
