@@ -418,28 +418,18 @@ async fn native_section(n: usize) {
     let (mut c, mut w, mut wasm) = (Samples::new(), Samples::new(), Samples::new());
     for round in 0..n + n / 10 {
         let measured = round >= n / 10;
-        let t = Instant::now();
-        let s = cold.open(&me, device()).await.expect("cold open");
-        let opened = t.elapsed();
-        cold.close(&me, &s.id).await.expect("close");
-        if measured {
-            c.push(opened);
-        }
-
-        let t = Instant::now();
-        let s = warm.open(&me, device()).await.expect("warm open");
-        let opened = t.elapsed();
-        warm.close(&me, &s.id).await.expect("close");
-        if measured {
-            w.push(opened);
-        }
-
-        let t = Instant::now();
-        let s = cold.open(&me, echo()).await.expect("wasm open");
-        let opened = t.elapsed();
-        cold.close(&me, &s.id).await.expect("close");
-        if measured {
-            wasm.push(opened);
+        for (registry, request, samples) in [
+            (&cold, device(), &mut c),
+            (&warm, device(), &mut w),
+            (&cold, echo(), &mut wasm),
+        ] {
+            let t = Instant::now();
+            let s = registry.open(&me, request).await.expect("open");
+            let opened = t.elapsed();
+            registry.close(&me, &s.id).await.expect("close");
+            if measured {
+                samples.push(opened);
+            }
         }
         // Time for the pool to refill (a cold start) between rounds. Busy,
         // not asleep: after a sleep every open would first pay for waking

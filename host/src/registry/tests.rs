@@ -231,19 +231,24 @@ async fn an_open_abandoned_mid_start_rolls_back_everything() {
         );
         assert_eq!(f.registry.list(&me()).len(), 1, "registered while starting");
     } // The caller goes away: the open's future is dropped mid-start.
+    assert_rolled_back(&f, "open-abandoned").await;
+}
+
+/// Every step of an open undone: slot and gauge, registration, one fault
+/// counted under `code`, and the (single) slot usable again.
+async fn assert_rolled_back(f: &Fixture, code: &str) {
     assert_eq!(f.registry.open_count(), 0);
-    assert_eq!(open_gauge(&f), 0);
+    assert_eq!(open_gauge(f), 0);
     assert!(f.registry.list(&me()).is_empty(), "deregistered");
     let faults = f
         .metrics
         .faults
         .get_or_create(&CodeLabel {
             backend: "fake".into(),
-            code: "open-abandoned".into(),
+            code: code.into(),
         })
         .get();
     assert_eq!(faults, 1);
-    // The single slot is free again.
     f.registry.open(&me(), open_req()).await.unwrap();
 }
 
@@ -257,20 +262,7 @@ async fn a_failed_start_rolls_back_everything() {
         err,
         GatewayError::StartFailed(StartError::Failed(_))
     ));
-    assert_eq!(f.registry.open_count(), 0);
-    assert_eq!(open_gauge(&f), 0);
-    assert!(f.registry.list(&me()).is_empty(), "deregistered");
-    let faults = f
-        .metrics
-        .faults
-        .get_or_create(&CodeLabel {
-            backend: "fake".into(),
-            code: "boom".into(),
-        })
-        .get();
-    assert_eq!(faults, 1);
-    // The single slot is free again.
-    f.registry.open(&me(), open_req()).await.unwrap();
+    assert_rolled_back(&f, "boom").await;
 }
 
 #[tokio::test]
