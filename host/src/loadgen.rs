@@ -189,16 +189,24 @@ pub async fn run(client: Client, options: BenchOptions) -> Report {
     });
     let began = Instant::now();
     let mut setup = Tally::new();
+    let mut users = options.concurrency.max(1);
     if let Some((_, tx)) = &shared.pool {
         let mut c = client.clone();
+        let mut filled = 0;
         for _ in 0..options.pool_size.max(1) {
             if let Some(id) = open(&mut c, &shared, &mut setup).await {
                 let _ = tx.send(id).await;
+                filled += 1;
             }
+        }
+        if filled == 0 {
+            // Users would wait on an empty pool forever; the report shows
+            // why the opens failed.
+            users = 0;
         }
     }
     let progress = options.progress.then(|| progress_bar(&shared));
-    let users: Vec<_> = (0..options.concurrency.max(1))
+    let users: Vec<_> = (0..users)
         .map(|_| tokio::spawn(user(client.clone(), Arc::clone(&shared))))
         .collect();
     let mut tally = setup;
@@ -386,9 +394,11 @@ async fn user(mut c: Client, shared: Arc<Shared>) -> Tally {
                 let Some(mut id) = id else { break };
                 if let Err(true) = invoke(&mut c, &id, &shared, &mut t).await {
                     t.reconnects += 1;
-                    match open(&mut c, &shared, &mut t).await {
-                        Some(fresh) => id = fresh,
-                        None => continue,
+                    // A failed reopen puts the stale id back for the next
+                    // user to retry: a pool that shrank to nothing would
+                    // leave every user waiting on it forever.
+                    if let Some(fresh) = open(&mut c, &shared, &mut t).await {
+                        id = fresh;
                     }
                 }
                 let _ = tx.send(id).await;

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod bench;
 mod cap;
 mod events;
 mod faults;
