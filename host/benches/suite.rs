@@ -88,9 +88,15 @@ fn rss_kib() -> u64 {
 }
 
 fn registry(max_sessions: usize) -> Arc<Registry> {
+    registry_with(max_sessions, |_| {})
+}
+
+/// A registry of the built-in backends, after `adjust` has had the config.
+fn registry_with(max_sessions: usize, adjust: impl FnOnce(&mut Config)) -> Arc<Registry> {
     let mut config = Config::builtin();
     config.server.max_sessions = max_sessions;
     config.server.cache_dir = None;
+    adjust(&mut config);
     gatehouse::server::build_registry(&config, Arc::new(Metrics::new()))
         .expect("registry")
         .0
@@ -388,20 +394,16 @@ async fn grpc_section() {
 /// A registry serving `sim-device` from the gatehouse binary with a warm
 /// pool of `warm` workers, and `echo` for comparison.
 fn native_registry(warm: usize, state_dir: &std::path::Path) -> Arc<Registry> {
-    let mut config = Config::builtin();
-    config.server.max_sessions = 64;
-    config.server.cache_dir = None;
-    config.server.state_dir = state_dir.to_path_buf();
-    for spec in &mut config.backends {
-        if let gatehouse::config::Runner::Native(native) = &mut spec.runner {
-            // This process is the bench binary: name the real one.
-            native.command[0] = env!("CARGO_BIN_EXE_gatehouse").into();
-            native.warm_pool = warm;
+    registry_with(64, |config| {
+        config.server.state_dir = state_dir.to_path_buf();
+        for spec in &mut config.backends {
+            if let gatehouse::config::Runner::Native(native) = &mut spec.runner {
+                // This process is the bench binary: name the real one.
+                native.command[0] = env!("CARGO_BIN_EXE_gatehouse").into();
+                native.warm_pool = warm;
+            }
         }
-    }
-    gatehouse::server::build_registry(&config, Arc::new(Metrics::new()))
-        .expect("registry")
-        .0
+    })
 }
 
 async fn native_section(n: usize) {

@@ -8,12 +8,12 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-/// Runs `gatehouse --json bench ARGS` against `gw` and returns the report.
-async fn bench(gw: &Gateway, args: &[&str]) -> Value {
+/// Runs `gatehouse [--json] bench ARGS` against `gw`; returns its stdout.
+async fn run_bench(gw: &Gateway, json: bool, args: &[&str]) -> Vec<u8> {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .arg("--addr")
         .arg(format!("http://{}", gw.grpc))
-        .arg("--json")
+        .args(json.then_some("--json"))
         .arg("bench")
         .args(args)
         .env_remove("GATEHOUSE_KEY")
@@ -27,10 +27,16 @@ async fn bench(gw: &Gateway, args: &[&str]) -> Value {
         "bench {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    out.stdout
+}
+
+/// Runs `gatehouse --json bench ARGS` against `gw` and returns the report.
+async fn bench(gw: &Gateway, args: &[&str]) -> Value {
+    let out = run_bench(gw, true, args).await;
+    serde_json::from_slice(&out).unwrap_or_else(|e| {
         panic!(
             "bench --json printed something else ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&out)
         )
     })
 }
@@ -150,26 +156,13 @@ async fn a_pool_that_cannot_open_ends_with_its_errors() {
 #[tokio::test]
 async fn the_text_report_names_every_figure() {
     let gw = Gateway::start(Toml::standard().render()).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("--addr")
-        .arg(format!("http://{}", gw.grpc))
-        .args([
-            "bench",
-            "--mode",
-            "churn",
-            "--count",
-            "12",
-            "--churn-after",
-            "4",
-        ])
-        .env_remove("GATEHOUSE_KEY")
-        .kill_on_drop(true)
-        .output();
-    let out = bounded("gatehouse bench", out)
-        .await
-        .expect("running gatehouse bench");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = run_bench(
+        &gw,
+        false,
+        &["--mode", "churn", "--count", "12", "--churn-after", "4"],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
     for needle in [
         "Churn mode",
         "invoke",

@@ -311,20 +311,12 @@ impl Registry {
     /// deadline passed) rolls back, as a failed one does: nobody holds the
     /// id, so a session left behind would only wait for its lease.
     pub async fn open(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         request: OpenRequest,
     ) -> Result<Arc<Session>, GatewayError> {
         // Runs on the caller's task: a task of its own cost a hop to
         // another thread on most opens (about a tenth of an echo open).
-        Arc::clone(self).open_inner(caller.clone(), request).await
-    }
-
-    async fn open_inner(
-        self: Arc<Self>,
-        caller: Caller,
-        request: OpenRequest,
-    ) -> Result<Arc<Session>, GatewayError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(GatewayError::ShuttingDown);
         }
@@ -407,7 +399,7 @@ impl Registry {
         // From here until READY, every way out rolls back: a failure below,
         // or the caller dropping this future mid-start.
         let mut rollback = Rollback {
-            registry: &self,
+            registry: self,
             session: &session,
             fault: Some(Fault::crashed(
                 "open-abandoned",

@@ -174,9 +174,7 @@ pub async fn spawn(
         if let Err(Ok(((pid, _), _))) = tx.send(result.map(|child| (child, spec.backend))) {
             // The open was abandoned while the worker started: nobody
             // will ever wait for it, so end it here.
-            kill_group(pid);
-            reap_blocking(pid);
-            recorder.forget(pid);
+            end_unwatched(pid, &recorder);
         }
     });
     spawner()
@@ -189,11 +187,7 @@ pub async fn spawn(
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))??;
     // Until the waiter below owns it, a failure here must not leave the
     // child running unreaped.
-    let exit = ExitWatch::new(pid).inspect_err(|_| {
-        kill_group(pid);
-        reap_blocking(pid);
-        state.forget(pid);
-    })?;
+    let exit = ExitWatch::new(pid).inspect_err(|_| end_unwatched(pid, &state))?;
 
     match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
         Ok(output) => {
@@ -305,11 +299,11 @@ impl ExitWatch {
         let status = match &self.pidfd {
             Some(fd) => {
                 let _ready = fd.readable().await?;
-                waitpid(self.pid, 0)
+                waitpid(self.pid)
             }
             None => {
                 let pid = self.pid;
-                tokio::task::spawn_blocking(move || waitpid(pid, 0))
+                tokio::task::spawn_blocking(move || waitpid(pid))
                     .await
                     .map_err(io::Error::other)?
             }
@@ -327,12 +321,13 @@ impl Drop for ExitWatch {
     }
 }
 
-fn waitpid(pid: u32, flags: libc::c_int) -> io::Result<ExitStatus> {
+/// Waits for our child `pid` to exit and reaps it.
+fn waitpid(pid: u32) -> io::Result<ExitStatus> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("a negative pid"))?;
     let mut status = 0;
     loop {
         // SAFETY: waits for our own child; `status` is a valid out pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
         if r == pid {
             return Ok(std::os::unix::process::ExitStatusExt::from_raw(status));
         }
@@ -343,9 +338,12 @@ fn waitpid(pid: u32, flags: libc::c_int) -> io::Result<ExitStatus> {
     }
 }
 
-/// Reaps a child that was just killed, on the calling thread.
-fn reap_blocking(pid: u32) {
-    let _ = waitpid(pid, 0);
+/// Ends a started worker nothing will watch: kills its group, reaps it
+/// on the calling thread and forgets its state-directory record.
+fn end_unwatched(pid: u32, state: &StateDir) {
+    kill_group(pid);
+    let _ = waitpid(pid);
+    state.forget(pid);
 }
 
 fn passed_env() -> Vec<(OsString, OsString)> {
