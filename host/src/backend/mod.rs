@@ -3,6 +3,10 @@
 //! The registry holds `Box<dyn Worker>` and never knows whether a session
 //! runs in a wasm instance or in a native process.
 
+pub mod budget;
+pub mod event_sink;
+pub mod guest_log;
+pub mod handle;
 pub mod native;
 pub mod wasm;
 
@@ -16,7 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::config::{BackendKind, SessionPolicy};
 use crate::events::EventLog;
-use crate::registry::state::SessionState;
 
 /// What `ListBackends` shows about a backend.
 #[derive(Debug, Clone)]
@@ -67,6 +70,21 @@ pub enum Outcome {
         /// The limit.
         limit: usize,
     },
+}
+
+impl Outcome {
+    /// A reply payload, or [`Outcome::ReplyTooLarge`] when it is over
+    /// `limit` bytes.
+    pub fn reply(payload: Vec<u8>, limit: usize) -> Self {
+        if payload.len() > limit {
+            Outcome::ReplyTooLarge {
+                size: payload.len(),
+                limit,
+            }
+        } else {
+            Outcome::Reply(payload)
+        }
+    }
 }
 
 /// The class of a fault, which decides its gRPC status.
@@ -163,6 +181,24 @@ impl FaultReporter {
     }
 }
 
+/// How far a worker's start-up has got. The registry shows each phase as
+/// the session's wire state; a backend cannot report a session READY or
+/// CLOSED, only the steps before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPhase {
+    /// Creating the instance, or starting the process.
+    StartingWorker,
+    /// The process runs; waiting for its first frame (native).
+    WaitingForWorker,
+    /// Checking the process's hello (native).
+    Handshaking,
+    /// The plugin's or worker's `open` runs.
+    InitializingWorker,
+}
+
+/// Where a backend reports its start-up phases.
+pub type Progress<'a> = &'a (dyn Fn(StartPhase) + Send + Sync);
+
 /// Everything a backend needs to start one session's worker.
 pub struct StartRequest {
     /// The session id.
@@ -218,6 +254,6 @@ pub trait Backend: Send + Sync {
     async fn start(
         &self,
         request: StartRequest,
-        progress: &(dyn Fn(SessionState) + Send + Sync),
+        progress: Progress<'_>,
     ) -> Result<Box<dyn Worker>, StartError>;
 }

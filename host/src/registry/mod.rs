@@ -64,7 +64,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::{
     Backend, BackendInfo, CloseOutcome, Command, Fault, FaultClass, FaultReporter, Outcome,
-    StartError, StartRequest,
+    StartError, StartPhase, StartRequest,
 };
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
@@ -421,8 +421,8 @@ impl Registry {
             faults: FaultReporter::new(Arc::clone(&id), self.faults.clone()),
         };
         let clock = Arc::clone(&self.clock);
-        let progress = |state: SessionState| {
-            session.transition(state, clock.now());
+        let progress = |phase: StartPhase| {
+            session.transition(phase.into(), clock.now());
         };
         let began = Instant::now();
         let started = entry.backend.start(start, &progress).await;

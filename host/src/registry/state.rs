@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::backend::StartPhase;
+
 /// Where a session is in its lifecycle; visible on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionState {
@@ -23,6 +25,17 @@ pub enum SessionState {
     Closed,
     /// The worker failed; only `Closed` can follow.
     Faulted,
+}
+
+impl From<StartPhase> for SessionState {
+    fn from(phase: StartPhase) -> Self {
+        match phase {
+            StartPhase::StartingWorker => SessionState::StartingWorker,
+            StartPhase::WaitingForWorker => SessionState::WaitingForWorker,
+            StartPhase::Handshaking => SessionState::Handshaking,
+            StartPhase::InitializingWorker => SessionState::InitializingWorker,
+        }
+    }
 }
 
 impl SessionState {

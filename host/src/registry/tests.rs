@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
-use crate::backend::{BackendInfo, Worker};
+use crate::backend::{BackendInfo, Progress, Worker};
 use crate::clock::ManualClock;
 use crate::config::{BackendKind, SessionPolicy};
 
@@ -45,16 +45,16 @@ impl Backend for FakeBackend {
     async fn start(
         &self,
         request: StartRequest,
-        progress: &(dyn Fn(SessionState) + Send + Sync),
+        progress: Progress<'_>,
     ) -> Result<Box<dyn Worker>, StartError> {
-        progress(SessionState::StartingWorker);
+        progress(StartPhase::StartingWorker);
         if let Some(e) = self.script.fail_start.lock().unwrap().take() {
             return Err(e);
         }
         if std::mem::take(&mut *self.script.hang_on_start.lock().unwrap()) {
             std::future::pending::<()>().await;
         }
-        progress(SessionState::InitializingWorker);
+        progress(StartPhase::InitializingWorker);
         self.script.started.fetch_add(1, Ordering::SeqCst);
         self.script.reporters.lock().unwrap().push(request.faults);
         Ok(Box::new(FakeWorker {

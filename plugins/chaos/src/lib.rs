@@ -3,8 +3,10 @@
 //!
 //! Commands: `spin`, `busy MS`, `grow MIB`, `recurse`, `trap`, `panic`,
 //! `flood N`, `big-reply BYTES`, `read-file PATH`, `env`, `connect HOST:PORT`,
-//! `log-spam N`, `tick-trap MS` (traps in a timer tick), `echo`.
+//! `log-spam N`, `tick-trap MS` (traps in a timer tick), `spin-on-close`
+//! (its `close` then never returns), `echo`.
 //! With session config `fail_open = "yes"`, `open` refuses the session.
+//! `close` emits a `closed` event, so tests can see that it ran.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -22,6 +24,7 @@ thread_local! {
     /// Memory kept alive by `grow`.
     static HOARD: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static TRAP_ON_TICK: RefCell<bool> = const { RefCell::new(false) };
+    static SPIN_ON_CLOSE: RefCell<bool> = const { RefCell::new(false) };
 }
 
 struct Chaos;
@@ -113,6 +116,10 @@ impl Guest for Chaos {
                 host::schedule_tick(ms);
                 Ok(Vec::new())
             }
+            "spin-on-close" => {
+                SPIN_ON_CLOSE.with_borrow_mut(|s| *s = true);
+                Ok(Vec::new())
+            }
             other => Err(CommandError::UnknownCommand(format!(
                 "chaos has no command {other:?}"
             ))),
@@ -125,7 +132,16 @@ impl Guest for Chaos {
         }
     }
 
-    fn close() {}
+    fn close() {
+        if SPIN_ON_CLOSE.with_borrow(|s| *s) {
+            #[allow(clippy::empty_loop)]
+            loop {}
+        }
+        host::emit(&Event {
+            name: "closed".into(),
+            payload: Vec::new(),
+        });
+    }
 }
 
 /// Unbounded recursion with small frames, so the wasm call stack (not the

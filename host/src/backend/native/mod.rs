@@ -33,37 +33,33 @@
 //! worker that exits is `worker-exited` with its exit status. Faults outside
 //! a command reach the registry through the session's `FaultReporter`.
 
-mod launch;
+mod child;
+mod launcher;
 mod pool;
+mod process;
 pub mod protocol;
-pub mod reaper;
-mod spawn;
+mod session;
+pub mod state_dir;
 mod worker;
 
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
+use self::launcher::Launcher;
 use self::pool::Pool;
-use self::protocol::{FrameError, pb};
-use self::reaper::StateDir;
-use self::spawn::{LiveSet, Proc, SpawnSpec};
-use self::worker::{Attach, Timing};
-use super::{Backend, BackendInfo, Fault, StartError, StartRequest, Worker};
-use crate::config::{BackendKind, BackendSpec, NativeSpec, Runner};
-use crate::registry::state::SessionState;
+use self::process::LiveSet;
+use self::protocol::pb;
+use self::session::Attach;
+use self::state_dir::StateDir;
+use super::event_sink::EventSink;
+use super::{Backend, BackendInfo, Progress, StartError, StartPhase, StartRequest, Worker};
+use crate::config::{BackendKind, BackendSpec, Runner};
 
 pub use self::protocol::PROTOCOL_VERSION;
-pub use self::worker::NativeWorker;
-
-/// Frames buffered between a worker's reader task and its session task.
-const FRAME_QUEUE: usize = 64;
 
 /// The environment variables a worker gets (the SDK reads them).
 pub mod env {
@@ -127,6 +123,7 @@ impl NativeRuntime {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            log_rate: (spec.policy.log_burst, spec.policy.log_lines_per_sec),
             state: Arc::clone(&self.state),
             live: Arc::clone(&self.live),
         });
@@ -225,9 +222,9 @@ impl Backend for NativeBackend {
     async fn start(
         &self,
         request: StartRequest,
-        progress: &(dyn Fn(SessionState) + Send + Sync),
+        progress: Progress<'_>,
     ) -> Result<Box<dyn Worker>, StartError> {
-        progress(SessionState::StartingWorker);
+        progress(StartPhase::StartingWorker);
         let began = Instant::now();
         let warm = self.pool.as_ref().and_then(|p| p.take());
         let from_pool = warm.is_some();
@@ -239,7 +236,7 @@ impl Backend for NativeBackend {
                     .await?
             }
         };
-        progress(SessionState::InitializingWorker);
+        progress(StartPhase::InitializingWorker);
         let open = pb::Open {
             session_id: request.session_id.to_string(),
             tenant: request.tenant.clone(),
@@ -248,20 +245,19 @@ impl Backend for NativeBackend {
         };
         let attach = Attach {
             open,
-            events: Arc::clone(&request.events),
+            events: EventSink::new(Arc::clone(&request.events), request.policy.max_event_bytes),
             reporter: request.faults.clone(),
-            max_event_bytes: request.policy.max_event_bytes,
             max_reply_bytes: request.policy.max_reply_bytes,
             open_timeout: request
                 .open_timeout
                 .min(self.launcher.native.startup_timeout),
         };
-        // On an error, dropping `worker` kills the process.
+        // On an error the worker is dropped, which kills the process.
         let opened = worker.open(attach).await;
         if from_pool && let Some(pool) = &self.pool {
             pool.replenish();
         }
-        opened?;
+        let worker = opened?;
         tracing::debug!(
             session_id = %request.session_id,
             pid = ?worker.pid(),
@@ -272,207 +268,6 @@ impl Backend for NativeBackend {
         Ok(Box::new(worker))
     }
 }
-
-/// Spawns and handshakes workers of one backend.
-struct Launcher {
-    backend: String,
-    native: NativeSpec,
-    env: Vec<(String, String)>,
-    state: Arc<StateDir>,
-    live: Arc<LiveSet>,
-}
-
-/// Kills a process unless disarmed: start-up that is cancelled (its future
-/// dropped) or fails leaves nothing behind.
-struct KillGuard(Option<Arc<Proc>>);
-
-impl Drop for KillGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            p.kill();
-        }
-    }
-}
-
-impl Launcher {
-    fn timing(&self) -> Timing {
-        Timing {
-            heartbeat_interval: self.native.heartbeat_interval,
-            heartbeat_grace: self.native.heartbeat_grace,
-            max_frame: self.native.max_frame_bytes,
-        }
-    }
-
-    /// Spawns a worker and checks its hello, reporting the start-up states
-    /// to `progress`. `session_id` is `None` for a warm-pool worker.
-    async fn launch(
-        &self,
-        session_id: Option<&str>,
-        progress: Option<&(dyn Fn(SessionState) + Send + Sync)>,
-    ) -> Result<NativeWorker, StartError> {
-        let report = |s| {
-            if let Some(p) = progress {
-                p(s);
-            }
-        };
-        let began = Instant::now();
-        let until = began + self.native.startup_timeout;
-        let failed = |code: &str, detail: String| StartError::Failed(Fault::crashed(code, detail));
-
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| failed("spawn-failed", format!("creating the socket pair: {e}")))?;
-        let theirs = above_stdio(OwnedFd::from(theirs))
-            .map_err(|e| failed("spawn-failed", format!("preparing the socket: {e}")))?;
-        ours.set_nonblocking(true)
-            .map_err(|e| failed("spawn-failed", e.to_string()))?;
-        let ours = tokio::net::UnixStream::from_std(ours)
-            .map_err(|e| failed("spawn-failed", e.to_string()))?;
-
-        let mut nonce = [0u8; 32];
-        rand::rng().fill_bytes(&mut nonce);
-        let nonce = hex::encode(nonce);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-        let env = self
-            .env
-            .iter()
-            .cloned()
-            .chain([
-                (env::FD.to_string(), fd.to_string()),
-                (env::NONCE.to_string(), nonce.clone()),
-                (
-                    env::PROTOCOL_VERSION.to_string(),
-                    PROTOCOL_VERSION.to_string(),
-                ),
-                (
-                    env::SESSION_ID.to_string(),
-                    session_id.unwrap_or_default().to_string(),
-                ),
-                (env::BACKEND.to_string(), self.backend.clone()),
-                (
-                    env::HEARTBEAT_INTERVAL_MS.to_string(),
-                    self.native.heartbeat_interval.as_millis().to_string(),
-                ),
-                (
-                    env::HEARTBEAT_GRACE_MS.to_string(),
-                    self.native.heartbeat_grace.as_millis().to_string(),
-                ),
-                (
-                    env::MAX_FRAME_BYTES.to_string(),
-                    self.native.max_frame_bytes.to_string(),
-                ),
-            ])
-            .collect();
-        let spec = SpawnSpec {
-            command: self.native.command.clone(),
-            env,
-            child_end: theirs,
-            backend: self.backend.clone(),
-        };
-        let proc = spawn::spawn(spec, Arc::clone(&self.state), Arc::clone(&self.live))
-            .await
-            .map_err(|e| {
-                failed(
-                    "spawn-failed",
-                    format!("starting {:?}: {e}", self.native.command[0]),
-                )
-            })?;
-        let mut guard = KillGuard(Some(Arc::clone(&proc)));
-        report(SessionState::WaitingForWorker);
-
-        let (reader, writer) = ours.into_split();
-        let (frames_tx, mut frames) = mpsc::channel(FRAME_QUEUE);
-        tokio::spawn(read_frames(reader, self.native.max_frame_bytes, frames_tx));
-
-        let first = tokio::select! {
-            biased;
-            status = proc.exited() => {
-                return Err(failed("worker-exited", format!("the worker exited before its hello: {status}")));
-            }
-            frame = frames.recv() => frame,
-            _ = tokio::time::sleep_until(until.into()) => {
-                return Err(failed(
-                    "startup-timeout",
-                    format!("no hello from the worker within {} ms", self.native.startup_timeout.as_millis()),
-                ));
-            }
-        };
-        report(SessionState::Handshaking);
-        let hello = match first {
-            Some(Ok(msg)) => protocol::check_hello(msg, &nonce).map_err(StartError::Failed)?,
-            Some(Err(e)) => return Err(StartError::Failed(e.fault())),
-            None => {
-                return Err(failed(
-                    "worker-exited",
-                    "the worker closed its socket before its hello".into(),
-                ));
-            }
-        };
-        if hello.pid != proc.pid {
-            tracing::debug!(
-                spawned = proc.pid,
-                hello = hello.pid,
-                "the worker's hello names another pid (a wrapper?); the spawned pid is the one watched"
-            );
-        }
-        tracing::debug!(
-            backend = %self.backend,
-            pid = proc.pid,
-            handshake_ms = began.elapsed().as_millis() as u64,
-            "native worker handshaken"
-        );
-        guard.0 = None;
-        Ok(NativeWorker::spawn(
-            proc,
-            writer,
-            frames,
-            self.timing(),
-            &self.backend,
-        ))
-    }
-}
-
-/// Reads a worker's frames until the socket ends or a frame is bad.
-async fn read_frames(
-    mut reader: tokio::net::unix::OwnedReadHalf,
-    max_frame: usize,
-    tx: mpsc::Sender<Result<pb::FromWorker, FrameError>>,
-) {
-    loop {
-        match protocol::read::<pb::FromWorker, _>(&mut reader, max_frame).await {
-            Ok(Some(msg)) => {
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        }
-    }
-}
-
-/// Moves a descriptor to 3 or above: a gateway started with a closed
-/// stdin/stdout/stderr may get 0-2 from `socketpair`, and the child's stdio
-/// setup would overwrite those.
-fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    // SAFETY: fcntl on a descriptor we own; the result is a new descriptor
-    // we then own.
-    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if dup < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
-}
-
-/// How long a pool waits before retrying after a failed start.
-const POOL_BACKOFF: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,14 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::worker::NativeWorker;
-use super::{Launcher, POOL_BACKOFF};
+use super::launcher::Launcher;
+use super::worker::IdleWorker;
+
+/// How long the pool waits before retrying after a failed start; doubled
+/// after each failure up to [`MAX_BACKOFF`].
+const POOL_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between failed starts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How long the pool waits after a worker is taken before starting
 /// replacements (back to back, once started).
@@ -20,7 +26,7 @@ const SETTLE: Duration = Duration::from_millis(100);
 
 /// Idle, handshaken workers.
 pub struct Pool {
-    idle: Mutex<VecDeque<NativeWorker>>,
+    idle: Mutex<VecDeque<IdleWorker>>,
     target: usize,
     wake: Notify,
     stopped: AtomicBool,
@@ -40,13 +46,13 @@ impl Pool {
         pool
     }
 
-    fn idle(&self) -> MutexGuard<'_, VecDeque<NativeWorker>> {
+    fn idle(&self) -> MutexGuard<'_, VecDeque<IdleWorker>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a live idle worker, if there is one. Call [`Pool::replenish`]
     /// once the session is open.
-    pub(super) fn take(&self) -> Option<NativeWorker> {
+    pub(super) fn take(&self) -> Option<IdleWorker> {
         let mut idle = self.idle();
         let mut taken = None;
         while let Some(w) = idle.pop_front() {
@@ -87,7 +93,7 @@ async fn refill(pool: Weak<Pool>, launcher: Arc<Launcher>, check_every: Duration
         }
         let missing = {
             let mut idle = p.idle();
-            idle.retain(NativeWorker::is_alive);
+            idle.retain(IdleWorker::is_alive);
             p.target.saturating_sub(idle.len())
         };
         if missing == 0 {
@@ -117,7 +123,7 @@ async fn refill(pool: Weak<Pool>, launcher: Arc<Launcher>, check_every: Duration
             Err(e) => {
                 tracing::warn!(backend = %launcher.backend, "warm pool: starting a worker failed: {e}");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::backend::FaultReporter;
-use crate::config::{Grants, SessionPolicy};
+use crate::backend::{Fault, FaultReporter};
+use crate::config::{Grants, NativeSpec, SessionPolicy};
 use crate::events::{EventLimits, EventLog, NoObserver};
 
 fn spec(command: &[&str], startup_timeout: Duration) -> BackendSpec {
@@ -84,7 +84,7 @@ async fn a_silent_worker_times_out_and_is_killed() {
     assert!(began.elapsed() < Duration::from_secs(3));
     assert_eq!(
         *states.lock().unwrap(),
-        [SessionState::StartingWorker, SessionState::WaitingForWorker]
+        [StartPhase::StartingWorker, StartPhase::WaitingForWorker]
     );
     until_no_workers(&rt).await;
 }

@@ -10,7 +10,7 @@ use super::host::SessionData;
 use super::{SESSION_INTERFACE, new_linker};
 
 /// The WIT package version this gateway speaks.
-pub const WORLD_VERSION: &str = "0.1.0";
+pub const WORLD_VERSION: &str = world_version!();
 
 /// Why a file is not a usable gatehouse plugin. Each has its own message.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::gatehouse::backend::{host, types};
-use super::stdio::{LogLimiter, log_line};
-use crate::events::{EmitError, EventLog};
+use super::{
+    MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLES_PER_COMPONENT,
+};
+use crate::backend::event_sink::{EventRefused, EventSink};
+use crate::backend::guest_log::{LogLimiter, MAX_LINE, log_line};
 
 /// Longest delay a plugin may ask for in `schedule-tick`.
 const MAX_TICK_DELAY: Duration = Duration::from_secs(24 * 3600);
@@ -40,17 +43,10 @@ pub enum LimitHit {
         /// The limit.
         limit: usize,
     },
-    /// The event queue was full under the `fault` overflow policy.
-    #[error("the event queue is full")]
-    EventOverflow,
-    /// An event payload was over `max_event_bytes`.
-    #[error("an event of {size} bytes is over the limit of {limit}")]
-    EventTooLarge {
-        /// The payload size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
+    /// An event was refused (too large, or the queue full under the
+    /// `fault` overflow policy).
+    #[error(transparent)]
+    Event(EventRefused),
     /// More ticks were scheduled than `max_pending_ticks`.
     #[error("more than {0} ticks scheduled at once")]
     TooManyTicks(usize),
@@ -63,8 +59,7 @@ impl LimitHit {
             LimitHit::Deadline => "deadline",
             LimitHit::Memory { .. } => "memory-limit",
             LimitHit::Table { .. } => "table-limit",
-            LimitHit::EventOverflow => "event-overflow",
-            LimitHit::EventTooLarge { .. } => "event-too-large",
+            LimitHit::Event(refused) => refused.code(),
             LimitHit::TooManyTicks(_) => "too-many-ticks",
         }
     }
@@ -113,15 +108,15 @@ impl ResourceLimiter for Limits {
 
     fn instances(&self) -> usize {
         // A component has several core instances (the module plus shims).
-        32
+        MAX_CORE_INSTANCES_PER_COMPONENT as usize
     }
 
     fn tables(&self) -> usize {
-        8
+        MAX_TABLES_PER_COMPONENT as usize
     }
 
     fn memories(&self) -> usize {
-        2
+        MAX_MEMORIES_PER_COMPONENT as usize
     }
 }
 
@@ -131,8 +126,7 @@ pub struct SessionData {
     pub(super) table: ResourceTable,
     pub(super) limits: Limits,
     pub(super) session_id: Arc<str>,
-    pub(super) events: Arc<EventLog>,
-    pub(super) max_event_bytes: usize,
+    pub(super) events: EventSink,
     pub(super) log_limiter: Arc<LogLimiter>,
     /// Due times of the ticks the plugin asked for, soonest first.
     pub(super) ticks: BinaryHeap<Reverse<Instant>>,
@@ -154,17 +148,9 @@ impl types::Host for SessionData {}
 
 impl host::Host for SessionData {
     fn emit(&mut self, event: types::Event) -> wasmtime::Result<()> {
-        if event.payload.len() > self.max_event_bytes {
-            return Err(LimitHit::EventTooLarge {
-                size: event.payload.len(),
-                limit: self.max_event_bytes,
-            }
-            .into());
-        }
-        match self.events.emit(event.name, event.payload) {
-            Ok(_) | Err(EmitError::Closed) => Ok(()),
-            Err(EmitError::Overflow) => Err(LimitHit::EventOverflow.into()),
-        }
+        self.events
+            .emit(event.name, event.payload)
+            .map_err(|refused| LimitHit::Event(refused).into())
     }
 
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
@@ -175,7 +161,7 @@ impl host::Host for SessionData {
             types::LogLevel::Warn => tracing::Level::WARN,
             types::LogLevel::Error => tracing::Level::ERROR,
         };
-        let message: String = message.chars().take(4096).collect();
+        let message: String = message.chars().take(MAX_LINE).collect();
         log_line(&self.session_id, "log", level, &self.log_limiter, &message);
         Ok(())
     }

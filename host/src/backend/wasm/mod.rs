@@ -5,6 +5,14 @@
 //! costs a `Store` and an instantiation from the pooling allocator, with
 //! copy-on-write memory images.
 
+/// The WIT package version this gateway speaks, as a literal so the
+/// interface names can be built from it at compile time.
+macro_rules! world_version {
+    () => {
+        "0.1.0"
+    };
+}
+
 mod bindings;
 pub mod cache;
 pub mod check;
@@ -29,24 +37,24 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use self::bindings::BackendPre;
 use self::host::{LimitHit, Limits, SessionData};
-use self::stdio::{GuestOutput, LogLimiter, Source};
-use super::{Backend, BackendInfo, Fault, StartError, StartRequest, Worker};
+use self::stdio::{GuestOutput, Source};
+use super::event_sink::EventSink;
+use super::guest_log::LogLimiter;
+use super::{Backend, BackendInfo, Fault, Progress, StartError, StartPhase, StartRequest, Worker};
 use crate::config::{BackendKind, BackendSpec, Grants, NetRule};
-use crate::registry::state::SessionState;
-
-pub use self::worker::WasmWorker;
 
 /// The WIT interface every backend exports.
-const SESSION_INTERFACE: &str = "gatehouse:backend/session@0.1.0";
+const SESSION_INTERFACE: &str = concat!("gatehouse:backend/session@", world_version!());
 
 /// Table elements a session's tables may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
-/// Core instances one component may create.
-const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Core instances one component may create; the store's limiter allows the
+/// same, so the pool and the limiter can never disagree.
+pub(super) const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// Memories one component may have.
-const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
+pub(super) const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
 /// Tables one component may have.
-const MAX_TABLES_PER_COMPONENT: u32 = 8;
+pub(super) const MAX_TABLES_PER_COMPONENT: u32 = 8;
 /// Virtual address space the memory pool may reserve in all.
 const MEMORY_POOL_BUDGET: u64 = 32 << 40;
 
@@ -276,9 +284,9 @@ impl Backend for WasmBackend {
     async fn start(
         &self,
         request: StartRequest,
-        progress: &(dyn Fn(SessionState) + Send + Sync),
+        progress: Progress<'_>,
     ) -> Result<Box<dyn Worker>, StartError> {
-        progress(SessionState::StartingWorker);
+        progress(StartPhase::StartingWorker);
         let log_limiter = Arc::new(LogLimiter::new(
             request.policy.log_burst,
             request.policy.log_lines_per_sec,
@@ -321,8 +329,7 @@ impl Backend for WasmBackend {
                 table_elements: MAX_TABLE_ELEMENTS,
             },
             session_id: Arc::clone(&request.session_id),
-            events: Arc::clone(&request.events),
-            max_event_bytes: policy.max_event_bytes,
+            events: EventSink::new(Arc::clone(&request.events), policy.max_event_bytes),
             log_limiter,
             ticks: Default::default(),
             max_pending_ticks: policy.max_pending_ticks,
@@ -357,7 +364,7 @@ impl Backend for WasmBackend {
             }
         };
 
-        progress(SessionState::InitializingWorker);
+        progress(StartPhase::InitializingWorker);
         let ctx = bindings::gatehouse::backend::types::SessionContext {
             session_id: request.session_id.to_string(),
             tenant: request.tenant.clone(),
@@ -375,9 +382,7 @@ impl Backend for WasmBackend {
             Ok(Err(message)) => return Err(StartError::Refused(message)),
             Err(e) => return Err(StartError::Failed(worker::classify(&e))),
         }
-        Ok(Box::new(WasmWorker::spawn(
-            store, instance, handle, request,
-        )))
+        Ok(Box::new(worker::spawn(store, instance, handle, request)))
     }
 }
 
@@ -427,16 +432,18 @@ pub mod baseline {
                     table_elements: MAX_TABLE_ELEMENTS,
                 },
                 session_id: "bare".into(),
-                events: Arc::new(EventLog::new(
-                    EventLimits {
-                        queue: 1024,
-                        replay: 0,
-                        overflow: OverflowPolicy::DropOldest,
-                        max_subscribers: 1,
-                    },
-                    Arc::new(NoObserver),
-                )),
-                max_event_bytes: 1 << 16,
+                events: EventSink::new(
+                    Arc::new(EventLog::new(
+                        EventLimits {
+                            queue: 1024,
+                            replay: 0,
+                            overflow: OverflowPolicy::DropOldest,
+                            max_subscribers: 1,
+                        },
+                        Arc::new(NoObserver),
+                    )),
+                    1 << 16,
+                ),
                 log_limiter: Arc::new(LogLimiter::new(1, 1)),
                 ticks: Default::default(),
                 max_pending_ticks: 1,

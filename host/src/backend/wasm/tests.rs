@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::backend::{Command, Fault, FaultClass, FaultReporter, Outcome};
+use crate::backend::{CloseOutcome, Command, Fault, FaultClass, FaultReporter, Outcome};
 use crate::config::{ModuleSource, SessionPolicy};
 use crate::events::{EventLimits, EventLog, NoObserver};
 
@@ -75,10 +75,7 @@ async fn open(rt: &WasmRuntime, name: &str, policy: SessionPolicy) -> Result<Ope
         .await?;
     assert_eq!(
         *states.lock().unwrap(),
-        vec![
-            SessionState::StartingWorker,
-            SessionState::InitializingWorker
-        ]
+        vec![StartPhase::StartingWorker, StartPhase::InitializingWorker]
     );
     Ok(Opened {
         worker,
@@ -308,9 +305,37 @@ async fn a_refused_open_is_reported_as_refused() {
 #[tokio::test]
 async fn close_runs_the_plugin_close() {
     let rt = runtime();
-    let s = open(&rt, "echo", SessionPolicy::default()).await.unwrap();
-    s.worker.close(Duration::from_secs(1)).await;
+    let s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
+    assert_eq!(
+        s.worker.close(Duration::from_secs(1)).await,
+        CloseOutcome::Graceful
+    );
+    // chaos's close emits `closed`: the plugin's own close ran.
+    let mut sub = s.events.subscribe(None).unwrap();
+    let closed = tokio::time::timeout(LONG, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.event.name, "closed");
     assert!(call(&*s.worker, "echo", "", LONG).await.is_err());
+}
+
+#[tokio::test]
+async fn a_close_that_outruns_its_grace_is_killed() {
+    let rt = runtime();
+    let s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
+    call(&*s.worker, "spin-on-close", "", LONG).await.unwrap();
+    let began = Instant::now();
+    assert_eq!(
+        s.worker.close(Duration::from_millis(200)).await,
+        CloseOutcome::Killed
+    );
+    assert!(
+        began.elapsed() < LONG,
+        "the close waited {:?}",
+        began.elapsed()
+    );
+    assert_eq!(s.events.counts().0, 0, "a killed close emits nothing");
 }
 
 #[test]

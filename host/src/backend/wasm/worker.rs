@@ -2,12 +2,8 @@
 //! ticks, in order.
 
 use std::cmp::Reverse;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 use wasmtime::Store;
 use wasmtime::component::TypedFunc;
@@ -16,147 +12,65 @@ use super::bindings::Backend as Instance;
 use super::bindings::gatehouse::backend::types;
 use super::host::{LimitHit, SessionData};
 use super::reply::Reply;
+use crate::backend::budget::Budget;
+use crate::backend::handle::{CloseRequest, Inbox, InvokeRequest, WorkerHandle};
+use crate::backend::{
+    CloseOutcome, Command, CommandError, Fault, FaultReporter, Outcome, StartRequest,
+};
 
 /// `session.handle`, lifting its reply as a [`Reply`] so an oversized one is
 /// never copied out of the instance.
 pub(super) type HandleFunc = TypedFunc<(types::Command,), (Result<Reply, types::CommandError>,)>;
-use crate::backend::{
-    CloseOutcome, Command, CommandError, Fault, FaultReporter, Outcome, StartRequest, Worker,
-};
-
-/// Requests queued for a session's task.
-const QUEUE: usize = 64;
-
-enum Request {
-    Invoke {
-        commands: Vec<Command>,
-        timeout: Duration,
-        deadline: Option<Instant>,
-        reply: oneshot::Sender<Result<Vec<Outcome>, Fault>>,
-    },
-    Close {
-        grace: Duration,
-        reply: oneshot::Sender<CloseOutcome>,
-    },
-}
 
 /// How a session task ended.
 enum Exit {
-    /// The handle was dropped.
+    /// Every handle was dropped.
     Quiet,
     /// A command or tick faulted.
     Faulted {
-        reply: Option<oneshot::Sender<Result<Vec<Outcome>, Fault>>>,
+        reply: Option<tokio::sync::oneshot::Sender<Result<Vec<Outcome>, Fault>>>,
         fault: Fault,
     },
     /// A close request was served.
     Closed {
-        reply: oneshot::Sender<CloseOutcome>,
+        reply: tokio::sync::oneshot::Sender<CloseOutcome>,
         outcome: CloseOutcome,
     },
 }
 
-/// The handle the registry holds for a wasm session.
-pub struct WasmWorker {
-    tx: mpsc::Sender<Request>,
-    task: JoinHandle<()>,
-    fault: Arc<OnceLock<Fault>>,
-}
-
-impl WasmWorker {
-    pub(super) fn spawn(
-        store: Store<SessionData>,
-        instance: Instance,
-        handle: HandleFunc,
-        request: StartRequest,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let fault = Arc::new(OnceLock::new());
-        // A root span: the session outlives the OpenSession call that started
-        // it, so that call is linked (follows-from) rather than a parent.
-        let span = tracing::info_span!(parent: None, "session", session_id = %request.session_id, tenant = %request.tenant, backend = %request.backend);
-        span.follows_from(tracing::Span::current());
+/// Starts the task that owns a session's store and returns its handle.
+pub(super) fn spawn(
+    store: Store<SessionData>,
+    instance: Instance,
+    handle: HandleFunc,
+    request: StartRequest,
+) -> WorkerHandle {
+    // A root span: the session outlives the OpenSession call that started
+    // it, so that call is linked (follows-from) rather than a parent.
+    let span = tracing::info_span!(parent: None, "session", session_id = %request.session_id, tenant = %request.tenant, backend = %request.backend);
+    span.follows_from(tracing::Span::current());
+    let command_timeout = request.policy.command_timeout;
+    let max_reply_bytes = request.policy.max_reply_bytes;
+    let reporter = request.faults;
+    WorkerHandle::spawn(None, move |inbox| {
         let task = SessionTask {
             store,
             instance,
             handle,
-            rx,
-            fault: Arc::clone(&fault),
-            reporter: request.faults,
-            command_timeout: request.policy.command_timeout,
-            max_reply_bytes: request.policy.max_reply_bytes,
+            inbox,
+            reporter,
+            command_timeout,
+            max_reply_bytes,
         };
-        let task = tokio::spawn(task.run().instrument(span));
-        Self { tx, task, fault }
-    }
-
-    fn gone(&self) -> Fault {
-        self.fault
-            .get()
-            .cloned()
-            .unwrap_or_else(|| Fault::crashed("worker-stopped", "the session's worker has stopped"))
-    }
-}
-
-impl Drop for WasmWorker {
-    fn drop(&mut self) {
-        // Never leak an instance: dropping the handle ends the task.
-        self.task.abort();
-    }
-}
-
-#[async_trait]
-impl Worker for WasmWorker {
-    async fn invoke(
-        &self,
-        commands: Vec<Command>,
-        timeout: Duration,
-        deadline: Option<Instant>,
-    ) -> Result<Vec<Outcome>, Fault> {
-        let (reply, rx) = oneshot::channel();
-        let request = Request::Invoke {
-            commands,
-            timeout,
-            deadline,
-            reply,
-        };
-        self.tx.send(request).await.map_err(|_| self.gone())?;
-        rx.await.map_err(|_| self.gone())?
-    }
-
-    async fn close(&self, grace: Duration) -> CloseOutcome {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request::Close { grace, reply }).await.is_err() {
-            // Already stopped (faulted): nothing left to close.
-            return CloseOutcome::Graceful;
-        }
-        // A running command delays the close; past the grace period the
-        // worker is stopped wherever it is.
-        match tokio::time::timeout(grace + Duration::from_millis(50), rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => CloseOutcome::Graceful,
-            Err(_) => {
-                self.kill();
-                CloseOutcome::Killed
-            }
-        }
-    }
-
-    fn kill(&self) {
-        self.task.abort();
-    }
-
-    fn pid(&self) -> Option<u32> {
-        None
-    }
+        task.run().instrument(span)
+    })
 }
 
 struct SessionTask {
     store: Store<SessionData>,
     instance: Instance,
     handle: HandleFunc,
-    rx: mpsc::Receiver<Request>,
-    fault: Arc<OnceLock<Fault>>,
+    inbox: Inbox,
     reporter: FaultReporter,
     command_timeout: Duration,
     max_reply_bytes: usize,
@@ -191,38 +105,49 @@ impl SessionTask {
     async fn serve(&mut self) -> Exit {
         loop {
             let next_tick = self.store.data().ticks.peek().map(|Reverse(t)| *t);
+            // Invokes before closes: a close waits for the commands the
+            // registry queued before it. A running command is never
+            // interrupted by a close; past the grace the handle aborts us.
             let request = tokio::select! {
                 biased;
-                request = self.rx.recv() => request,
+                invoke = self.inbox.invokes.recv() => match invoke {
+                    Some(invoke) => Ok(invoke),
+                    None => match self.inbox.closes.recv().await {
+                        Some(close) => Err(close),
+                        None => return Exit::Quiet,
+                    },
+                },
+                close = self.inbox.closes.recv() => match close {
+                    Some(close) => Err(close),
+                    None => return Exit::Quiet,
+                },
                 _ = tokio::time::sleep_until(next_tick.unwrap_or_else(Instant::now).into()), if next_tick.is_some() => {
                     self.store.data_mut().ticks.pop();
                     if let Err(fault) = self.tick().await {
                         tracing::warn!(%fault, "session faulted in a timer tick");
-                        self.fail(fault.clone());
+                        self.inbox.fail(&fault);
                         return Exit::Faulted { reply: None, fault };
                     }
                     continue;
                 }
             };
             match request {
-                None => return Exit::Quiet,
-                Some(Request::Invoke {
+                Ok(InvokeRequest {
                     commands,
-                    timeout,
-                    deadline,
+                    budget,
                     reply,
                 }) => {
                     if reply.is_closed() {
                         // The caller gave up while the request was queued.
                         continue;
                     }
-                    match self.invoke(commands, timeout, deadline).await {
+                    match self.invoke(commands, budget).await {
                         Ok(outcomes) => {
                             let _ = reply.send(Ok(outcomes));
                         }
                         Err(fault) => {
                             tracing::warn!(%fault, "session faulted in a command");
-                            self.fail(fault.clone());
+                            self.inbox.fail(&fault);
                             return Exit::Faulted {
                                 reply: Some(reply),
                                 fault,
@@ -230,7 +155,8 @@ impl SessionTask {
                         }
                     }
                 }
-                Some(Request::Close { grace, reply }) => {
+                Err(CloseRequest { grace, reply }) => {
+                    self.inbox.stop_accepting();
                     self.arm(Instant::now() + grace);
                     let closed = self
                         .instance
@@ -255,12 +181,6 @@ impl SessionTask {
         }
     }
 
-    fn fail(&mut self, fault: Fault) {
-        let _ = self.fault.set(fault);
-        // Wake queued callers: they see the recorded fault.
-        self.rx.close();
-    }
-
     fn arm(&mut self, deadline: Instant) {
         self.store.data_mut().deadline = Some(deadline);
         self.store.set_epoch_deadline(1);
@@ -269,22 +189,12 @@ impl SessionTask {
     async fn invoke(
         &mut self,
         commands: Vec<Command>,
-        timeout: Duration,
-        deadline: Option<Instant>,
+        budget: Budget,
     ) -> Result<Vec<Outcome>, Fault> {
         let mut outcomes = Vec::with_capacity(commands.len());
         for command in commands {
-            let start = Instant::now();
-            let mut until = start + timeout;
-            if let Some(d) = deadline {
-                until = until.min(d);
-            }
-            if until <= start {
-                return Err(Fault::deadline(
-                    "the gRPC deadline passed before the command ran",
-                ));
-            }
-            self.arm(until);
+            let clock = budget.start(Instant::now())?;
+            self.arm(clock.until);
             let name = command.name.clone();
             let cmd = types::Command {
                 name: command.name,
@@ -292,31 +202,20 @@ impl SessionTask {
             };
             let result = self.handle.call_async(&mut self.store, (cmd,)).await;
             self.store.data_mut().deadline = None;
-            let too_large = |size| Outcome::ReplyTooLarge {
-                size,
-                limit: self.max_reply_bytes,
-            };
             let outcome = match result {
-                Ok((Ok(Reply::TooLarge(size)),)) => too_large(size),
-                Ok((Ok(Reply::Bytes(reply)),)) if reply.len() > self.max_reply_bytes => {
-                    too_large(reply.len())
-                }
-                Ok((Ok(Reply::Bytes(reply)),)) => Outcome::Reply(reply),
-                Ok((Err(e),)) => Outcome::Error(match e {
-                    types::CommandError::UnknownCommand(m) => CommandError::UnknownCommand(m),
-                    types::CommandError::InvalidPayload(m) => CommandError::InvalidPayload(m),
-                    types::CommandError::Failed(m) => CommandError::Failed(m),
-                }),
+                Ok((Ok(Reply::TooLarge(size)),)) => Outcome::ReplyTooLarge {
+                    size,
+                    limit: self.max_reply_bytes,
+                },
+                Ok((Ok(Reply::Bytes(reply)),)) => Outcome::reply(reply, self.max_reply_bytes),
+                Ok((Err(e),)) => Outcome::Error(e.into()),
                 Err(e) => {
-                    let mut fault = classify(&e);
-                    if fault.code == "deadline" {
-                        fault.detail = format!(
-                            "command {:?} ran past its {} ms deadline",
-                            name,
-                            until.duration_since(start).as_millis()
-                        );
-                    }
-                    return Err(fault);
+                    let fault = classify(&e);
+                    return Err(if fault.code == "deadline" {
+                        clock.overrun(&name)
+                    } else {
+                        fault
+                    });
                 }
             };
             outcomes.push(outcome);
@@ -333,6 +232,17 @@ impl SessionTask {
             .await;
         self.store.data_mut().deadline = None;
         result.map_err(|e| classify(&e))
+    }
+}
+
+/// The one mapping of the WIT command error into the host's.
+impl From<types::CommandError> for CommandError {
+    fn from(e: types::CommandError) -> Self {
+        match e {
+            types::CommandError::UnknownCommand(m) => CommandError::UnknownCommand(m),
+            types::CommandError::InvalidPayload(m) => CommandError::InvalidPayload(m),
+            types::CommandError::Failed(m) => CommandError::Failed(m),
+        }
     }
 }
 
@@ -362,9 +272,11 @@ pub(super) fn classify(error: &wasmtime::Error) -> Fault {
         };
         return Fault::crashed(code, format!("{error:?}"));
     }
-    let text = format!("{error:#}");
-    if text.contains("maximum concurrent") || text.contains("pooling") {
-        return Fault::crashed("pool-exhausted", text);
+    if error
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return Fault::crashed("pool-exhausted", format!("{error:#}"));
     }
-    Fault::crashed("trap", text)
+    Fault::crashed("trap", format!("{error:#}"))
 }

@@ -1,8 +1,8 @@
-//! Spawning worker processes so that none outlives the gateway, and reaping
-//! every one of them.
+//! Worker processes: the spawner thread that starts them so that none
+//! outlives the gateway, the set of live ones, and reaping every one.
 //!
 //! - Every worker is started by one dedicated, never-ending spawner thread
-//!   (with `clone(CLONE_VM | CLONE_VFORK)`, launch.rs, not `fork`).
+//!   (with `clone(CLONE_VM | CLONE_VFORK)`, child.rs, not `fork`).
 //!   `PR_SET_PDEATHSIG` fires when the *thread* that created the child
 //!   exits, not the process; tokio's blocking threads exit when idle, so
 //!   spawning from one of them would kill healthy workers at random.
@@ -30,34 +30,39 @@ use std::thread;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
-use super::launch::Launch;
-use super::reaper::StateDir;
-
-/// Longest worker output line kept in the gateway's log.
-const MAX_LOG_LINE: usize = 4096;
+use super::child::Launch;
+use super::state_dir::StateDir;
+use crate::backend::guest_log::{LogLimiter, MAX_LINE, log_line};
+use crate::backend::handle::Process;
 
 /// Variables a worker inherits from the gateway's environment.
 const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "RUST_LOG", "RUST_BACKTRACE"];
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The spawner thread's queue, started on first use, never stopped.
-fn spawner() -> &'static Mutex<std_mpsc::Sender<Job>> {
-    static SPAWNER: OnceLock<Mutex<std_mpsc::Sender<Job>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = std_mpsc::channel::<Job>();
-        thread::Builder::new()
-            .name("gatehouse-spawner".into())
-            .spawn(move || {
-                // Lives as long as the process: the sender is in a static.
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })
-            .expect("starting the worker spawner thread");
-        Mutex::new(tx)
-    })
+/// The spawner thread's queue: the thread starts on first use and is never
+/// stopped. A failure to start it is returned to that spawn, and the next
+/// spawn tries again.
+fn spawner() -> io::Result<std_mpsc::Sender<Job>> {
+    static SPAWNER: Mutex<Option<std_mpsc::Sender<Job>>> = Mutex::new(None);
+    let mut slot = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = slot.as_ref() {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = std_mpsc::channel::<Job>();
+    thread::Builder::new()
+        .name("gatehouse-spawner".into())
+        .spawn(move || {
+            // Lives as long as the process: the sender is in a static.
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        })
+        .map_err(|e| io::Error::other(format!("starting the worker spawner thread: {e}")))?;
+    *slot = Some(tx.clone());
+    Ok(tx)
 }
 
 /// A worker process: its pid (= its process group) and its exit.
@@ -67,9 +72,17 @@ pub struct Proc {
     pub pid: u32,
     reaped: AtomicBool,
     exit: watch::Receiver<Option<ExitStatus>>,
+    /// The session it serves, for its log lines; unset while it idles in
+    /// the warm pool.
+    session: OnceLock<Arc<str>>,
 }
 
 impl Proc {
+    /// Tags the worker's output with the session it now serves.
+    pub fn serve_session(&self, session_id: Arc<str>) {
+        let _ = self.session.set(session_id);
+    }
+
     /// Kills the worker's whole process group at once. A no-op once the
     /// worker has been reaped (its pid may belong to someone else by then).
     pub fn kill(&self) {
@@ -97,6 +110,20 @@ impl Proc {
                 return std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL);
             }
         }
+    }
+}
+
+impl Process for Proc {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn kill(&self) {
+        Proc::kill(self);
+    }
+
+    fn is_running(&self) -> bool {
+        self.exited_status().is_none()
     }
 }
 
@@ -150,6 +177,8 @@ pub struct SpawnSpec {
     pub child_end: OwnedFd,
     /// For log lines.
     pub backend: String,
+    /// The rate limit of the worker's output lines.
+    pub log: Arc<LogLimiter>,
 }
 
 /// Starts a worker from the spawner thread and sets up its reaping.
@@ -171,37 +200,42 @@ pub async fn spawn(
             recorder.record(*pid);
         });
         drop(spec.child_end);
-        if let Err(Ok(((pid, _), _))) = tx.send(result.map(|child| (child, spec.backend))) {
+        if let Err(Ok(((pid, _), _))) =
+            tx.send(result.map(|child| (child, (spec.backend, spec.log))))
+        {
             // The open was abandoned while the worker started: nobody
             // will ever wait for it, so end it here.
             end_unwatched(pid, &recorder);
         }
     });
-    spawner()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    spawner()?
         .send(job)
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-    let ((pid, output), backend) = rx
+    let ((pid, output), (backend, log)) = rx
         .await
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))??;
     // Until the waiter below owns it, a failure here must not leave the
     // child running unreaped.
     let exit = ExitWatch::new(pid).inspect_err(|_| end_unwatched(pid, &state))?;
 
-    match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
-        Ok(output) => {
-            tokio::spawn(forward_output(output, backend, pid));
-        }
-        Err(e) => tracing::warn!(pid, "the worker's output will not be logged: {e}"),
-    }
-
     let (exit_tx, exit_rx) = watch::channel(None);
     let proc = Arc::new(Proc {
         pid,
         reaped: AtomicBool::new(false),
         exit: exit_rx,
+        session: OnceLock::new(),
     });
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
+        Ok(pipe) => {
+            let output = Output {
+                proc: Arc::clone(&proc),
+                limiter: log,
+            };
+            let span = tracing::info_span!(parent: None, "worker", %backend, pid);
+            tokio::spawn(output.forward(pipe).instrument(span));
+        }
+        Err(e) => tracing::warn!(pid, "the worker's output will not be logged: {e}"),
+    }
     live.procs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -355,24 +389,36 @@ fn passed_env() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
-/// Forwards a worker's stdout and stderr to the gateway's log, a line at a
-/// time.
-async fn forward_output(out: impl AsyncRead + Unpin, backend: String, pid: u32) {
-    let mut lines = BufReader::new(out);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut lines)
-            .take(MAX_LOG_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end();
-                if !text.is_empty() {
-                    tracing::info!(target: "gatehouse::worker", %backend, pid, "{text}");
+/// Where a worker's output lines go.
+struct Output {
+    proc: Arc<Proc>,
+    limiter: Arc<LogLimiter>,
+}
+
+impl Output {
+    /// Forwards a worker's stdout and stderr to the gateway's log, a line
+    /// at a time, through the same rate-limited, session-tagged path as a
+    /// wasm guest's output. Ends at end-of-file: when the worker and
+    /// everything it started have exited.
+    async fn forward(self, out: impl AsyncRead + Unpin) {
+        let mut lines = BufReader::new(out);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut lines)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let session = self.proc.session.get().map_or("", |s| &**s);
+                    log_line(session, "worker", tracing::Level::INFO, &self.limiter, text);
                 }
             }
         }

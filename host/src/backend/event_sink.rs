@@ -1,0 +1,68 @@
+//! Where a worker's events go: the session's event log, behind the checks
+//! both kinds of worker apply to every event (its size, and the queue under
+//! the `fault` overflow policy).
+
+use std::sync::Arc;
+
+use super::Fault;
+use crate::events::{EmitError, EventLog};
+
+/// Why an event was refused; either ends the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventRefused {
+    /// The payload is over `max_event_bytes`.
+    #[error("an event of {size} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// The payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The event queue was full under the `fault` overflow policy.
+    #[error("the event queue is full")]
+    Overflow,
+}
+
+impl EventRefused {
+    /// The fault code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventRefused::TooLarge { .. } => "event-too-large",
+            EventRefused::Overflow => "event-overflow",
+        }
+    }
+
+    /// The session's fault.
+    pub fn fault(&self) -> Fault {
+        Fault::crashed(self.code(), self.to_string())
+    }
+}
+
+/// One session's event log with its size limit.
+#[derive(Clone)]
+pub struct EventSink {
+    log: Arc<EventLog>,
+    max_bytes: usize,
+}
+
+impl EventSink {
+    /// Events up to `max_bytes` of payload into `log`.
+    pub fn new(log: Arc<EventLog>, max_bytes: usize) -> Self {
+        Self { log, max_bytes }
+    }
+
+    /// Emits one event. An event after the log closed (the session is
+    /// closing) is dropped quietly: nobody can receive it.
+    pub fn emit(&self, name: String, payload: Vec<u8>) -> Result<(), EventRefused> {
+        if payload.len() > self.max_bytes {
+            return Err(EventRefused::TooLarge {
+                size: payload.len(),
+                limit: self.max_bytes,
+            });
+        }
+        match self.log.emit(name, payload) {
+            Ok(_) | Err(EmitError::Closed) => Ok(()),
+            Err(EmitError::Overflow) => Err(EventRefused::Overflow),
+        }
+    }
+}
