@@ -87,7 +87,7 @@ pub fn session_info(
         final_fault: snap
             .fault
             .as_ref()
-            .map(|f| f.code.clone())
+            .map(|f| f.code.as_str().to_string())
             .unwrap_or_default(),
         final_fault_detail: snap.fault.map(|f| f.detail).unwrap_or_default(),
         close_reason: snap

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::Fault;
+use super::{Fault, FaultCode};
 use crate::events::{EmitError, EventLog};
 
 /// Why an event was refused; either ends the session.
@@ -25,10 +25,10 @@ pub enum EventRefused {
 
 impl EventRefused {
     /// The fault code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FaultCode {
         match self {
-            EventRefused::TooLarge { .. } => "event-too-large",
-            EventRefused::Overflow => "event-overflow",
+            EventRefused::TooLarge { .. } => FaultCode::EventTooLarge,
+            EventRefused::Overflow => FaultCode::EventOverflow,
         }
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::budget::Budget;
-use super::{CloseOutcome, Command, Fault, Outcome, Worker};
+use super::{CloseOutcome, Command, Fault, FaultCode, Outcome, Worker};
 
 /// Requests queued for a worker's task.
 const QUEUE: usize = 64;
@@ -130,10 +130,9 @@ impl WorkerHandle {
     /// The recorded fault, or a generic one when the task ended without
     /// recording any.
     pub fn gone(&self) -> Fault {
-        self.fault
-            .get()
-            .cloned()
-            .unwrap_or_else(|| Fault::crashed("worker-stopped", "the session's worker has stopped"))
+        self.fault.get().cloned().unwrap_or_else(|| {
+            Fault::crashed(FaultCode::WorkerStopped, "the session's worker has stopped")
+        })
     }
 }
 

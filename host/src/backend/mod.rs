@@ -5,21 +5,22 @@
 
 pub mod budget;
 pub mod event_sink;
+pub mod fault;
 pub mod guest_log;
 pub mod handle;
 pub mod native;
 pub mod wasm;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
 use crate::config::{BackendKind, SessionPolicy};
 use crate::events::EventLog;
+
+pub use self::fault::{Fault, FaultClass, FaultCode, FaultReporter, TrapCode};
 
 /// What `ListBackends` shows about a backend.
 #[derive(Debug, Clone)]
@@ -87,57 +88,6 @@ impl Outcome {
     }
 }
 
-/// The class of a fault, which decides its gRPC status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultClass {
-    /// A command ran past its deadline.
-    Deadline,
-    /// The worker trapped, crashed, hit a limit or stopped answering.
-    Crashed,
-}
-
-/// Why a worker died. The session becomes `FAULTED` with this reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// Deadline or crash.
-    pub class: FaultClass,
-    /// A short stable code: `deadline`, `memory-limit`, `stack-overflow`,
-    /// `trap: unreachable`, `event-overflow`, ...
-    pub code: String,
-    /// A longer description for people.
-    pub detail: String,
-}
-
-impl Fault {
-    /// A command or call ran past its deadline.
-    pub fn deadline(detail: impl Into<String>) -> Self {
-        Self {
-            class: FaultClass::Deadline,
-            code: "deadline".into(),
-            detail: detail.into(),
-        }
-    }
-
-    /// The worker crashed with `code`.
-    pub fn crashed(code: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            class: FaultClass::Crashed,
-            code: code.into(),
-            detail: detail.into(),
-        }
-    }
-}
-
-impl fmt::Display for Fault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.detail.is_empty() || self.detail == self.code {
-            f.write_str(&self.code)
-        } else {
-            write!(f, "{}: {}", self.code, self.detail)
-        }
-    }
-}
-
 /// How a close ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseOutcome {
@@ -159,26 +109,6 @@ pub enum StartError {
     /// The runtime has no room for another instance.
     #[error("no capacity for another worker: {0}")]
     Exhausted(String),
-}
-
-/// Tells the registry about faults that happen outside a command (a trap in
-/// a timer tick, a crashed process).
-#[derive(Debug, Clone)]
-pub struct FaultReporter {
-    session_id: Arc<str>,
-    tx: mpsc::UnboundedSender<(Arc<str>, Fault)>,
-}
-
-impl FaultReporter {
-    /// A reporter for one session that sends to `tx`.
-    pub fn new(session_id: Arc<str>, tx: mpsc::UnboundedSender<(Arc<str>, Fault)>) -> Self {
-        Self { session_id, tx }
-    }
-
-    /// Reports a fault; a no-op once the registry has stopped listening.
-    pub fn report(&self, fault: Fault) {
-        let _ = self.tx.send((Arc::clone(&self.session_id), fault));
-    }
 }
 
 /// How far a worker's start-up has got. The registry shows each phase as

@@ -28,7 +28,7 @@ impl Drop for Rollback<'_> {
             return;
         };
         let (registry, session) = (self.registry, self.session);
-        let code = fault.code.clone();
+        let code = fault.code;
         let released = session.fault(fault, registry.clock.now());
         registry.sessions().remove(&session.id);
         if let Some(released) = released {
@@ -42,10 +42,10 @@ impl Drop for Rollback<'_> {
             .faults
             .get_or_create(&CodeLabel {
                 backend: session.backend.name.to_string(),
-                code: code.clone(),
+                code: code.as_str().into(),
             })
             .inc();
-        if code == "open-abandoned" {
+        if code == FaultCode::OpenAbandoned {
             tracing::info!(session_id = %session.id, "open abandoned by its caller; rolled back");
         }
     }
@@ -63,8 +63,8 @@ use rand::RngCore;
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Backend, BackendInfo, CloseOutcome, Command, Fault, FaultClass, FaultReporter, Outcome,
-    StartError, StartPhase, StartRequest,
+    Backend, BackendInfo, CloseOutcome, Command, Fault, FaultClass, FaultCode, FaultReporter,
+    Outcome, StartError, StartPhase, StartRequest,
 };
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
@@ -402,7 +402,7 @@ impl Registry {
             registry: self,
             session: &session,
             fault: Some(Fault::crashed(
-                "open-abandoned",
+                FaultCode::OpenAbandoned,
                 "the caller went away before the session was ready",
             )),
         };
@@ -443,7 +443,7 @@ impl Registry {
                 }
                 GatewayError::StartFailed(StartError::Failed(
                     session.snapshot().fault.unwrap_or_else(|| {
-                        Fault::crashed("worker-stopped", "the worker stopped during open")
+                        Fault::crashed(FaultCode::WorkerStopped, "the worker stopped during open")
                     }),
                 ))
             }
@@ -452,18 +452,14 @@ impl Registry {
         rollback.fault = Some(match &error {
             GatewayError::StartFailed(StartError::Failed(f)) => f.clone(),
             GatewayError::StartFailed(StartError::Refused(m)) => {
-                Fault::crashed("open-refused", m.clone())
+                Fault::crashed(FaultCode::OpenRefused, m.clone())
             }
             GatewayError::StartFailed(StartError::Exhausted(m)) => {
-                Fault::crashed("no-capacity", m.clone())
+                Fault::crashed(FaultCode::NoCapacity, m.clone())
             }
-            other => Fault::crashed("start-failed", other.to_string()),
+            other => Fault::crashed(FaultCode::StartFailed, other.to_string()),
         });
-        let code = rollback
-            .fault
-            .as_ref()
-            .map(|f| f.code.clone())
-            .unwrap_or_default();
+        let code = rollback.fault.as_ref().map_or("", |f| f.code.as_str());
         drop(rollback);
         tracing::warn!(session_id = %id, backend = %backend_name, code = %code, "session open failed: {error}");
         Err(error)
@@ -635,7 +631,10 @@ impl Registry {
         tokio::spawn(async move { this.close_session(&session, CloseReason::ClientClose).await })
             .await
             .map_err(|e| {
-                GatewayError::Faulted(Fault::crashed("internal", format!("close failed: {e}")))
+                GatewayError::Faulted(Fault::crashed(
+                    FaultCode::Internal,
+                    format!("close failed: {e}"),
+                ))
             })
     }
 
@@ -729,7 +728,7 @@ impl Registry {
             .faults
             .get_or_create(&CodeLabel {
                 backend: backend.clone(),
-                code: fault.code.clone(),
+                code: fault.code.as_str().into(),
             })
             .inc();
         self.metrics

@@ -255,14 +255,17 @@ async fn assert_rolled_back(f: &Fixture, code: &str) {
 #[tokio::test]
 async fn a_failed_start_rolls_back_everything() {
     let script = Script::default();
-    *script.fail_start.lock().unwrap() = Some(StartError::Failed(Fault::crashed("boom", "x")));
+    *script.fail_start.lock().unwrap() = Some(StartError::Failed(Fault::crashed(
+        FaultCode::WorkerFault,
+        "x",
+    )));
     let f = fixture_with(1, policy(), script);
     let err = f.registry.open(&me(), open_req()).await.unwrap_err();
     assert!(matches!(
         err,
         GatewayError::StartFailed(StartError::Failed(_))
     ));
-    assert_rolled_back(&f, "boom").await;
+    assert_rolled_back(&f, "worker-fault").await;
 }
 
 #[tokio::test]
@@ -478,7 +481,7 @@ async fn a_fault_stops_the_worker_and_frees_the_slot() {
         .unwrap_err();
     assert!(matches!(err, GatewayError::Faulted(_)));
     assert_eq!(s.state(), SessionState::Faulted);
-    assert_eq!(s.snapshot().fault.unwrap().code, "deadline");
+    assert_eq!(s.snapshot().fault.unwrap().code.as_str(), "deadline");
     assert_eq!(f.script.killed.load(Ordering::SeqCst), 1);
     assert_eq!(f.registry.open_count(), 0);
     assert_eq!(open_gauge(&f), 0);
@@ -498,7 +501,10 @@ async fn out_of_band_faults_reach_the_session() {
     let f = fixture();
     let s = f.registry.open(&me(), open_req()).await.unwrap();
     let reporter = f.script.reporters.lock().unwrap()[0].clone();
-    reporter.report(Fault::crashed("trap: unreachable", "in a tick"));
+    reporter.report(Fault::crashed(
+        FaultCode::Trap(crate::backend::TrapCode::Unreachable),
+        "in a tick",
+    ));
     for _ in 0..100 {
         if s.state() == SessionState::Faulted {
             break;
@@ -515,7 +521,7 @@ async fn a_late_fault_never_reopens_a_closed_session() {
     let s = f.registry.open(&me(), open_req()).await.unwrap();
     f.registry.close(&me(), &s.id).await.unwrap();
     let reporter = f.script.reporters.lock().unwrap()[0].clone();
-    reporter.report(Fault::crashed("late", "after close"));
+    reporter.report(Fault::crashed(FaultCode::WorkerFault, "after close"));
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -653,7 +659,7 @@ async fn tenant_quota_is_enforced_with_the_cap_and_never_leaks() {
         .unwrap()
         .last()
         .unwrap()
-        .report(Fault::crashed("boom", "x"));
+        .report(Fault::crashed(FaultCode::WorkerFault, "x"));
     for _ in 0..100 {
         if a3.state() == SessionState::Faulted {
             break;

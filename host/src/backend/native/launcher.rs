@@ -16,7 +16,7 @@ use super::session::Timing;
 use super::state_dir::StateDir;
 use super::worker::IdleWorker;
 use crate::backend::guest_log::LogLimiter;
-use crate::backend::{Fault, Progress, StartError, StartPhase};
+use crate::backend::{Fault, FaultCode, Progress, StartError, StartPhase};
 use crate::config::NativeSpec;
 
 /// Frames buffered between a worker's reader task and its session task.
@@ -72,16 +72,21 @@ impl Launcher {
         };
         let began = Instant::now();
         let until = began + self.native.startup_timeout;
-        let failed = |code: &str, detail: String| StartError::Failed(Fault::crashed(code, detail));
+        let failed =
+            |code: FaultCode, detail: String| StartError::Failed(Fault::crashed(code, detail));
 
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| failed("spawn-failed", format!("creating the socket pair: {e}")))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
+            failed(
+                FaultCode::SpawnFailed,
+                format!("creating the socket pair: {e}"),
+            )
+        })?;
         let theirs = above_stdio(OwnedFd::from(theirs))
-            .map_err(|e| failed("spawn-failed", format!("preparing the socket: {e}")))?;
+            .map_err(|e| failed(FaultCode::SpawnFailed, format!("preparing the socket: {e}")))?;
         ours.set_nonblocking(true)
-            .map_err(|e| failed("spawn-failed", e.to_string()))?;
+            .map_err(|e| failed(FaultCode::SpawnFailed, e.to_string()))?;
         let ours = tokio::net::UnixStream::from_std(ours)
-            .map_err(|e| failed("spawn-failed", e.to_string()))?;
+            .map_err(|e| failed(FaultCode::SpawnFailed, e.to_string()))?;
 
         let mut nonce = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce);
@@ -128,7 +133,7 @@ impl Launcher {
             .await
             .map_err(|e| {
                 failed(
-                    "spawn-failed",
+                    FaultCode::SpawnFailed,
                     format!("starting {:?}: {e}", self.native.command[0]),
                 )
             })?;
@@ -142,12 +147,12 @@ impl Launcher {
         let first = tokio::select! {
             biased;
             status = proc.exited() => {
-                return Err(failed("worker-exited", format!("the worker exited before its hello: {status}")));
+                return Err(failed(FaultCode::WorkerExited, format!("the worker exited before its hello: {status}")));
             }
             frame = frames.recv() => frame,
             _ = tokio::time::sleep_until(until.into()) => {
                 return Err(failed(
-                    "startup-timeout",
+                    FaultCode::StartupTimeout,
                     format!("no hello from the worker within {} ms", self.native.startup_timeout.as_millis()),
                 ));
             }
@@ -158,7 +163,7 @@ impl Launcher {
             Some(Err(e)) => return Err(StartError::Failed(e.fault())),
             None => {
                 return Err(failed(
-                    "worker-exited",
+                    FaultCode::WorkerExited,
                     "the worker closed its socket before its hello".into(),
                 ));
             }

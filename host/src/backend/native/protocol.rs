@@ -7,7 +7,7 @@
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::backend::Fault;
+use crate::backend::{Fault, FaultCode};
 pub use crate::proto::worker as pb;
 
 /// The protocol version this gateway speaks.
@@ -40,8 +40,10 @@ impl FrameError {
     /// being gone.
     pub fn fault(&self) -> Fault {
         match self {
-            FrameError::Io(e) => Fault::crashed("worker-exited", format!("worker socket: {e}")),
-            other => Fault::crashed("protocol-violation", other.to_string()),
+            FrameError::Io(e) => {
+                Fault::crashed(FaultCode::WorkerExited, format!("worker socket: {e}"))
+            }
+            other => Fault::crashed(FaultCode::ProtocolViolation, other.to_string()),
         }
     }
 }
@@ -109,26 +111,26 @@ pub fn check_hello(first: pb::FromWorker, nonce: &str) -> Result<pb::Hello, Faul
         Some(pb::from_worker::Msg::Hello(h)) => h,
         Some(other) => {
             return Err(Fault::crashed(
-                "protocol-violation",
+                FaultCode::ProtocolViolation,
                 format!("the first frame must be a hello, not {}", name(&other)),
             ));
         }
         None => {
             return Err(Fault::crashed(
-                "protocol-violation",
+                FaultCode::ProtocolViolation,
                 "the first frame must be a hello, not an empty message",
             ));
         }
     };
     if !constant_time_eq(hello.nonce.as_bytes(), nonce.as_bytes()) {
         return Err(Fault::crashed(
-            "bad-nonce",
+            FaultCode::BadNonce,
             "the worker's hello carries the wrong nonce",
         ));
     }
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(Fault::crashed(
-            "bad-version",
+            FaultCode::BadVersion,
             format!(
                 "the worker speaks protocol {}, the gateway {PROTOCOL_VERSION}",
                 hello.protocol_version
@@ -222,7 +224,7 @@ mod tests {
         assert!(
             matches!(err, FrameError::TooLarge { size, limit } if size == u32::MAX as usize && limit == 4 << 20)
         );
-        assert_eq!(err.fault().code, "protocol-violation");
+        assert_eq!(err.fault().code.as_str(), "protocol-violation");
         // One byte over the cap.
         let frame = encode(&hello("ab", 1), 1024).unwrap();
         let err = read::<pb::FromWorker, _>(&mut frame.as_slice(), frame.len() - 5)
@@ -243,7 +245,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
-        assert_eq!(err.fault().code, "protocol-violation");
+        assert_eq!(err.fault().code.as_str(), "protocol-violation");
         let short = [0, 0, 0, 9, 1, 2];
         let err = read::<pb::FromWorker, _>(&mut &short[..], 1024)
             .await
@@ -267,15 +269,21 @@ mod tests {
         assert_eq!(check_hello(hello(&nonce, 1), &nonce).unwrap().pid, 42);
         let wrong = "b".repeat(64);
         assert_eq!(
-            check_hello(hello(&wrong, 1), &nonce).unwrap_err().code,
+            check_hello(hello(&wrong, 1), &nonce)
+                .unwrap_err()
+                .code
+                .as_str(),
             "bad-nonce"
         );
         assert_eq!(
-            check_hello(hello("", 1), &nonce).unwrap_err().code,
+            check_hello(hello("", 1), &nonce).unwrap_err().code.as_str(),
             "bad-nonce"
         );
         assert_eq!(
-            check_hello(hello(&nonce, 2), &nonce).unwrap_err().code,
+            check_hello(hello(&nonce, 2), &nonce)
+                .unwrap_err()
+                .code
+                .as_str(),
             "bad-version"
         );
         let not_hello = pb::FromWorker {
@@ -284,13 +292,14 @@ mod tests {
             })),
         };
         assert_eq!(
-            check_hello(not_hello, &nonce).unwrap_err().code,
+            check_hello(not_hello, &nonce).unwrap_err().code.as_str(),
             "protocol-violation"
         );
         assert_eq!(
             check_hello(pb::FromWorker { msg: None }, &nonce)
                 .unwrap_err()
-                .code,
+                .code
+                .as_str(),
             "protocol-violation"
         );
     }

@@ -18,7 +18,7 @@ use crate::backend::budget::{Budget, CommandClock};
 use crate::backend::event_sink::EventSink;
 use crate::backend::handle::{CloseRequest, Inbox, InvokeRequest};
 use crate::backend::{
-    CloseOutcome, Command, CommandError, Fault, FaultReporter, Outcome, StartError,
+    CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome, StartError,
 };
 
 /// How long to wait for an exit status after the worker closed its socket.
@@ -164,7 +164,7 @@ impl Conversation {
                         self.finish_close();
                         return;
                     }
-                    Err(Fault::crashed("worker-exited", format!("the worker exited: {status}")))
+                    Err(Fault::crashed(FaultCode::WorkerExited, format!("the worker exited: {status}")))
                 }
                 frame = self.frames.recv(), if self.eof_at.is_none() => match frame {
                     Some(Ok(msg)) => {
@@ -255,12 +255,12 @@ impl Conversation {
         {
             Ok(Ok(())) => Ok(()),
             Ok(Err(FrameError::TooLarge { size, limit })) => Err(Fault::crashed(
-                "frame-too-large",
+                FaultCode::FrameTooLarge,
                 format!("a frame of {size} bytes is over the cap of {limit}"),
             )),
             Ok(Err(e)) => Err(e.fault()),
             Err(_) => Err(Fault::crashed(
-                "heartbeat-timeout",
+                FaultCode::HeartbeatTimeout,
                 format!(
                     "the worker stopped reading for {} ms",
                     self.timing.heartbeat_grace.as_millis()
@@ -307,13 +307,13 @@ impl Conversation {
             Phase::Ready(Some(pending)) => {
                 // The command in flight will not be answered.
                 let _ = pending.reply.send(Err(Fault::crashed(
-                    "worker-stopped",
+                    FaultCode::WorkerStopped,
                     "the session was closed while the command ran",
                 )));
             }
             Phase::Opening { reply, .. } => {
                 let _ = reply.send(Err(StartError::Failed(Fault::crashed(
-                    "worker-stopped",
+                    FaultCode::WorkerStopped,
                     "closed while opening",
                 ))));
             }
@@ -388,7 +388,7 @@ impl Conversation {
             Msg::Heartbeat(_) => Ok(()),
             Msg::Hello(_) => Err(violation("a second hello")),
             Msg::Fault(f) => Err(Fault::crashed(
-                "worker-fault",
+                FaultCode::WorkerFault,
                 format!("{}: {}", f.code, f.detail),
             )),
             Msg::Event(event) => self.on_event(event),
@@ -409,7 +409,10 @@ impl Conversation {
             if reply.send(Ok(())).is_err() {
                 // The opener went away (cancelled): nobody owns this
                 // session.
-                return Err(Fault::crashed("worker-stopped", "the open was cancelled"));
+                return Err(Fault::crashed(
+                    FaultCode::WorkerStopped,
+                    "the open was cancelled",
+                ));
             }
             return Ok(());
         }
@@ -417,7 +420,7 @@ impl Conversation {
         self.phase = Phase::Idle;
         self.proc.kill();
         self.inbox.fail(&Fault::crashed(
-            "open-refused",
+            FaultCode::OpenRefused,
             "the worker refused the session",
         ));
         Ok(())
@@ -475,14 +478,14 @@ impl Conversation {
                 return Ok(());
             }
             return Err(Fault::crashed(
-                "worker-exited",
+                FaultCode::WorkerExited,
                 "the worker closed its socket but did not exit; killed",
             ));
         }
         match &self.phase {
             Phase::Opening { until, .. } if now >= *until => {
                 return Err(Fault::crashed(
-                    "startup-timeout",
+                    FaultCode::StartupTimeout,
                     format!(
                         "the worker's open did not answer within {} ms",
                         self.attach
@@ -505,7 +508,7 @@ impl Conversation {
             if silent > self.timing.heartbeat_grace && !matches!(self.phase, Phase::Closing { .. })
             {
                 return Err(Fault::crashed(
-                    "heartbeat-timeout",
+                    FaultCode::HeartbeatTimeout,
                     format!(
                         "no frame from the worker for {} ms (grace {} ms)",
                         silent.as_millis(),
@@ -581,7 +584,10 @@ async fn recv_open(opens: &mut Option<mpsc::Receiver<OpenRequest>>) -> Option<Op
 }
 
 fn violation(what: &str) -> Fault {
-    Fault::crashed("protocol-violation", format!("the worker sent {what}"))
+    Fault::crashed(
+        FaultCode::ProtocolViolation,
+        format!("the worker sent {what}"),
+    )
 }
 
 /// The one mapping of the wire's command error into the host's.

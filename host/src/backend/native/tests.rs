@@ -80,7 +80,7 @@ async fn a_silent_worker_times_out_and_is_killed() {
             .start(request(), &|s| states.lock().unwrap().push(s))
             .await,
     );
-    assert_eq!(fault.code, "startup-timeout", "{fault}");
+    assert_eq!(fault.code.as_str(), "startup-timeout", "{fault}");
     assert!(began.elapsed() < Duration::from_secs(3));
     assert_eq!(
         *states.lock().unwrap(),
@@ -97,14 +97,14 @@ async fn a_worker_that_exits_before_its_hello_is_reported_with_its_status() {
         .load(&spec(&["sh", "-c", "exit 3"], Duration::from_secs(10)))
         .unwrap();
     let fault = failure(backend.start(request(), &|_| {}).await);
-    assert_eq!(fault.code, "worker-exited", "{fault}");
+    assert_eq!(fault.code.as_str(), "worker-exited", "{fault}");
     until_no_workers(&rt).await;
 
     let backend = rt
         .load(&spec(&["/no/such/program"], Duration::from_secs(10)))
         .unwrap();
     let fault = failure(backend.start(request(), &|_| {}).await);
-    assert_eq!(fault.code, "spawn-failed", "{fault}");
+    assert_eq!(fault.code.as_str(), "spawn-failed", "{fault}");
 }
 
 #[tokio::test]

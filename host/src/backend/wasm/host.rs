@@ -14,6 +14,7 @@ use super::bindings::gatehouse::backend::{host, types};
 use super::{
     MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLES_PER_COMPONENT,
 };
+use crate::backend::FaultCode;
 use crate::backend::event_sink::{EventRefused, EventSink};
 use crate::backend::guest_log::{LogLimiter, MAX_LINE, log_line};
 
@@ -54,13 +55,13 @@ pub enum LimitHit {
 
 impl LimitHit {
     /// The fault code for this limit.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FaultCode {
         match self {
-            LimitHit::Deadline => "deadline",
-            LimitHit::Memory { .. } => "memory-limit",
-            LimitHit::Table { .. } => "table-limit",
+            LimitHit::Deadline => FaultCode::Deadline,
+            LimitHit::Memory { .. } => FaultCode::MemoryLimit,
+            LimitHit::Table { .. } => FaultCode::TableLimit,
             LimitHit::Event(refused) => refused.code(),
-            LimitHit::TooManyTicks(_) => "too-many-ticks",
+            LimitHit::TooManyTicks(_) => FaultCode::TooManyTicks,
         }
     }
 }

@@ -40,7 +40,9 @@ use self::host::{LimitHit, Limits, SessionData};
 use self::stdio::{GuestOutput, Source};
 use super::event_sink::EventSink;
 use super::guest_log::LogLimiter;
-use super::{Backend, BackendInfo, Fault, Progress, StartError, StartPhase, StartRequest, Worker};
+use super::{
+    Backend, BackendInfo, Fault, FaultCode, Progress, StartError, StartPhase, StartRequest, Worker,
+};
 use crate::config::{BackendKind, BackendSpec, Grants, NetRule};
 
 /// The WIT interface every backend exports.
@@ -314,7 +316,7 @@ impl Backend for WasmBackend {
             };
             wasi.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
                 StartError::Failed(Fault::crashed(
-                    "preopen-failed",
+                    FaultCode::PreopenFailed,
                     format!("{}: {e:#}", p.host.display()),
                 ))
             })?;
@@ -356,7 +358,7 @@ impl Backend for WasmBackend {
             Ok(i) => i,
             Err(e) => {
                 let fault = worker::classify(&e);
-                return Err(if fault.code == "pool-exhausted" {
+                return Err(if fault.code == FaultCode::PoolExhausted {
                     StartError::Exhausted(fault.detail)
                 } else {
                     StartError::Failed(fault)

@@ -157,7 +157,7 @@ async fn a_spinning_command_hits_its_deadline() {
         .unwrap_err();
     let took = began.elapsed();
     assert_eq!(fault.class, FaultClass::Deadline);
-    assert_eq!(fault.code, "deadline");
+    assert_eq!(fault.code.as_str(), "deadline");
     assert!(took >= Duration::from_millis(100), "{took:?}");
     assert!(took < Duration::from_millis(1000), "{took:?}");
     // The worker is gone for good.
@@ -178,7 +178,7 @@ async fn the_grpc_deadline_bounds_the_command() {
         )
         .await
         .unwrap_err();
-    assert_eq!(fault.code, "deadline");
+    assert_eq!(fault.code.as_str(), "deadline");
     assert!(began.elapsed() < Duration::from_millis(1000));
 }
 
@@ -209,7 +209,7 @@ async fn traps_are_classified() {
         };
         let s = open(&rt, "chaos", policy).await.unwrap();
         let fault = call(&*s.worker, cmd, arg, LONG).await.unwrap_err();
-        assert_eq!(fault.code, code, "{cmd}: {fault}");
+        assert_eq!(fault.code.as_str(), code, "{cmd}: {fault}");
         assert_eq!(fault.class, FaultClass::Crashed);
     }
 }
@@ -224,7 +224,7 @@ async fn a_trap_in_a_tick_is_reported() {
         .unwrap()
         .unwrap();
     assert_eq!(&*id, "s1");
-    assert_eq!(fault.code, "trap: unreachable");
+    assert_eq!(fault.code.as_str(), "trap: unreachable");
 }
 
 #[tokio::test]

@@ -15,7 +15,8 @@ use super::reply::Reply;
 use crate::backend::budget::Budget;
 use crate::backend::handle::{CloseRequest, Inbox, InvokeRequest, WorkerHandle};
 use crate::backend::{
-    CloseOutcome, Command, CommandError, Fault, FaultReporter, Outcome, StartRequest,
+    CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome, StartRequest,
+    TrapCode,
 };
 
 /// `session.handle`, lifting its reply as a [`Reply`] so an oversized one is
@@ -168,7 +169,7 @@ impl SessionTask {
                         Err(e) => {
                             let fault = classify(&e);
                             tracing::debug!(%fault, "plugin close failed");
-                            if fault.code == "deadline" {
+                            if fault.code == FaultCode::Deadline {
                                 CloseOutcome::Killed
                             } else {
                                 CloseOutcome::Graceful
@@ -211,7 +212,7 @@ impl SessionTask {
                 Ok((Err(e),)) => Outcome::Error(e.into()),
                 Err(e) => {
                     let fault = classify(&e);
-                    return Err(if fault.code == "deadline" {
+                    return Err(if fault.code == FaultCode::Deadline {
                         clock.overrun(&name)
                     } else {
                         fault
@@ -257,18 +258,19 @@ pub(super) fn classify(error: &wasmtime::Error) -> Fault {
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
         use wasmtime::Trap;
         let code = match trap {
-            Trap::StackOverflow => "stack-overflow".to_string(),
+            Trap::StackOverflow => FaultCode::StackOverflow,
             Trap::Interrupt => return Fault::deadline("interrupted"),
-            Trap::UnreachableCodeReached => "trap: unreachable".to_string(),
-            Trap::MemoryOutOfBounds => "trap: memory out of bounds".to_string(),
-            Trap::IntegerDivisionByZero => "trap: integer division by zero".to_string(),
-            Trap::IndirectCallToNull => "trap: indirect call to null".to_string(),
-            Trap::BadSignature => "trap: bad signature".to_string(),
-            Trap::IntegerOverflow => "trap: integer overflow".to_string(),
-            Trap::BadConversionToInteger => "trap: bad conversion to integer".to_string(),
-            Trap::TableOutOfBounds => "trap: table out of bounds".to_string(),
-            Trap::HeapMisaligned => "trap: heap misaligned".to_string(),
-            other => format!("trap: {other}"),
+            Trap::UnreachableCodeReached => FaultCode::Trap(TrapCode::Unreachable),
+            Trap::MemoryOutOfBounds => FaultCode::Trap(TrapCode::MemoryOutOfBounds),
+            Trap::IntegerDivisionByZero => FaultCode::Trap(TrapCode::IntegerDivisionByZero),
+            Trap::IndirectCallToNull => FaultCode::Trap(TrapCode::IndirectCallToNull),
+            Trap::BadSignature => FaultCode::Trap(TrapCode::BadSignature),
+            Trap::IntegerOverflow => FaultCode::Trap(TrapCode::IntegerOverflow),
+            Trap::BadConversionToInteger => FaultCode::Trap(TrapCode::BadConversionToInteger),
+            Trap::TableOutOfBounds => FaultCode::Trap(TrapCode::TableOutOfBounds),
+            Trap::HeapMisaligned => FaultCode::Trap(TrapCode::HeapMisaligned),
+            // The detail names the trap.
+            _ => FaultCode::Trap(TrapCode::Other),
         };
         return Fault::crashed(code, format!("{error:?}"));
     }
@@ -276,7 +278,7 @@ pub(super) fn classify(error: &wasmtime::Error) -> Fault {
         .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
         .is_some()
     {
-        return Fault::crashed("pool-exhausted", format!("{error:#}"));
+        return Fault::crashed(FaultCode::PoolExhausted, format!("{error:#}"));
     }
-    Fault::crashed("trap", format!("{error:#}"))
+    Fault::crashed(FaultCode::Trap(TrapCode::Other), format!("{error:#}"))
 }
