@@ -1,4 +1,4 @@
-//! Build script: compiles the client API and native worker protos with
+//! Build script: compiles the client API proto with
 //! `protox` (no `protoc` needed) and builds the example wasm plugins for `wasm32-wasip2` so the
 //! binary can embed them.
 
@@ -78,16 +78,6 @@ fn compile_protos(root: &Path, out_dir: &Path) {
         .build_server(true)
         .compile_fds(fds)
         .expect("generating gRPC code");
-
-    // The native worker protocol: messages only, and kept out of the
-    // reflection descriptor set (it is not a client API).
-    let fds = protox::compile(["gatehouse/worker/v1/worker.proto"], [&proto_dir])
-        .unwrap_or_else(|e| panic!("compiling the worker proto: {e:?}"));
-    tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(false)
-        .compile_fds(fds)
-        .expect("generating the worker protocol code");
 }
 
 fn build_plugins(root: &Path, out_dir: &Path) {

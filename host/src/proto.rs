@@ -1,16 +1,11 @@
-//! Generated protobuf and gRPC code for `gatehouse.v1`, and the native
-//! worker protocol messages of `gatehouse.worker.v1`.
+//! Generated protobuf and gRPC code for `gatehouse.v1`. The native worker
+//! protocol's messages are in the `gatehouse-worker-protocol` crate.
 
 #![allow(missing_docs, clippy::all)]
 
 /// `gatehouse.v1`: the client API.
 pub mod v1 {
     tonic::include_proto!("gatehouse.v1");
-}
-
-/// `gatehouse.worker.v1`: the native worker protocol (messages only).
-pub mod worker {
-    tonic::include_proto!("gatehouse.worker.v1");
 }
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.

@@ -56,40 +56,15 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use gatehouse_worker_protocol::FrameError;
 use prost::Message;
 
-/// The generated messages of `gatehouse.worker.v1` (`proto/gatehouse/worker/v1/worker.proto`).
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/gatehouse.worker.v1.rs"));
-}
+/// The generated messages of `gatehouse.worker.v1`
+/// (`proto/gatehouse/worker/v1/worker.proto`), the protocol version and the
+/// environment the gateway sets for a worker: the shared wire crate.
+pub use gatehouse_worker_protocol::{PROTOCOL_VERSION, env, pb as proto};
 
 use proto::{from_worker, to_worker};
-
-/// The protocol version this SDK speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// The environment variables the gateway sets for a worker.
-pub mod env {
-    /// The number of the inherited socket descriptor.
-    pub const FD: &str = "GATEHOUSE_WORKER_FD";
-    /// The nonce to send back in the hello (64 hex digits).
-    pub const NONCE: &str = "GATEHOUSE_NONCE";
-    /// The protocol version the gateway speaks.
-    pub const PROTOCOL_VERSION: &str = "GATEHOUSE_PROTOCOL_VERSION";
-    /// The session id; empty for a pre-started (warm pool) worker, which
-    /// learns it from the open message.
-    pub const SESSION_ID: &str = "GATEHOUSE_SESSION_ID";
-    /// The backend's name.
-    pub const BACKEND: &str = "GATEHOUSE_BACKEND";
-    /// How often to heartbeat, in milliseconds.
-    pub const HEARTBEAT_INTERVAL_MS: &str = "GATEHOUSE_HEARTBEAT_INTERVAL_MS";
-    /// How long the gateway may stay silent before the worker exits, in
-    /// milliseconds.
-    pub const HEARTBEAT_GRACE_MS: &str = "GATEHOUSE_HEARTBEAT_GRACE_MS";
-    /// The largest frame either side may send, in bytes.
-    pub const MAX_FRAME_BYTES: &str = "GATEHOUSE_MAX_FRAME_BYTES";
-}
 
 /// What a session told the worker when it opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -511,17 +486,10 @@ impl Link {
 
 /// Encodes one frame: a 4-byte big-endian length, then the message.
 pub fn encode_frame<M: Message>(msg: &M, max_frame: usize) -> Result<Vec<u8>, SendError> {
-    let len = msg.encoded_len();
-    if len > max_frame || len > u32::MAX as usize {
-        return Err(SendError::TooLarge {
-            size: len,
-            limit: max_frame,
-        });
-    }
-    let mut buf = Vec::with_capacity(4 + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    msg.encode(&mut buf).expect("a Vec grows as needed");
-    Ok(buf)
+    gatehouse_worker_protocol::encode(msg, max_frame).map_err(|e| match e {
+        FrameError::TooLarge { size, limit } => SendError::TooLarge { size, limit },
+        _ => SendError::Closed,
+    })
 }
 
 /// Reads one frame, checking its length against `max_frame` before
@@ -530,29 +498,11 @@ pub fn read_frame<M: Message + Default>(
     r: &mut impl Read,
     max_frame: usize,
 ) -> io::Result<Option<M>> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max_frame {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes is over the cap of {max_frame}"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    M::decode(buf.as_slice())
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    gatehouse_worker_protocol::read(r, max_frame).map_err(|e| match e {
+        FrameError::Io(e) => e,
+        FrameError::Truncated => io::ErrorKind::UnexpectedEof.into(),
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    })
 }
 
 /// Reads frames from the gateway and hands everything but heartbeats to

@@ -160,7 +160,7 @@ impl Launcher {
         report(StartPhase::Handshaking);
         let hello = match first {
             Some(Ok(msg)) => protocol::check_hello(msg, &nonce).map_err(StartError::Failed)?,
-            Some(Err(e)) => return Err(StartError::Failed(e.fault())),
+            Some(Err(e)) => return Err(StartError::Failed(Fault::from(&e))),
             None => {
                 return Err(failed(
                     FaultCode::WorkerExited,

@@ -59,27 +59,7 @@ use super::event_sink::EventSink;
 use super::{Backend, BackendInfo, Progress, StartError, StartPhase, StartRequest, Worker};
 use crate::config::{BackendKind, BackendSpec, Runner};
 
-pub use self::protocol::PROTOCOL_VERSION;
-
-/// The environment variables a worker gets (the SDK reads them).
-pub mod env {
-    /// The number of the inherited socket descriptor.
-    pub const FD: &str = "GATEHOUSE_WORKER_FD";
-    /// The nonce the hello must carry: 64 hex digits.
-    pub const NONCE: &str = "GATEHOUSE_NONCE";
-    /// The protocol version the gateway speaks.
-    pub const PROTOCOL_VERSION: &str = "GATEHOUSE_PROTOCOL_VERSION";
-    /// The session id (empty for a warm-pool worker; the open carries it).
-    pub const SESSION_ID: &str = "GATEHOUSE_SESSION_ID";
-    /// The backend's name.
-    pub const BACKEND: &str = "GATEHOUSE_BACKEND";
-    /// The gateway's heartbeat interval, in milliseconds.
-    pub const HEARTBEAT_INTERVAL_MS: &str = "GATEHOUSE_HEARTBEAT_INTERVAL_MS";
-    /// The heartbeat grace, in milliseconds.
-    pub const HEARTBEAT_GRACE_MS: &str = "GATEHOUSE_HEARTBEAT_GRACE_MS";
-    /// The frame cap, in bytes.
-    pub const MAX_FRAME_BYTES: &str = "GATEHOUSE_MAX_FRAME_BYTES";
-}
+pub use self::protocol::{PROTOCOL_VERSION, env};
 
 /// What every native backend of a gateway shares: the state directory and
 /// the set of live workers.

@@ -1,64 +1,26 @@
-//! The worker protocol on the gateway's side: framing (4-byte big-endian
-//! length + protobuf, the cap checked before allocating) and the hello
-//! check.
-//!
-//! The schema is `proto/gatehouse/worker/v1/worker.proto`.
+//! The worker protocol on the gateway's side: async framing over the
+//! shared codec of `gatehouse-worker-protocol` (which the worker SDK uses
+//! too), and the hello check.
 
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::backend::{Fault, FaultCode};
-pub use crate::proto::worker as pb;
+pub use gatehouse_worker_protocol::{
+    FrameError, LENGTH_BYTES, PROTOCOL_VERSION, body_len, decode, encode, env, pb,
+};
 
-/// The protocol version this gateway speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// Why a frame could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The length prefix is over the cap; nothing was allocated.
-    #[error("a frame of {size} bytes is over the cap of {limit}")]
-    TooLarge {
-        /// The announced length.
-        size: usize,
-        /// The cap.
-        limit: usize,
-    },
-    /// The bytes are not a message of the protocol.
-    #[error("a frame that does not decode: {0}")]
-    Decode(String),
-    /// The stream ended inside a frame.
-    #[error("the stream ended inside a frame")]
-    Truncated,
-    /// The socket failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl FrameError {
-    /// The fault this error makes: a protocol violation, or the worker
-    /// being gone.
-    pub fn fault(&self) -> Fault {
-        match self {
+/// The fault a frame error makes: a protocol violation, or the worker
+/// being gone.
+impl From<&FrameError> for Fault {
+    fn from(e: &FrameError) -> Self {
+        match e {
             FrameError::Io(e) => {
                 Fault::crashed(FaultCode::WorkerExited, format!("worker socket: {e}"))
             }
             other => Fault::crashed(FaultCode::ProtocolViolation, other.to_string()),
         }
     }
-}
-
-/// Encodes one frame.
-pub fn encode<M: Message>(msg: &M, limit: usize) -> Result<Vec<u8>, FrameError> {
-    let size = msg.encoded_len();
-    if size > limit || size > u32::MAX as usize {
-        return Err(FrameError::TooLarge { size, limit });
-    }
-    let mut buf = Vec::with_capacity(4 + size);
-    buf.extend_from_slice(&(size as u32).to_be_bytes());
-    msg.encode(&mut buf)
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
-    Ok(buf)
 }
 
 /// Writes one frame.
@@ -81,27 +43,21 @@ pub async fn read<M: Message + Default, R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
 ) -> Result<Option<M>, FrameError> {
-    let mut len = [0u8; 4];
+    let mut prefix = [0u8; LENGTH_BYTES];
     let mut got = 0;
-    while got < len.len() {
-        match r.read(&mut len[got..]).await? {
+    while got < prefix.len() {
+        match r.read(&mut prefix[got..]).await? {
             0 if got == 0 => return Ok(None),
             0 => return Err(FrameError::Truncated),
             n => got += n,
         }
     }
-    let size = u32::from_be_bytes(len) as usize;
-    if size > limit {
-        return Err(FrameError::TooLarge { size, limit });
-    }
-    let mut buf = vec![0u8; size];
-    r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+    let mut body = vec![0u8; body_len(prefix, limit)?];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
         _ => FrameError::Io(e),
     })?;
-    M::decode(buf.as_slice())
-        .map(Some)
-        .map_err(|e| FrameError::Decode(e.to_string()))
+    decode(&body).map(Some)
 }
 
 /// Checks a worker's first frame: it must be a hello with our nonce and
@@ -224,7 +180,7 @@ mod tests {
         assert!(
             matches!(err, FrameError::TooLarge { size, limit } if size == u32::MAX as usize && limit == 4 << 20)
         );
-        assert_eq!(err.fault().code.as_str(), "protocol-violation");
+        assert_eq!(Fault::from(&err).code.as_str(), "protocol-violation");
         // One byte over the cap.
         let frame = encode(&hello("ab", 1), 1024).unwrap();
         let err = read::<pb::FromWorker, _>(&mut frame.as_slice(), frame.len() - 5)
@@ -245,7 +201,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
-        assert_eq!(err.fault().code.as_str(), "protocol-violation");
+        assert_eq!(Fault::from(&err).code.as_str(), "protocol-violation");
         let short = [0, 0, 0, 9, 1, 2];
         let err = read::<pb::FromWorker, _>(&mut &short[..], 1024)
             .await

@@ -171,7 +171,7 @@ impl Conversation {
                         self.last_heard = Instant::now();
                         self.on_frame(msg)
                     }
-                    Some(Err(e)) => Err(e.fault()),
+                    Some(Err(e)) => Err(Fault::from(&e)),
                     None => {
                         self.eof_at = Some(Instant::now());
                         Ok(())
@@ -258,7 +258,7 @@ impl Conversation {
                 FaultCode::FrameTooLarge,
                 format!("a frame of {size} bytes is over the cap of {limit}"),
             )),
-            Ok(Err(e)) => Err(e.fault()),
+            Ok(Err(e)) => Err(Fault::from(&e)),
             Err(_) => Err(Fault::crashed(
                 FaultCode::HeartbeatTimeout,
                 format!(
