@@ -3,11 +3,11 @@
 use gatehouse::proto::v1 as pb;
 use pb::command_error::Kind;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 #[tokio::test]
 async fn every_session_has_its_own_instance() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let a = open(&mut c, "echo").await;
     let b = open(&mut c, "echo").await;
@@ -24,7 +24,7 @@ async fn every_session_has_its_own_instance() {
 
 #[tokio::test]
 async fn kv_put_get_list_delete() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "kv").await;
     let id = s.session_id.as_str();
@@ -67,7 +67,7 @@ async fn kv_put_get_list_delete() {
 
 #[tokio::test]
 async fn kv_missing_key_is_a_failed_command_error() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "kv").await;
     for (name, payload) in [
@@ -92,7 +92,7 @@ async fn kv_missing_key_is_a_failed_command_error() {
 
 #[tokio::test]
 async fn kv_bad_json_is_invalid_payload() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "kv").await;
     for (name, payload) in [
