@@ -9,10 +9,12 @@ pub mod v1 {
 }
 
 /// `gatehouse.worker.v1`: the native worker protocol (messages only).
+#[cfg(feature = "server")]
 pub mod worker {
     tonic::include_proto!("gatehouse.worker.v1");
 }
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.
+#[cfg(feature = "server")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/gatehouse_descriptor.bin"));
