@@ -1,6 +1,8 @@
-//! Build script: compiles the client API proto with
-//! `protox` (no `protoc` needed) and builds the example wasm plugins for `wasm32-wasip2` so the
-//! binary can embed them.
+//! Build script: compiles the client API proto with `protox` (no `protoc`
+//! needed) and builds the example wasm plugins for `wasm32-wasip2` so the
+//! binary can embed them. Without the `server` feature only the client API
+//! is compiled: the client library needs no plugins or reflection
+//! descriptors.
 
 use std::env;
 use std::fs;
@@ -26,9 +28,12 @@ fn main() {
         .expect("host/ has a parent")
         .to_path_buf();
 
-    compile_protos(&root, &out_dir);
-    build_plugins(&root, &out_dir);
-    pack_relocations(&out_dir);
+    let server = env::var_os("CARGO_FEATURE_SERVER").is_some();
+    compile_protos(&root, &out_dir, server);
+    if server {
+        build_plugins(&root, &out_dir);
+        pack_relocations(&out_dir);
+    }
 }
 
 /// Links the binaries with packed relative relocations (DT_RELR) where the
@@ -62,22 +67,27 @@ fn pack_relocations(out_dir: &Path) {
     }
 }
 
-fn compile_protos(root: &Path, out_dir: &Path) {
+fn compile_protos(root: &Path, out_dir: &Path, server: bool) {
     let proto_dir = root.join("proto");
     println!("cargo:rerun-if-changed={}", proto_dir.display());
     let fds = protox::compile(["gatehouse/v1/gateway.proto"], [&proto_dir])
         .unwrap_or_else(|e| panic!("compiling protos: {e:?}"));
-    // The descriptor set also feeds gRPC server reflection.
+    // The server stubs are generated either way: they need nothing but
+    // tonic, and the client's own tests serve a fake gateway with them.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds.clone())
+        .expect("generating gRPC code");
+    if !server {
+        return;
+    }
+    // The descriptor set feeds gRPC server reflection.
     fs::write(
         out_dir.join("gatehouse_descriptor.bin"),
         fds.encode_to_vec(),
     )
     .expect("writing descriptor set");
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)
-        .expect("generating gRPC code");
 }
 
 fn build_plugins(root: &Path, out_dir: &Path) {

@@ -14,25 +14,44 @@
 //! everything, and [`server`] wires the pieces together for `gatehouse
 //! serve`. [`client`] is the Rust client library the `gatehouse` CLI
 //! ([`cli`]) is built on.
+//!
+//! Everything but [`client`] and [`proto`] is behind the default `server`
+//! feature: a program that only talks to a gateway depends on this crate
+//! with `default-features = false` and compiles no wasmtime.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
 pub mod backend;
+#[cfg(feature = "server")]
 pub mod builtin;
+#[cfg(feature = "server")]
 pub mod cli;
 pub mod client;
+#[cfg(feature = "server")]
 pub mod clock;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod events;
+#[cfg(feature = "server")]
 pub mod health;
+#[cfg(feature = "server")]
 pub mod keys;
+#[cfg(feature = "server")]
 pub mod loadgen;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod registry;
+#[cfg(feature = "server")]
 pub mod scaffold;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod telemetry;
 
 /// A `Duration` as a protobuf `Duration`.

@@ -9,5 +9,6 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.
+#[cfg(feature = "server")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/gatehouse_descriptor.bin"));

@@ -6,13 +6,13 @@
 use gatehouse::proto::v1 as pb;
 use serde_json::Value;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 /// Runs `gatehouse [--json] bench ARGS` against `gw`; returns its stdout.
-async fn run_bench(gw: &Gateway, json: bool, args: &[&str]) -> Vec<u8> {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+async fn run_bench(gw: &Gatehouse, json: bool, args: &[&str]) -> Vec<u8> {
+    let run = tokio::process::Command::new(BIN)
         .arg("--addr")
-        .arg(format!("http://{}", gw.grpc))
+        .arg(gw.url())
         .args(json.then_some("--json"))
         .arg("bench")
         .args(args)
@@ -31,7 +31,7 @@ async fn run_bench(gw: &Gateway, json: bool, args: &[&str]) -> Vec<u8> {
 }
 
 /// Runs `gatehouse --json bench ARGS` against `gw` and returns the report.
-async fn bench(gw: &Gateway, args: &[&str]) -> Value {
+async fn bench(gw: &Gatehouse, args: &[&str]) -> Value {
     let out = run_bench(gw, true, args).await;
     serde_json::from_slice(&out).unwrap_or_else(|e| {
         panic!(
@@ -46,7 +46,7 @@ fn n(v: &Value) -> u64 {
 }
 
 /// No session of the run is left READY in the gateway.
-async fn nothing_left_open(gw: &Gateway) {
+async fn nothing_left_open(gw: &Gatehouse) {
     let mut c = gw.client().await;
     let open: Vec<_> = list(&mut c)
         .await
@@ -58,7 +58,7 @@ async fn nothing_left_open(gw: &Gateway) {
 
 #[tokio::test]
 async fn every_mode_runs_to_its_count_and_accounts_for_its_sessions() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     // (mode, extra flags, fewest and most sessions the run may create:
     // in churn mode each user closes its last, partly used session at the
     // end, so 40 commands over 4 users make 8 to 11 sessions.)
@@ -107,7 +107,7 @@ async fn a_session_that_ends_mid_run_is_replaced_and_counted() {
     // (Toml::new() sweeps every 50 ms.)
     let config =
         Toml::new().backend_with("echo", "builtin:echo", &[], &["max_lifetime = \"300ms\""]);
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let report = bench(&gw, &["--mode", "reuse", "--duration", "2s"]).await;
     let reconnects = n(&report["sessions"]["reconnects"]);
     assert!(reconnects >= 2, "{report}");
@@ -132,7 +132,7 @@ async fn a_session_that_ends_mid_run_is_replaced_and_counted() {
 
 #[tokio::test]
 async fn a_pool_that_cannot_open_ends_with_its_errors() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let report = bench(
         &gw,
         &[
@@ -155,7 +155,7 @@ async fn a_pool_that_cannot_open_ends_with_its_errors() {
 
 #[tokio::test]
 async fn the_text_report_names_every_figure() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let out = run_bench(
         &gw,
         false,

@@ -8,7 +8,7 @@ use gatehouse::proto::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 fn capped(max: usize) -> Toml {
     Toml::standard().server(&format!("max_sessions = {max}"))
@@ -22,7 +22,7 @@ fn fail_open_request() -> pb::OpenSessionRequest {
 
 #[tokio::test]
 async fn cap_is_refused_at_once_with_retry_info_and_freed_by_close() {
-    let gw = Gateway::start(capped(2).render()).await;
+    let gw = Gatehouse::start(capped(2).render()).await;
     let mut c = gw.client().await;
     let a = open(&mut c, "echo").await;
     let _b = open(&mut c, "kv").await;
@@ -60,7 +60,7 @@ async fn cap_is_refused_at_once_with_retry_info_and_freed_by_close() {
 
 #[tokio::test]
 async fn failed_open_is_failed_precondition_and_leaks_nothing() {
-    let gw = Gateway::start(capped(2).render()).await;
+    let gw = Gatehouse::start(capped(2).render()).await;
     let mut c = gw.client().await;
     for _ in 0..3 {
         let st = expect_code(
@@ -98,7 +98,7 @@ async fn failed_open_is_failed_precondition_and_leaks_nothing() {
 
 #[tokio::test]
 async fn faulted_sessions_do_not_hold_slots() {
-    let gw = Gateway::start(capped(2).render()).await;
+    let gw = Gatehouse::start(capped(2).render()).await;
     let mut c = gw.client().await;
     let a = open(&mut c, "chaos").await;
     let b = open(&mut c, "chaos").await;
@@ -133,7 +133,7 @@ async fn faulted_sessions_do_not_hold_slots() {
 
 #[tokio::test]
 async fn gauges_return_to_baseline_and_counters_move() {
-    let gw = Gateway::start(capped(8).render()).await;
+    let gw = Gatehouse::start(capped(8).render()).await;
     let mut c = gw.client().await;
     let text = gw.metrics().await;
     assert_eq!(metric_sum(&text, "gatehouse_open_sessions", &[]), 0.0);
@@ -255,7 +255,7 @@ async fn gauges_return_to_baseline_and_counters_move() {
 
 #[tokio::test]
 async fn a_freed_slot_can_be_reused_at_once() {
-    let gw = Gateway::start(capped(1).render()).await;
+    let gw = Gatehouse::start(capped(1).render()).await;
     let mut c = gw.client().await;
     for round in 0..100 {
         let s = open(&mut c, "chaos").await;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use gatehouse::proto::v1 as pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 fn summary(e: &pb::Event) -> (u64, String, String) {
     (
@@ -24,7 +24,7 @@ fn ticks(seqs: std::ops::RangeInclusive<u64>, payloads: &[&str]) -> Vec<(u64, St
 
 #[tokio::test]
 async fn events_emitted_before_subscribing_are_delivered_in_order() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let before = SystemTime::now() - Duration::from_secs(1);
@@ -53,7 +53,7 @@ async fn events_emitted_before_subscribing_are_delivered_in_order() {
 
 #[tokio::test]
 async fn timer_ticks_deliver_events_while_the_client_only_listens() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let mut events = subscribe(&mut c, &s.session_id, None)
@@ -74,7 +74,7 @@ async fn timer_ticks_deliver_events_while_the_client_only_listens() {
 
 #[tokio::test]
 async fn resume_replays_from_the_buffer() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let id = s.session_id.as_str();
@@ -105,7 +105,7 @@ async fn resume_replays_from_the_buffer() {
 #[tokio::test]
 async fn resume_beyond_the_replay_buffer_reports_the_gap() {
     let config = Toml::new().backend_with("echo", "builtin:echo", &[], &["replay_buffer = 3"]);
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let id = s.session_id.as_str();
@@ -124,7 +124,7 @@ async fn resume_beyond_the_replay_buffer_reports_the_gap() {
 
 #[tokio::test]
 async fn a_stream_ends_when_its_session_is_closed() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let mut events = subscribe(&mut c, &s.session_id, None)
@@ -152,7 +152,7 @@ async fn a_stream_ends_when_its_session_is_closed() {
 
 #[tokio::test]
 async fn a_stream_ends_when_its_session_faults() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let mut events = subscribe(&mut c, &s.session_id, None)
@@ -171,7 +171,7 @@ async fn a_stream_ends_when_its_session_faults() {
 #[tokio::test]
 async fn drop_oldest_overflow_reports_the_gap() {
     let config = Toml::new().backend_with("chaos", "builtin:chaos", &[], &["event_queue = 4"]);
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     assert_eq!(invoke_ok(&mut c, &s.session_id, "flood", b"10").await, "10");
@@ -210,7 +210,7 @@ async fn fault_overflow_faults_the_session() {
         &[],
         &["event_queue = 4", "event_overflow = \"fault\""],
     );
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     assert_eq!(invoke_ok(&mut c, &s.session_id, "flood", b"4").await, "4");

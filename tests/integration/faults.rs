@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use gatehouse::proto::v1 as pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 /// Asserts the session is FAULTED with a fault code accepted by `code_ok`,
 /// and that commands are refused with FAILED_PRECONDITION.
@@ -57,7 +57,7 @@ async fn assert_close_after_fault(c: &mut Client, id: &str) {
 
 #[tokio::test]
 async fn spin_past_the_command_timeout_is_deadline_exceeded() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     assert_eq!(
@@ -95,7 +95,7 @@ async fn spin_past_the_command_timeout_is_deadline_exceeded() {
 
 #[tokio::test]
 async fn busy_within_the_timeout_is_fine() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     assert_eq!(invoke_ok(&mut c, &s.session_id, "busy", b"50").await, "50");
@@ -119,8 +119,8 @@ async fn open_patient_chaos(c: &mut Client) -> pb::SessionInfo {
 }
 
 /// Waits for the session to fault and checks it faulted for `deadline`.
-async fn assert_faults_for_deadline(gw: &Gateway, c: &Client, id: &str) {
-    let info = eventually("the session to fault", || {
+async fn assert_faults_for_deadline(gw: &Gatehouse, c: &Client, id: &str) {
+    let info = eventually("the session to fault", PATIENCE, || {
         let mut c = c.clone();
         let id = id.to_string();
         async move {
@@ -138,11 +138,11 @@ async fn assert_faults_for_deadline(gw: &Gateway, c: &Client, id: &str) {
 
 #[tokio::test]
 async fn grpc_deadline_shorter_than_the_command_timeout_is_deadline_exceeded() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open_patient_chaos(&mut c).await;
     // A client that leaves the deadline to the server.
-    let mut raw = gw.raw_client();
+    let mut raw = gw.wire_client();
     let mut request = tonic::Request::new(invoke_request(&s.session_id, "spin", b""));
     request.set_timeout(Duration::from_millis(500));
     let began = Instant::now();
@@ -159,7 +159,7 @@ async fn grpc_deadline_shorter_than_the_command_timeout_is_deadline_exceeded() {
 
 #[tokio::test]
 async fn grpc_deadline_stops_the_worker_at_the_deadline() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open_patient_chaos(&mut c).await;
     // Through an ordinary tonic channel, which gives up by itself when the
@@ -190,7 +190,7 @@ async fn grpc_deadline_stops_the_worker_at_the_deadline() {
 
 #[tokio::test]
 async fn trap_is_aborted_and_faults_the_session() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let bystander = open(&mut c, "chaos").await;
@@ -209,7 +209,7 @@ async fn trap_is_aborted_and_faults_the_session() {
 
 #[tokio::test]
 async fn panic_is_aborted_and_faults_the_session() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     expect_code(
@@ -222,7 +222,7 @@ async fn panic_is_aborted_and_faults_the_session() {
 
 #[tokio::test]
 async fn fault_inside_a_batch_fails_the_whole_call() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let r = c
@@ -237,14 +237,14 @@ async fn fault_inside_a_batch_fails_the_whole_call() {
 
 #[tokio::test]
 async fn trap_in_a_timer_tick_faults_the_session_by_itself() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let r = try_invoke(&mut c, &s.session_id, "tick-trap", b"50")
         .await
         .expect("tick-trap itself succeeds");
     assert!(r.error.is_none(), "{r:?}");
-    let info = eventually("the session to fault in its tick", || {
+    let info = eventually("the session to fault in its tick", PATIENCE, || {
         let mut c = c.clone();
         let id = s.session_id.clone();
         async move {
@@ -273,7 +273,7 @@ fn slow_close_config() -> Toml {
 
 #[tokio::test]
 async fn closing_a_busy_session_stops_its_worker() {
-    let gw = Gateway::start(slow_close_config().render()).await;
+    let gw = Gatehouse::start(slow_close_config().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let spinning = start_spin(&c, &s).await;
@@ -299,7 +299,7 @@ async fn closing_a_busy_session_stops_its_worker() {
 
 #[tokio::test]
 async fn a_worker_killed_at_close_timeout_is_counted() {
-    let gw = Gateway::start(slow_close_config().render()).await;
+    let gw = Gatehouse::start(slow_close_config().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let spinning = start_spin(&c, &s).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use gatehouse::proto::v1 as pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 /// The lease of a session left alone to expire.
 const LEASE: Duration = Duration::from_millis(300);
@@ -29,7 +29,7 @@ fn with_lease(backend: &str, lease: Duration) -> pb::OpenSessionRequest {
 
 /// Polls ListSessions until the session has left READY; returns it.
 async fn wait_until_ended(c: &Client, id: &str) -> pb::SessionInfo {
-    eventually("the session to end", || {
+    eventually("the session to end", PATIENCE, || {
         let mut c = c.clone();
         let id = id.to_string();
         async move {
@@ -66,7 +66,7 @@ where
 
 #[tokio::test]
 async fn an_unrenewed_lease_expires() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let opened = Instant::now();
     let s = open_with(&mut c, with_lease("echo", LEASE)).await;
@@ -105,7 +105,7 @@ async fn an_unrenewed_lease_expires() {
 
 #[tokio::test]
 async fn renew_lease_keeps_a_session_alive() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open_with(&mut c, with_lease("echo", KEPT_LEASE)).await;
     let id = s.session_id.clone();
@@ -130,7 +130,7 @@ async fn renew_lease_keeps_a_session_alive() {
 
 #[tokio::test]
 async fn invoking_keeps_a_session_alive() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open_with(&mut c, with_lease("echo", KEPT_LEASE)).await;
     let id = s.session_id.clone();
@@ -148,7 +148,7 @@ async fn invoking_keeps_a_session_alive() {
 
 #[tokio::test]
 async fn an_attached_stream_keeps_the_lease_alive() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open_with(&mut c, with_lease("echo", KEPT_LEASE)).await;
     let id = s.session_id.clone();
@@ -178,7 +178,7 @@ async fn an_attached_stream_keeps_the_lease_alive() {
 async fn idle_timeout_closes_even_with_an_attached_stream() {
     let config =
         Toml::new().backend_with("echo", "builtin:echo", &[], &["idle_timeout = \"700ms\""]);
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open_with(&mut c, with_lease("echo", LEASE)).await;
     let opened = Instant::now();
@@ -210,7 +210,7 @@ async fn idle_timeout_closes_even_with_an_attached_stream() {
 async fn idle_timeout_is_reset_by_calls() {
     let config =
         Toml::new().backend_with("echo", "builtin:echo", &[], &["idle_timeout = \"600ms\""]);
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let id = s.session_id.clone();
@@ -231,25 +231,29 @@ async fn idle_timeout_is_reset_by_calls() {
 async fn max_lifetime_closes_even_while_the_client_is_busy() {
     let config =
         Toml::new().backend_with("echo", "builtin:echo", &[], &["max_lifetime = \"800ms\""]);
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let opened = Instant::now();
     let s = open(&mut c, "echo").await;
     let id = s.session_id.clone();
-    let status = eventually("the session to reach its maximum lifetime", || {
-        let mut c = c.clone();
-        let id = id.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            match try_invoke(&mut c, &id, "count", b"").await {
-                Ok(r) => {
-                    assert!(r.error.is_none());
-                    None
+    let status = eventually(
+        "the session to reach its maximum lifetime",
+        PATIENCE,
+        || {
+            let mut c = c.clone();
+            let id = id.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                match try_invoke(&mut c, &id, "count", b"").await {
+                    Ok(r) => {
+                        assert!(r.error.is_none());
+                        None
+                    }
+                    Err(st) => Some(st),
                 }
-                Err(st) => Some(st),
             }
-        }
-    })
+        },
+    )
     .await;
     let took = opened.elapsed();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");

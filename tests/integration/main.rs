@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo test --test integration`.
 
-mod harness;
+mod fixtures;
 
 mod bench;
 mod cap;

@@ -2,203 +2,19 @@
 //! health transitions, reflection, metrics baselines, per-RPC log lines,
 //! completions and help, and the Python client.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gatehouse::client::{Gateway, OpenOptions, ResumePolicy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-
-// ---- a small private harness --------------------------------------------------
-
-/// A running `gatehouse serve`, killed on drop.
-struct Gatehouse {
-    child: Child,
-    grpc: SocketAddr,
-    metrics: Option<SocketAddr>,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-struct Start<'a> {
-    config: &'a str,
-    args: Vec<String>,
-    env: Vec<(&'a str, &'a str)>,
-    files: Vec<(&'a str, Vec<u8>)>,
-}
-
-impl<'a> Start<'a> {
-    fn new(config: &'a str) -> Self {
-        Self {
-            config,
-            args: vec![
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--metrics-listen".into(),
-                "127.0.0.1:0".into(),
-            ],
-            env: vec![],
-            files: vec![],
-        }
-    }
-
-    fn args(mut self, args: &[&str]) -> Self {
-        self.args = args.iter().map(|s| s.to_string()).collect();
-        self
-    }
-
-    fn env(mut self, key: &'a str, value: &'a str) -> Self {
-        self.env.push((key, value));
-        self
-    }
-
-    fn file(mut self, name: &'a str, bytes: Vec<u8>) -> Self {
-        self.files.push((name, bytes));
-        self
-    }
-
-    /// Starts the process without waiting for it to be ready.
-    fn spawn(self) -> (Child, PathBuf, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, bytes) in &self.files {
-            std::fs::write(dir.path().join(name), bytes).unwrap();
-        }
-        let config = dir.path().join("gatehouse.toml");
-        std::fs::write(&config, self.config).unwrap();
-        let stderr = dir.path().join("stderr.log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(&self.args)
-            .env_remove("RUST_LOG")
-            .env_remove("GATEHOUSE_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        (cmd.spawn().unwrap(), stderr, dir)
-    }
-
-    /// Starts the process and waits for its `gatehouse listening` line.
-    fn start(self) -> Gatehouse {
-        let (mut child, stderr, dir) = self.spawn();
-        let line = ready_line(&mut child, &stderr);
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .map(|a| a.parse().unwrap())
-        };
-        Gatehouse {
-            grpc: field("grpc=").expect("grpc address"),
-            metrics: field("metrics="),
-            child,
-            stderr,
-            _dir: dir,
-        }
-    }
-}
-
-/// The stdout line a ready gateway prints, within a minute.
-fn ready_line(child: &mut Child, stderr: &Path) -> String {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(line) if line.starts_with("gatehouse listening") => line,
-        other => panic!(
-            "gateway did not start: {other:?}\n{}",
-            std::fs::read_to_string(stderr).unwrap_or_default()
-        ),
-    }
-}
-
-impl Gatehouse {
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    async fn client(&self) -> Gateway {
-        Gateway::connect(self.url()).await.unwrap()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    async fn metrics(&self) -> String {
-        http_get(self.metrics.unwrap(), "/metrics").await.unwrap().1
-    }
-}
-
-impl Drop for Gatehouse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Polls `check` until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: gatehouse\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
+use crate::fixtures::*;
 
 /// A free loopback port (bound, then released).
 fn free_port() -> SocketAddr {
@@ -208,13 +24,6 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// A metric's value, `0` when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 // ---- the client resumes event streams --------------------------------------
 
 /// A server-side stream cancel: `max_event_stream_age` makes the gateway end
@@ -222,8 +31,8 @@ fn metric(text: &str, series: &str) -> f64 {
 /// on. The client resumes each time after the last sequence it saw.
 #[tokio::test]
 async fn client_events_resume_across_server_side_stream_ends() {
-    let gh = Start::new("[server]\nmax_event_stream_age = \"300ms\"\n").start();
-    let gateway = gh.client().await;
+    let gh = Gatehouse::start("[server]\nmax_event_stream_age = \"300ms\"\n").await;
+    let gateway = gh.connect().await;
     let session = gateway.open("echo").await.unwrap();
     // 30 ticks, 50 ms apart: about 1.5 s, so the stream is cut several times.
     session.invoke("ticks", "50,30").await.unwrap();
@@ -255,7 +64,7 @@ async fn client_events_resume_across_server_side_stream_ends() {
 /// gone, so the resume is accepted (at first perhaps after ALREADY_EXISTS).
 #[tokio::test]
 async fn client_events_resume_after_a_dropped_connection() {
-    let gh = Start::new("").start();
+    let gh = Gatehouse::start("").await;
     let proxy = Proxy::start(gh.grpc).await;
     let gateway = Gateway::connect(format!("http://{}", proxy.addr))
         .await
@@ -392,7 +201,6 @@ async fn health_goes_starting_serving_draining() {
          [[backends]]\nname = \"chaos\"\nmodule = \"builtin:chaos\"\n\
          [backends.sessions]\ncommand_timeout = \"60s\"\nclose_timeout = \"4s\"\n",
     );
-    let mut start = Start::new("");
     let components: Vec<(String, Vec<u8>)> = (0..6)
         .map(|i| (format!("echo{i}.wasm"), distinct_echo(i)))
         .collect();
@@ -402,18 +210,12 @@ async fn health_goes_starting_serving_draining() {
             file.trim_end_matches(".wasm")
         ));
     }
-    for (file, bytes) in &components {
-        start = start.file(file, bytes.clone());
-    }
     let (grpc, http) = (free_port(), free_port());
-    start.config = &config;
-    let start = start.args(&[
-        "--listen",
-        &grpc.to_string(),
-        "--metrics-listen",
-        &http.to_string(),
-    ]);
-    let (mut child, stderr, _dir) = start.spawn();
+    let mut start = Gatehouse::builder(config).listen(grpc).metrics_listen(http);
+    for (file, bytes) in components {
+        start = start.file(file, bytes);
+    }
+    let starting = start.spawn();
 
     // Starting: both ports answer before the backends are loaded.
     let (code, body) = eventually("/readyz to answer", Duration::from_secs(30), || async {
@@ -434,7 +236,7 @@ async fn health_goes_starting_serving_draining() {
     );
 
     // Serving, from the ready line on.
-    ready_line(&mut child, &stderr);
+    let mut gh = starting.ready().await;
     assert_eq!(http_get(http, "/readyz").await.unwrap().0, 200);
     assert_eq!(grpc_health(grpc, "").await.unwrap(), SERVING);
     assert_eq!(
@@ -462,7 +264,7 @@ async fn health_goes_starting_serving_draining() {
     assert!(!spinning.is_finished());
 
     // Draining: NOT_SERVING and 503 while the session is being closed.
-    sigterm(&child);
+    gh.sigterm();
     eventually(
         "NOT_SERVING while draining",
         Duration::from_secs(3),
@@ -481,19 +283,15 @@ async fn health_goes_starting_serving_draining() {
         Some(Code::Unavailable)
     );
     assert!(
-        child.try_wait().unwrap().is_none(),
+        gh.exit_status().is_none(),
         "the gateway should still be draining"
     );
 
     // Then it kills the stuck worker and exits cleanly.
-    let status = eventually("the gateway to exit", Duration::from_secs(30), || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status = gh.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
     assert!(spinning.await.unwrap().is_err());
-    let log = std::fs::read_to_string(&stderr).unwrap();
+    let log = gh.stderr();
     let drain = log.find("shutting down: draining sessions").unwrap();
     let closed = log.find("reason=gateway-shutdown").unwrap();
     assert!(drain < closed, "{log}");
@@ -508,7 +306,7 @@ async fn reflection_lists_the_gateway_service() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
-    let gh = Start::new("").start();
+    let gh = Gatehouse::start("").await;
     let channel = Channel::from_shared(gh.url())
         .unwrap()
         .connect()
@@ -556,15 +354,18 @@ async fn reflection_lists_the_gateway_service() {
 /// lease) leaves every gauge at its baseline and the counters balanced.
 #[tokio::test]
 async fn metrics_return_to_baseline_after_a_burst_of_sessions() {
-    let gh = Start::new("[server]\nsweep_interval = \"100ms\"\n").start();
-    let open = r#"gatehouse_open_sessions{backend="echo"}"#;
-    let opened = r#"gatehouse_sessions_opened_total{backend="echo"}"#;
-    let by_client = r#"gatehouse_sessions_closed_total{backend="echo",reason="client-close"}"#;
-    let by_lease = r#"gatehouse_sessions_closed_total{backend="echo",reason="lease-expired"}"#;
+    let gh = Gatehouse::start("[server]\nsweep_interval = \"100ms\"\n").await;
+    let echo = [("backend", "echo")];
+    let open = |text: &str| metric_sum(text, "gatehouse_open_sessions", &echo);
+    let opened = |text: &str| metric_sum(text, "gatehouse_sessions_opened_total", &echo);
+    let closed = |text: &str, reason: &str| {
+        let labels = [("backend", "echo"), ("reason", reason)];
+        metric_sum(text, "gatehouse_sessions_closed_total", &labels)
+    };
     let before = gh.metrics().await;
-    assert_eq!(metric(&before, open), 0.0);
+    assert_eq!(open(&before), 0.0);
 
-    let gateway = gh.client().await;
+    let gateway = gh.connect().await;
     let burst = (0..40).map(|i| {
         let gateway = gateway.clone();
         async move {
@@ -580,21 +381,25 @@ async fn metrics_return_to_baseline_after_a_burst_of_sessions() {
         }
     });
     futures::future::join_all(burst).await;
-    assert_eq!(metric(&gh.metrics().await, opened), 40.0);
+    assert_eq!(opened(&gh.metrics().await), 40.0);
 
     let after = eventually(
         "the gauges to return to baseline",
         Duration::from_secs(20),
         || async {
             let m = gh.metrics().await;
-            (metric(&m, open) == 0.0 && metric(&m, by_lease) == 20.0).then_some(m)
+            (open(&m) == 0.0 && closed(&m, "lease-expired") == 20.0).then_some(m)
         },
     )
     .await;
-    assert_eq!(metric(&after, by_client), 20.0);
-    assert_eq!(metric(&after, opened), 40.0);
+    assert_eq!(closed(&after, "client-close"), 20.0);
+    assert_eq!(opened(&after), 40.0);
     assert_eq!(
-        metric(&after, r#"gatehouse_events_emitted_total{backend="echo"}"#),
+        metric_sum(
+            &after,
+            "gatehouse_events_emitted_total",
+            &[("backend", "echo")]
+        ),
         120.0
     );
     assert!(
@@ -613,17 +418,12 @@ async fn metrics_return_to_baseline_after_a_burst_of_sessions() {
 /// session id, status code and duration.
 #[tokio::test]
 async fn a_json_log_line_per_rpc_with_the_session_id() {
-    let gh = Start::new("")
-        .args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            "--log-format",
-            "json",
-        ])
-        .start();
-    let gateway = gh.client().await;
+    let gh = Gatehouse::builder("")
+        .metrics_listen("off")
+        .args(["--log-format", "json"])
+        .start()
+        .await;
+    let gateway = gh.connect().await;
     let session = gateway
         .open_with(OpenOptions::new("echo").correlation_id("order-17"))
         .await
@@ -706,8 +506,8 @@ async fn a_json_log_line_per_rpc_with_the_session_id() {
 /// Text lines by default; the filter turns the per-RPC lines off.
 #[tokio::test]
 async fn rpc_lines_follow_the_log_filter() {
-    let text = Start::new("").start();
-    let s = text.client().await.open("echo").await.unwrap();
+    let text = Gatehouse::start("").await;
+    let s = text.connect().await.open("echo").await.unwrap();
     s.invoke("count", "").await.unwrap();
     let sid = s.id().to_string();
     let line = eventually("a text rpc line", Duration::from_secs(10), || {
@@ -724,10 +524,11 @@ async fn rpc_lines_follow_the_log_filter() {
     assert!(line.contains("code=OK"), "{line}");
     assert!(!line.contains('\u{1b}'), "no colours in a file: {line}");
 
-    let quiet = Start::new("")
+    let quiet = Gatehouse::builder("")
         .env("RUST_LOG", "info,gatehouse::rpc=warn")
-        .start();
-    let s = quiet.client().await.open("echo").await.unwrap();
+        .start()
+        .await;
+    let s = quiet.connect().await.open("echo").await.unwrap();
     s.invoke("count", "").await.unwrap();
     s.close().await.unwrap();
     let log = quiet.stderr();
@@ -786,7 +587,7 @@ fn completions_and_help_with_examples() {
 /// The CLI, now on the client library, keeps its output and exit codes.
 #[tokio::test]
 async fn the_cli_keeps_its_output_and_exit_codes() {
-    let gh = Start::new("").start();
+    let gh = Gatehouse::start("").await;
     let cli = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(args)

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 fn gatehouse() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gatehouse"))
@@ -76,7 +76,7 @@ async fn plugin_new_to_session() {
             "target/wasm32-wasip2/release/hello.wasm",
             &wasm.display().to_string(),
         );
-    let gw = Gateway::start(config).await;
+    let gw = Gatehouse::start(config).await;
     let mut c = gw.client().await;
     let mut request = open_request("hello");
     request.config.insert("greeting".into(), "hi".into());
@@ -175,7 +175,7 @@ async fn a_plugins_dir_serves_each_file_and_restarts_from_the_cache() {
         ))
         .render();
     for run in ["cold", "warm"] {
-        let gw = Gateway::start(config.clone()).await;
+        let gw = Gatehouse::start(config.clone()).await;
         let mut c = gw.client().await;
         let names: Vec<String> = c
             .list_backends(gatehouse::proto::v1::ListBackendsRequest {})
@@ -242,7 +242,7 @@ async fn a_python_plugin_serves_sessions() {
         ))
         .backend("py-notes", &wasm.display().to_string())
         .render();
-    let gw = Gateway::start(config).await;
+    let gw = Gatehouse::start(config).await;
     let mut c = gw.client().await;
     let a = open(&mut c, "py-notes").await;
     let b = open(&mut c, "py-notes").await;

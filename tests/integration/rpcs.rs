@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use gatehouse::proto::v1 as pb;
 use pb::command_error::Kind;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 #[tokio::test]
 async fn list_backends_describes_every_configured_backend() {
@@ -19,7 +19,7 @@ async fn list_backends_describes_every_configured_backend() {
         )
         .backend("kv", "builtin:kv")
         .backend("chaos", "builtin:chaos");
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let backends = bounded("ListBackends", c.list_backends(pb::ListBackendsRequest {}))
         .await
@@ -52,7 +52,7 @@ async fn list_backends_describes_every_configured_backend() {
 
 #[tokio::test]
 async fn open_session_returns_a_ready_session() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let before = SystemTime::now();
     let s = open_with(
@@ -109,7 +109,7 @@ async fn requested_lease_is_capped_by_the_backend() {
             &["lease = \"5s\"", "max_lease = \"10s\""],
         )
         .backend("kv", "builtin:kv");
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let mut request = open_request("echo");
     request.lease = Some(pb_duration(Duration::from_secs(3600)));
@@ -124,7 +124,7 @@ async fn requested_lease_is_capped_by_the_backend() {
 
 #[tokio::test]
 async fn invoke_echo_returns_the_payload_and_correlation_id() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let payload: Vec<u8> = (0..=255u8).collect();
@@ -170,7 +170,7 @@ async fn request_config_is_merged_over_backend_config() {
         &["config = { greeting = \"hello\", colour = \"blue\" }"],
         &[],
     );
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let mut request = open_request("echo");
     request.config = HashMap::from([
@@ -195,7 +195,7 @@ async fn request_config_is_merged_over_backend_config() {
 
 #[tokio::test]
 async fn invoke_batch_runs_in_order_with_errors_inline() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let r = bounded(
@@ -270,7 +270,7 @@ async fn invoke_batch_runs_in_order_with_errors_inline() {
 
 #[tokio::test]
 async fn renew_lease_moves_the_expiry_forward() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let mut request = open_request("echo");
     request.lease = Some(pb_duration(Duration::from_secs(30)));
@@ -278,7 +278,7 @@ async fn renew_lease_moves_the_expiry_forward() {
     let first = system_time(&s.lease_expires_at);
     // Let the wall clock move on measurably.
     let started = std::time::Instant::now();
-    eventually("the clock to advance", || async {
+    eventually("the clock to advance", PATIENCE, || async {
         (started.elapsed() >= Duration::from_millis(50)).then_some(())
     })
     .await;
@@ -304,7 +304,7 @@ async fn renew_lease_moves_the_expiry_forward() {
 
 #[tokio::test]
 async fn get_and_list_sessions_describe_open_sessions() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     assert!(list(&mut c).await.is_empty());
     let mut request = open_request("echo");
@@ -336,7 +336,7 @@ async fn get_and_list_sessions_describe_open_sessions() {
 
 #[tokio::test]
 async fn close_session_is_idempotent_and_the_session_stays_visible() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let first = close(&mut c, &s.session_id).await;
@@ -357,13 +357,8 @@ async fn close_session_is_idempotent_and_the_session_stays_visible() {
 async fn the_health_service_reports_the_gateway_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let gw = Gateway::start(Toml::new().backend("echo", "builtin:echo").render()).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = HealthClient::new(channel);
+    let gw = Gatehouse::start(Toml::new().backend("echo", "builtin:echo").render()).await;
+    let mut health = HealthClient::new(gw.channel().await);
     for service in ["gatehouse.v1.Gateway", ""] {
         let r = bounded(
             "Health.Check",

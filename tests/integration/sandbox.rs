@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use gatehouse::proto::v1 as pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 /// A bystander session whose `count` must keep going up by one.
 struct Bystander {
@@ -79,7 +79,7 @@ async fn final_fault(c: &mut Client, id: &str) -> String {
 
 #[tokio::test]
 async fn spin_hits_the_deadline_and_the_cpu_goes_idle() {
-    let gw = Gateway::start(chaos(&["command_timeout = \"200ms\""]).render()).await;
+    let gw = Gatehouse::start(chaos(&["command_timeout = \"200ms\""]).render()).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let s = open(&mut c, "chaos").await;
@@ -111,7 +111,7 @@ async fn spin_hits_the_deadline_and_the_cpu_goes_idle() {
 
 #[tokio::test]
 async fn a_legitimately_slow_command_is_not_killed() {
-    let gw = Gateway::start(chaos(&["command_timeout = \"1s\""]).render()).await;
+    let gw = Gatehouse::start(chaos(&["command_timeout = \"1s\""]).render()).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let s = open(&mut c, "chaos").await;
@@ -130,7 +130,7 @@ async fn a_legitimately_slow_command_is_not_killed() {
 
 #[tokio::test]
 async fn growing_past_the_memory_limit_faults_and_frees_the_memory() {
-    let gw = Gateway::start(chaos(&["memory_limit = \"32MiB\""]).render()).await;
+    let gw = Gatehouse::start(chaos(&["memory_limit = \"32MiB\""]).render()).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let (rss_before, _, _) = proc_stats(gw.pid());
@@ -154,7 +154,7 @@ async fn growing_past_the_memory_limit_faults_and_frees_the_memory() {
 
 #[tokio::test]
 async fn unbounded_recursion_is_a_stack_overflow() {
-    let gw = Gateway::start(chaos(&[]).render()).await;
+    let gw = Gatehouse::start(chaos(&[]).render()).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let s = open(&mut c, "chaos").await;
@@ -168,7 +168,7 @@ async fn unbounded_recursion_is_a_stack_overflow() {
 
 #[tokio::test]
 async fn traps_and_panics_abort_only_their_session() {
-    let gw = Gateway::start(chaos(&[]).render()).await;
+    let gw = Gatehouse::start(chaos(&[]).render()).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     for command in ["trap", "panic"] {
@@ -188,7 +188,7 @@ async fn traps_and_panics_abort_only_their_session() {
 
 #[tokio::test]
 async fn a_flood_keeps_a_gap_free_tail_under_drop_oldest() {
-    let gw = Gateway::start(
+    let gw = Gatehouse::start(
         chaos(&[
             "event_queue = 1000",
             "replay_buffer = 100",
@@ -238,7 +238,8 @@ async fn a_flood_keeps_a_gap_free_tail_under_drop_oldest() {
 #[tokio::test]
 async fn a_flood_faults_the_session_under_the_fault_policy() {
     let gw =
-        Gateway::start(chaos(&["event_queue = 1000", "event_overflow = \"fault\""]).render()).await;
+        Gatehouse::start(chaos(&["event_queue = 1000", "event_overflow = \"fault\""]).render())
+            .await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let s = open(&mut c, "chaos").await;
@@ -252,7 +253,7 @@ async fn a_flood_faults_the_session_under_the_fault_policy() {
 
 #[tokio::test]
 async fn an_oversized_reply_is_refused_and_the_session_survives() {
-    let gw = Gateway::start(
+    let gw = Gatehouse::start(
         chaos(&["max_reply_bytes = \"64KiB\"", "memory_limit = \"128MiB\""]).render(),
     )
     .await;
@@ -275,7 +276,7 @@ async fn an_oversized_reply_is_refused_and_the_session_survives() {
 async fn nothing_is_granted_by_default() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let gw = Gateway::start(chaos(&[]).render()).await;
+    let gw = Gatehouse::start(chaos(&[]).render()).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let s = open(&mut c, "chaos").await;
@@ -321,7 +322,7 @@ async fn grants_open_exactly_what_they_name() {
             &[],
         )
         .render();
-    let gw = Gateway::start(config).await;
+    let gw = Gatehouse::start(config).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let s = open(&mut c, "chaos").await;
@@ -348,7 +349,7 @@ async fn grants_open_exactly_what_they_name() {
 
 #[tokio::test]
 async fn log_spam_is_rate_limited() {
-    let gw = Gateway::start(
+    let gw = Gatehouse::start(
         chaos(&[
             "command_timeout = \"60s\"",
             "log_burst = 100",
@@ -393,7 +394,7 @@ async fn log_spam_is_rate_limited() {
 
 #[tokio::test]
 async fn a_thousand_faulted_sessions_leave_nothing_behind() {
-    let gw = Gateway::start(chaos(&[]).server("max_sessions = 16").render()).await;
+    let gw = Gatehouse::start(chaos(&[]).server("max_sessions = 16").render()).await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let cycle = |c: &mut Client| {

@@ -3,60 +3,53 @@
 use gatehouse::proto::v1 as pb;
 use pb::command_error::Kind;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 #[tokio::test]
 async fn every_session_has_its_own_instance() {
-    let gw = Gateway::start(Toml::standard().render()).await;
-    let mut c = gw.client().await;
-    let a = open(&mut c, "echo").await;
-    let b = open(&mut c, "echo").await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
+    let gateway = gw.connect().await;
+    let a = open_session(&gateway, "echo").await;
+    let b = open_session(&gateway, "echo").await;
     for want in ["1", "2", "3"] {
-        assert_eq!(invoke_ok(&mut c, &a.session_id, "count", b"").await, want);
+        assert_eq!(reply(&a, "count", "").await, want);
     }
-    assert_eq!(invoke_ok(&mut c, &b.session_id, "count", b"").await, "1");
-    assert_eq!(invoke_ok(&mut c, &a.session_id, "count", b"").await, "4");
+    assert_eq!(reply(&b, "count", "").await, "1");
+    assert_eq!(reply(&a, "count", "").await, "4");
     // A new session after closing one starts from scratch too.
-    close(&mut c, &a.session_id).await;
-    let d = open(&mut c, "echo").await;
-    assert_eq!(invoke_ok(&mut c, &d.session_id, "count", b"").await, "1");
+    a.close().await.expect("CloseSession");
+    let d = open_session(&gateway, "echo").await;
+    assert_eq!(reply(&d, "count", "").await, "1");
 }
 
 #[tokio::test]
 async fn kv_put_get_list_delete() {
-    let gw = Gateway::start(Toml::standard().render()).await;
-    let mut c = gw.client().await;
-    let s = open(&mut c, "kv").await;
-    let id = s.session_id.as_str();
-    assert_eq!(invoke_ok(&mut c, id, "list", b"").await, "[]");
-    invoke_ok(&mut c, id, "put", br#"{"key":"b","value":{"x":[1,2]}}"#).await;
-    invoke_ok(&mut c, id, "put", br#"{"key":"a","value":"one"}"#).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
+    let gateway = gw.connect().await;
+    let s = open_session(&gateway, "kv").await;
+    assert_eq!(reply(&s, "list", "").await, "[]");
+    reply(&s, "put", r#"{"key":"b","value":{"x":[1,2]}}"#).await;
+    reply(&s, "put", r#"{"key":"a","value":"one"}"#).await;
     let b: serde_json::Value =
-        serde_json::from_str(&invoke_ok(&mut c, id, "get", br#"{"key":"b"}"#).await).unwrap();
+        serde_json::from_str(&reply(&s, "get", r#"{"key":"b"}"#).await).expect("JSON");
     assert_eq!(b, serde_json::json!({"x": [1, 2]}));
-    assert_eq!(
-        invoke_ok(&mut c, id, "get", br#"{"key":"a"}"#).await,
-        r#""one""#
-    );
-    assert_eq!(invoke_ok(&mut c, id, "list", b"").await, r#"["a","b"]"#);
-    invoke_ok(&mut c, id, "put", br#"{"key":"a","value":2}"#).await;
-    assert_eq!(invoke_ok(&mut c, id, "get", br#"{"key":"a"}"#).await, "2");
-    invoke_ok(&mut c, id, "delete", br#"{"key":"a"}"#).await;
-    assert_eq!(invoke_ok(&mut c, id, "list", b"").await, r#"["b"]"#);
+    assert_eq!(reply(&s, "get", r#"{"key":"a"}"#).await, r#""one""#);
+    assert_eq!(reply(&s, "list", "").await, r#"["a","b"]"#);
+    reply(&s, "put", r#"{"key":"a","value":2}"#).await;
+    assert_eq!(reply(&s, "get", r#"{"key":"a"}"#).await, "2");
+    reply(&s, "delete", r#"{"key":"a"}"#).await;
+    assert_eq!(reply(&s, "list", "").await, r#"["b"]"#);
 
     // Another kv session has its own store.
-    let other = open(&mut c, "kv").await;
-    assert_eq!(
-        invoke_ok(&mut c, &other.session_id, "list", b"").await,
-        "[]"
-    );
+    let other = open_session(&gateway, "kv").await;
+    assert_eq!(reply(&other, "list", "").await, "[]");
 
     // put/delete emitted events.
-    let mut events = subscribe(&mut c, id, None).await.expect("StreamEvents");
+    let mut events = s.events();
     let mut got = Vec::new();
     for _ in 0..4 {
-        let e = next_event(&mut events).await;
-        got.push((e.name, String::from_utf8(e.payload).unwrap()));
+        let e = next(&mut events).await;
+        got.push((e.name, String::from_utf8(e.payload).expect("UTF-8 payload")));
     }
     let want: Vec<(String, String)> = [("put", "b"), ("put", "a"), ("put", "a"), ("delete", "a")]
         .iter()
@@ -67,7 +60,7 @@ async fn kv_put_get_list_delete() {
 
 #[tokio::test]
 async fn kv_missing_key_is_a_failed_command_error() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "kv").await;
     for (name, payload) in [
@@ -92,7 +85,7 @@ async fn kv_missing_key_is_a_failed_command_error() {
 
 #[tokio::test]
 async fn kv_bad_json_is_invalid_payload() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "kv").await;
     for (name, payload) in [

@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 #[tokio::test]
 async fn sigterm_closes_every_session_and_exits_zero() {
-    let mut gw = Gateway::start(Toml::standard().render()).await;
+    let mut gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let a = open(&mut c, "echo").await;
     let _b = open(&mut c, "echo").await;
@@ -46,7 +46,7 @@ async fn sigterm_with_a_stuck_worker_still_exits() {
             &[],
             &["command_timeout = \"60s\"", "close_timeout = \"300ms\""],
         );
-    let mut gw = Gateway::start(config.render()).await;
+    let mut gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let e = open(&mut c, "echo").await;
     let s = open(&mut c, "chaos").await;

@@ -3,14 +3,14 @@
 use gatehouse::proto::v1 as pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::fixtures::*;
 
 /// A well-formed id nobody was given.
 const UNKNOWN_ID: &str = "0123456789abcdef0123456789abcdef";
 
 #[tokio::test]
 async fn unknown_session_is_not_found_for_every_rpc() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     // A real session exists, so "not found" is not "nothing exists".
     let real = open(&mut c, "echo").await;
@@ -55,7 +55,7 @@ async fn unknown_session_is_not_found_for_every_rpc() {
 
 #[tokio::test]
 async fn unknown_backend_is_not_found() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     for name in ["nope", "", "ECHO"] {
         let r = c.open_session(open_request(name)).await;
@@ -67,7 +67,7 @@ async fn unknown_backend_is_not_found() {
 
 #[tokio::test]
 async fn calls_on_a_closed_session_are_failed_precondition() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     close(&mut c, &s.session_id).await;
@@ -98,7 +98,7 @@ async fn calls_on_a_closed_session_are_failed_precondition() {
 
 #[tokio::test]
 async fn second_event_subscriber_is_already_exists() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let id = s.session_id.as_str();
@@ -120,7 +120,7 @@ async fn second_event_subscriber_is_already_exists() {
 #[tokio::test]
 async fn batch_over_the_limit_is_invalid_argument() {
     let config = Toml::standard().server("max_batch_commands = 3");
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     let batch = |n: usize| pb::InvokeBatchRequest {
@@ -151,7 +151,7 @@ async fn batch_over_the_limit_is_invalid_argument() {
 
 #[tokio::test]
 async fn zero_or_negative_durations_in_open_are_invalid_argument() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let zero = prost_types::Duration {
         seconds: 0,
@@ -181,7 +181,7 @@ async fn zero_or_negative_durations_in_open_are_invalid_argument() {
 #[tokio::test]
 async fn request_over_max_message_bytes_is_rejected() {
     let config = Toml::standard().server("max_message_bytes = \"16KiB\"");
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     // Under the limit: fine.
@@ -210,7 +210,7 @@ async fn request_over_max_message_bytes_is_rejected() {
 #[tokio::test]
 async fn reply_over_max_message_bytes_is_resource_exhausted() {
     let config = Toml::standard().server("max_message_bytes = \"16KiB\"");
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let st = expect_code(
@@ -223,7 +223,7 @@ async fn reply_over_max_message_bytes_is_resource_exhausted() {
 #[tokio::test]
 async fn reply_over_max_message_bytes_is_refused_and_the_session_survives() {
     let config = Toml::standard().server("max_message_bytes = \"16KiB\"");
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     let r = try_invoke(&mut c, &s.session_id, "big-reply", b"32768").await;
@@ -252,7 +252,7 @@ async fn reply_over_max_reply_bytes_is_resource_exhausted() {
         &[],
         &["max_reply_bytes = \"4KiB\""],
     );
-    let gw = Gateway::start(config.render()).await;
+    let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "chaos").await;
     assert_eq!(
@@ -275,7 +275,7 @@ async fn reply_over_max_reply_bytes_is_resource_exhausted() {
 
 #[tokio::test]
 async fn resume_past_the_end_is_refused() {
-    let gw = Gateway::start(Toml::standard().render()).await;
+    let gw = Gatehouse::start(Toml::standard().render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "echo").await;
     invoke_ok(&mut c, &s.session_id, "emit", b"2").await;

@@ -2,16 +2,12 @@
 //! isolation, quotas with the cap, admin, allowed backends, local mode and
 //! the CLI's `--key` and `keys new`.
 //!
-//! The small harness at the top is private to this module (the shared one
-//! lives elsewhere); it starts `gatehouse serve` on ephemeral loopback ports
-//! with a config file of the test's own.
+//! Calls go through the generated client with an `authorization` header
+//! set verbatim ([`Auth`]): what a malformed header does is part of the
+//! contract.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use gatehouse::keys;
 use gatehouse::proto::v1 as pb;
@@ -23,157 +19,38 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+use crate::fixtures::*;
 
-// ---- harness -------------------------------------------------------------------
+// ---- clients and gauges ----------------------------------------------------------
 
-/// A running `gatehouse serve`, killed on drop.
-struct Gateway {
-    child: Child,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-    log: PathBuf,
+/// A client sending `authorization: <auth>` verbatim, or nothing.
+async fn raw(gw: &Gatehouse, auth: Option<&str>) -> Client {
+    let header = auth.map(|a| a.parse::<MetadataValue<Ascii>>().expect("a header value"));
+    GatewayClient::with_interceptor(gw.channel().await, Auth(header))
 }
 
-impl Gateway {
-    /// Starts the binary on `config`, serving gRPC on `listen`, and waits
-    /// for its ready line.
-    fn start(config: &Path, listen: &str) -> Result<Self, String> {
-        let log = config.with_extension("log");
-        let stderr = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("spawning {BIN}: {e}"))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next().and_then(Result::ok));
-            // Keep draining so the gateway never writes to a closed pipe.
-            for _ in lines {}
-        });
-        let line = rx.recv_timeout(Duration::from_secs(120)).ok().flatten();
-        let fail = |child: &mut Child, why: String| {
-            let _ = child.kill();
-            let status = child.wait();
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            Err(format!("{why} ({status:?})\n--- gateway log ---\n{log}"))
-        };
-        let Some(line) = line else {
-            return fail(
-                &mut child,
-                "the gateway exited or never printed its ready line".into(),
-            );
-        };
-        let field = |name: &str| -> Option<SocketAddr> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|a| a.parse().ok())
-        };
-        let (Some(grpc), Some(metrics)) = (field("grpc="), field("metrics=")) else {
-            return fail(&mut child, format!("unexpected ready line {line:?}"));
-        };
-        Ok(Self {
-            child,
-            grpc,
-            metrics,
-            log,
-        })
-    }
-
-    /// The gRPC address on loopback (the gateway may listen on 0.0.0.0).
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.grpc.port()))
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr()))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connecting to the gateway")
-    }
-
-    /// A client sending `authorization: <auth>` verbatim, or nothing.
-    async fn raw(&self, auth: Option<&str>) -> Client {
-        let header = auth.map(|a| a.parse::<MetadataValue<Ascii>>().unwrap());
-        GatewayClient::with_interceptor(self.channel().await, Auth(header))
-    }
-
-    /// A client sending `authorization: Bearer <key>`.
-    async fn client(&self, key: &str) -> Client {
-        self.raw(Some(&format!("Bearer {key}"))).await
-    }
-
-    /// The Prometheus text of `/metrics`.
-    fn metrics(&self) -> String {
-        let mut s = TcpStream::connect(self.metrics).expect("connecting to /metrics");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out.split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default()
-    }
-
-    /// Polls until every open-sessions gauge (by backend and by tenant) is
-    /// zero, or fails after a bounded wait.
-    async fn assert_gauges_return_to_zero(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = self.metrics();
-            let open = gauge_sum(&text, "gatehouse_open_sessions");
-            let tenants = gauge_sum(&text, "gatehouse_tenant_open_sessions");
-            if open == 0.0 && tenants == 0.0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gauges did not return to zero (open={open}, tenants={tenants}):\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// A client sending `authorization: Bearer <key>`.
+async fn client(gw: &Gatehouse, key: &str) -> Client {
+    raw(gw, Some(&format!("Bearer {key}"))).await
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Polls until every open-sessions gauge (by backend and by tenant) is
+/// zero, or fails after a bounded wait.
+async fn assert_gauges_return_to_zero(gw: &Gatehouse) {
+    eventually(
+        "every open-sessions gauge to return to zero",
+        Duration::from_secs(20),
+        || async {
+            let text = gw.metrics().await;
+            let open = metric_sum(&text, "gatehouse_open_sessions", &[]);
+            let tenants = metric_sum(&text, "gatehouse_tenant_open_sessions", &[]);
+            (open == 0.0 && tenants == 0.0).then_some(())
+        },
+    )
+    .await;
 }
 
-/// Sum of every sample of a gauge family.
-fn gauge_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// One sample of a gauge, e.g. `gatehouse_tenant_open_sessions{tenant="a"}`.
-fn gauge(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
+/// Sets the `authorization` header as given.
 #[derive(Clone)]
 struct Auth(Option<MetadataValue<Ascii>>);
 
@@ -186,6 +63,7 @@ impl Interceptor for Auth {
     }
 }
 
+/// The generated client with a verbatim `authorization` header.
 type Client = GatewayClient<InterceptedService<Channel, Auth>>;
 
 /// A key made for a test: the secret and its config entry.
@@ -217,32 +95,6 @@ const ALL_SCOPES: [&str; 4] = [
     "sessions:read",
     "backends:read",
 ];
-
-/// A config file in a fresh temporary directory.
-struct ConfigFile {
-    dir: tempfile::TempDir,
-}
-
-impl ConfigFile {
-    fn new(text: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Self { dir };
-        c.write(text);
-        c
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("gatehouse.toml")
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(self.path(), text).unwrap();
-    }
-
-    fn start(&self) -> Gateway {
-        Gateway::start(&self.path(), "127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"))
-    }
-}
 
 // ---- calls ---------------------------------------------------------------------
 
@@ -418,11 +270,8 @@ fn state(s: i32) -> pb::SessionState {
 #[tokio::test]
 async fn calls_without_a_valid_key_are_unauthenticated_but_health_and_reflection_are_open() {
     let key = new_key();
-    let conf = ConfigFile::new(&format!(
-        "[[tenants]]\nname = \"a\"\n{}",
-        key_entry(&key, &["admin"])
-    ));
-    let gw = conf.start();
+    let config = format!("[[tenants]]\nname = \"a\"\n{}", key_entry(&key, &["admin"]));
+    let gw = Gatehouse::start(config.clone()).await;
     let (other, _) = keys::generate().unwrap();
     let cases = [
         ("no key", None),
@@ -433,7 +282,7 @@ async fn calls_without_a_valid_key_are_unauthenticated_but_health_and_reflection
         ("empty bearer", Some("Bearer ".to_string())),
     ];
     for (what, header) in &cases {
-        let mut c = gw.raw(header.as_deref()).await;
+        let mut c = raw(&gw, header.as_deref()).await;
         for rpc in ALL_RPCS {
             let e = call(&mut c, rpc, "0123456789abcdef0123456789abcdef")
                 .await
@@ -442,9 +291,9 @@ async fn calls_without_a_valid_key_are_unauthenticated_but_health_and_reflection
         }
     }
     // The right key works (and is not a prefix match).
-    let mut c = gw.client(&key.secret).await;
+    let mut c = client(&gw, &key.secret).await;
     call(&mut c, Rpc::ListBackends, "").await.unwrap();
-    let mut truncated = gw.client(&key.secret[..key.secret.len() - 1]).await;
+    let mut truncated = client(&gw, &key.secret[..key.secret.len() - 1]).await;
     assert_eq!(
         call(&mut truncated, Rpc::ListBackends, "")
             .await
@@ -493,7 +342,7 @@ async fn calls_without_a_valid_key_are_unauthenticated_but_health_and_reflection
         "{list:?}"
     );
     // Nothing about the key ever reaches the log.
-    assert!(!gw.log().contains(&key.secret));
+    assert!(!gw.stderr().contains(&key.secret));
 }
 
 #[tokio::test]
@@ -517,9 +366,9 @@ async fn every_rpc_needs_its_scope() {
             .collect();
         text.push_str(&key_entry(key, &scopes));
     }
-    let gw = ConfigFile::new(&text);
-    let gw = gw.start();
-    let mut owner = gw.client(&full.secret).await;
+    let config = text;
+    let gw = Gatehouse::start(config).await;
+    let mut owner = client(&gw, &full.secret).await;
     let sid = open_id(&mut owner, "echo").await;
     let mut opened = Vec::new();
 
@@ -527,7 +376,7 @@ async fn every_rpc_needs_its_scope() {
     for rpc in ALL_RPCS {
         let needed = rpc.scope();
         for (missing, key) in &all_but {
-            let mut c = gw.client(&key.secret).await;
+            let mut c = client(&gw, &key.secret).await;
             let result = call(&mut c, rpc, &sid).await;
             if *missing == needed {
                 let e = result.expect_err("refused");
@@ -551,7 +400,7 @@ async fn every_rpc_needs_its_scope() {
             }
         }
         for (scope, key) in &single {
-            let mut c = gw.client(&key.secret).await;
+            let mut c = client(&gw, &key.secret).await;
             let result = call(&mut c, rpc, &sid).await;
             if *scope == needed {
                 match result {
@@ -585,23 +434,23 @@ async fn every_rpc_needs_its_scope() {
     for id in &opened {
         close(&mut owner, id).await;
     }
-    gw.assert_gauges_return_to_zero().await;
+    assert_gauges_return_to_zero(&gw).await;
 }
 
 #[tokio::test]
 async fn a_tenant_cannot_see_or_touch_another_tenants_session() {
     let (a, b, admin) = (new_key(), new_key(), new_key());
-    let gw = ConfigFile::new(&format!(
+    let config = format!(
         "[[tenants]]\nname = \"a\"\n{}[[tenants]]\nname = \"b\"\n{}[[tenants]]\nname = \"ops\"\n{}",
         key_entry(&a, &ALL_SCOPES),
         key_entry(&b, &ALL_SCOPES),
         key_entry(&admin, &["admin"]),
-    ));
-    let gw = gw.start();
+    );
+    let gw = Gatehouse::start(config).await;
     let (mut ca, mut cb, mut cadmin) = (
-        gw.client(&a.secret).await,
-        gw.client(&b.secret).await,
-        gw.client(&admin.secret).await,
+        client(&gw, &a.secret).await,
+        client(&gw, &b.secret).await,
+        client(&gw, &admin.secret).await,
     );
     let sid = open_id(&mut cb, "echo").await;
     assert_eq!(count(&mut cb, &sid).await, "1");
@@ -631,19 +480,19 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_session() {
     assert_eq!(count(&mut cb, &sid).await, "2");
     assert_eq!(list(&mut cb).await.len(), 1);
     assert!(!close(&mut cb, &sid).await.already_closed);
-    gw.assert_gauges_return_to_zero().await;
+    assert_gauges_return_to_zero(&gw).await;
 }
 
 #[tokio::test]
 async fn tenant_quota_and_gateway_cap_each_refuse_with_retry_info() {
     let (a, b) = (new_key(), new_key());
-    let gw = ConfigFile::new(&format!(
+    let config = format!(
         "[server]\nmax_sessions = 3\n[[tenants]]\nname = \"a\"\nmax_sessions = 2\n{}[[tenants]]\nname = \"b\"\nmax_sessions = 2\n{}",
         key_entry(&a, &ALL_SCOPES),
         key_entry(&b, &ALL_SCOPES),
-    ));
-    let gw = gw.start();
-    let (mut ca, mut cb) = (gw.client(&a.secret).await, gw.client(&b.secret).await);
+    );
+    let gw = Gatehouse::start(config).await;
+    let (mut ca, mut cb) = (client(&gw, &a.secret).await, client(&gw, &b.secret).await);
     let a1 = open_id(&mut ca, "echo").await;
     let a2 = open_id(&mut ca, "kv").await;
 
@@ -652,12 +501,12 @@ async fn tenant_quota_and_gateway_cap_each_refuse_with_retry_info() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("quota"), "{}", e.message());
     assert!(e.get_details_retry_info().is_some(), "RetryInfo");
-    let text = gw.metrics();
+    let text = gw.metrics().await;
     assert_eq!(
-        gauge(&text, "gatehouse_tenant_open_sessions{tenant=\"a\"}"),
-        Some(2.0)
+        metric_sum(&text, "gatehouse_tenant_open_sessions", &[("tenant", "a")]),
+        2.0
     );
-    assert_eq!(gauge_sum(&text, "gatehouse_open_sessions"), 2.0);
+    assert_eq!(metric_sum(&text, "gatehouse_open_sessions", &[]), 2.0);
 
     // B is under its quota and gets the last gateway slot...
     let b1 = open_id(&mut cb, "echo").await;
@@ -666,10 +515,10 @@ async fn tenant_quota_and_gateway_cap_each_refuse_with_retry_info() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("cap"), "{}", e.message());
     assert!(e.get_details_retry_info().is_some(), "RetryInfo");
-    let text = gw.metrics();
+    let text = gw.metrics().await;
     assert_eq!(
-        gauge(&text, "gatehouse_tenant_open_sessions{tenant=\"b\"}"),
-        Some(1.0),
+        metric_sum(&text, "gatehouse_tenant_open_sessions", &[("tenant", "b")]),
+        1.0,
         "the refused open gave B's quota slot back"
     );
 
@@ -685,23 +534,23 @@ async fn tenant_quota_and_gateway_cap_each_refuse_with_retry_info() {
     close(&mut ca, &a3).await;
     close(&mut cb, &b1).await;
     close(&mut cb, &b2).await;
-    gw.assert_gauges_return_to_zero().await;
+    assert_gauges_return_to_zero(&gw).await;
 }
 
 #[tokio::test]
 async fn admin_lists_and_closes_other_tenants_sessions() {
     let (a, b, admin) = (new_key(), new_key(), new_key());
-    let gw = ConfigFile::new(&format!(
+    let config = format!(
         "[[tenants]]\nname = \"a\"\n{}[[tenants]]\nname = \"b\"\n{}[[tenants]]\nname = \"ops\"\n{}",
         key_entry(&a, &ALL_SCOPES),
         key_entry(&b, &ALL_SCOPES),
         key_entry(&admin, &["admin"]),
-    ));
-    let gw = gw.start();
+    );
+    let gw = Gatehouse::start(config).await;
     let (mut ca, mut cb, mut cadmin) = (
-        gw.client(&a.secret).await,
-        gw.client(&b.secret).await,
-        gw.client(&admin.secret).await,
+        client(&gw, &a.secret).await,
+        client(&gw, &b.secret).await,
+        client(&gw, &admin.secret).await,
     );
     let sa = open_id(&mut ca, "echo").await;
     let sb = open_id(&mut cb, "kv").await;
@@ -735,19 +584,19 @@ async fn admin_lists_and_closes_other_tenants_sessions() {
     );
 
     close(&mut cadmin, &sb).await;
-    gw.assert_gauges_return_to_zero().await;
+    assert_gauges_return_to_zero(&gw).await;
 }
 
 #[tokio::test]
 async fn a_backend_outside_the_tenants_list_is_denied_and_hidden() {
     let (a, b) = (new_key(), new_key());
-    let gw = ConfigFile::new(&format!(
+    let config = format!(
         "[[tenants]]\nname = \"a\"\nbackends = [\"echo\"]\n{}[[tenants]]\nname = \"b\"\n{}",
         key_entry(&a, &ALL_SCOPES),
         key_entry(&b, &ALL_SCOPES),
-    ));
-    let gw = gw.start();
-    let (mut ca, mut cb) = (gw.client(&a.secret).await, gw.client(&b.secret).await);
+    );
+    let gw = Gatehouse::start(config).await;
+    let (mut ca, mut cb) = (client(&gw, &a.secret).await, client(&gw, &b.secret).await);
     let names = |r: pb::ListBackendsResponse| -> Vec<String> {
         r.backends.into_iter().map(|b| b.name).collect()
     };
@@ -773,46 +622,53 @@ async fn a_backend_outside_the_tenants_list_is_denied_and_hidden() {
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let sid = open_id(&mut cb, "kv").await;
     close(&mut cb, &sid).await;
-    gw.assert_gauges_return_to_zero().await;
+    assert_gauges_return_to_zero(&gw).await;
 }
 
 #[tokio::test]
 async fn a_removed_key_is_refused_after_restart() {
     let (kept, removed) = (new_key(), new_key());
-    let conf = ConfigFile::new(&format!(
+    let config = format!(
         "[[tenants]]\nname = \"a\"\n{}{}",
         key_entry(&kept, &ALL_SCOPES),
         key_entry(&removed, &ALL_SCOPES),
-    ));
-    let gw = conf.start();
+    );
+    let gw = Gatehouse::start(config).await;
     for k in [&kept, &removed] {
-        let mut c = gw.client(&k.secret).await;
+        let mut c = client(&gw, &k.secret).await;
         call(&mut c, Rpc::ListSessions, "").await.unwrap();
     }
     drop(gw);
 
-    conf.write(&format!(
+    let config = format!(
         "[[tenants]]\nname = \"a\"\n{}",
         key_entry(&kept, &ALL_SCOPES)
-    ));
-    let gw = conf.start();
-    let mut c = gw.client(&removed.secret).await;
+    );
+    let gw = Gatehouse::builder(config)
+        .api_key(&kept.secret)
+        .start()
+        .await;
+    let mut c = client(&gw, &removed.secret).await;
     for rpc in ALL_RPCS {
         let e = call(&mut c, rpc, "0123456789abcdef0123456789abcdef")
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{rpc:?}");
     }
-    let mut c = gw.client(&kept.secret).await;
-    call(&mut c, Rpc::ListSessions, "").await.unwrap();
+    // The kept key still works (sent by the client library).
+    gw.connect()
+        .await
+        .sessions()
+        .await
+        .expect("ListSessions with the kept key");
 }
 
 #[tokio::test]
 async fn local_mode_is_anonymous_and_loopback_only() {
     // No keys (a [[tenants]] entry without keys does not count).
-    let conf = ConfigFile::new("[[tenants]]\nname = \"default\"\nmax_sessions = 1\n");
-    let gw = conf.start();
-    let mut c = gw.raw(None).await;
+    let config = "[[tenants]]\nname = \"default\"\nmax_sessions = 1\n";
+    let gw = Gatehouse::start(config).await;
+    let mut c = raw(&gw, None).await;
     let sid = open_id(&mut c, "echo").await;
     assert_eq!(info(&mut c, &sid).await.tenant, "default");
     // The `default` entry's quota applies to anonymous calls.
@@ -821,23 +677,27 @@ async fn local_mode_is_anonymous_and_loopback_only() {
         Code::ResourceExhausted
     );
     close(&mut c, &sid).await;
-    gw.assert_gauges_return_to_zero().await;
+    assert_gauges_return_to_zero(&gw).await;
     drop(gw);
 
-    let e = Gateway::start(&conf.path(), "0.0.0.0:0")
+    let e = Gatehouse::builder(config)
+        .listen("0.0.0.0:0")
+        .try_start()
+        .await
         .err()
         .expect("local mode must refuse a non-loopback listen");
-    assert!(e.contains("refusing"), "{e}");
+    assert!(e.stderr().contains("refusing"), "{e}");
+    assert!(e.status().is_some_and(|s| !s.success()), "{e}");
 
     // With keys, any address may be served, and anonymous calls are refused.
     let key = new_key();
-    conf.write(&format!(
+    let config = format!(
         "[[tenants]]\nname = \"a\"\n{}",
         key_entry(&key, &ALL_SCOPES)
-    ));
-    let gw = Gateway::start(&conf.path(), "0.0.0.0:0").unwrap_or_else(|e| panic!("{e}"));
+    );
+    let gw = Gatehouse::builder(config).listen("0.0.0.0:0").start().await;
     assert!(gw.grpc.ip().is_unspecified(), "{}", gw.grpc);
-    let mut anon = gw.raw(None).await;
+    let mut anon = raw(&gw, None).await;
     assert_eq!(
         call(&mut anon, Rpc::ListBackends, "")
             .await
@@ -845,7 +705,7 @@ async fn local_mode_is_anonymous_and_loopback_only() {
             .code(),
         Code::Unauthenticated
     );
-    let mut c = gw.client(&key.secret).await;
+    let mut c = client(&gw, &key.secret).await;
     call(&mut c, Rpc::ListBackends, "").await.unwrap();
 }
 
@@ -923,11 +783,11 @@ async fn the_cli_makes_keys_and_sends_them() {
         .map(|l| format!("{l}\n"))
         .collect();
 
-    let conf = ConfigFile::new(&format!(
+    let config = format!(
         "[[tenants]]\nname = \"acme\"\n{snippet}[[tenants]]\nname = \"ops\"\n{admin_snippet}"
-    ));
-    let gw = conf.start();
-    let addr = gw.addr().to_string();
+    );
+    let gw = Gatehouse::start(config.clone()).await;
+    let addr = gw.dial_addr().to_string();
 
     let (code, _, err) = cli(&["--addr", &addr, "backends"], &[]);
     assert_eq!(code, 2);
@@ -949,5 +809,5 @@ async fn the_cli_makes_keys_and_sends_them() {
     let (code, out, err) = cli(&["close", &sid], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("CLOSED"), "{out}");
-    gw.assert_gauges_return_to_zero().await;
+    assert_gauges_return_to_zero(&gw).await;
 }
