@@ -169,9 +169,9 @@ pub fn build_registry(
             },
         );
     }
-    // The runtime lives as long as the backends that hold its engine; the
-    // epoch ticker must keep running for the life of the process.
-    std::mem::forget(runtime);
+    // Dropping the runtime here is safe: each wasm backend holds the engine,
+    // which keeps the epoch ticker running for as long as it lives.
+    drop(runtime);
     let registry = Registry::new(
         backends,
         RegistrySettings {
@@ -390,5 +390,59 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::backend::Command;
+    use crate::registry::{Caller, GatewayError, OpenRequest};
+
+    /// The loader drops the wasm runtime once the backends are loaded; the
+    /// epoch ticker must live on with them, or no deadline would fire.
+    #[test]
+    fn wasm_deadlines_fire_after_the_runtime_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::parse(
+            "[[backends]]\nname = \"chaos\"\nmodule = \"builtin:chaos\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        config.server.state_dir = dir.path().join("state");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(async {
+            let (registry, _native) = build_registry(&config, Arc::new(Metrics::new())).unwrap();
+            let caller = Caller::local();
+            let request = OpenRequest {
+                backend: "chaos".into(),
+                command_timeout: Some(Duration::from_millis(100)),
+                ..OpenRequest::default()
+            };
+            let session = registry.open(&caller, request).await.unwrap();
+            let spin = vec![Command {
+                name: "spin".into(),
+                payload: Vec::new(),
+            }];
+            // Without ticks the spin never yields its thread: it runs on a
+            // task of its own, so the wait for it can time out.
+            let invoked =
+                tokio::spawn(
+                    async move { registry.invoke(&caller, &session.id, spin, None).await },
+                );
+            tokio::time::timeout(Duration::from_secs(5), invoked).await
+        });
+        // A thread stuck in the spin would make a plain drop wait forever.
+        runtime.shutdown_background();
+        match outcome {
+            Ok(Ok(Err(GatewayError::Faulted(fault)))) => assert_eq!(fault.code, "deadline"),
+            other => panic!("expected a deadline fault, got {other:?}"),
+        }
     }
 }
