@@ -10,7 +10,8 @@ use crate::events::EventObserver;
 use crate::metrics::{BackendLabel, Metrics};
 
 /// One backend's metric handles, resolved once instead of by label on every
-/// call.
+/// call. Each session holds its backend's, so the hot paths (open, invoke)
+/// never look a backend up by name.
 pub(crate) struct BackendMetrics {
     pub(super) open_sessions: Gauge,
     pub(super) sessions_opened: Counter,

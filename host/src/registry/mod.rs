@@ -252,12 +252,10 @@ impl Registry {
                 }
             },
         };
-        if let Some(loaded) = self.backends.get(&*session.backend.name) {
-            loaded
-                .metrics
-                .invoke_seconds
-                .observe(began.elapsed().as_secs_f64());
-        }
+        session
+            .metrics
+            .invoke_seconds
+            .observe(began.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => {
                 if let Some((index, size, limit)) =

@@ -132,7 +132,7 @@ impl Registry {
                 session.set_worker(Arc::clone(&worker));
                 if session.transition(SessionState::Ready, self.clock.now()) {
                     rollback.fault = None;
-                    loaded.metrics.sessions_opened.inc();
+                    session.metrics.sessions_opened.inc();
                     tracing::info!(session_id = %session.id, backend = %session.backend.name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
                     return Ok(Arc::clone(&session));
                 }
@@ -218,7 +218,7 @@ impl Registry {
         };
         let began = Instant::now();
         let started = loaded.entry.backend.start(start, &progress).await;
-        loaded
+        session
             .metrics
             .instantiate_seconds
             .observe(began.elapsed().as_secs_f64());
@@ -269,6 +269,7 @@ fn new_session(
         caller.tenant_name().to_string(),
         caller.key.clone(),
         Arc::clone(&loaded.info),
+        Arc::clone(&loaded.metrics),
         request.client_session_name.clone(),
         request.client_correlation_id.clone(),
         times,
