@@ -108,7 +108,10 @@ async fn tenant_quota_is_enforced_with_the_cap_and_never_leaks() {
     f.registry.close(&a, &a1.id).await.unwrap();
     assert_eq!(a.tenant.open_sessions(), 1);
     let a3 = f.registry.open(&a, open_req()).await.unwrap();
-    assert!(f.registry.open(&a, open_req()).await.is_err());
+    assert!(matches!(
+        f.registry.open(&a, open_req()).await,
+        Err(GatewayError::TenantQuotaReached { quota: 2, .. })
+    ));
     assert_eq!((tenant_gauge(&f, "a"), tenant_gauge(&f, "b")), (2, 1));
     // A fault gives both back too.
     f.script
