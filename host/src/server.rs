@@ -20,7 +20,7 @@ use crate::clock::SystemClock;
 use crate::config::{Config, ModuleSource, Runner};
 use crate::health::{Gate, Health};
 use crate::metrics::{self, Metrics};
-use crate::registry::{BackendEntry, Registry, RegistrySettings};
+use crate::registry::{BackendEntry, RETRY_AFTER, Registry, RegistrySettings};
 
 /// The gRPC name of the Gateway service, as health checks ask for it.
 pub const GATEWAY_SERVICE: &str = <crate::proto::v1::gateway_server::GatewayServer<
@@ -177,7 +177,7 @@ pub fn build_registry(
         RegistrySettings {
             max_sessions: config.server.max_sessions,
             closed_session_retention: config.server.closed_session_retention,
-            retry_after: Duration::from_secs(1),
+            retry_after: RETRY_AFTER,
         },
         Arc::new(SystemClock::new()),
         metrics,

@@ -5,6 +5,10 @@ use std::time::Duration;
 use crate::backend::{Fault, StartError};
 use crate::registry::state::SessionState;
 
+/// How long a client refused for capacity (the cap, its tenant's quota, a
+/// backend out of workers) is told to wait before retrying.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// A gateway-level failure. Mapped to a gRPC status once, in the API layer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {

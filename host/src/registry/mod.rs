@@ -37,7 +37,7 @@ use crate::config::SessionPolicy;
 use crate::metrics::Metrics;
 
 use self::backend_metrics::BackendMetrics;
-pub use self::error::GatewayError;
+pub use self::error::{GatewayError, RETRY_AFTER};
 pub use self::lifecycle::CloseResult;
 pub use self::open::OpenRequest;
 pub use self::session::{Session, SessionSnapshot, SessionTimes};
@@ -71,7 +71,8 @@ pub struct RegistrySettings {
     pub max_sessions: usize,
     /// How long closed and faulted sessions stay visible.
     pub closed_session_retention: Duration,
-    /// How long a client should wait before retrying at the cap.
+    /// How long a client should wait before retrying at the cap; the
+    /// gateway uses [`RETRY_AFTER`].
     pub retry_after: Duration,
 }
 

@@ -16,7 +16,8 @@ use crate::clock::{Clock, ManualClock};
 use crate::config::{BackendKind, SessionPolicy};
 use crate::metrics::{BackendLabel, Metrics, TenantLabel};
 use crate::registry::{
-    BackendEntry, Caller, OpenRequest, Registry, RegistrySettings, SessionState, Tenant,
+    BackendEntry, Caller, OpenRequest, RETRY_AFTER, Registry, RegistrySettings, SessionState,
+    Tenant,
 };
 /// What the fake backend does.
 #[derive(Default)]
@@ -144,7 +145,7 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
         RegistrySettings {
             max_sessions,
             closed_session_retention: Duration::from_secs(30),
-            retry_after: Duration::from_secs(1),
+            retry_after: RETRY_AFTER,
         },
         Arc::clone(&clock) as Arc<dyn Clock>,
         Arc::clone(&metrics),
