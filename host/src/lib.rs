@@ -11,9 +11,9 @@
 //! ```
 //!
 //! [`config`] describes everything, [`metrics`] and [`telemetry`] observe
-//! everything, and [`server`] wires the pieces together for `gatehouse
-//! serve`. [`client`] is the Rust client library the `gatehouse` CLI
-//! ([`cli`]) is built on.
+//! everything, [`loader`] turns a config into loaded backends, and
+//! [`server`] wires the pieces together for `gatehouse serve`. [`client`]
+//! is the Rust client library the `gatehouse` CLI ([`cli`]) is built on.
 
 #![warn(missing_docs)]
 
@@ -27,6 +27,7 @@ pub mod config;
 pub mod events;
 pub mod health;
 pub mod keys;
+pub mod loader;
 pub mod loadgen;
 pub mod metrics;
 pub mod proto;

@@ -85,6 +85,14 @@ pub mod env {
     pub const MAX_FRAME_BYTES: &str = "GATEHOUSE_MAX_FRAME_BYTES";
 }
 
+/// Why [`NativeRuntime::load`] could not load a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeLoadError {
+    /// The spec runs wasm, not a native command.
+    #[error("not a native backend")]
+    NotNative,
+}
+
 /// What every native backend of a gateway shares: the state directory and
 /// the set of live workers.
 #[derive(Clone)]
@@ -114,9 +122,9 @@ impl NativeRuntime {
 
     /// A backend for `spec`, which must be a native one. Starts its warm
     /// pool, if it has one; must be called inside a tokio runtime.
-    pub fn load(&self, spec: &BackendSpec) -> Result<NativeBackend, String> {
+    pub fn load(&self, spec: &BackendSpec) -> Result<NativeBackend, NativeLoadError> {
         let Runner::Native(native) = &spec.runner else {
-            return Err("not a native backend".into());
+            return Err(NativeLoadError::NotNative);
         };
         let launcher = Arc::new(Launcher {
             backend: spec.name.clone(),
