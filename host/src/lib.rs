@@ -11,9 +11,9 @@
 //! ```
 //!
 //! [`config`] describes everything, [`metrics`] and [`telemetry`] observe
-//! everything, and [`server`] wires the pieces together for `gatehouse
-//! serve`. [`client`] is the Rust client library the `gatehouse` CLI
-//! ([`cli`]) is built on.
+//! everything, [`loader`] turns a config into loaded backends, and
+//! [`server`] wires the pieces together for `gatehouse serve`. [`client`]
+//! is the Rust client library the `gatehouse` CLI ([`cli`]) is built on.
 //!
 //! Everything but [`client`] and [`proto`] is behind the default `server`
 //! feature: a program that only talks to a gateway depends on this crate
@@ -40,6 +40,8 @@ pub mod events;
 pub mod health;
 #[cfg(feature = "server")]
 pub mod keys;
+#[cfg(feature = "server")]
+pub mod loader;
 #[cfg(feature = "server")]
 pub mod loadgen;
 #[cfg(feature = "server")]

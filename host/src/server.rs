@@ -2,7 +2,6 @@
 //! gRPC (with health and reflection) and Prometheus metrics until Ctrl-C or
 //! SIGTERM, then drains every session.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +13,12 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, ApiLimits, Authenticator};
 use crate::backend::native::NativeRuntime;
-use crate::backend::wasm::{RuntimeOptions, WasmRuntime};
-use crate::builtin;
 use crate::clock::SystemClock;
-use crate::config::{Config, ModuleSource, Runner};
+use crate::config::Config;
 use crate::health::{Gate, Health};
+use crate::loader::{self, LoadError};
 use crate::metrics::{self, Metrics};
-use crate::registry::{BackendEntry, Registry, RegistrySettings};
+use crate::registry::{RETRY_AFTER, Registry, RegistrySettings};
 
 /// The gRPC name of the Gateway service, as health checks ask for it.
 pub const GATEWAY_SERVICE: &str = <crate::proto::v1::gateway_server::GatewayServer<
@@ -63,126 +61,46 @@ pub struct BoundAddrs {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Loads every backend of `config` into a registry.
-/// Loads every backend of `config` into a registry. Native backends need the
-/// state directory: opening it also removes the leftovers of a previous run,
-/// before any session is accepted.
+/// Loads every backend of `config` into a registry. The native runtime is
+/// returned for shutdown: it kills what the drain left and removes the
+/// state directory.
 pub fn build_registry(
     config: &Config,
     metrics: Arc<Metrics>,
 ) -> Result<(Arc<Registry>, Option<NativeRuntime>), ServeError> {
-    let has_native = config
-        .backends
-        .iter()
-        .any(|b| matches!(b.runner, Runner::Native(_)));
-    let native = match NativeRuntime::new(&config.server.state_dir) {
-        Ok(n) => Some(n),
-        Err(e) if has_native => {
-            return Err(ServeError::Io {
-                what: format!(
-                    "opening the state directory {}",
-                    config.server.state_dir.display()
-                ),
-                source: e,
-            });
-        }
-        Err(e) => {
-            tracing::warn!(
-                "state directory {}: {e}; leftovers of a previous run were not checked",
-                config.server.state_dir.display()
-            );
-            None
-        }
-    };
-    let max_memory = config
-        .backends
-        .iter()
-        .map(|b| b.policy.memory_limit)
-        .max()
-        .unwrap_or(64 << 20);
-    let runtime = WasmRuntime::new(&RuntimeOptions {
-        max_sessions: config.server.max_sessions,
-        max_memory_bytes: max_memory,
-        epoch_tick: config.server.epoch_tick,
-        max_reply_bytes: config
-            .backends
-            .iter()
-            .map(|b| b.policy.max_reply_bytes)
-            .max()
-            .unwrap_or(0),
-    })
-    .map_err(|e| ServeError::Backend {
-        name: "*".into(),
-        message: e.to_string(),
-    })?;
-    let cache = config.server.cache_dir.as_deref().map(|d| runtime.cache(d));
-    let mut backends = BTreeMap::new();
-    for spec in &config.backends {
-        let fail = |message: String| ServeError::Backend {
-            name: spec.name.clone(),
-            message,
-        };
-        let module = match &spec.runner {
-            Runner::Wasm(m) => m,
-            Runner::Native(n) => {
-                let native = native
-                    .as_ref()
-                    .ok_or_else(|| fail("no state directory for native workers".into()))?;
-                let backend = native.load(spec).map_err(fail)?;
-                tracing::info!(backend = %spec.name, command = ?n.command, warm_pool = n.warm_pool, "native backend loaded");
-                backends.insert(
-                    spec.name.clone(),
-                    BackendEntry {
-                        backend: Arc::new(backend),
-                        policy: spec.policy.clone(),
-                        config: spec.config.clone(),
-                    },
-                );
-                continue;
-            }
-        };
-        let bytes: std::borrow::Cow<'static, [u8]> = match module {
-            ModuleSource::Builtin(name) => builtin::component(name)
-                .ok_or_else(|| fail(format!("no built-in component {name:?}")))?
-                .into(),
-            ModuleSource::File(path) => std::fs::read(path)
-                .map_err(|e| fail(format!("reading {}: {e}", path.display())))?
-                .into(),
-        };
-        let began = std::time::Instant::now();
-        let (backend, source) = runtime
-            .load_with(spec, &bytes, cache.as_ref())
-            .map_err(|e| fail(e.to_string()))?;
-        tracing::info!(
-            backend = %spec.name,
-            bytes = bytes.len(),
-            load_ms = began.elapsed().as_millis() as u64,
-            cached = source == crate::backend::wasm::cache::Source::Cached,
-            "backend loaded"
-        );
-        backends.insert(
-            spec.name.clone(),
-            BackendEntry {
-                backend: Arc::new(backend),
-                policy: spec.policy.clone(),
-                config: spec.config.clone(),
-            },
-        );
-    }
-    // The runtime lives as long as the backends that hold its engine; the
-    // epoch ticker must keep running for the life of the process.
-    std::mem::forget(runtime);
+    let loaded = loader::load(config).map_err(ServeError::from)?;
     let registry = Registry::new(
-        backends,
+        loaded.backends,
         RegistrySettings {
             max_sessions: config.server.max_sessions,
             closed_session_retention: config.server.closed_session_retention,
-            retry_after: Duration::from_secs(1),
+            retry_after: RETRY_AFTER,
         },
         Arc::new(SystemClock::new()),
         metrics,
     );
-    Ok((registry, native))
+    Ok((registry, loaded.native))
+}
+
+impl From<LoadError> for ServeError {
+    /// The one place load failures become serve errors, with the messages
+    /// `gatehouse serve` has always printed.
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::StateDir { path, source } => ServeError::Io {
+                what: format!("opening the state directory {}", path.display()),
+                source,
+            },
+            LoadError::Runtime(e) => ServeError::Backend {
+                name: "*".into(),
+                message: e.to_string(),
+            },
+            LoadError::Backend { name, failure } => ServeError::Backend {
+                name,
+                message: failure.to_string(),
+            },
+        }
+    }
 }
 
 /// Serves until Ctrl-C or SIGTERM, then drains. `on_bound` is told the bound
@@ -390,5 +308,80 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::backend::Command;
+    use crate::loader::BackendFailure;
+    use crate::registry::{Caller, GatewayError, OpenRequest};
+
+    /// `gatehouse serve` prints load failures as it always has.
+    #[test]
+    fn load_errors_keep_their_serve_messages() {
+        let e = ServeError::from(LoadError::Backend {
+            name: "plc".into(),
+            failure: BackendFailure::NoStateDir,
+        });
+        assert_eq!(
+            e.to_string(),
+            "backend \"plc\": no state directory for native workers"
+        );
+        let e = ServeError::from(LoadError::StateDir {
+            path: "/run/x".into(),
+            source: std::io::Error::other("denied"),
+        });
+        assert_eq!(e.to_string(), "opening the state directory /run/x: denied");
+    }
+
+    /// The loader drops the wasm runtime once the backends are loaded; the
+    /// epoch ticker must live on with them, or no deadline would fire.
+    #[test]
+    fn wasm_deadlines_fire_after_the_runtime_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::parse(
+            "[[backends]]\nname = \"chaos\"\nmodule = \"builtin:chaos\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        config.server.state_dir = dir.path().join("state");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(async {
+            let (registry, _native) = build_registry(&config, Arc::new(Metrics::new())).unwrap();
+            let caller = Caller::local();
+            let request = OpenRequest {
+                backend: "chaos".into(),
+                command_timeout: Some(Duration::from_millis(100)),
+                ..OpenRequest::default()
+            };
+            let session = registry.open(&caller, request).await.unwrap();
+            let spin = vec![Command {
+                name: "spin".into(),
+                payload: Vec::new(),
+            }];
+            // Without ticks the spin never yields its thread: it runs on a
+            // task of its own, so the wait for it can time out.
+            let invoked =
+                tokio::spawn(
+                    async move { registry.invoke(&caller, &session.id, spin, None).await },
+                );
+            tokio::time::timeout(Duration::from_secs(5), invoked).await
+        });
+        // A thread stuck in the spin would make a plain drop wait forever.
+        runtime.shutdown_background();
+        match outcome {
+            Ok(Ok(Err(GatewayError::Faulted(fault)))) => {
+                assert_eq!(fault.code.as_str(), "deadline")
+            }
+            other => panic!("expected a deadline fault, got {other:?}"),
+        }
     }
 }

@@ -5,7 +5,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::AuthError;
 use crate::backend::{FaultClass, StartError};
-use crate::registry::GatewayError;
+use crate::registry::{GatewayError, RETRY_AFTER};
 
 /// Maps a refused credential to `UNAUTHENTICATED` (no usable key) or
 /// `PERMISSION_DENIED` (a valid key without the scope).
@@ -46,7 +46,7 @@ pub fn to_status(error: GatewayError) -> Status {
         GatewayError::StartFailed(StartError::Exhausted(_)) => Status::with_error_details(
             Code::ResourceExhausted,
             message,
-            ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
         ),
         GatewayError::StartFailed(StartError::Failed(_)) => Status::unavailable(message),
         GatewayError::ShuttingDown => Status::unavailable(message),

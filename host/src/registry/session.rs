@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{BackendInfo, Fault, Worker};
 use crate::events::EventLog;
+use crate::registry::backend_metrics::BackendMetrics;
 use crate::registry::slots::Slot;
 use crate::registry::state::{CloseReason, SessionState};
 
@@ -46,6 +47,8 @@ pub struct Session {
     pub owner_key: Option<Arc<str>>,
     /// The backend it runs on.
     pub backend: Arc<BackendInfo>,
+    /// The backend's metric handles, shared with every session of it.
+    pub(super) metrics: Arc<BackendMetrics>,
     /// Client-chosen name.
     pub client_session_name: String,
     /// Client-chosen correlation id.
@@ -89,6 +92,7 @@ impl Session {
         tenant: String,
         owner_key: Option<Arc<str>>,
         backend: Arc<BackendInfo>,
+        metrics: Arc<BackendMetrics>,
         client_session_name: String,
         client_correlation_id: String,
         times: SessionTimes,
@@ -101,6 +105,7 @@ impl Session {
             tenant,
             owner_key,
             backend,
+            metrics,
             client_session_name,
             client_correlation_id,
             times,

@@ -61,6 +61,14 @@ use crate::config::{BackendKind, BackendSpec, Runner};
 
 pub use self::protocol::{PROTOCOL_VERSION, env};
 
+/// Why [`NativeRuntime::load`] could not load a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeLoadError {
+    /// The spec runs wasm, not a native command.
+    #[error("not a native backend")]
+    NotNative,
+}
+
 /// What every native backend of a gateway shares: the state directory and
 /// the set of live workers.
 #[derive(Clone)]
@@ -90,9 +98,9 @@ impl NativeRuntime {
 
     /// A backend for `spec`, which must be a native one. Starts its warm
     /// pool, if it has one; must be called inside a tokio runtime.
-    pub fn load(&self, spec: &BackendSpec) -> Result<NativeBackend, String> {
+    pub fn load(&self, spec: &BackendSpec) -> Result<NativeBackend, NativeLoadError> {
         let Runner::Native(native) = &spec.runner else {
-            return Err("not a native backend".into());
+            return Err(NativeLoadError::NotNative);
         };
         let launcher = Arc::new(Launcher {
             backend: spec.name.clone(),

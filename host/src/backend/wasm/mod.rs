@@ -19,11 +19,10 @@ pub mod check;
 mod host;
 mod reply;
 mod stdio;
+mod ticker;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -90,10 +89,13 @@ pub enum LoadError {
 }
 
 /// The engine, linker and epoch ticker shared by all wasm backends.
+///
+/// Every backend it loads holds a clone of the engine, and the ticker runs
+/// for as long as any clone lives: the runtime itself may be dropped once
+/// its backends are loaded.
 pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<SessionData>,
-    ticker: Arc<AtomicBool>,
 }
 
 impl WasmRuntime {
@@ -104,13 +106,9 @@ impl WasmRuntime {
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let linker = new_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         reply::set_reply_cap(options.max_reply_bytes);
-        let ticker = Arc::new(AtomicBool::new(true));
-        spawn_ticker(engine.clone(), options.epoch_tick, Arc::clone(&ticker));
-        Ok(Self {
-            engine,
-            linker,
-            ticker,
-        })
+        // Detached: it ends by itself once the last engine handle is gone.
+        ticker::spawn(&engine, options.epoch_tick);
+        Ok(Self { engine, linker })
     }
 
     /// Compiles a component and pre-instantiates it for `spec`.
@@ -173,12 +171,6 @@ impl WasmRuntime {
     }
 }
 
-impl Drop for WasmRuntime {
-    fn drop(&mut self) {
-        self.ticker.store(false, Ordering::Relaxed);
-    }
-}
-
 /// The linker every session is instantiated with: WASI preview 2 and the
 /// gatehouse `host` interface.
 fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<SessionData>> {
@@ -226,21 +218,6 @@ fn engine_config(options: &RuntimeOptions) -> Config {
             .memory_guard_size(64 << 10);
     }
     config
-}
-
-/// Advances the engine's epoch every `tick` until `running` is cleared.
-fn spawn_ticker(engine: Engine, tick: Duration, running: Arc<AtomicBool>) {
-    let spawned = thread::Builder::new()
-        .name("gatehouse-epoch".into())
-        .spawn(move || {
-            while running.load(Ordering::Relaxed) {
-                thread::sleep(tick);
-                engine.increment_epoch();
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the epoch thread: {e}; wasm deadlines will not fire");
-    }
 }
 
 /// A wasm backend: one compiled, pre-instantiated component.

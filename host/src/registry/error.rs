@@ -1,0 +1,73 @@
+//! The gateway-level failures the registry returns.
+
+use std::time::Duration;
+
+use crate::backend::{Fault, StartError};
+use crate::registry::state::SessionState;
+
+/// How long a client refused for capacity (the cap, its tenant's quota, a
+/// backend out of workers) is told to wait before retrying.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A gateway-level failure. Mapped to a gRPC status once, in the API layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// No such session, or one of another tenant.
+    #[error("no session {0:?}")]
+    SessionNotFound(String),
+    /// No such backend.
+    #[error("no backend named {0:?}")]
+    BackendNotFound(String),
+    /// The backend exists but the caller's tenant may not open it.
+    #[error("this tenant may not open sessions on backend {0:?}")]
+    BackendNotAllowed(String),
+    /// The session is not READY.
+    #[error("session is {0}, not READY")]
+    NotReady(SessionState),
+    /// Every session slot is taken.
+    #[error("the gateway is at its cap of {cap} sessions")]
+    SessionCapReached {
+        /// The cap.
+        cap: usize,
+        /// When a retry may succeed.
+        retry_after: Duration,
+    },
+    /// The caller's tenant holds as many sessions as its quota allows.
+    #[error("tenant {tenant:?} is at its quota of {quota} sessions")]
+    TenantQuotaReached {
+        /// The tenant.
+        tenant: String,
+        /// The quota.
+        quota: usize,
+        /// When a retry may succeed.
+        retry_after: Duration,
+    },
+    /// The session already has its maximum of event streams.
+    #[error("{0}")]
+    SubscriberExists(String),
+    /// A request value is not allowed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A resume point past the end of the stream.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A command's reply was over the backend's limit.
+    #[error("command {index}: reply of {size} bytes is over the limit of {limit}")]
+    ReplyTooLarge {
+        /// Which command of the request.
+        index: usize,
+        /// The reply size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The worker faulted; the session is now FAULTED.
+    #[error("session faulted: {0}")]
+    Faulted(Fault),
+    /// The worker could not be started.
+    #[error("{0}")]
+    StartFailed(StartError),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}

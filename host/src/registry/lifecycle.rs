@@ -1,0 +1,212 @@
+//! Ending sessions: a client's close, a worker's fault, the sweeper's
+//! expiries and the gateway's shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::backend::{CloseOutcome, Fault, FaultClass, FaultCode};
+use crate::metrics::{CodeLabel, ReasonLabel};
+use crate::registry::tenant::Caller;
+use crate::registry::{CloseReason, GatewayError, Registry, Session, SessionState};
+
+/// What `CloseSession` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseResult {
+    /// The state after the close.
+    pub final_state: SessionState,
+    /// Whether someone else closed it first.
+    pub already_closed: bool,
+}
+
+impl Registry {
+    /// Closes a session for a client. Idempotent while the session is known.
+    /// Runs to completion even if the caller goes away: a close abandoned
+    /// halfway would leave the session stuck in CLOSING.
+    pub async fn close(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<CloseResult, GatewayError> {
+        let session = self.lookup(caller, id)?;
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.close_session(&session, CloseReason::ClientClose).await })
+            .await
+            .map_err(|e| {
+                GatewayError::Faulted(Fault::crashed(
+                    FaultCode::Internal,
+                    format!("close failed: {e}"),
+                ))
+            })
+    }
+
+    /// Closes one session: serialized per session, graceful within the
+    /// backend's close timeout, then killed.
+    async fn close_session(&self, session: &Arc<Session>, reason: CloseReason) -> CloseResult {
+        let _lifecycle = session.lifecycle.lock().await;
+        match session.state() {
+            SessionState::Closed => {
+                return CloseResult {
+                    final_state: SessionState::Closed,
+                    already_closed: true,
+                };
+            }
+            SessionState::Faulted => {
+                // The worker is already gone; closing makes it final.
+                session.transition(SessionState::Closed, self.clock.now());
+                return CloseResult {
+                    final_state: SessionState::Closed,
+                    already_closed: false,
+                };
+            }
+            _ => {}
+        }
+        if !session.begin_close(reason) {
+            return CloseResult {
+                final_state: session.state(),
+                already_closed: true,
+            };
+        }
+        let backend = session.backend.name.clone();
+        if let Some(worker) = session.take_worker() {
+            // The worker enforces the grace period itself; the outer timeout
+            // only guards against a worker that does not.
+            let outcome = tokio::time::timeout(
+                session.times.close_timeout + Duration::from_millis(500),
+                worker.close(session.times.close_timeout),
+            )
+            .await
+            .unwrap_or(CloseOutcome::Killed);
+            if outcome == CloseOutcome::Killed {
+                worker.kill();
+                self.metrics
+                    .workers_killed
+                    .get_or_create(&ReasonLabel {
+                        backend: backend.clone(),
+                        reason: "close-timeout".into(),
+                    })
+                    .inc();
+            }
+        }
+        session.events.close();
+        session.transition(SessionState::Closed, self.clock.now());
+        drop(session.take_slot());
+        self.metrics
+            .sessions_closed
+            .get_or_create(&ReasonLabel {
+                backend,
+                reason: reason.as_str().into(),
+            })
+            .inc();
+        tracing::info!(session_id = %session.id, reason = %reason, "session closed");
+        CloseResult {
+            final_state: session.state(),
+            already_closed: false,
+        }
+    }
+
+    /// Faults a session: stops its worker and releases its slot, once.
+    /// Returns whether this call faulted it.
+    pub(super) fn fault_session(&self, session: &Arc<Session>, fault: Fault) -> bool {
+        let Some(released) = session.fault(fault.clone(), self.clock.now()) else {
+            return false;
+        };
+        let backend = session.backend.name.clone();
+        if let Some(worker) = released.worker {
+            worker.kill();
+            self.metrics
+                .workers_killed
+                .get_or_create(&ReasonLabel {
+                    backend: backend.clone(),
+                    reason: match fault.class {
+                        FaultClass::Deadline => "deadline".into(),
+                        FaultClass::Crashed => "fault".into(),
+                    },
+                })
+                .inc();
+        }
+        drop(released.slot);
+        self.metrics
+            .faults
+            .get_or_create(&CodeLabel {
+                backend: backend.clone(),
+                code: fault.code.as_str().into(),
+            })
+            .inc();
+        self.metrics
+            .sessions_closed
+            .get_or_create(&ReasonLabel {
+                backend,
+                reason: CloseReason::Fault.as_str().into(),
+            })
+            .inc();
+        tracing::warn!(session_id = %session.id, fault = %fault, "session faulted");
+        true
+    }
+
+    /// One sweep: closes sessions whose lease, idle timeout or lifetime ran
+    /// out (concurrently, so one slow worker delays none of the others),
+    /// keeps sessions with an attached stream alive, and forgets ended
+    /// sessions past their retention. Returns how many it closed.
+    pub async fn sweep(&self) -> usize {
+        let now = self.clock.now();
+        let mut expired = Vec::new();
+        {
+            let mut sessions = self.sessions();
+            sessions.retain(|_, s| {
+                s.ended_at()
+                    .is_none_or(|t| now < t + self.settings.closed_session_retention)
+            });
+            for s in sessions.values() {
+                if s.events.has_subscriber() {
+                    s.keep_alive(now);
+                }
+                if let Some(reason) = s.expiry(now) {
+                    expired.push((Arc::clone(s), reason));
+                }
+            }
+        }
+        let n = expired.len();
+        futures::future::join_all(
+            expired
+                .iter()
+                .map(|(s, reason)| self.close_session(s, *reason)),
+        )
+        .await;
+        n
+    }
+
+    /// Stops accepting sessions and closes every live one, killing what has
+    /// not stopped within `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.draining.store(true, Ordering::Release);
+        let live: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter(|s| !s.state().is_terminal())
+            .cloned()
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        tracing::info!(sessions = live.len(), "closing every session for shutdown");
+        let closes = futures::future::join_all(
+            live.iter()
+                .map(|s| self.close_session(s, CloseReason::GatewayShutdown)),
+        );
+        if tokio::time::timeout(timeout, closes).await.is_err() {
+            for s in &live {
+                if let Some(worker) = s.take_worker() {
+                    worker.kill();
+                    self.metrics
+                        .workers_killed
+                        .get_or_create(&ReasonLabel {
+                            backend: s.backend.name.clone(),
+                            reason: "shutdown".into(),
+                        })
+                        .inc();
+                }
+            }
+        }
+    }
+}

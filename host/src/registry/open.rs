@@ -1,0 +1,319 @@
+//! Opening a session: resolve the backend and the times, take a slot,
+//! register, start the worker, mark it READY; or roll every step back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+use crate::backend::{
+    Fault, FaultCode, FaultReporter, StartError, StartPhase, StartRequest, Worker,
+};
+use crate::config::SessionPolicy;
+use crate::events::{EventLimits, EventLog};
+use crate::metrics::{CodeLabel, TenantLabel};
+use crate::registry::slots::{Refused, Slot};
+use crate::registry::tenant::Caller;
+use crate::registry::{GatewayError, Loaded, Registry, Session, SessionState, SessionTimes};
+
+/// A client's request to open a session.
+#[derive(Debug, Clone, Default)]
+pub struct OpenRequest {
+    /// Backend name.
+    pub backend: String,
+    /// Client-chosen name.
+    pub client_session_name: String,
+    /// Client-chosen correlation id.
+    pub client_correlation_id: String,
+    /// Requested command timeout; capped by the backend.
+    pub command_timeout: Option<Duration>,
+    /// Requested lease; capped by the backend.
+    pub lease: Option<Duration>,
+    /// Merged over the backend's config.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Undoes a registered open that does not reach READY, in reverse order:
+/// fault, deregister, dispose of the worker, release the slot, count.
+/// Runs on drop, so an open abandoned at an `.await` rolls back too.
+struct Rollback<'a> {
+    registry: &'a Registry,
+    session: &'a Arc<Session>,
+    /// `None` once the session is READY.
+    fault: Option<Fault>,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        let Some(fault) = self.fault.take() else {
+            return;
+        };
+        let (registry, session) = (self.registry, self.session);
+        let code = fault.code;
+        let released = session.fault(fault, registry.clock.now());
+        registry.sessions().remove(&session.id);
+        if let Some(released) = released {
+            if let Some(worker) = released.worker {
+                worker.kill();
+            }
+            drop(released.slot);
+        }
+        registry
+            .metrics
+            .faults
+            .get_or_create(&CodeLabel {
+                backend: session.backend.name.to_string(),
+                code: code.as_str().into(),
+            })
+            .inc();
+        if code == FaultCode::OpenAbandoned {
+            tracing::info!(session_id = %session.id, "open abandoned by its caller; rolled back");
+        }
+    }
+}
+
+impl Registry {
+    /// Opens a session and returns it once READY. An open the caller
+    /// abandons (its future is dropped: the client went away or its
+    /// deadline passed) rolls back, as a failed one does: nobody holds the
+    /// id, so a session left behind would only wait for its lease.
+    pub async fn open(
+        &self,
+        caller: &Caller,
+        request: OpenRequest,
+    ) -> Result<Arc<Session>, GatewayError> {
+        // Runs on the caller's task: a task of its own cost a hop to
+        // another thread on most opens (about a tenth of an echo open).
+        if self.draining.load(Ordering::Acquire) {
+            return Err(GatewayError::ShuttingDown);
+        }
+        let loaded = self.openable(caller, &request.backend)?;
+        // The backend's limits, lowered by the tenant's overrides.
+        let policy = &caller.tenant.policy(&loaded.entry.policy);
+        let times = session_times(policy, &request)?;
+
+        // 1. Take a slot of the tenant's quota and one of the gateway's cap
+        //    (both or neither), or refuse at once.
+        let slot = self.take_slot(caller, loaded)?;
+
+        // 2. Register. The lifecycle lock is taken before the session is
+        //    visible, so a close that finds it waits for the open to end.
+        let session = new_session(
+            caller,
+            loaded,
+            policy,
+            &request,
+            times,
+            slot,
+            self.clock.now(),
+        );
+        let _lifecycle = session.lifecycle.lock().await;
+        self.sessions()
+            .insert(Arc::clone(&session.id), Arc::clone(&session));
+        // From here until READY, every way out rolls back: a failure below,
+        // or the caller dropping this future mid-start.
+        let mut rollback = Rollback {
+            registry: self,
+            session: &session,
+            fault: Some(Fault::crashed(
+                FaultCode::OpenAbandoned,
+                "the caller went away before the session was ready",
+            )),
+        };
+
+        // 3. Start the worker.
+        let started = self
+            .start_worker(caller, loaded, policy, request.config, &session)
+            .await;
+
+        // 4. READY, or roll back.
+        let error = match started {
+            Ok(worker) => {
+                session.set_worker(Arc::clone(&worker));
+                if session.transition(SessionState::Ready, self.clock.now()) {
+                    rollback.fault = None;
+                    session.metrics.sessions_opened.inc();
+                    tracing::info!(session_id = %session.id, backend = %session.backend.name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
+                    return Ok(Arc::clone(&session));
+                }
+                GatewayError::StartFailed(StartError::Failed(
+                    session.snapshot().fault.unwrap_or_else(|| {
+                        Fault::crashed(FaultCode::WorkerStopped, "the worker stopped during open")
+                    }),
+                ))
+            }
+            Err(e) => GatewayError::StartFailed(e),
+        };
+        let fault = rollback_fault(&error);
+        let code = fault.code;
+        rollback.fault = Some(fault);
+        drop(rollback);
+        tracing::warn!(session_id = %session.id, backend = %session.backend.name, code = %code, "session open failed: {error}");
+        Err(error)
+    }
+
+    /// The backend `name`, if it exists and the caller's tenant may open it.
+    fn openable(&self, caller: &Caller, name: &str) -> Result<&Loaded, GatewayError> {
+        let loaded = self
+            .backends
+            .get(name)
+            .ok_or_else(|| GatewayError::BackendNotFound(name.to_string()))?;
+        if !caller.tenant.may_open(name) {
+            return Err(GatewayError::BackendNotAllowed(name.to_string()));
+        }
+        Ok(loaded)
+    }
+
+    /// A slot of the caller's tenant's quota and of the gateway's cap, both
+    /// or neither.
+    fn take_slot(&self, caller: &Caller, loaded: &Loaded) -> Result<Slot, GatewayError> {
+        let gauges = vec![
+            loaded.metrics.open_sessions.clone(),
+            self.metrics
+                .tenant_open_sessions
+                .get_or_create(&TenantLabel {
+                    tenant: caller.tenant_name().to_string(),
+                })
+                .clone(),
+        ];
+        let retry_after = self.settings.retry_after;
+        self.slots
+            .try_take_both(caller.tenant.quota(), gauges)
+            .map_err(|refused| match refused {
+                Refused::Cap(cap) => GatewayError::SessionCapReached { cap, retry_after },
+                Refused::Quota(quota) => GatewayError::TenantQuotaReached {
+                    tenant: caller.tenant_name().to_string(),
+                    quota,
+                    retry_after,
+                },
+            })
+    }
+
+    /// Starts the session's worker, reporting start-up states on the
+    /// session as the backend walks them.
+    async fn start_worker(
+        &self,
+        caller: &Caller,
+        loaded: &Loaded,
+        policy: &SessionPolicy,
+        request_config: BTreeMap<String, String>,
+        session: &Arc<Session>,
+    ) -> Result<Arc<dyn Worker>, StartError> {
+        // The request's config over the backend's.
+        let mut config = loaded.entry.config.clone();
+        config.extend(request_config);
+        let start = StartRequest {
+            session_id: Arc::clone(&session.id),
+            tenant: caller.tenant_name().to_string(),
+            backend: session.backend.name.clone(),
+            config,
+            events: Arc::clone(&session.events),
+            policy: policy.clone(),
+            open_timeout: session.times.command_timeout,
+            faults: FaultReporter::new(Arc::clone(&session.id), self.faults.clone()),
+        };
+        let clock = Arc::clone(&self.clock);
+        let progress = |phase: StartPhase| {
+            session.transition(phase.into(), clock.now());
+        };
+        let began = Instant::now();
+        let started = loaded.entry.backend.start(start, &progress).await;
+        session
+            .metrics
+            .instantiate_seconds
+            .observe(began.elapsed().as_secs_f64());
+        started.map(Arc::from)
+    }
+}
+
+/// The session's timeouts: the request's, within the policy's caps.
+fn session_times(
+    policy: &SessionPolicy,
+    request: &OpenRequest,
+) -> Result<SessionTimes, GatewayError> {
+    Ok(SessionTimes {
+        command_timeout: capped(
+            request.command_timeout,
+            policy.command_timeout,
+            policy.max_command_timeout,
+            "command_timeout",
+        )?,
+        lease: capped(request.lease, policy.lease, policy.max_lease, "lease")?,
+        idle_timeout: policy.idle_timeout,
+        max_lifetime: policy.max_lifetime,
+        close_timeout: policy.close_timeout,
+    })
+}
+
+/// A new session in CREATING, with a fresh id and its own event log.
+fn new_session(
+    caller: &Caller,
+    loaded: &Loaded,
+    policy: &SessionPolicy,
+    request: &OpenRequest,
+    times: SessionTimes,
+    slot: Slot,
+    now: Instant,
+) -> Arc<Session> {
+    let events = Arc::new(EventLog::new(
+        EventLimits {
+            queue: policy.event_queue,
+            replay: policy.replay_buffer,
+            overflow: policy.event_overflow,
+            max_subscribers: policy.max_event_subscribers,
+        },
+        Arc::clone(&loaded.metrics.events),
+    ));
+    Arc::new(Session::new(
+        new_session_id(),
+        caller.tenant_name().to_string(),
+        caller.key.clone(),
+        Arc::clone(&loaded.info),
+        Arc::clone(&loaded.metrics),
+        request.client_session_name.clone(),
+        request.client_correlation_id.clone(),
+        times,
+        events,
+        slot,
+        now,
+    ))
+}
+
+/// The fault a failed open is recorded with.
+fn rollback_fault(error: &GatewayError) -> Fault {
+    match error {
+        GatewayError::StartFailed(StartError::Failed(f)) => f.clone(),
+        GatewayError::StartFailed(StartError::Refused(m)) => {
+            Fault::crashed(FaultCode::OpenRefused, m.clone())
+        }
+        GatewayError::StartFailed(StartError::Exhausted(m)) => {
+            Fault::crashed(FaultCode::NoCapacity, m.clone())
+        }
+        other => Fault::crashed(FaultCode::StartFailed, other.to_string()),
+    }
+}
+
+/// The client's value, else the default; never above the cap.
+fn capped(
+    requested: Option<Duration>,
+    default: Duration,
+    cap: Duration,
+    name: &str,
+) -> Result<Duration, GatewayError> {
+    match requested {
+        None => Ok(default),
+        Some(d) if d.is_zero() => Err(GatewayError::InvalidArgument(format!(
+            "{name} must be greater than zero"
+        ))),
+        Some(d) => Ok(d.min(cap)),
+    }
+}
+
+/// 128 random bits from the OS-seeded CSPRNG, as 32 hex digits.
+fn new_session_id() -> Arc<str> {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes).into()
+}

@@ -1,0 +1,8 @@
+//! Registry behaviour with a fake backend and a hand-driven clock: leases,
+//! timeouts, the cap, rollback and close, without sleeping.
+
+mod close;
+mod fixtures;
+mod leases;
+mod open;
+mod tenants;
