@@ -1,0 +1,215 @@
+//! `[server]`: the gateway's own settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, invalid, nonzero, units};
+
+/// Server-wide settings (`[server]`).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus listen address; `None` disables the metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Live sessions allowed in the whole gateway.
+    pub max_sessions: usize,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// Most commands in one `InvokeBatch`.
+    pub max_batch_commands: usize,
+    /// How often the sweeper checks leases and timeouts.
+    pub sweep_interval: Duration,
+    /// How long shutdown waits for sessions to close before killing workers.
+    pub shutdown_timeout: Duration,
+    /// How long closed and faulted sessions stay visible.
+    pub closed_session_retention: Duration,
+    /// The wasm epoch tick: the granularity of command deadlines.
+    pub epoch_tick: Duration,
+    /// HTTP/2 streams a connection may open at once.
+    pub max_concurrent_streams: u32,
+    /// Requests in flight per connection; more are shed with `UNAVAILABLE`.
+    pub max_connection_concurrency: usize,
+    /// Interval of HTTP/2 keepalive pings.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 streams reset by the client but not yet accepted, at most.
+    pub max_pending_resets: usize,
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Event streams end with `UNAVAILABLE` this long after they start, so
+    /// long streams move between gateways behind a load balancer; clients
+    /// resume with `resume_after_sequence`. `None` keeps them open.
+    pub max_event_stream_age: Option<Duration>,
+    /// Where live native worker pids are recorded, so that a gateway
+    /// killed outright has its leftovers removed at the next start.
+    pub state_dir: PathBuf,
+}
+
+/// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from("XDG_CACHE_HOME")
+        .or_else(|| from("HOME").map(|h| h.join(".cache")))
+        .map(|d| d.join("gatehouse"))
+}
+
+/// `$XDG_RUNTIME_DIR/gatehouse`, else `/tmp/gatehouse-<uid>`.
+pub fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("gatehouse"),
+        _ => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            std::env::temp_dir().join(format!("gatehouse-{uid}"))
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            max_sessions: 1024,
+            max_message_bytes: 4 << 20,
+            max_batch_commands: 1000,
+            sweep_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(10),
+            closed_session_retention: Duration::from_secs(60),
+            epoch_tick: Duration::from_millis(10),
+            max_concurrent_streams: 1024,
+            max_connection_concurrency: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_pending_resets: 64,
+            cache_dir: default_cache_dir(),
+            max_event_stream_age: None,
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+// ---- the file format -------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ServerFile {
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    max_sessions: Option<usize>,
+    #[serde(deserialize_with = "units::size")]
+    max_message_bytes: Option<usize>,
+    max_batch_commands: Option<usize>,
+    #[serde(deserialize_with = "units::duration")]
+    sweep_interval: Option<Duration>,
+    #[serde(deserialize_with = "units::duration")]
+    shutdown_timeout: Option<Duration>,
+    #[serde(deserialize_with = "units::duration")]
+    closed_session_retention: Option<Duration>,
+    #[serde(deserialize_with = "units::duration")]
+    epoch_tick: Option<Duration>,
+    max_concurrent_streams: Option<u32>,
+    max_connection_concurrency: Option<usize>,
+    #[serde(deserialize_with = "units::duration")]
+    keepalive_interval: Option<Duration>,
+    #[serde(deserialize_with = "units::duration")]
+    keepalive_timeout: Option<Duration>,
+    max_pending_resets: Option<usize>,
+    /// Read by [`super::backends::plugins_in`], not part of the settings.
+    pub(super) plugins_dir: Option<PathBuf>,
+    cache_dir: Option<String>,
+    #[serde(deserialize_with = "units::duration_or_off")]
+    max_event_stream_age: Option<Option<Duration>>,
+    state_dir: Option<PathBuf>,
+}
+
+impl ServerFile {
+    /// `[server]`; a relative `cache_dir` is resolved against `base`.
+    pub(super) fn resolve(self, base: &Path) -> Result<ServerSettings, ConfigError> {
+        let d = ServerSettings::default();
+        let listen = match self.listen {
+            Some(s) => parse_addr(&s).map_err(|m| invalid("server.listen", m))?,
+            None => d.listen,
+        };
+        let metrics_listen = match self.metrics_listen.as_deref() {
+            Some("off") => None,
+            Some(s) => Some(parse_addr(s).map_err(|m| invalid("server.metrics_listen", m))?),
+            None => d.metrics_listen,
+        };
+        let s = ServerSettings {
+            listen,
+            metrics_listen,
+            max_sessions: self.max_sessions.unwrap_or(d.max_sessions),
+            max_message_bytes: self.max_message_bytes.unwrap_or(d.max_message_bytes),
+            max_batch_commands: self.max_batch_commands.unwrap_or(d.max_batch_commands),
+            sweep_interval: self.sweep_interval.unwrap_or(d.sweep_interval),
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(d.shutdown_timeout),
+            closed_session_retention: self
+                .closed_session_retention
+                .unwrap_or(d.closed_session_retention),
+            epoch_tick: self.epoch_tick.unwrap_or(d.epoch_tick),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .unwrap_or(d.max_concurrent_streams),
+            max_connection_concurrency: self
+                .max_connection_concurrency
+                .unwrap_or(d.max_connection_concurrency),
+            keepalive_interval: self.keepalive_interval.unwrap_or(d.keepalive_interval),
+            keepalive_timeout: self.keepalive_timeout.unwrap_or(d.keepalive_timeout),
+            max_pending_resets: self.max_pending_resets.unwrap_or(d.max_pending_resets),
+            cache_dir: match self.cache_dir.as_deref() {
+                Some("off") => None,
+                Some(dir) => Some(base.join(dir)),
+                None => d.cache_dir,
+            },
+            max_event_stream_age: self.max_event_stream_age.unwrap_or(d.max_event_stream_age),
+            state_dir: self.state_dir.unwrap_or(d.state_dir),
+        };
+        if !s.state_dir.is_absolute() {
+            return Err(invalid("server.state_dir", "must be an absolute path"));
+        }
+        if s.max_sessions == 0 || s.max_sessions > 1_000_000 {
+            return Err(invalid("server.max_sessions", "must be 1..=1000000"));
+        }
+        if s.max_message_bytes < 1024 {
+            return Err(invalid("server.max_message_bytes", "must be at least 1KiB"));
+        }
+        if s.max_batch_commands == 0 {
+            return Err(invalid("server.max_batch_commands", "must be at least 1"));
+        }
+        nonzero(s.sweep_interval, "server.sweep_interval")?;
+        nonzero(s.epoch_tick, "server.epoch_tick")?;
+        nonzero(s.keepalive_interval, "server.keepalive_interval")?;
+        nonzero(s.keepalive_timeout, "server.keepalive_timeout")?;
+        if let Some(age) = s.max_event_stream_age {
+            nonzero(age, "server.max_event_stream_age")?;
+        }
+        if s.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if s.max_connection_concurrency == 0 {
+            return Err(invalid(
+                "server.max_connection_concurrency",
+                "must be at least 1",
+            ));
+        }
+        Ok(s)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:50051"))
+}
