@@ -138,7 +138,7 @@ fn runtime_options(config: &Config) -> RuntimeOptions {
             .iter()
             .map(|b| b.policy.memory_limit)
             .max()
-            .unwrap_or(64 << 20),
+            .unwrap_or(crate::config::DEFAULT_MEMORY_LIMIT),
         epoch_tick: config.server.epoch_tick,
         max_reply_bytes: config
             .backends
