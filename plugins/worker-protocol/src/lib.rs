@@ -219,4 +219,25 @@ mod tests {
             Err(FrameError::Decode(_))
         ));
     }
+
+    #[test]
+    fn every_environment_variable_is_documented() {
+        // Workers in other languages are written from the protocol doc.
+        let doc = include_str!("../../../docs/native-workers.md");
+        for name in [
+            env::FD,
+            env::NONCE,
+            env::PROTOCOL_VERSION,
+            env::SESSION_ID,
+            env::BACKEND,
+            env::HEARTBEAT_INTERVAL_MS,
+            env::HEARTBEAT_GRACE_MS,
+            env::MAX_FRAME_BYTES,
+        ] {
+            assert!(
+                doc.contains(name),
+                "{name} is not in docs/native-workers.md"
+            );
+        }
+    }
 }

@@ -601,3 +601,36 @@ impl From<pb::CommandError> for CommandError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_command_errors_map_to_the_hosts_and_unknown_kinds_fail() {
+        use pb::command_error::Kind;
+        let wire = |kind: i32| pb::CommandError {
+            kind,
+            message: "m".into(),
+        };
+        assert_eq!(
+            CommandError::from(wire(Kind::UnknownCommand as i32)),
+            CommandError::UnknownCommand("m".into())
+        );
+        assert_eq!(
+            CommandError::from(wire(Kind::InvalidPayload as i32)),
+            CommandError::InvalidPayload("m".into())
+        );
+        assert_eq!(
+            CommandError::from(wire(Kind::Failed as i32)),
+            CommandError::Failed("m".into())
+        );
+        // An unspecified or future kind is a plain failure, never a panic.
+        for kind in [Kind::Unspecified as i32, 99] {
+            assert_eq!(
+                CommandError::from(wire(kind)),
+                CommandError::Failed("m".into())
+            );
+        }
+    }
+}
