@@ -276,7 +276,20 @@ fn main() -> ExitCode {
     {
         return worker(name);
     }
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // Help and version are not errors. Every other parse failure is a
+        // bad argument, 64 like the CLI's own checks: clap's default, 2,
+        // is the code the CLI keeps for gRPC errors.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let code = match args.command {
         Cmd::Serve {
             config,

@@ -546,6 +546,28 @@ async fn rpc_lines_follow_the_log_filter() {
 // ---- the CLI: completions and help --------------------------------------------
 
 #[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    for args in [
+        &["no-such-command"][..],
+        &["invoke"][..],
+        &["sessions", "--no-such-flag"][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?} says why");
+    }
+    for args in [
+        &["--help"][..],
+        &["invoke", "--help"][..],
+        &["--version"][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
 fn completions_and_help_with_examples() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let out = Command::new(BIN)
