@@ -72,9 +72,14 @@ async fn calls_on_a_closed_session_are_failed_precondition() {
     let s = open(&mut c, "echo").await;
     close(&mut c, &s.session_id).await;
     let id = s.session_id.as_str();
-    expect_code(
+    let status = expect_code(
         try_invoke(&mut c, id, "echo", b"x").await,
         Code::FailedPrecondition,
+    );
+    // The message says why the session is gone, not only that it is.
+    assert_eq!(
+        status.message(),
+        "session is CLOSED (closed: client-close), not READY"
     );
     expect_code(
         c.invoke_batch(pb::InvokeBatchRequest {

@@ -27,7 +27,7 @@ pub fn to_status(error: GatewayError) -> Status {
             Status::not_found(message)
         }
         GatewayError::BackendNotAllowed(_) => Status::permission_denied(message),
-        GatewayError::NotReady(_) => Status::failed_precondition(message),
+        GatewayError::NotReady { .. } => Status::failed_precondition(message),
         GatewayError::SessionCapReached { retry_after, .. }
         | GatewayError::TenantQuotaReached { retry_after, .. } => Status::with_error_details(
             Code::ResourceExhausted,

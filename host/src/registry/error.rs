@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::backend::{Fault, StartError};
-use crate::registry::state::SessionState;
+use crate::registry::state::{CloseReason, SessionState};
 
 /// How long a client refused for capacity (the cap, its tenant's quota, a
 /// backend out of workers) is told to wait before retrying.
@@ -21,9 +21,14 @@ pub enum GatewayError {
     /// The backend exists but the caller's tenant may not open it.
     #[error("this tenant may not open sessions on backend {0:?}")]
     BackendNotAllowed(String),
-    /// The session is not READY.
-    #[error("session is {0}, not READY")]
-    NotReady(SessionState),
+    /// The session is not READY; an ended one says why it ended.
+    #[error("session is {}{}, not READY", .state, because(*.state, .reason))]
+    NotReady {
+        /// Its state.
+        state: SessionState,
+        /// Why it closed or is closing, if it is.
+        reason: Option<CloseReason>,
+    },
     /// Every session slot is taken.
     #[error("the gateway is at its cap of {cap} sessions")]
     SessionCapReached {
@@ -70,4 +75,15 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+}
+
+/// ` (closed: lease-expired)` and the like, so a client that paused past
+/// its lease learns why its session is gone.
+fn because(state: SessionState, reason: &Option<CloseReason>) -> String {
+    let verb = if state == SessionState::Closing {
+        "closing"
+    } else {
+        "closed"
+    };
+    reason.map_or_else(String::new, |r| format!(" ({verb}: {r})"))
 }

@@ -217,7 +217,7 @@ impl Registry {
         let session = self.owned(caller, id)?;
         let state = session.state();
         if state != SessionState::Ready {
-            return Err(GatewayError::NotReady(state));
+            return Err(session.not_ready(state));
         }
         session.touch(self.clock.now());
         Ok(session)
@@ -233,7 +233,7 @@ impl Registry {
         deadline: Option<Instant>,
     ) -> Result<Vec<Outcome>, GatewayError> {
         let session = self.owned(caller, id)?;
-        let worker = session.ready_worker().map_err(GatewayError::NotReady)?;
+        let worker = session.ready_worker()?;
         session.touch(self.clock.now());
         let began = Instant::now();
         let invoked = worker.invoke(commands, session.times.command_timeout, deadline);
@@ -275,7 +275,7 @@ impl Registry {
                     // session is closing, not because it failed.
                     let state = session.state();
                     if state != SessionState::Faulted {
-                        return Err(GatewayError::NotReady(state));
+                        return Err(session.not_ready(state));
                     }
                 }
                 Err(GatewayError::Faulted(fault))

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{BackendInfo, Fault, Worker};
 use crate::events::EventLog;
+use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
 use crate::registry::slots::Slot;
 use crate::registry::state::{CloseReason, SessionState};
@@ -233,16 +234,24 @@ impl Session {
     }
 
     /// The worker, if the session is READY.
-    pub(super) fn ready_worker(&self) -> Result<Arc<dyn Worker>, SessionState> {
+    pub(super) fn ready_worker(&self) -> Result<Arc<dyn Worker>, GatewayError> {
         let state = self.state();
         if state != SessionState::Ready {
-            return Err(state);
+            return Err(self.not_ready(state));
         }
         self.worker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or(state)
+            .ok_or_else(|| self.not_ready(state))
+    }
+
+    /// The error for a call that needs READY, with why the session closed.
+    pub(super) fn not_ready(&self, state: SessionState) -> GatewayError {
+        GatewayError::NotReady {
+            state,
+            reason: self.status().close_reason,
+        }
     }
 
     pub(super) fn take_worker(&self) -> Option<Arc<dyn Worker>> {

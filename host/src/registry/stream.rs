@@ -49,7 +49,7 @@ impl Registry {
         let session = self.owned(caller, id)?;
         let state = session.state();
         if state != SessionState::Ready {
-            return Err(GatewayError::NotReady(state));
+            return Err(session.not_ready(state));
         }
         session.touch(self.clock.now());
         let subscription = session

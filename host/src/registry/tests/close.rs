@@ -18,10 +18,22 @@ async fn close_is_idempotent() {
     let second = f.registry.close(&me(), &s.id).await.unwrap();
     assert!(second.already_closed);
     assert_eq!(f.script.closed.load(Ordering::SeqCst), 1);
+    let err = f
+        .registry
+        .invoke(&me(), &s.id, cmd(), None)
+        .await
+        .unwrap_err();
     assert!(matches!(
-        f.registry.invoke(&me(), &s.id, cmd(), None).await,
-        Err(GatewayError::NotReady(SessionState::Closed))
+        err,
+        GatewayError::NotReady {
+            state: SessionState::Closed,
+            reason: Some(CloseReason::ClientClose)
+        }
     ));
+    assert_eq!(
+        err.to_string(),
+        "session is CLOSED (closed: client-close), not READY"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +69,10 @@ async fn a_fault_stops_the_worker_and_frees_the_slot() {
     // Still visible, no longer usable, and closing it makes it final.
     assert!(matches!(
         f.registry.invoke(&me(), &s.id, cmd(), None).await,
-        Err(GatewayError::NotReady(SessionState::Faulted))
+        Err(GatewayError::NotReady {
+            state: SessionState::Faulted,
+            reason: Some(CloseReason::Fault)
+        })
     ));
     let closed = f.registry.close(&me(), &s.id).await.unwrap();
     assert_eq!(closed.final_state, SessionState::Closed);

@@ -18,6 +18,12 @@ async fn the_lease_expires_without_activity() {
     assert_eq!(f.registry.sweep().await, 1);
     assert_eq!(s.state(), SessionState::Closed);
     assert_eq!(s.snapshot().close_reason, Some(CloseReason::LeaseExpired));
+    // A client back from a pause learns why its session is gone.
+    let err = f.registry.renew(&me(), &s.id).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "session is CLOSED (closed: lease-expired), not READY"
+    );
     assert_eq!(f.registry.open_count(), 0);
     assert_eq!(
         f.script.closed.load(Ordering::SeqCst),
