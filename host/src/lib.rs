@@ -55,6 +55,8 @@ pub mod scaffold;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod transport;
 
 /// A `Duration` as a protobuf `Duration`.
 pub fn api_duration(d: std::time::Duration) -> prost_types::Duration {

@@ -30,6 +30,16 @@ struct Args {
     /// (not needed in local development mode).
     #[arg(long, global = true, env = "GATEHOUSE_KEY", hide_env_values = true)]
     key: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// gateway, instead of
+    /// the system's roots.
+    #[arg(long, global = true, env = "GATEHOUSE_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for a gateway that asks for one (mTLS).
+    #[arg(long, global = true, env = "GATEHOUSE_CLIENT_CERT", value_name = "PEM")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "GATEHOUSE_CLIENT_KEY", value_name = "PEM")]
+    client_key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -307,7 +317,13 @@ fn main() -> ExitCode {
             );
             0
         }
-        Cmd::Config(ConfigCmd::Check { file }) => match Config::load(&file) {
+        Cmd::Config(ConfigCmd::Check { file }) => match Config::load(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                gatehouse::server::preflight(&c)
+                    .map(|()| c)
+                    .map_err(|e| e.to_string())
+            }) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} backend{})",
@@ -348,7 +364,14 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Worker { name } => return worker(&name),
-        other => client(args.addr, args.key, args.json, other),
+        other => {
+            let tls = cli::TlsFiles {
+                ca_cert: args.ca_cert,
+                client_cert: args.client_cert,
+                client_key: args.client_key,
+            };
+            client(args.addr, args.key, &tls, args.json, other)
+        }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -481,7 +504,7 @@ fn serve(
     }
 }
 
-fn client(addr: String, key: Option<String>, json: bool, command: Cmd) -> i32 {
+fn client(addr: String, key: Option<String>, tls: &cli::TlsFiles, json: bool, command: Cmd) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -493,7 +516,7 @@ fn client(addr: String, key: Option<String>, json: bool, command: Cmd) -> i32 {
         }
     };
     let result: Result<i32, CliError> = runtime.block_on(async move {
-        let mut c = Client::connect(&addr, json, key.as_deref()).await?;
+        let mut c = Client::connect(&addr, json, key.as_deref(), tls).await?;
         let json = c.json();
         match command {
             Cmd::Backends => c.backends().await,

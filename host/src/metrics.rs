@@ -74,6 +74,8 @@ pub struct Metrics {
     pub events_dropped: Family<BackendLabel, Counter>,
     /// Sessions holding a slot of a tenant's quota.
     pub tenant_open_sessions: Family<TenantLabel, Gauge>,
+    /// Connections and TLS.
+    pub transport: TransportMetrics,
 }
 
 impl Default for Metrics {
@@ -97,6 +99,7 @@ impl Metrics {
             events_emitted: Family::default(),
             events_dropped: Family::default(),
             tenant_open_sessions: Family::default(),
+            transport: TransportMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +152,7 @@ impl Metrics {
             "Sessions holding a slot, by tenant",
             m.tenant_open_sessions.clone(),
         );
+        m.transport.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -191,15 +195,13 @@ impl EventObserver for BackendEvents {
 /// Serves `/metrics`, plus the routes of `extra` (`/healthz`, `/readyz`),
 /// on `listener` until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: crate::transport::Acceptor,
     metrics: Arc<Metrics>,
     extra: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "metrics listening");
-    }
+    tracing::info!(addr = %listener.local_addr(), "metrics listening");
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -218,4 +220,65 @@ pub async fn serve(
     axum::serve(listener, app.merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Labels: port (`grpc` or `http`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabel {
+    /// Which listener.
+    pub port: String,
+}
+
+/// Labels: port and result (`ok` or `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortResultLabel {
+    /// Which listener.
+    pub port: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// Connections and TLS, per listening port.
+#[derive(Clone, Default)]
+pub struct TransportMetrics {
+    /// Connections open now.
+    pub connections_open: Family<PortLabel, Gauge>,
+    /// Connections closed at accept because `server.max_connections` were open.
+    pub connections_refused: Family<PortLabel, Counter>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: Family<PortLabel, Counter>,
+    /// Certificate reloads (SIGHUP or a changed file), by result.
+    pub tls_reloads: Family<PortResultLabel, Counter>,
+    /// When the served certificate expires, as a Unix timestamp.
+    pub tls_certificate_expiry: Family<PortLabel, Gauge>,
+}
+
+impl TransportMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_open",
+            "Connections open, by port",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept beyond server.max_connections, by port",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by port",
+            self.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate reloads, by port and result",
+            self.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the served certificate expires (Unix time), by port",
+            self.tls_certificate_expiry.clone(),
+        );
+    }
 }

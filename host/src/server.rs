@@ -1,6 +1,6 @@
 //! `gatehouse serve`: loads the backends, builds the registry and serves
 //! gRPC (with health and reflection) and Prometheus metrics until Ctrl-C or
-//! SIGTERM, then drains every session.
+//! SIGTERM, then drains every session. SIGHUP re-reads the TLS files.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, ApiLimits, Authenticator};
 use crate::backend::native::NativeRuntime;
@@ -19,6 +18,7 @@ use crate::health::{Gate, Health};
 use crate::loader::{self, LoadError};
 use crate::metrics::{self, Metrics};
 use crate::registry::{RETRY_AFTER, Registry, RegistrySettings};
+use crate::transport::{Acceptor, TlsError, TlsStore, tls};
 
 /// The gRPC name of the Gateway service, as health checks ask for it.
 pub const GATEWAY_SERVICE: &str = <crate::proto::v1::gateway_server::GatewayServer<
@@ -50,6 +50,101 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A port's certificate files cannot be used.
+    #[error("{key}: {source}")]
+    Tls {
+        /// The config table, `server.tls` or `server.http_tls`.
+        key: &'static str,
+        /// Why.
+        source: TlsError,
+    },
+}
+
+/// ALPN of the gRPC port: HTTP/2 only.
+const GRPC_ALPN: &[&[u8]] = &[b"h2"];
+/// ALPN of the HTTP port (metrics, health): it speaks HTTP/1.1.
+const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
+
+/// What `serve` refuses before it listens, for `config check` too: an
+/// exposure the config does not allow, and certificate files that do not
+/// load.
+pub fn preflight(config: &Config) -> Result<(), ServeError> {
+    check_exposure(config, &Authenticator::from_tenants(&config.tenants))?;
+    let server = &config.server;
+    if let Some(files) = &server.tls {
+        tls::check(files).map_err(|source| ServeError::Tls {
+            key: "server.tls",
+            source,
+        })?;
+    }
+    if let Some(files) = &server.http_tls
+        && server.tls.as_ref() != Some(files)
+    {
+        tls::check(files).map_err(|source| ServeError::Tls {
+            key: "server.http_tls",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Local development mode (no credentials) serves loopback only; with
+/// credentials, a public address needs TLS, or `allow_plaintext` for a
+/// TLS-terminating proxy in front: keys must not cross a network in the
+/// clear.
+fn check_exposure(config: &Config, auth: &Authenticator) -> Result<(), ServeError> {
+    let server = &config.server;
+    let public = !server.listen.ip().is_loopback();
+    if auth.is_local() && public {
+        return Err(ServeError::Refused(format!(
+            "refusing to listen on {} without API keys: local development mode only serves loopback",
+            server.listen
+        )));
+    }
+    if public && server.tls.is_none() && !server.allow_plaintext {
+        return Err(ServeError::Refused(format!(
+            "refusing to serve API keys in plaintext on {}: configure [server.tls] (cert, key), or set server.allow_plaintext = true if a TLS-terminating proxy is in front",
+            server.listen
+        )));
+    }
+    Ok(())
+}
+
+/// The certificate stores of the two ports; `None` serves plaintext.
+struct PortTls {
+    grpc: Option<Arc<TlsStore>>,
+    http: Option<Arc<TlsStore>>,
+}
+
+/// The certificate stores of both ports, loaded before anything listens.
+/// The HTTP port has its own store even when it shares the files: it
+/// offers other ALPN protocols.
+fn open_tls(config: &Config, metrics: &Metrics) -> Result<PortTls, ServeError> {
+    let server = &config.server;
+    let open = |files: &crate::config::TlsFiles, port, alpn: &[&'static [u8]], key| {
+        TlsStore::open(
+            port,
+            files.clone(),
+            alpn.to_vec(),
+            metrics.transport.clone(),
+        )
+        .map_err(|source| ServeError::Tls { key, source })
+    };
+    let grpc = server
+        .tls
+        .as_ref()
+        .map(|f| open(f, "grpc", GRPC_ALPN, "server.tls"))
+        .transpose()?;
+    let http_key = if server.tls == server.http_tls {
+        "server.tls"
+    } else {
+        "server.http_tls"
+    };
+    let http = match (&server.http_tls, server.metrics_listen) {
+        (Some(f), Some(_)) => Some(open(f, "http", HTTP_ALPN, http_key)?),
+        _ => None,
+    };
+    Ok(PortTls { grpc, http })
 }
 
 /// The addresses the server actually bound (useful with port 0).
@@ -120,16 +215,13 @@ pub async fn serve_until(
     on_bound: impl FnOnce(BoundAddrs),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    // Local development mode: no keys, so only loopback. With keys every
-    // call must authenticate, and any address may be served.
     let auth = Authenticator::from_tenants(&config.tenants);
-    if auth.is_local() && !config.server.listen.ip().is_loopback() {
-        return Err(ServeError::Refused(format!(
-            "refusing to listen on {} without API keys: local development mode only serves loopback",
-            config.server.listen
-        )));
-    }
+    check_exposure(&config, &auth)?;
     let metrics = Arc::new(Metrics::new());
+    let PortTls {
+        grpc: grpc_tls,
+        http: http_tls,
+    } = open_tls(&config, &metrics)?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::starting(reporter, GATEWAY_SERVICE).await;
 
@@ -139,10 +231,18 @@ pub async fn serve_until(
             what: format!("binding {}", config.server.listen),
             source,
         })?;
-    let grpc = listener.local_addr().map_err(|source| ServeError::Io {
+    let incoming = Acceptor::spawn(
+        listener,
+        "grpc",
+        grpc_tls.clone(),
+        config.server.max_connections,
+        &metrics.transport,
+    )
+    .map_err(|source| ServeError::Io {
         what: "reading the bound address".into(),
         source,
     })?;
+    let grpc = incoming.local_addr();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -157,7 +257,18 @@ pub async fn serve_until(
                     what: format!("binding metrics {addr}"),
                     source,
                 })?;
-            let bound = l.local_addr().unwrap_or(addr);
+            let l = Acceptor::spawn(
+                l,
+                "http",
+                http_tls.clone(),
+                config.server.max_connections,
+                &metrics.transport,
+            )
+            .map_err(|source| ServeError::Io {
+                what: format!("binding metrics {addr}"),
+                source,
+            })?;
+            let bound = l.local_addr();
             let m = Arc::clone(&metrics);
             let routes = health.routes();
             let stop = stopped(stop_rx.clone());
@@ -178,7 +289,6 @@ pub async fn serve_until(
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gate = Gate::new();
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = &config.server;
     let grpc_server = tokio::spawn(
         Server::builder()
@@ -194,7 +304,10 @@ pub async fn serve_until(
             .add_service(gate.clone())
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
-    tracing::info!(%grpc, metrics = ?metrics_addr, "listening; loading backends");
+    tracing::info!(%grpc, metrics = ?metrics_addr, tls = grpc_tls.is_some(), "listening; loading backends");
+    let reloader = tokio::spawn(reload_on_hangup(
+        [grpc_tls, http_tls].into_iter().flatten().collect(),
+    ));
 
     // Load the backends off the async threads: compiling takes a while.
     let signal = stop;
@@ -214,6 +327,7 @@ pub async fn serve_until(
             health.draining().await;
             let _ = stop_tx.send(true);
             let _ = grpc_server.await;
+            reloader.abort();
             return Ok(());
         }
     };
@@ -222,6 +336,7 @@ pub async fn serve_until(
         Err(e) => {
             let _ = stop_tx.send(true);
             let _ = grpc_server.await;
+            reloader.abort();
             return Err(e);
         }
     };
@@ -274,6 +389,7 @@ pub async fn serve_until(
     let _ = stop_tx.send(true);
     let served = grpc_server.await;
     sweeper.abort();
+    reloader.abort();
     if let Some(n) = &native {
         // Late stragglers (a pool refill racing the drain), then the state
         // directory: a clean exit leaves nothing to reap at the next start.
@@ -286,6 +402,32 @@ pub async fn serve_until(
         Err(e) => Err(ServeError::Refused(format!(
             "the gRPC server task failed: {e}"
         ))),
+    }
+}
+
+/// Re-reads every port's certificate files on each SIGHUP, which
+/// operators send out of habit to reload: without a handler it would end
+/// the process and every session with it. A store that fails to load keeps
+/// its old certificate and says so in the log.
+async fn reload_on_hangup(stores: Vec<Arc<TlsStore>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(stores = stores.len(), "SIGHUP: re-reading TLS certificates");
+            for store in &stores {
+                let store = Arc::clone(store);
+                let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = stores;
+        std::future::pending::<()>().await;
     }
 }
 
@@ -319,6 +461,41 @@ mod tests {
     use crate::backend::Command;
     use crate::loader::BackendFailure;
     use crate::registry::{Caller, GatewayError, OpenRequest};
+
+    /// Keys cross a public network only over TLS, or when the operator says
+    /// a proxy in front terminates it.
+    #[test]
+    fn exposure_rules() {
+        let (_, hash) = crate::keys::generate().unwrap();
+        let keys = format!(
+            "[[tenants]]\nname = \"a\"\n[[tenants.keys]]\nhash = \"{hash}\"\nscopes = [\"admin\"]\n"
+        );
+        let check = |server: &str, tenants: &str| {
+            let config =
+                Config::parse(&format!("[server]\n{server}\n{tenants}"), Path::new("/x")).unwrap();
+            check_exposure(&config, &Authenticator::from_tenants(&config.tenants))
+                .map_err(|e| e.to_string())
+        };
+        let tls = "[server.tls]\ncert = \"c\"\nkey = \"k\"";
+        let public = "listen = \"0.0.0.0:50051\"";
+        check("", "").unwrap();
+        check("", &keys).unwrap();
+        let e = check(public, "").unwrap_err();
+        assert!(e.contains("local development mode"), "{e}");
+        let e = check(&format!("{public}\n{tls}"), "").unwrap_err();
+        assert!(
+            e.contains("local development mode"),
+            "TLS does not make anonymous calls safe: {e}"
+        );
+        let e = check(public, &keys).unwrap_err();
+        assert!(
+            e.contains("[server.tls]") && e.contains("server.allow_plaintext = true"),
+            "{e}"
+        );
+        check(&format!("{public}\nallow_plaintext = true"), &keys).unwrap();
+        check(&format!("{public}\n{tls}"), &keys).unwrap();
+        check("listen = \"[::1]:50051\"", &keys).unwrap();
+    }
 
     /// `gatehouse serve` prints load failures as it always has.
     #[test]

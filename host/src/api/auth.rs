@@ -2,14 +2,20 @@
 //!
 //! [`Authenticated`] wraps the Gateway service (and only it: health and
 //! reflection need no credentials). For every RPC it reads
-//! `authorization: Bearer <key>`, finds the key's tenant and scopes, checks
-//! the scope the RPC needs ([`required_scope`]) and hands the resolved
-//! [`Caller`] to the service in the request's extensions. Failures are typed
-//! ([`AuthError`]) and become gRPC statuses in `status.rs`.
+//! `authorization: Bearer <key>` and, over mutual TLS, the names of the
+//! connection's client certificate ([`Peer`]); finds the tenant and scopes
+//! they belong to, checks the scope the RPC needs ([`required_scope`]) and
+//! hands the resolved [`Caller`] to the service in the request's
+//! extensions. Failures are typed ([`AuthError`]) and become gRPC statuses
+//! in `status.rs`.
 //!
-//! With no keys configured the gateway is in local development mode: every
-//! call is the anonymous tenant `default` with every scope but `admin`, and
-//! any `authorization` header is ignored.
+//! A call may carry a key, a certificate the config names, or both. With
+//! both they must name the same tenant, and the key's scopes apply: the key
+//! is what the call chose to present.
+//!
+//! With no keys or certificates configured the gateway is in local
+//! development mode: every call is the anonymous tenant `default` with
+//! every scope but `admin`, and any `authorization` header is ignored.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,9 +27,10 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use super::status::auth_status;
-use crate::config::TenantSpec;
+use crate::config::{CertIdentity, TenantSpec};
 use crate::keys::{KeyTable, Scope, Scopes};
 use crate::registry::{Caller, DEFAULT_TENANT, Tenant};
+use crate::transport::{Peer, PeerIdentity};
 
 /// Why a call was refused before it reached the service.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +44,18 @@ pub enum AuthError {
     /// A well-formed key that matches no configured key.
     #[error("unknown API key")]
     UnknownKey,
+    /// A client certificate (signed by the client CA) that no
+    /// `[[tenants.certs]]` entry names, and no key.
+    #[error(
+        "the client certificate {subject} names no tenant; send an API key or add it to [[tenants.certs]]"
+    )]
+    UnknownCertificate {
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// A key and a certificate of different tenants.
+    #[error("the API key and the client certificate belong to different tenants")]
+    TenantMismatch,
     /// A valid key without the scope the RPC needs.
     #[error("{method} needs the {scope} scope, which this key does not have")]
     MissingScope {
@@ -74,8 +93,11 @@ struct Principal {
 enum Mode {
     /// Local development mode: everyone is this principal.
     Local(Principal),
-    /// Keys configured: every call must present one.
-    Keys(KeyTable<Principal>),
+    /// Keys or certificates configured: every call must present one.
+    Credentials {
+        keys: KeyTable<Principal>,
+        certs: Vec<(CertIdentity, Principal)>,
+    },
 }
 
 /// Resolves the caller of each RPC from its metadata.
@@ -106,7 +128,10 @@ impl Authenticator {
     /// backends and limits of a `[[tenants]]` entry named `default` if there
     /// is one. Keys of one tenant share one quota.
     pub fn from_tenants(specs: &[TenantSpec]) -> Self {
-        if specs.iter().all(|t| t.keys.is_empty()) {
+        if specs
+            .iter()
+            .all(|t| t.keys.is_empty() && t.certs.is_empty())
+        {
             let tenant = specs
                 .iter()
                 .find(|t| t.name == DEFAULT_TENANT)
@@ -114,6 +139,7 @@ impl Authenticator {
             return Self::local_as(tenant);
         }
         let mut entries = Vec::new();
+        let mut certs = Vec::new();
         for spec in specs {
             let tenant = Tenant::from_spec(spec);
             for key in &spec.keys {
@@ -126,9 +152,22 @@ impl Authenticator {
                     },
                 ));
             }
+            for cert in &spec.certs {
+                certs.push((
+                    cert.identity.clone(),
+                    Principal {
+                        tenant: Arc::clone(&tenant),
+                        key: Some(cert.label().into()),
+                        scopes: cert.scopes,
+                    },
+                ));
+            }
         }
         Self {
-            mode: Arc::new(Mode::Keys(KeyTable::new(entries))),
+            mode: Arc::new(Mode::Credentials {
+                keys: KeyTable::new(entries),
+                certs,
+            }),
         }
     }
 
@@ -138,13 +177,43 @@ impl Authenticator {
     }
 
     /// Authenticates a call to `method` (the RPC name, e.g. `OpenSession`)
-    /// from its headers and checks the scope it needs.
-    pub fn authorize(&self, headers: &http::HeaderMap, method: &str) -> Result<Caller, AuthError> {
+    /// from its headers and the connection's client certificate, and checks
+    /// the scope it needs.
+    pub fn authorize(
+        &self,
+        headers: &http::HeaderMap,
+        cert: Option<&PeerIdentity>,
+        method: &str,
+    ) -> Result<Caller, AuthError> {
         let principal = match &*self.mode {
             Mode::Local(p) => p,
-            Mode::Keys(table) => {
-                let key = bearer(headers)?;
-                table.find(key).ok_or(AuthError::UnknownKey)?
+            Mode::Credentials { keys, certs } => {
+                let by_cert = cert.and_then(|id| {
+                    certs
+                        .iter()
+                        .find(|(identity, _)| id.matches(identity))
+                        .map(|(_, p)| p)
+                });
+                let by_key = match bearer(headers) {
+                    Ok(key) => Some(keys.find(key).ok_or(AuthError::UnknownKey)?),
+                    Err(AuthError::Missing) => None,
+                    Err(e) => return Err(e),
+                };
+                match (by_key, by_cert) {
+                    (Some(k), Some(c)) if !Arc::ptr_eq(&k.tenant, &c.tenant) => {
+                        return Err(AuthError::TenantMismatch);
+                    }
+                    (Some(k), _) => k,
+                    (None, Some(c)) => c,
+                    (None, None) => {
+                        return Err(match cert {
+                            Some(id) => AuthError::UnknownCertificate {
+                                subject: id.to_string(),
+                            },
+                            None => AuthError::Missing,
+                        });
+                    }
+                }
             }
         };
         let scope = required_scope(method);
@@ -220,13 +289,16 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-        match self.auth.authorize(request.headers(), method) {
+        let peer = request.extensions().get::<Peer>();
+        let cert = peer.and_then(|p| p.identity.as_deref());
+        match self.auth.authorize(request.headers(), cert, method) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Either::Left(self.inner.call(request))
             }
             Err(e) => {
-                tracing::info!(method, "call refused: {e}");
+                let remote = peer.and_then(|p| p.remote);
+                tracing::info!(method, ?remote, "call refused: {e}");
                 Either::Right(std::future::ready(Ok(auth_status(e).into_http())))
             }
         }
@@ -241,6 +313,7 @@ mod tests {
     use super::*;
     use crate::config::{KeySpec, LimitOverrides};
     use crate::keys::{KeyHash, generate};
+    use crate::transport::PeerIdentity;
 
     fn headers(auth: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -264,6 +337,7 @@ mod tests {
                     scopes,
                 })
                 .collect(),
+            certs: Vec::new(),
         }
     }
 
@@ -327,35 +401,47 @@ mod tests {
         assert!(!auth.is_local());
         let bearer = |k: &str| headers(Some(&format!("Bearer {k}")));
 
-        let a = auth.authorize(&bearer(&a_key), "ListSessions").unwrap();
+        let a = auth
+            .authorize(&bearer(&a_key), None, "ListSessions")
+            .unwrap();
         assert_eq!(a.tenant_name(), "a");
         assert!(!a.admin);
         assert_eq!(a.key.as_deref(), Some(a_hash.short().as_str()));
         assert_eq!(
-            auth.authorize(&bearer(&a_key), "OpenSession").unwrap_err(),
+            auth.authorize(&bearer(&a_key), None, "OpenSession")
+                .unwrap_err(),
             AuthError::MissingScope {
                 scope: Scope::SessionsOpen,
                 method: "OpenSession".into()
             }
         );
-        let b = auth.authorize(&bearer(&b_key), "OpenSession").unwrap();
+        let b = auth
+            .authorize(&bearer(&b_key), None, "OpenSession")
+            .unwrap();
         assert_eq!(b.tenant_name(), "b");
-        let admin = auth.authorize(&bearer(&admin_key), "Invoke").unwrap();
+        let admin = auth.authorize(&bearer(&admin_key), None, "Invoke").unwrap();
         assert!(admin.admin);
         assert!(
             Arc::ptr_eq(&b.tenant, &admin.tenant),
             "keys of one tenant share its quota"
         );
         // The scheme is case-insensitive.
-        auth.authorize(&headers(Some(&format!("bearer {b_key}"))), "OpenSession")
-            .unwrap();
+        auth.authorize(
+            &headers(Some(&format!("bearer {b_key}"))),
+            None,
+            "OpenSession",
+        )
+        .unwrap();
     }
 
     #[test]
     fn missing_malformed_and_unknown_keys_are_refused() {
         let (_, hash) = generate().unwrap();
         let auth = Authenticator::from_tenants(&[spec("a", vec![(hash, scopes(&[Scope::Admin]))])]);
-        let check = |h: Option<&str>| auth.authorize(&headers(h), "ListBackends").unwrap_err();
+        let check = |h: Option<&str>| {
+            auth.authorize(&headers(h), None, "ListBackends")
+                .unwrap_err()
+        };
         assert_eq!(check(None), AuthError::Missing);
         assert_eq!(check(Some("Basic dXNlcjpwYXNz")), AuthError::Malformed);
         assert_eq!(check(Some("Bearer")), AuthError::Malformed);
@@ -377,18 +463,103 @@ mod tests {
             Authenticator::from_tenants(&[spec("default", vec![])]),
         ] {
             assert!(auth.is_local());
-            let c = auth.authorize(&headers(None), "OpenSession").unwrap();
+            let c = auth.authorize(&headers(None), None, "OpenSession").unwrap();
             assert_eq!(c.tenant_name(), DEFAULT_TENANT);
             assert!(!c.admin && c.key.is_none());
             // A stray header is ignored.
-            auth.authorize(&headers(Some("Bearer whatever")), "Invoke")
+            auth.authorize(&headers(Some("Bearer whatever")), None, "Invoke")
                 .unwrap();
         }
         let auth = Authenticator::from_tenants(&[TenantSpec {
             max_sessions: Some(3),
             ..spec("default", vec![])
         }]);
-        let c = auth.authorize(&headers(None), "OpenSession").unwrap();
+        let c = auth.authorize(&headers(None), None, "OpenSession").unwrap();
         assert_eq!(c.tenant.max_sessions(), Some(3));
+    }
+
+    #[test]
+    fn certificates_resolve_to_their_tenant_and_must_agree_with_a_key() {
+        use crate::config::{CertIdentity, CertSpec, DistinguishedName};
+        let (b_key, b_hash) = generate().unwrap();
+        let cert = |identity, scopes| CertSpec {
+            name: None,
+            identity,
+            scopes,
+        };
+        let a = TenantSpec {
+            certs: vec![cert(
+                CertIdentity::Subject(DistinguishedName::parse("CN=ci, O=Acme").unwrap()),
+                scopes(&[Scope::SessionsRead]),
+            )],
+            ..spec("a", vec![])
+        };
+        let b = TenantSpec {
+            certs: vec![cert(
+                CertIdentity::Uri("spiffe://acme/b".into()),
+                scopes(&[Scope::SessionsOpen]),
+            )],
+            ..spec("b", vec![(b_hash, scopes(&[Scope::BackendsRead]))])
+        };
+        let auth = Authenticator::from_tenants(&[a, b]);
+        assert!(!auth.is_local(), "certificates alone are credentials");
+        let peer = |subject: &str, uri: Option<&str>| PeerIdentity {
+            subject: Some(DistinguishedName::parse(subject).unwrap()),
+            dns: Vec::new(),
+            uris: uri.into_iter().map(String::from).collect(),
+        };
+        let ci = peer("O=Acme, CN=ci", None);
+        let b_peer = peer("CN=runner", Some("spiffe://acme/b"));
+        let stranger = peer("CN=stranger", None);
+        let none = headers(None);
+        let b_bearer = headers(Some(&format!("Bearer {b_key}")));
+
+        let c = auth.authorize(&none, Some(&ci), "ListSessions").unwrap();
+        assert_eq!(c.tenant_name(), "a");
+        assert_eq!(c.key.as_deref(), Some("cert:subject CN=ci, O=Acme"));
+        assert_eq!(
+            auth.authorize(&none, Some(&ci), "OpenSession").unwrap_err(),
+            AuthError::MissingScope {
+                scope: Scope::SessionsOpen,
+                method: "OpenSession".into()
+            }
+        );
+        let c = auth.authorize(&none, Some(&b_peer), "OpenSession").unwrap();
+        assert_eq!(c.tenant_name(), "b");
+        // With a key of the same tenant the key's scopes apply.
+        assert!(matches!(
+            auth.authorize(&b_bearer, Some(&b_peer), "OpenSession"),
+            Err(AuthError::MissingScope { .. })
+        ));
+        auth.authorize(&b_bearer, Some(&b_peer), "ListBackends")
+            .unwrap();
+        // A key of another tenant than the certificate's.
+        assert_eq!(
+            auth.authorize(&b_bearer, Some(&ci), "ListBackends")
+                .unwrap_err(),
+            AuthError::TenantMismatch
+        );
+        // A certificate nobody named: refused alone, the key decides with one.
+        assert_eq!(
+            auth.authorize(&none, Some(&stranger), "ListBackends")
+                .unwrap_err(),
+            AuthError::UnknownCertificate {
+                subject: "CN=stranger".into()
+            }
+        );
+        let c = auth
+            .authorize(&b_bearer, Some(&stranger), "ListBackends")
+            .unwrap();
+        assert_eq!(c.tenant_name(), "b");
+        // A bad key is refused even with a good certificate.
+        assert_eq!(
+            auth.authorize(&headers(Some("Bearer ghk_nope")), Some(&ci), "ListSessions")
+                .unwrap_err(),
+            AuthError::UnknownKey
+        );
+        assert_eq!(
+            auth.authorize(&none, None, "ListSessions").unwrap_err(),
+            AuthError::Missing
+        );
     }
 }

@@ -7,14 +7,17 @@ use super::auth::AuthError;
 use crate::backend::{FaultClass, StartError};
 use crate::registry::{GatewayError, RETRY_AFTER};
 
-/// Maps a refused credential to `UNAUTHENTICATED` (no usable key) or
-/// `PERMISSION_DENIED` (a valid key without the scope).
+/// Maps a refused credential to `UNAUTHENTICATED` (no usable key or
+/// certificate, or two that disagree) or `PERMISSION_DENIED` (a valid
+/// credential without the scope).
 pub fn auth_status(error: AuthError) -> Status {
     let message = error.to_string();
     match error {
-        AuthError::Missing | AuthError::Malformed | AuthError::UnknownKey => {
-            Status::unauthenticated(message)
-        }
+        AuthError::Missing
+        | AuthError::Malformed
+        | AuthError::UnknownKey
+        | AuthError::UnknownCertificate { .. }
+        | AuthError::TenantMismatch => Status::unauthenticated(message),
         AuthError::MissingScope { .. } => Status::permission_denied(message),
     }
 }

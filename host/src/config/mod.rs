@@ -21,6 +21,13 @@
 //! max_event_stream_age = "off"      # end event streams with UNAVAILABLE after this; clients resume
 //! state_dir = "$XDG_RUNTIME_DIR/gatehouse" # live native worker pids; without
 //!                                   # XDG_RUNTIME_DIR, "/tmp/gatehouse-<uid>"
+//! max_connections = 4096            # open connections per port; more are closed at accept
+//! allow_plaintext = false           # with keys, serve a non-loopback address without TLS
+//! [server.tls]                      # TLS on the gRPC port (and the HTTP port); see `tls`
+//! cert = "tls/server.pem"           # certificate chain, leaf first (PEM)
+//! key = "tls/server.key"            # its private key (PEM)
+//! client_ca = "tls/clients-ca.pem"  # optional: require client certificates from this CA
+//! # [server.http_tls]               # the HTTP port's own files, instead of [server.tls]
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -105,14 +112,17 @@ use serde::Deserialize;
 
 mod backends;
 mod builtins;
+pub mod certs;
 mod grants;
 mod native;
 mod policy;
 mod server;
 pub mod tenants;
+mod tls;
 mod units;
 
 pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Runner};
+pub use self::certs::{CertIdentity, DistinguishedName};
 pub use self::grants::{Grants, NetRule, Preopen};
 pub use self::native::NativeSpec;
 pub use self::policy::{
@@ -120,7 +130,8 @@ pub use self::policy::{
     MIN_MEMORY_LIMIT, OverflowPolicy, SessionPatch, SessionPolicy,
 };
 pub use self::server::{ServerSettings, default_state_dir};
-pub use self::tenants::{KeySpec, TenantSpec};
+pub use self::tenants::{CertSpec, KeySpec, TenantSpec};
+pub use self::tls::TlsFiles;
 pub use self::units::parse_duration;
 
 /// A backend's `version` when the config gives none.
@@ -228,10 +239,13 @@ impl Config {
         }
     }
 
-    /// Whether any API key is configured. Without one the gateway runs in
-    /// local development mode: anonymous calls, loopback only.
+    /// Whether any API key or client certificate identity is configured.
+    /// Without one the gateway runs in local development mode: anonymous
+    /// calls, loopback only.
     pub fn has_keys(&self) -> bool {
-        self.tenants.iter().any(|t| !t.keys.is_empty())
+        self.tenants
+            .iter()
+            .any(|t| !t.keys.is_empty() || !t.certs.is_empty())
     }
 }
 
@@ -283,6 +297,17 @@ impl ConfigFile {
             backends = builtins::builtin_backends(&defaults);
         }
         let tenants = tenants::resolve(self.tenants, &backends)?;
+        // A certificate identity can only match if clients are asked for a
+        // certificate, which only `client_ca` does.
+        let client_ca = server.tls.as_ref().and_then(|t| t.client_ca.as_ref());
+        if client_ca.is_none()
+            && let Some(i) = tenants.iter().position(|t| !t.certs.is_empty())
+        {
+            return Err(invalid(
+                format!("tenants[{i}].certs"),
+                "needs server.tls.client_ca: without it no client sends a certificate",
+            ));
+        }
         Ok(Config {
             server,
             backends,
@@ -395,7 +420,7 @@ mod tests {
         // [server] states the defaults, but for the keys that are examples
         // or depend on the environment.
         let mut server = doc["server"].as_table().unwrap().clone();
-        for example in ["plugins_dir", "cache_dir", "state_dir"] {
+        for example in ["plugins_dir", "cache_dir", "state_dir", "tls"] {
             assert!(server.remove(example).is_some(), "{example}");
         }
         let server: server::ServerFile = toml::Value::Table(server).try_into().unwrap();

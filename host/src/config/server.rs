@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::tls::{TlsFile, TlsFiles};
 use super::{ConfigError, invalid, nonzero, units};
 
 /// Server-wide settings (`[server]`).
@@ -48,6 +49,16 @@ pub struct ServerSettings {
     /// Where live native worker pids are recorded, so that a gateway
     /// killed outright has its leftovers removed at the next start.
     pub state_dir: PathBuf,
+    /// TLS on the gRPC port (`[server.tls]`); `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+    /// TLS on the HTTP port: `[server.http_tls]`, else `[server.tls]`.
+    pub http_tls: Option<TlsFiles>,
+    /// Serve API keys in plaintext on an address that is not loopback: for
+    /// a TLS-terminating proxy in front of the gateway.
+    pub allow_plaintext: bool,
+    /// Open connections per port (gRPC and HTTP each); beyond it a new
+    /// connection is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 /// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
@@ -94,6 +105,10 @@ impl Default for ServerSettings {
             cache_dir: default_cache_dir(),
             max_event_stream_age: None,
             state_dir: default_state_dir(),
+            tls: None,
+            http_tls: None,
+            allow_plaintext: false,
+            max_connections: 4096,
         }
     }
 }
@@ -130,6 +145,10 @@ pub(super) struct ServerFile {
     #[serde(deserialize_with = "units::duration_or_off")]
     max_event_stream_age: Option<Option<Duration>>,
     state_dir: Option<PathBuf>,
+    tls: Option<TlsFile>,
+    http_tls: Option<TlsFile>,
+    allow_plaintext: Option<bool>,
+    max_connections: Option<usize>,
 }
 
 impl ServerFile {
@@ -144,6 +163,14 @@ impl ServerFile {
             Some("off") => None,
             Some(s) => Some(parse_addr(s).map_err(|m| invalid("server.metrics_listen", m))?),
             None => d.metrics_listen,
+        };
+        let tls = self
+            .tls
+            .map(|t| t.resolve(base, "server.tls"))
+            .transpose()?;
+        let http_tls = match self.http_tls {
+            Some(t) => Some(t.resolve(base, "server.http_tls")?),
+            None => tls.clone(),
         };
         let s = ServerSettings {
             listen,
@@ -173,6 +200,10 @@ impl ServerFile {
             },
             max_event_stream_age: self.max_event_stream_age.unwrap_or(d.max_event_stream_age),
             state_dir: self.state_dir.unwrap_or(d.state_dir),
+            tls,
+            http_tls,
+            allow_plaintext: self.allow_plaintext.unwrap_or(d.allow_plaintext),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
         };
         if !s.state_dir.is_absolute() {
             return Err(invalid("server.state_dir", "must be an absolute path"));
@@ -205,6 +236,15 @@ impl ServerFile {
                 "must be at least 1",
             ));
         }
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if s.http_tls.is_some() && s.metrics_listen.is_none() {
+            return Err(invalid(
+                "server.http_tls",
+                "is set but the HTTP port is off (server.metrics_listen = \"off\")",
+            ));
+        }
         Ok(s)
     }
 }
@@ -212,4 +252,51 @@ impl ServerFile {
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:50051"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/gatehouse")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_files_resolve_against_the_config_and_the_http_port_shares_them() {
+        let c = parse("[server.tls]\ncert = \"tls/s.pem\"\nkey = \"/abs/s.key\"\n").unwrap();
+        let tls = c.server.tls.clone().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/gatehouse/tls/s.pem"));
+        assert_eq!(tls.key, Path::new("/abs/s.key"));
+        assert_eq!(tls.client_ca, None);
+        assert_eq!(c.server.http_tls, Some(tls));
+        let c = parse(
+            "[server.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nclient_ca = \"ca.pem\"\n[server.http_tls]\ncert = \"h.pem\"\nkey = \"h.key\"\n",
+        )
+        .unwrap();
+        let http = c.server.http_tls.unwrap();
+        assert_eq!(http.cert, Path::new("/etc/gatehouse/h.pem"));
+        assert_eq!(http.client_ca, None);
+        assert!(!c.server.allow_plaintext);
+        assert_eq!(c.server.max_connections, 4096);
+    }
+
+    #[test]
+    fn bad_tls_and_connection_settings_are_named() {
+        let e = parse("[server.tls]\ncert = \"a.pem\"\n").unwrap_err();
+        assert!(e.starts_with("server.tls.key"), "{e}");
+        let e = parse("[server.http_tls]\nkey = \"a.key\"\n").unwrap_err();
+        assert!(e.starts_with("server.http_tls.cert"), "{e}");
+        let e = parse("[server.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n").unwrap_err();
+        assert!(e.contains("ca"), "{e}");
+        let e = parse("[server]\nmax_connections = 0\n").unwrap_err();
+        assert!(e.starts_with("server.max_connections"), "{e}");
+        let e = parse(
+            "[server]\nmetrics_listen = \"off\"\n[server.http_tls]\ncert = \"a\"\nkey = \"b\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("server.http_tls"), "{e}");
+    }
 }

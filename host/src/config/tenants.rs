@@ -13,18 +13,25 @@
 //! name = "ci"                       # optional label for logs
 //! hash = "sha256:..."               # from `gatehouse keys new`; the key itself is never stored
 //! scopes = ["sessions:open", "sessions:use", "sessions:read", "backends:read"]
+//! [[tenants.certs]]                 # a client certificate (mTLS, needs server.tls.client_ca)
+//! name = "ci-runner"                # optional label for logs
+//! subject = "CN=ci, O=Acme"         # or dns = "..." or uri = "spiffe://..." (see `certs`)
+//! scopes = ["sessions:open", "sessions:use"]
 //! ```
 //!
 //! Limit overrides only ever lower a limit: a session's effective value is
 //! the smaller of the tenant's and the backend's, so one tenant entry can span
 //! backends with different limits. `event_overflow` is not a limit and cannot
 //! be overridden per tenant. Unknown scopes, duplicate tenant names, duplicate
-//! key hashes and unknown backends are errors naming the key.
+//! key hashes and unknown backends are errors naming the key. So is one
+//! certificate identity named by two entries: an identity belongs to one
+//! tenant, with one set of scopes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Deserialize;
 
+use super::certs::{CertIdentity, DistinguishedName};
 use super::{BackendSpec, ConfigError, SessionPatch, check_name, invalid};
 pub use super::{LimitOverrides, valid_name};
 use crate::keys::{KeyHash, Scope, Scopes};
@@ -43,6 +50,29 @@ pub struct TenantSpec {
     pub limits: LimitOverrides,
     /// The tenant's API keys.
     pub keys: Vec<KeySpec>,
+    /// The client certificate identities that authenticate as this tenant.
+    pub certs: Vec<CertSpec>,
+}
+
+/// One client certificate identity of a tenant (`[[tenants.certs]]`).
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    /// A label for logs; defaults to the identity.
+    pub name: Option<String>,
+    /// What the certificate must carry.
+    pub identity: CertIdentity,
+    /// What a connection with that certificate may do.
+    pub scopes: Scopes,
+}
+
+impl CertSpec {
+    /// How logs and `SessionInfo` name this certificate.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("cert:{name}"),
+            None => format!("cert:{}", self.identity),
+        }
+    }
 }
 
 /// One API key of a tenant.
@@ -75,6 +105,18 @@ pub(super) struct TenantFile {
     sessions: SessionPatch,
     #[serde(default)]
     keys: Vec<KeyFile>,
+    #[serde(default)]
+    certs: Vec<CertFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertFile {
+    name: Option<String>,
+    subject: Option<String>,
+    dns: Option<String>,
+    uri: Option<String>,
+    scopes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +135,7 @@ pub(super) fn resolve(
     let backend_names: HashSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
     let mut names = HashSet::new();
     let mut hashes: HashMap<KeyHash, String> = HashMap::new();
+    let mut identities: HashMap<CertIdentity, String> = HashMap::new();
     let mut out = Vec::with_capacity(files.len());
     for (i, t) in files.into_iter().enumerate() {
         let key = format!("tenants[{i}]");
@@ -137,20 +180,7 @@ pub(super) fn resolve(
                     format!("duplicate key: the same hash is already at {first}"),
                 ));
             }
-            if k.scopes.is_empty() {
-                return Err(invalid(
-                    format!("{kkey}.scopes"),
-                    "must name at least one scope",
-                ));
-            }
-            let scopes = k
-                .scopes
-                .iter()
-                .enumerate()
-                .map(|(n, s)| {
-                    Scope::parse(s).map_err(|m| invalid(format!("{kkey}.scopes[{n}]"), m))
-                })
-                .collect::<Result<Scopes, _>>()?;
+            let scopes = parse_scopes(&k.scopes, &kkey)?;
             if let Some(name) = &k.name {
                 check_name(name, &format!("{kkey}.name"))?;
             }
@@ -168,15 +198,69 @@ pub(super) fn resolve(
                 scopes,
             });
         }
+        let mut certs = Vec::with_capacity(t.certs.len());
+        for (j, c) in t.certs.into_iter().enumerate() {
+            let ckey = format!("{key}.certs[{j}]");
+            let identity = match (c.subject, c.dns, c.uri) {
+                (Some(subject), None, None) => CertIdentity::Subject(
+                    DistinguishedName::parse(&subject)
+                        .map_err(|m| invalid(format!("{ckey}.subject"), m))?,
+                ),
+                (None, Some(dns), None) if !dns.trim().is_empty() => CertIdentity::dns(dns.trim()),
+                (None, None, Some(uri)) if !uri.trim().is_empty() => {
+                    CertIdentity::Uri(uri.trim().to_string())
+                }
+                (None, None, None) => {
+                    return Err(invalid(ckey, "needs one of subject, dns or uri"));
+                }
+                (None, Some(_), None) => return Err(invalid(format!("{ckey}.dns"), "is empty")),
+                (None, None, Some(_)) => return Err(invalid(format!("{ckey}.uri"), "is empty")),
+                _ => {
+                    return Err(invalid(
+                        ckey,
+                        "names more than one of subject, dns and uri; use one entry for each",
+                    ));
+                }
+            };
+            if let Some(first) = identities.insert(identity.clone(), ckey.clone()) {
+                return Err(invalid(
+                    ckey,
+                    format!("duplicate certificate identity: {identity} is already at {first}"),
+                ));
+            }
+            if let Some(name) = &c.name {
+                check_name(name, &format!("{ckey}.name"))?;
+            }
+            certs.push(CertSpec {
+                name: c.name,
+                identity,
+                scopes: parse_scopes(&c.scopes, &ckey)?,
+            });
+        }
         out.push(TenantSpec {
             name: t.name,
             max_sessions: t.max_sessions,
             backends: allowed,
             limits,
             keys,
+            certs,
         });
     }
     Ok(out)
+}
+
+/// The `scopes` of a key or certificate entry at `at`.
+fn parse_scopes(list: &[String], at: &str) -> Result<Scopes, ConfigError> {
+    if list.is_empty() {
+        return Err(invalid(
+            format!("{at}.scopes"),
+            "must name at least one scope",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(n, s)| Scope::parse(s).map_err(|m| invalid(format!("{at}.scopes[{n}]"), m)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -324,5 +408,62 @@ scopes = ["admin"]
         assert!(e.contains("memory"), "{e}");
         let e = err("[[tenants]]\nname = \"a\"\nquota = 1\n");
         assert!(e.contains("quota"), "{e}");
+    }
+
+    const MTLS: &str = "[server.tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\n";
+
+    #[test]
+    fn certificate_identities_are_resolved() {
+        let c = parse(&format!(
+            "{MTLS}[[tenants]]\nname = \"a\"\n[[tenants.certs]]\nname = \"ci\"\nsubject = \"O=Acme, cn=ci\"\nscopes = [\"sessions:open\"]\n[[tenants.certs]]\nuri = \"spiffe://acme/w\"\nscopes = [\"admin\"]\n[[tenants.certs]]\ndns = \"Batch.Acme.Example\"\nscopes = [\"sessions:read\"]\n"
+        ))
+        .unwrap();
+        assert!(c.has_keys(), "certificates are credentials: not local mode");
+        let certs = &c.tenants[0].certs;
+        assert_eq!(certs[0].label(), "cert:ci");
+        assert_eq!(
+            certs[0].identity,
+            CertIdentity::Subject(DistinguishedName::parse("CN=ci, O=Acme").unwrap())
+        );
+        assert!(certs[1].scopes.is_admin());
+        assert_eq!(certs[1].label(), "cert:uri spiffe://acme/w");
+        assert_eq!(
+            certs[2].identity,
+            CertIdentity::Dns("batch.acme.example".into())
+        );
+    }
+
+    #[test]
+    fn bad_certificate_entries_are_named() {
+        let entry =
+            |body: &str| format!("{MTLS}[[tenants]]\nname = \"a\"\n[[tenants.certs]]\n{body}\n");
+        let e = err(&entry("scopes = [\"admin\"]"));
+        assert!(e.starts_with("tenants[0].certs[0]: needs one of"), "{e}");
+        let e = err(&entry(
+            "subject = \"CN=x\"\nuri = \"spiffe://x\"\nscopes = [\"admin\"]",
+        ));
+        assert!(e.contains("more than one"), "{e}");
+        let e = err(&entry("subject = \"CN\"\nscopes = [\"admin\"]"));
+        assert!(e.starts_with("tenants[0].certs[0].subject"), "{e}");
+        let e = err(&entry("dns = \"\"\nscopes = [\"admin\"]"));
+        assert!(e.starts_with("tenants[0].certs[0].dns"), "{e}");
+        let e = err(&entry("uri = \"spiffe://x\"\nscopes = []"));
+        assert!(e.starts_with("tenants[0].certs[0].scopes"), "{e}");
+        let e = err(&entry("uri = \"spiffe://x\"\nscopes = [\"root\"]"));
+        assert!(e.starts_with("tenants[0].certs[0].scopes[0]"), "{e}");
+        // One identity, one tenant.
+        let e = err(&format!(
+            "{MTLS}[[tenants]]\nname = \"a\"\n[[tenants.certs]]\nsubject = \"CN=x, O=y\"\nscopes = [\"admin\"]\n[[tenants]]\nname = \"b\"\n[[tenants.certs]]\nsubject = \"O=y, CN=x\"\nscopes = [\"admin\"]\n"
+        ));
+        assert!(e.starts_with("tenants[1].certs[0]: duplicate"), "{e}");
+        assert!(e.contains("tenants[0].certs[0]"), "{e}");
+        // Without client_ca no certificate is ever asked for.
+        let e = err(
+            "[[tenants]]\nname = \"a\"\n[[tenants.certs]]\nuri = \"spiffe://x\"\nscopes = [\"admin\"]\n",
+        );
+        assert!(
+            e.starts_with("tenants[0].certs: needs server.tls.client_ca"),
+            "{e}"
+        );
     }
 }
