@@ -17,7 +17,7 @@
 //!   open in the same run.
 //!
 //! `GATEHOUSE_BENCH_QUICK=1` runs a shorter version;
-//! `GATEHOUSE_BENCH_ONLY=open,native` (any of density, open, native, grpc)
+//! `GATEHOUSE_BENCH_ONLY=open,native` (any of density, open, native, grpc, tls)
 //! runs only those sections, for profiling (`GATEHOUSE_BENCH_ROUNDS` sets
 //! the open section's rounds); `GATEHOUSE_BENCH_LOG=filter`
 //! logs the gateway's own events (spawn and handshake timings) to stderr.
@@ -297,7 +297,12 @@ async fn bare_server() -> SocketAddr {
 }
 
 async fn gatehouse_server() -> SocketAddr {
+    gatehouse_server_with(None).await
+}
+
+async fn gatehouse_server_with(tls: Option<gatehouse::config::TlsFiles>) -> SocketAddr {
     let mut config = Config::builtin();
+    config.server.tls = tls;
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.server.metrics_listen = None;
     config.server.cache_dir = None;
@@ -314,12 +319,24 @@ async fn gatehouse_server() -> SocketAddr {
 }
 
 async fn client(addr: SocketAddr) -> gatehouse::loadgen::Client {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    client_with(addr, None).await
+}
+
+/// A client over plaintext, or over TLS trusting the CA PEM `ca`.
+async fn client_with(addr: SocketAddr, ca: Option<&str>) -> gatehouse::loadgen::Client {
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .expect("endpoint")
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect");
+        .tcp_nodelay(true);
+    if let Some(ca) = ca {
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .expect("TLS config");
+    }
+    let channel = endpoint.connect().await.expect("connect");
     GatewayClient::with_interceptor(
         channel,
         gatehouse::client::BearerKey::new(None).expect("no key"),
@@ -389,6 +406,52 @@ async fn grpc_section() {
     let (ev, lat) = rate(&events, "event");
     println!("\n### Events on one stream\n\n| figure | value |\n|---|---|");
     println!("| events/s delivered | {ev:.0} |\n| emit to receipt, p50 | {lat:.0} us |");
+}
+
+/// Invoke over TLS next to plaintext, same gateway config, same client.
+async fn tls_section() {
+    let secs = if quick() { 1.0 } else { 3.0 };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA cert");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&key, &ca)
+        .expect("server cert");
+    let files = gatehouse::config::TlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+        client_ca: None,
+    };
+    std::fs::write(&files.cert, cert.pem()).expect("writing the cert");
+    std::fs::write(&files.key, key.serialize_pem()).expect("writing the key");
+    let plain = client(gatehouse_server().await).await;
+    let tls = client_with(gatehouse_server_with(Some(files)).await, Some(&ca.pem())).await;
+    println!("\n### Invoke over TLS next to plaintext (echo, 16 B, {secs}s each)\n");
+    println!(
+        "| concurrency | TLS invokes/s | plaintext invokes/s | ratio | TLS p50 | plaintext p50 | p50 ratio |\n|---|---|---|---|---|---|---|"
+    );
+    for c in [1, 64] {
+        let a = gatehouse::loadgen::run(
+            tls.clone(),
+            load(c, secs, "echo", b"0123456789abcdef", false),
+        )
+        .await;
+        let b = gatehouse::loadgen::run(
+            plain.clone(),
+            load(c, secs, "echo", b"0123456789abcdef", false),
+        )
+        .await;
+        let ((ra, pa), (rb, pb_)) = (rate(&a, "invoke"), rate(&b, "invoke"));
+        println!(
+            "| {c} | {ra:.0} | {rb:.0} | {:.2}x | {pa:.0} us | {pb_:.0} us | {:.2}x |",
+            ra / rb,
+            pa / pb_
+        );
+    }
 }
 
 /// A registry serving `sim-device` from the gatehouse binary with a warm
@@ -549,6 +612,9 @@ fn main() {
         }
         if selected("grpc") {
             grpc_section().await;
+        }
+        if selected("tls") {
+            tls_section().await;
         }
     });
     runtime.block_on(suite).expect("the suite ran");

@@ -45,6 +45,22 @@ impl From<tonic::Status> for CliError {
     }
 }
 
+/// The PEM files of a client's TLS: `--ca-cert`, `--client-cert`,
+/// `--client-key`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// The CA to trust instead of the system roots.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// The client certificate chain, for mutual TLS.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Its private key.
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Usage(format!("{flag} {}: {e}", path.display())))
+}
+
 /// A connected client plus output settings.
 pub struct Client {
     gateway: Gateway,
@@ -52,12 +68,34 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (`http://host:port` or `host:port`); every call
-    /// carries `key` if given.
-    pub async fn connect(addr: &str, json: bool, key: Option<&str>) -> Result<Self, CliError> {
+    /// Connects to `addr` (`http://host:port`, `https://host:port` or
+    /// `host:port`); every call carries `key` if given.
+    pub async fn connect(
+        addr: &str,
+        json: bool,
+        key: Option<&str>,
+        tls: &TlsFiles,
+    ) -> Result<Self, CliError> {
         let mut connect = Gateway::connect(addr);
         if let Some(key) = key {
             connect = connect.with_key(key);
+        }
+        if let Some(ca) = &tls.ca_cert {
+            connect = connect.ca_certificate(read_pem("--ca-cert", ca)?);
+        }
+        match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => {
+                connect = connect.client_identity(
+                    read_pem("--client-cert", cert)?,
+                    read_pem("--client-key", key)?,
+                );
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Usage(
+                    "--client-cert and --client-key go together".into(),
+                ));
+            }
         }
         Ok(Self {
             gateway: connect.await?,

@@ -19,3 +19,4 @@ mod sessions;
 mod shutdown;
 mod status;
 mod tenants;
+mod tls;

@@ -689,10 +689,12 @@ async fn local_mode_is_anonymous_and_loopback_only() {
     assert!(e.stderr().contains("refusing"), "{e}");
     assert!(e.status().is_some_and(|s| !s.success()), "{e}");
 
-    // With keys, any address may be served, and anonymous calls are refused.
+    // With keys, any address may be served (in plaintext only when a
+    // TLS-terminating proxy is said to be in front; see tls.rs), and
+    // anonymous calls are refused.
     let key = new_key();
     let config = format!(
-        "[[tenants]]\nname = \"a\"\n{}",
+        "[server]\nallow_plaintext = true\n[[tenants]]\nname = \"a\"\n{}",
         key_entry(&key, &ALL_SCOPES)
     );
     let gw = Gatehouse::builder(config).listen("0.0.0.0:0").start().await;

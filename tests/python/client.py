@@ -7,6 +7,8 @@ then opens a session, invokes commands, streams events and closes it.
     pip install grpcio grpcio-tools
     python3 tests/python/client.py --addr 127.0.0.1:50051
     python3 tests/python/client.py --spawn target/debug/gatehouse   # starts its own gateway
+    python3 tests/python/client.py --addr localhost:50051 --ca-cert ca.pem   # over TLS
+    # mutual TLS: add --client-cert client.pem --client-key client.key
 """
 
 import argparse
@@ -77,14 +79,31 @@ def health(channel, service=""):
     return check(b"\x0a" + bytes([len(name)]) + name if name else b"")
 
 
-def run(addr, pb, rpc):
+def open_channel(addr, ca_cert=None, client_cert=None, client_key=None):
+    """Plaintext, or TLS trusting `ca_cert` (and presenting a client
+    certificate for mutual TLS) through grpc.ssl_channel_credentials."""
+    if not ca_cert:
+        return grpc.insecure_channel(addr)
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(ca_cert),
+        private_key=read(client_key) if client_key else None,
+        certificate_chain=read(client_cert) if client_cert else None)
+    return grpc.secure_channel(addr, credentials)
+
+
+def run(channel, pb, rpc):
     checks = []
 
     def check(name, ok):
         checks.append((name, bool(ok)))
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
 
-    with grpc.insecure_channel(addr) as channel:
+    with channel:
         gw = rpc.GatewayStub(channel)
         check("health reports SERVING", health(channel) == b"\x08\x01"
               and health(channel, "gatehouse.v1.Gateway") == b"\x08\x01")
@@ -164,6 +183,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:50051")
     parser.add_argument("--spawn", help="path of a gatehouse binary to start for the run")
+    parser.add_argument("--ca-cert", help="PEM CA to trust: connect over TLS")
+    parser.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
+    parser.add_argument("--client-key", help="PEM key of the client certificate")
     args = parser.parse_args()
     pb, rpc = load_stubs()
     proc = None
@@ -171,7 +193,8 @@ def main():
     if args.spawn:
         proc, addr = spawn(args.spawn)
     try:
-        ok = run(addr, pb, rpc)
+        channel = open_channel(addr, args.ca_cert, args.client_cert, args.client_key)
+        ok = run(channel, pb, rpc)
     finally:
         if proc:
             proc.send_signal(signal.SIGTERM)

@@ -43,6 +43,10 @@
 //! let gateway = Gateway::connect("127.0.0.1:50051")
 //!     .with_key("gh_example_key")
 //!     .await?;
+//! // Over TLS, trusting a private CA and presenting a client certificate:
+//! // Gateway::connect("https://gateway.internal:50051")
+//! //     .ca_certificate(std::fs::read("ca.pem")?)
+//! //     .client_identity(std::fs::read("client.pem")?, std::fs::read("client.key")?)
 //! let kv = gateway
 //!     .open_with(
 //!         OpenOptions::new("kv")
@@ -74,7 +78,7 @@ use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub use self::error::{CommandError, CommandErrorKind, Error, code_name};
 pub use self::events::{EventStream, ResumePolicy};
@@ -148,6 +152,8 @@ pub struct Connect {
     connect_timeout: Duration,
     max_message_bytes: usize,
     lazy: bool,
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Connect {
@@ -177,17 +183,68 @@ impl Connect {
         self
     }
 
+    /// Trusts only the CA certificates of this PEM for `https://`
+    /// addresses (default: the system's roots). Implies TLS for an address
+    /// without a scheme.
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM) for mutual
+    /// TLS. Implies TLS for an address without a scheme.
+    pub fn client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Whether any TLS setting is given.
+    fn wants_tls(&self) -> bool {
+        self.ca_pem.is_some() || self.identity.is_some()
+    }
+
+    /// The TLS settings: the given CA (else the system's roots) and
+    /// client identity.
+    fn tls_config(&self) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_pem {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        tls
+    }
+
     async fn establish(self) -> Result<Gateway, Error> {
         let bearer = BearerKey::new(self.key.as_deref())?;
         let uri = if self.addr.contains("://") {
             self.addr.clone()
+        } else if self.wants_tls() {
+            format!("https://{}", self.addr)
         } else {
             format!("http://{}", self.addr)
         };
-        let endpoint = Channel::from_shared(uri.clone())
+        let mut endpoint = Channel::from_shared(uri.clone())
             .map_err(|e| Error::InvalidArgument(format!("bad address {:?}: {e}", self.addr)))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
+        let https = uri.starts_with("https://");
+        if self.wants_tls() && !https {
+            return Err(Error::InvalidArgument(format!(
+                "a CA or client certificate needs an https:// address, not {uri:?}"
+            )));
+        }
+        if https {
+            endpoint = endpoint.tls_config(self.tls_config()).map_err(|e| {
+                Error::InvalidArgument(format!("TLS settings: {}", source_chain(&e)))
+            })?;
+        }
         let channel = if self.lazy {
             endpoint.connect_lazy()
         } else {
@@ -215,8 +272,9 @@ impl IntoFuture for Connect {
 }
 
 impl Gateway {
-    /// Connects to `addr` (`http://host:port` or `host:port`). Returns a
-    /// [`Connect`] to set a key or timeouts on before awaiting it.
+    /// Connects to `addr` (`http://host:port`, `https://host:port` or
+    /// `host:port`). Returns a [`Connect`] to set a key, TLS settings or
+    /// timeouts on before awaiting it.
     pub fn connect(addr: impl Into<String>) -> Connect {
         Connect {
             addr: addr.into(),
@@ -224,6 +282,8 @@ impl Gateway {
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 64 << 20,
             lazy: false,
+            ca_pem: None,
+            identity: None,
         }
     }
 
