@@ -309,6 +309,9 @@ fn main() -> ExitCode {
         }
         Cmd::Config(ConfigCmd::Check { file }) => match Config::load(&file) {
             Ok(c) => {
+                for warning in c.warnings() {
+                    eprintln!("{}: warning: {warning}", file.display());
+                }
                 println!(
                     "{}: ok ({} backend{})",
                     file.display(),

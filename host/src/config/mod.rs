@@ -21,6 +21,8 @@
 //! max_event_stream_age = "off"      # end event streams with UNAVAILABLE after this; clients resume
 //! state_dir = "$XDG_RUNTIME_DIR/gatehouse" # live native worker pids; without
 //!                                   # XDG_RUNTIME_DIR, "/tmp/gatehouse-<uid>"
+//! memory_budget = "auto"            # what all sessions together may make the gateway
+//!                                   # hold; "auto" = half the physical memory
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -30,7 +32,8 @@
 //! idle_timeout = "off"              # close after this long without a call
 //! max_lifetime = "off"              # close this long after open
 //! close_timeout = "5s"              # graceful close before the worker is killed
-//! memory_limit = "64MiB"            # linear memory per wasm session
+//! memory_limit = "64MiB"            # linear memory per wasm session; a native
+//!                                   # worker's data rlimit (see docs/native-workers.md)
 //! max_reply_bytes = "1MiB"
 //! max_event_bytes = "64KiB"
 //! event_queue = 1024                # undelivered events kept per session
@@ -79,7 +82,8 @@
 //! A native worker gets a clean environment: `PATH`, `HOME`, `LANG`, `LC_*`,
 //! `TZ`, `RUST_LOG` and `RUST_BACKTRACE` from the gateway's, the backend's
 //! `grants.env`, and the `GATEHOUSE_*` protocol variables. `memory_limit`
-//! applies to wasm sessions only.
+//! caps a wasm session's linear memory and a native worker's data segment
+//! (docs/native-workers.md says what is enforced where).
 //!
 //! Unknown keys and bad values are errors that name the key.
 //!
@@ -111,6 +115,7 @@ mod policy;
 mod server;
 pub mod tenants;
 mod units;
+mod warnings;
 
 pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Runner};
 pub use self::grants::{Grants, NetRule, Preopen};
@@ -122,6 +127,7 @@ pub use self::policy::{
 pub use self::server::{ServerSettings, default_state_dir};
 pub use self::tenants::{KeySpec, TenantSpec};
 pub use self::units::parse_duration;
+pub use self::warnings::session_maximum;
 
 /// A backend's `version` when the config gives none.
 pub const DEFAULT_BACKEND_VERSION: &str = "0.0.0";

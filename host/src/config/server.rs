@@ -48,6 +48,18 @@ pub struct ServerSettings {
     /// Where live native worker pids are recorded, so that a gateway
     /// killed outright has its leftovers removed at the next start.
     pub state_dir: PathBuf,
+    /// Bytes every session together may make the gateway hold: wasm
+    /// memories and tables, undelivered events and replay buffers.
+    pub memory_budget: usize,
+}
+
+/// `server.memory_budget` when the machine's memory cannot be read.
+pub const FALLBACK_MEMORY_BUDGET: usize = 4 << 30;
+
+/// `server.memory_budget = "auto"`, the default: half of the machine's
+/// physical memory, read at start.
+pub fn default_memory_budget() -> usize {
+    crate::memory_budget::physical_memory().map_or(FALLBACK_MEMORY_BUDGET, |b| b / 2)
 }
 
 /// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
@@ -94,6 +106,7 @@ impl Default for ServerSettings {
             cache_dir: default_cache_dir(),
             max_event_stream_age: None,
             state_dir: default_state_dir(),
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -130,6 +143,8 @@ pub(super) struct ServerFile {
     #[serde(deserialize_with = "units::duration_or_off")]
     max_event_stream_age: Option<Option<Duration>>,
     state_dir: Option<PathBuf>,
+    #[serde(deserialize_with = "units::size_or_auto")]
+    memory_budget: Option<Option<usize>>,
 }
 
 impl ServerFile {
@@ -173,7 +188,11 @@ impl ServerFile {
             },
             max_event_stream_age: self.max_event_stream_age.unwrap_or(d.max_event_stream_age),
             state_dir: self.state_dir.unwrap_or(d.state_dir),
+            memory_budget: self.memory_budget.flatten().unwrap_or(d.memory_budget),
         };
+        if s.memory_budget < super::MIN_MEMORY_LIMIT {
+            return Err(invalid("server.memory_budget", "must be at least 1MiB"));
+        }
         if !s.state_dir.is_absolute() {
             return Err(invalid("server.state_dir", "must be an absolute path"));
         }
