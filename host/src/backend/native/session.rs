@@ -164,7 +164,7 @@ impl Conversation {
                         self.finish_close();
                         return;
                     }
-                    Err(Fault::crashed(FaultCode::WorkerExited, format!("the worker exited: {status}")))
+                    Err(exit_fault(&self.proc, status).await)
                 }
                 frame = self.frames.recv(), if self.eof_at.is_none() => match frame {
                     Some(Ok(msg)) => {
@@ -602,6 +602,19 @@ impl From<pb::CommandError> for CommandError {
     }
 }
 
+/// The fault of a worker that exited by itself: `memory-limit` if it said
+/// an allocation failed on its way out, else `worker-exited`.
+pub(super) async fn exit_fault(proc: &Proc, status: std::process::ExitStatus) -> Fault {
+    if proc.ran_out_of_memory().await {
+        Fault::crashed(
+            FaultCode::MemoryLimit,
+            format!("the worker ran out of its memory_limit and exited: {status}"),
+        )
+    } else {
+        Fault::crashed(FaultCode::WorkerExited, format!("the worker exited: {status}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,3 +647,4 @@ mod tests {
         }
     }
 }
+
