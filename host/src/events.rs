@@ -260,12 +260,7 @@ impl EventLog {
     /// and then, under drop-oldest, undelivered events (counted in
     /// `dropped`) until it fits. Returns whether it fits; under the `fault`
     /// policy an event that cannot fit is an error.
-    fn make_room(
-        &self,
-        st: &mut State,
-        cost: usize,
-        dropped: &mut u64,
-    ) -> Result<bool, EmitError> {
+    fn make_room(&self, st: &mut State, cost: usize, dropped: &mut u64) -> Result<bool, EmitError> {
         loop {
             let refused = match st.reserved.try_grow(cost) {
                 Ok(()) => return Ok(true),

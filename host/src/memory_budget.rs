@@ -95,6 +95,9 @@ pub enum OverBudget {
     },
 }
 
+/// Makes the gauge of one tenant's reserved bytes, given its name.
+pub type TenantGauge = Box<dyn Fn(&str) -> Gauge + Send + Sync>;
+
 /// Where the budget reports: gauges of the reserved bytes by kind and by
 /// tenant, and counters of refusals by kind. All optional (tests).
 #[derive(Default)]
@@ -106,7 +109,7 @@ pub struct BudgetGauges {
     /// Refused reservations, one counter per [`MemoryKind`].
     pub refusals: [Counter; 3],
     /// The gauge of one tenant's reserved bytes.
-    pub tenant: Option<Box<dyn Fn(&str) -> Gauge + Send + Sync>>,
+    pub tenant: Option<TenantGauge>,
 }
 
 /// One counter with a limit: the gateway's or a tenant's.
@@ -153,7 +156,7 @@ pub struct MemoryBudget {
     by_kind: [AtomicUsize; 3],
     kind_gauges: [Gauge; 3],
     refusals: [Counter; 3],
-    tenant_gauge: Option<Box<dyn Fn(&str) -> Gauge + Send + Sync>>,
+    tenant_gauge: Option<TenantGauge>,
     tenants: Mutex<HashMap<String, Arc<TenantMemory>>>,
 }
 
@@ -422,7 +425,11 @@ mod tests {
         r.try_grow(40).unwrap();
         assert!(matches!(
             r.try_grow(20),
-            Err(OverBudget::Tenant { limit: 50, reserved: 40, .. })
+            Err(OverBudget::Tenant {
+                limit: 50,
+                reserved: 40,
+                ..
+            })
         ));
         assert_eq!(b.reserved(), 40);
         // Another tenant still has the rest of the gateway's budget.

@@ -101,10 +101,17 @@ async fn sessions_growing_past_the_budget_fault_and_rss_stays_under_it() {
         rss < rss_before + (96 + 16) * 1024,
         "RSS went from {rss_before} KiB to {rss} KiB under a 96MiB budget"
     );
-    assert!(gw.metric("gatehouse_memory_budget_reserved_bytes", &[]).await <= 96.0 * MIB);
     assert!(
-        gw.metric("gatehouse_memory_refusals_total", &[("kind", "wasm-memory")])
+        gw.metric("gatehouse_memory_budget_reserved_bytes", &[])
             .await
+            <= 96.0 * MIB
+    );
+    assert!(
+        gw.metric(
+            "gatehouse_memory_refusals_total",
+            &[("kind", "wasm-memory")]
+        )
+        .await
             >= 4.0
     );
     for id in &ids {
@@ -124,21 +131,19 @@ async fn sessions_growing_past_the_budget_fault_and_rss_stays_under_it() {
 async fn an_open_that_does_not_fit_is_resource_exhausted_with_retry_info() {
     // A session flooding events nobody reads keeps the budget full: its
     // drop-oldest policy drops the oldest to make room for the newest.
-    let gw = Gatehouse::start(
-        wasm(
-            "24MiB",
-            &["event_queue = 1000000", "replay_buffer = 0"],
-        )
-        .render(),
-    )
-    .await;
+    let gw =
+        Gatehouse::start(wasm("24MiB", &["event_queue = 1000000", "replay_buffer = 0"]).render())
+            .await;
     let mut c = gw.client().await;
     let mut bystander = Bystander::open(&mut c).await;
     let flood = open(&mut c, "chaos").await;
     invoke_ok(&mut c, &flood.session_id, "flood", b"200000").await;
     let info = get(&mut c, &flood.session_id).await;
     assert_eq!(state(&info), pb::SessionState::Ready, "{info:?}");
-    assert!(info.events_dropped > 0, "the overflow policy applied: {info:?}");
+    assert!(
+        info.events_dropped > 0,
+        "the overflow policy applied: {info:?}"
+    );
     assert!(reserved(&gw, "events").await > 20.0 * MIB);
 
     let refused = expect_code(
@@ -154,8 +159,12 @@ async fn an_open_that_does_not_fit_is_resource_exhausted_with_retry_info() {
 
     // Closing the flood gives its events back: the next open fits.
     close(&mut c, &flood.session_id).await;
-    gw.wait_metric("gatehouse_memory_reserved_bytes", &[("kind", "events")], 0.0)
-        .await;
+    gw.wait_metric(
+        "gatehouse_memory_reserved_bytes",
+        &[("kind", "events")],
+        0.0,
+    )
+    .await;
     let s = open(&mut c, "chaos").await;
     invoke_ok(&mut c, &s.session_id, "echo", b"hi").await;
     bystander.check(&mut c).await;
@@ -174,8 +183,11 @@ async fn a_tenants_max_memory_stops_its_sessions_before_the_gateways_budget() {
     let s = open(&mut c, "chaos").await;
     invoke_ok(&mut c, &s.session_id, "grow", b"16").await;
     assert!(
-        gw.metric("gatehouse_tenant_memory_reserved_bytes", &[("tenant", "default")])
-            .await
+        gw.metric(
+            "gatehouse_tenant_memory_reserved_bytes",
+            &[("tenant", "default")]
+        )
+        .await
             > 16.0 * MIB
     );
     expect_code(
@@ -256,8 +268,12 @@ async fn large_events_nobody_reads_stay_within_the_budget() {
     for id in &ids {
         close(&mut c, id).await;
     }
-    gw.wait_metric("gatehouse_memory_reserved_bytes", &[("kind", "events")], 0.0)
-        .await;
+    gw.wait_metric(
+        "gatehouse_memory_reserved_bytes",
+        &[("kind", "events")],
+        0.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -291,6 +307,9 @@ async fn a_native_worker_allocating_past_its_limit_dies_alone() {
         (!alive(s.worker_pid)).then_some(())
     })
     .await;
-    assert_eq!(invoke_ok(&mut c, &other.session_id, "ping", b"").await, "pong");
+    assert_eq!(
+        invoke_ok(&mut c, &other.session_id, "ping", b"").await,
+        "pong"
+    );
     bystander.check(&mut c).await;
 }

@@ -114,7 +114,10 @@ pub(super) fn resolve(
             return Err(invalid(format!("{key}.max_sessions"), "must be at least 1"));
         }
         if t.max_memory.is_some_and(|m| m < super::MIN_MEMORY_LIMIT) {
-            return Err(invalid(format!("{key}.max_memory"), "must be at least 1MiB"));
+            return Err(invalid(
+                format!("{key}.max_memory"),
+                "must be at least 1MiB",
+            ));
         }
         let allowed = match t.backends {
             None => None,

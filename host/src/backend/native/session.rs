@@ -611,7 +611,10 @@ pub(super) async fn exit_fault(proc: &Proc, status: std::process::ExitStatus) ->
             format!("the worker ran out of its memory_limit and exited: {status}"),
         )
     } else {
-        Fault::crashed(FaultCode::WorkerExited, format!("the worker exited: {status}"))
+        Fault::crashed(
+            FaultCode::WorkerExited,
+            format!("the worker exited: {status}"),
+        )
     }
 }
 
@@ -647,4 +650,3 @@ mod tests {
         }
     }
 }
-

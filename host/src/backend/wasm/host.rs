@@ -141,7 +141,8 @@ impl ResourceLimiter for Limits {
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.memory_reserved.shrink(std::mem::take(&mut self.pending.0));
+        self.memory_reserved
+            .shrink(std::mem::take(&mut self.pending.0));
         tracing::debug!("a memory growth failed after it was allowed: {error:#}");
         Ok(())
     }
@@ -172,7 +173,8 @@ impl ResourceLimiter for Limits {
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.table_reserved.shrink(std::mem::take(&mut self.pending.1));
+        self.table_reserved
+            .shrink(std::mem::take(&mut self.pending.1));
         tracing::debug!("a table growth failed after it was allowed: {error:#}");
         Ok(())
     }

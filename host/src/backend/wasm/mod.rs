@@ -335,10 +335,9 @@ impl Backend for WasmBackend {
                 // Both may pass: a session that closes frees pool slots and
                 // budget, so these are RESOURCE_EXHAUSTED with a retry hint.
                 return Err(match fault.code {
-                    FaultCode::PoolExhausted => StartError::Exhausted(Fault::crashed(
-                        FaultCode::NoCapacity,
-                        fault.detail,
-                    )),
+                    FaultCode::PoolExhausted => {
+                        StartError::Exhausted(Fault::crashed(FaultCode::NoCapacity, fault.detail))
+                    }
                     FaultCode::MemoryBudget => StartError::Exhausted(fault),
                     _ => StartError::Failed(fault),
                 });
