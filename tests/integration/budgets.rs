@@ -313,3 +313,76 @@ async fn a_native_worker_allocating_past_its_limit_dies_alone() {
     );
     bystander.check(&mut c).await;
 }
+
+/// The `Max data size` line of a process's limits.
+fn data_limit(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max data size"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_tenants_lower_memory_limit_reaches_a_warm_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = hog("hog", dir.path(), &["memory_limit = \"64MiB\""])
+        .replace("[backends.native]\n", "[backends.native]\nwarm_pool = 1\n");
+    let config = format!(
+        "{}\n{backend}[[tenants]]\nname = \"default\"\n[tenants.sessions]\nmemory_limit = \"32MiB\"\n",
+        wasm("1GiB", &[]).render(),
+    );
+    let gw = Gatehouse::start(config).await;
+    let mut c = gw.client().await;
+    // Give the pool its worker, started with the backend's 64MiB.
+    eventually("a warm worker", PATIENCE, || async {
+        (!children(gw.pid()).is_empty()).then_some(())
+    })
+    .await;
+    let s = open(&mut c, "hog").await;
+    let limit = data_limit(s.worker_pid);
+    assert!(limit.contains(&(32u64 << 20).to_string()), "{limit}");
+    expect_code(
+        try_invoke(&mut c, &s.session_id, "alloc", b"48").await,
+        Code::Aborted,
+    );
+    assert_eq!(
+        faulted(&mut c, &s.session_id).await.final_fault,
+        "memory-limit"
+    );
+}
+
+#[test]
+fn config_check_warns_when_the_maxima_exceed_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |toml: Toml| {
+        let file = dir.path().join("g.toml");
+        std::fs::write(&file, toml.render()).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "a warning is not an error: {stderr}");
+        stderr
+    };
+    // 1,024 sessions of 64MiB and full event queues do not fit 64MiB.
+    let stderr = check(wasm("64MiB", &[]));
+    assert!(
+        stderr.contains("warning: server.memory_budget") && stderr.contains("1024 sessions"),
+        "{stderr}"
+    );
+    // Four small sessions do.
+    let stderr = check(
+        Toml::new()
+            .server("memory_budget = \"64MiB\"")
+            .server("max_sessions = 4")
+            .sessions("memory_limit = \"1MiB\"")
+            .sessions("event_queue = 1")
+            .sessions("replay_buffer = 0")
+            .backend("echo", "builtin:echo"),
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
