@@ -21,8 +21,14 @@ pub fn session_maximum(kind: BackendKind, policy: &SessionPolicy) -> u128 {
     memory + events
 }
 
-fn mib(bytes: u128) -> String {
-    format!("{:.0}MiB", bytes as f64 / f64::from(1 << 20))
+/// `512MiB`, `1.5GiB`: for people.
+fn size(bytes: u128) -> String {
+    let mib = bytes as f64 / f64::from(1 << 20);
+    if mib >= 1024.0 {
+        format!("{:.1}GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0}MiB")
+    }
 }
 
 impl Config {
@@ -45,9 +51,9 @@ impl Config {
                      memory-budget, events are handled by the overflow policy, and opens are \
                      refused with RESOURCE_EXHAUSTED",
                     self.server.max_sessions,
-                    mib(each),
-                    mib(all),
-                    mib(budget),
+                    size(each),
+                    size(all),
+                    size(budget),
                 ));
             }
         }
@@ -61,8 +67,8 @@ impl Config {
             out.push(format!(
                 "tenants[].max_memory: the tenants' limits add up to {}, over server.memory_budget \
                  of {}; the gateway's budget refuses first when they all use theirs",
-                mib(tenants),
-                mib(budget),
+                size(tenants),
+                size(budget),
             ));
         }
         out
@@ -102,6 +108,6 @@ mod tests {
         .warnings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("tenants[].max_memory"), "{w:?}");
-        assert!(w[0].contains("1200MiB"), "{w:?}");
+        assert!(w[0].contains("1.2GiB") && w[0].contains("1.0GiB"), "{w:?}");
     }
 }
