@@ -150,8 +150,7 @@ impl Launcher {
         let first = tokio::select! {
             biased;
             status = proc.exited() => {
-                let fault = exit_fault(&proc, status).await;
-                return Err(StartError::Failed(Fault { detail: format!("before its hello: {}", fault.detail), ..fault }));
+                return Err(StartError::Failed(exit_fault(&proc, status, " before its hello").await));
             }
             frame = frames.recv() => frame,
             _ = tokio::time::sleep_until(until.into()) => {
