@@ -7,6 +7,13 @@
 //! (bounded by `replay_buffer`), which a reconnecting client replays with
 //! `resume_after_sequence`. An event emitted before anyone subscribes waits in
 //! the queue.
+//!
+//! Every event the ring keeps is charged to the session's memory budget
+//! (a [`Reservation`] of [`MemoryKind::Events`]) and given back when it
+//! leaves the ring. An event that does not fit first pushes out the replay
+//! buffer, then is handled by the overflow policy as if the queue were
+//! full: `drop-oldest` drops undelivered events (and, with nothing left to
+//! drop, the new one), `fault` refuses it.
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -17,6 +24,13 @@ use std::time::SystemTime;
 use tokio::sync::Notify;
 
 use crate::config::OverflowPolicy;
+pub use crate::memory_budget::EVENT_OVERHEAD;
+use crate::memory_budget::{MemoryKind, OverBudget, Reservation};
+
+/// What keeping `event` costs the memory budget.
+fn event_cost(event: &Event) -> usize {
+    EVENT_OVERHEAD + event.name.len() + event.payload.len()
+}
 
 /// One event as the worker emitted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +68,15 @@ pub struct EventLimits {
 }
 
 /// Why an event could not be appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmitError {
     /// The queue was full and the policy is to fault the session.
     #[error("event queue overflow")]
     Overflow,
+    /// The event did not fit the memory budget and the policy is to fault
+    /// the session.
+    #[error("the event does not fit the memory budget: {0}")]
+    OverBudget(OverBudget),
     /// The log is closed.
     #[error("event log is closed")]
     Closed,
@@ -109,10 +127,11 @@ pub struct EventLog {
     has_subscriber: AtomicBool,
 }
 
-#[derive(Default)]
 struct State {
     /// Contiguous sequences, oldest first.
     ring: VecDeque<Arc<Event>>,
+    /// What the ring's events are charged to.
+    reserved: Reservation,
     /// The sequence the next event gets.
     next: u64,
     /// The highest sequence streamed to any subscriber.
@@ -133,6 +152,20 @@ impl State {
         (self.next - 1 - from) as usize
     }
 
+    /// Removes the oldest event, giving its bytes back.
+    fn pop_front(&mut self) -> Option<Arc<Event>> {
+        let old = self.ring.pop_front()?;
+        self.reserved.shrink(event_cost(&old));
+        Some(old)
+    }
+
+    /// Drops every event (the log is closed and nobody can read them).
+    fn clear(&mut self) {
+        self.ring.clear();
+        let all = self.reserved.bytes();
+        self.reserved.shrink(all);
+    }
+
     fn retained_delivered(&self) -> usize {
         let first = self.first_seq();
         if self.delivered >= first {
@@ -144,12 +177,26 @@ impl State {
 }
 
 impl EventLog {
-    /// Creates an empty log.
+    /// Creates an empty log that charges no budget.
     pub fn new(limits: EventLimits, observer: Arc<dyn EventObserver>) -> Self {
+        Self::budgeted(limits, observer, Reservation::unlimited(MemoryKind::Events))
+    }
+
+    /// Creates an empty log whose events are charged to `reserved`.
+    pub fn budgeted(
+        limits: EventLimits,
+        observer: Arc<dyn EventObserver>,
+        reserved: Reservation,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
+                ring: VecDeque::new(),
+                reserved,
                 next: 1,
-                ..State::default()
+                delivered: 0,
+                dropped: 0,
+                subscribers: 0,
+                closed: false,
             }),
             notify: Notify::new(),
             detached: Notify::new(),
@@ -175,16 +222,25 @@ impl EventLog {
             return Err(EmitError::Overflow);
         }
         let sequence = st.next;
-        st.next += 1;
-        st.ring.push_back(Arc::new(Event {
+        let event = Arc::new(Event {
             sequence,
             name,
             payload,
             emitted_at: SystemTime::now(),
-        }));
+        });
         let mut dropped = 0;
+        let fits = self.make_room(&mut st, event_cost(&event), &mut dropped)?;
+        st.next += 1;
+        if fits {
+            st.ring.push_back(event);
+        } else {
+            // Nothing left to push out: under drop-oldest the new event is
+            // the one dropped. The ring is empty, so it stays gap-free and
+            // the next subscriber sees the gap in `dropped_before`.
+            dropped += 1;
+        }
         while st.undelivered() > self.limits.queue {
-            if let Some(old) = st.ring.pop_front()
+            if let Some(old) = st.pop_front()
                 && old.sequence > st.delivered
             {
                 dropped += 1;
@@ -198,6 +254,30 @@ impl EventLog {
         }
         self.notify.notify_waiters();
         Ok(sequence)
+    }
+
+    /// Reserves `cost` bytes for a new event, pushing out the replay buffer
+    /// and then, under drop-oldest, undelivered events (counted in
+    /// `dropped`) until it fits. Returns whether it fits; under the `fault`
+    /// policy an event that cannot fit is an error.
+    fn make_room(&self, st: &mut State, cost: usize, dropped: &mut u64) -> Result<bool, EmitError> {
+        loop {
+            let refused = match st.reserved.try_grow(cost) {
+                Ok(()) => return Ok(true),
+                Err(refused) => refused,
+            };
+            if st.retained_delivered() > 0 {
+                st.pop_front();
+                continue;
+            }
+            if self.limits.overflow == OverflowPolicy::Fault {
+                return Err(EmitError::OverBudget(refused));
+            }
+            if st.pop_front().is_none() {
+                return Ok(false);
+            }
+            *dropped += 1;
+        }
     }
 
     /// Starts a subscription. With `resume_after`, it replays the retained
@@ -258,9 +338,21 @@ impl EventLog {
     }
 
     /// Closes the log: emits fail, subscribers drain what is left and end.
+    /// Without a subscriber the events are dropped at once: nobody can
+    /// subscribe to a closed log, so they could only hold the budget.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut st = self.lock();
+        st.closed = true;
+        if st.subscribers == 0 {
+            st.clear();
+        }
+        drop(st);
         self.notify.notify_waiters();
+    }
+
+    /// Bytes the log's events hold against the memory budget.
+    pub fn reserved_bytes(&self) -> usize {
+        self.lock().reserved.bytes()
     }
 
     /// Events emitted so far and events dropped by the overflow policy.
@@ -282,7 +374,7 @@ impl EventLog {
         if want > st.delivered {
             st.delivered = want;
             while st.retained_delivered() > self.limits.replay {
-                st.ring.pop_front();
+                st.pop_front();
             }
         }
         Some(Delivery {
@@ -325,6 +417,9 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut st = self.log.lock();
         st.subscribers -= 1;
+        if st.closed && st.subscribers == 0 {
+            st.clear();
+        }
         self.log
             .has_subscriber
             .store(st.subscribers > 0, Ordering::Relaxed);
@@ -336,6 +431,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory_budget::{BudgetGauges, MemoryBudget};
 
     fn log(queue: usize, replay: usize, overflow: OverflowPolicy) -> Arc<EventLog> {
         Arc::new(EventLog::new(
@@ -471,6 +567,99 @@ mod tests {
                 .await,
             Err(SubscribeError::TooManySubscribers(1))
         ));
+    }
+
+    fn budgeted(
+        queue: usize,
+        replay: usize,
+        overflow: OverflowPolicy,
+        budget: usize,
+    ) -> (Arc<EventLog>, Arc<MemoryBudget>) {
+        let b = MemoryBudget::new(budget, BudgetGauges::default());
+        let account = b.account(b.tenant("t", None));
+        let l = Arc::new(EventLog::budgeted(
+            EventLimits {
+                queue,
+                replay,
+                overflow,
+                max_subscribers: 1,
+            },
+            Arc::new(NoObserver),
+            account.reservation(MemoryKind::Events),
+        ));
+        (l, b)
+    }
+
+    /// The cost of one event named `e` with a 1000-byte payload.
+    const K: usize = EVENT_OVERHEAD + 1 + 1000;
+
+    fn emit_k(l: &EventLog, n: u64) {
+        for _ in 0..n {
+            l.emit("e".into(), vec![0; 1000]).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn over_budget_the_replay_buffer_goes_first_then_the_oldest() {
+        // Room for three events, while the queue and replay allow ten each.
+        let (l, b) = budgeted(10, 10, OverflowPolicy::DropOldest, 3 * K);
+        emit_k(&l, 2);
+        let mut s = l.subscribe(None).unwrap();
+        assert_eq!(take(&mut s, 2).await, vec![(1, 0), (2, 0)]);
+        // 1 and 2 are the replay buffer now; 3, 4 and 5 push them out, then
+        // 6 pushes out the oldest undelivered, 3.
+        emit_k(&l, 4);
+        assert_eq!(b.reserved(), 3 * K);
+        assert_eq!(l.counts(), (6, 1));
+        assert_eq!(take(&mut s, 3).await, vec![(4, 1), (5, 0), (6, 0)]);
+    }
+
+    #[tokio::test]
+    async fn an_event_larger_than_the_budget_is_dropped_under_drop_oldest() {
+        let (l, b) = budgeted(10, 10, OverflowPolicy::DropOldest, K);
+        l.emit("e".into(), vec![0; 5000]).unwrap();
+        emit_k(&l, 1);
+        assert_eq!(l.counts(), (2, 1));
+        let mut s = l.subscribe(None).unwrap();
+        assert_eq!(take(&mut s, 1).await, vec![(2, 1)]);
+        assert_eq!(b.reserved(), K);
+    }
+
+    #[test]
+    fn under_the_fault_policy_an_event_over_budget_is_refused() {
+        let (l, b) = budgeted(10, 10, OverflowPolicy::Fault, 2 * K);
+        emit_k(&l, 2);
+        assert!(matches!(
+            l.emit("e".into(), vec![0; 1000]),
+            Err(EmitError::OverBudget(OverBudget::Gateway { .. }))
+        ));
+        assert_eq!(l.counts(), (2, 0), "a refused event takes no sequence");
+        assert_eq!(b.reserved(), 2 * K);
+    }
+
+    #[tokio::test]
+    async fn bytes_come_back_past_the_replay_buffer_and_at_close() {
+        let (l, b) = budgeted(10, 1, OverflowPolicy::DropOldest, 100 * K);
+        emit_k(&l, 5);
+        assert_eq!(b.reserved(), 5 * K);
+        let mut s = l.subscribe(None).unwrap();
+        take(&mut s, 5).await;
+        assert_eq!(b.reserved(), K, "only the replay buffer is kept");
+        emit_k(&l, 3);
+        l.close();
+        // The attached stream drains what is left...
+        assert_eq!(l.reserved_bytes(), 4 * K);
+        take(&mut s, 3).await;
+        assert!(s.next().await.is_none());
+        // ...and once it goes, nothing is held.
+        drop(s);
+        assert_eq!(b.reserved(), 0);
+        // Closed without a subscriber: dropped at once.
+        let (l, b) = budgeted(10, 10, OverflowPolicy::DropOldest, 100 * K);
+        emit_k(&l, 5);
+        l.close();
+        assert_eq!(b.reserved(), 0);
+        drop(l);
     }
 
     #[tokio::test]

@@ -45,6 +45,8 @@ pub mod loader;
 #[cfg(feature = "server")]
 pub mod loadgen;
 #[cfg(feature = "server")]
+pub mod memory_budget;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod proto;
 #[cfg(feature = "server")]

@@ -325,6 +325,9 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())
             }) {
             Ok(c) => {
+                for warning in c.warnings() {
+                    eprintln!("{}: warning: {warning}", file.display());
+                }
                 println!(
                     "{}: ok ({} backend{})",
                     file.display(),

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::events::EventObserver;
+use crate::memory_budget::{BudgetGauges, MemoryKind};
 
 /// Labels: backend.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +47,13 @@ pub struct TenantLabel {
     pub tenant: String,
 }
 
+/// Labels: what memory is reserved for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// A [`MemoryKind`] label: `wasm-memory`, `wasm-table` or `events`.
+    pub kind: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1us .. ~33s
     Histogram::new(exponential_buckets(1e-6, 2.0, 26))
@@ -76,6 +84,17 @@ pub struct Metrics {
     pub tenant_open_sessions: Family<TenantLabel, Gauge>,
     /// Connections and TLS.
     pub transport: TransportMetrics,
+    /// `server.memory_budget`, in bytes.
+    pub memory_budget: Gauge,
+    /// Bytes sessions reserve of the memory budget, in all.
+    pub memory_reserved_total: Gauge,
+    /// Bytes sessions reserve of the memory budget, by kind.
+    pub memory_reserved: Family<KindLabel, Gauge>,
+    /// Bytes a tenant's sessions reserve of the memory budget.
+    pub tenant_memory_reserved: Family<TenantLabel, Gauge>,
+    /// Reservations refused by the memory budget or a tenant's
+    /// `max_memory`, by kind.
+    pub memory_refusals: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +119,11 @@ impl Metrics {
             events_dropped: Family::default(),
             tenant_open_sessions: Family::default(),
             transport: TransportMetrics::default(),
+            memory_budget: Gauge::default(),
+            memory_reserved_total: Gauge::default(),
+            memory_reserved: Family::default(),
+            tenant_memory_reserved: Family::default(),
+            memory_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -153,7 +177,55 @@ impl Metrics {
             m.tenant_open_sessions.clone(),
         );
         m.transport.register(&mut registry);
+        registry.register(
+            "memory_budget_bytes",
+            "The memory budget (server.memory_budget)",
+            m.memory_budget.clone(),
+        );
+        registry.register(
+            "memory_budget_reserved_bytes",
+            "Bytes sessions reserve of the memory budget, in all",
+            m.memory_reserved_total.clone(),
+        );
+        registry.register(
+            "memory_reserved_bytes",
+            "Bytes sessions reserve of the memory budget, by kind",
+            m.memory_reserved.clone(),
+        );
+        registry.register(
+            "tenant_memory_reserved_bytes",
+            "Bytes sessions reserve of the memory budget, by tenant",
+            m.tenant_memory_reserved.clone(),
+        );
+        registry.register(
+            "memory_refusals",
+            "Reservations refused by the memory budget or a tenant's max_memory, by kind",
+            m.memory_refusals.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The gauges and counters a [`MemoryBudget`] of `limit` bytes reports
+    /// into; sets the budget gauge.
+    pub fn budget_gauges(&self, limit: usize) -> BudgetGauges {
+        self.memory_budget
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        let kind = |k: MemoryKind| KindLabel {
+            kind: k.as_str().into(),
+        };
+        let tenants = self.tenant_memory_reserved.clone();
+        BudgetGauges {
+            total: self.memory_reserved_total.clone(),
+            by_kind: MemoryKind::ALL.map(|k| self.memory_reserved.get_or_create(&kind(k)).clone()),
+            refusals: MemoryKind::ALL.map(|k| self.memory_refusals.get_or_create(&kind(k)).clone()),
+            tenant: Some(Box::new(move |name: &str| {
+                tenants
+                    .get_or_create(&TenantLabel {
+                        tenant: name.to_string(),
+                    })
+                    .clone()
+            })),
+        }
     }
 
     /// The Prometheus text exposition of every metric.

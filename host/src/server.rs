@@ -164,12 +164,16 @@ pub fn build_registry(
     metrics: Arc<Metrics>,
 ) -> Result<(Arc<Registry>, Option<NativeRuntime>), ServeError> {
     let loaded = loader::load(config).map_err(ServeError::from)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let registry = Registry::new(
         loaded.backends,
         RegistrySettings {
             max_sessions: config.server.max_sessions,
             closed_session_retention: config.server.closed_session_retention,
             retry_after: RETRY_AFTER,
+            memory_budget: config.server.memory_budget,
         },
         Arc::new(SystemClock::new()),
         metrics,

@@ -6,6 +6,7 @@
 mod fixtures;
 
 mod bench;
+mod budgets;
 mod cap;
 mod events;
 mod faults;

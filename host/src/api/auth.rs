@@ -327,6 +327,7 @@ mod tests {
         TenantSpec {
             name: name.into(),
             max_sessions: None,
+            max_memory: None,
             backends: None,
             limits: LimitOverrides::default(),
             keys: keys

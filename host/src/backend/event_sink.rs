@@ -1,11 +1,12 @@
 //! Where a worker's events go: the session's event log, behind the checks
-//! both kinds of worker apply to every event (its size, and the queue under
-//! the `fault` overflow policy).
+//! both kinds of worker apply to every event (its size, and the queue and
+//! the memory budget under the `fault` overflow policy).
 
 use std::sync::Arc;
 
 use super::{Fault, FaultCode};
 use crate::events::{EmitError, EventLog};
+use crate::memory_budget::OverBudget;
 
 /// Why an event was refused; either ends the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +22,10 @@ pub enum EventRefused {
     /// The event queue was full under the `fault` overflow policy.
     #[error("the event queue is full")]
     Overflow,
+    /// The event did not fit the memory budget under the `fault` overflow
+    /// policy.
+    #[error("the event does not fit the memory budget: {0}")]
+    OverBudget(OverBudget),
 }
 
 impl EventRefused {
@@ -29,6 +34,7 @@ impl EventRefused {
         match self {
             EventRefused::TooLarge { .. } => FaultCode::EventTooLarge,
             EventRefused::Overflow => FaultCode::EventOverflow,
+            EventRefused::OverBudget(_) => FaultCode::MemoryBudget,
         }
     }
 
@@ -63,6 +69,7 @@ impl EventSink {
         match self.log.emit(name, payload) {
             Ok(_) | Err(EmitError::Closed) => Ok(()),
             Err(EmitError::Overflow) => Err(EventRefused::Overflow),
+            Err(EmitError::OverBudget(refused)) => Err(EventRefused::OverBudget(refused)),
         }
     }
 }

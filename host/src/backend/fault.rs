@@ -14,8 +14,12 @@ use tokio::sync::mpsc;
 pub enum FaultCode {
     /// A command or call ran past its deadline.
     Deadline,
-    /// Linear memory would grow past the session's `memory_limit`.
+    /// Linear memory would grow past the session's `memory_limit`, or a
+    /// native worker ran out of its memory limit.
     MemoryLimit,
+    /// A session's memory (wasm memory or tables, held events) did not fit
+    /// the gateway's `server.memory_budget` or its tenant's `max_memory`.
+    MemoryBudget,
     /// A table would grow past its limit.
     TableLimit,
     /// The event queue was full under the `fault` overflow policy.
@@ -96,6 +100,7 @@ impl FaultCode {
         match self {
             Deadline => "deadline",
             MemoryLimit => "memory-limit",
+            MemoryBudget => "memory-budget",
             TableLimit => "table-limit",
             EventOverflow => "event-overflow",
             EventTooLarge => "event-too-large",

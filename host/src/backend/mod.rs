@@ -19,6 +19,7 @@ use async_trait::async_trait;
 
 use crate::config::{BackendKind, SessionPolicy};
 use crate::events::EventLog;
+use crate::memory_budget::MemoryAccount;
 
 pub use self::fault::{Fault, FaultClass, FaultCode, FaultReporter, TrapCode};
 
@@ -106,9 +107,10 @@ pub enum StartError {
     /// The worker failed while starting.
     #[error("the worker failed to start: {0}")]
     Failed(Fault),
-    /// The runtime has no room for another instance.
+    /// The runtime has no room for another instance, or the session's
+    /// initial memory does not fit the memory budget; a retry may succeed.
     #[error("no capacity for another worker: {0}")]
-    Exhausted(String),
+    Exhausted(Fault),
 }
 
 /// How far a worker's start-up has got. The registry shows each phase as
@@ -147,6 +149,9 @@ pub struct StartRequest {
     pub open_timeout: Duration,
     /// Where out-of-band faults go.
     pub faults: FaultReporter,
+    /// What the session's memory is charged to (the gateway's budget and
+    /// the tenant's `max_memory`).
+    pub memory: MemoryAccount,
 }
 
 /// A running worker serving one session.

@@ -28,6 +28,8 @@
 //! key = "tls/server.key"            # its private key (PEM)
 //! client_ca = "tls/clients-ca.pem"  # optional: require client certificates from this CA
 //! # [server.http_tls]               # the HTTP port's own files, instead of [server.tls]
+//! memory_budget = "auto"            # what all sessions together may make the gateway
+//!                                   # hold; "auto" = half the physical memory
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -37,7 +39,8 @@
 //! idle_timeout = "off"              # close after this long without a call
 //! max_lifetime = "off"              # close this long after open
 //! close_timeout = "5s"              # graceful close before the worker is killed
-//! memory_limit = "64MiB"            # linear memory per wasm session
+//! memory_limit = "64MiB"            # linear memory per wasm session; a native
+//!                                   # worker's data rlimit (see docs/native-workers.md)
 //! max_reply_bytes = "1MiB"
 //! max_event_bytes = "64KiB"
 //! event_queue = 1024                # undelivered events kept per session
@@ -86,7 +89,8 @@
 //! A native worker gets a clean environment: `PATH`, `HOME`, `LANG`, `LC_*`,
 //! `TZ`, `RUST_LOG` and `RUST_BACKTRACE` from the gateway's, the backend's
 //! `grants.env`, and the `GATEHOUSE_*` protocol variables. `memory_limit`
-//! applies to wasm sessions only.
+//! caps a wasm session's linear memory and a native worker's data segment
+//! (docs/native-workers.md says what is enforced where).
 //!
 //! Unknown keys and bad values are errors that name the key.
 //!
@@ -120,6 +124,7 @@ mod server;
 pub mod tenants;
 mod tls;
 mod units;
+mod warnings;
 
 pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Runner};
 pub use self::certs::{CertIdentity, DistinguishedName};
@@ -133,6 +138,7 @@ pub use self::server::{ServerSettings, default_state_dir};
 pub use self::tenants::{CertSpec, KeySpec, TenantSpec};
 pub use self::tls::TlsFiles;
 pub use self::units::parse_duration;
+pub use self::warnings::session_maximum;
 
 /// A backend's `version` when the config gives none.
 pub const DEFAULT_BACKEND_VERSION: &str = "0.0.0";

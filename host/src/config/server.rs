@@ -59,6 +59,18 @@ pub struct ServerSettings {
     /// Open connections per port (gRPC and HTTP each); beyond it a new
     /// connection is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Bytes every session together may make the gateway hold: wasm
+    /// memories and tables, undelivered events and replay buffers.
+    pub memory_budget: usize,
+}
+
+/// `server.memory_budget` when the machine's memory cannot be read.
+pub const FALLBACK_MEMORY_BUDGET: usize = 4 << 30;
+
+/// `server.memory_budget = "auto"`, the default: half of the machine's
+/// physical memory, read at start.
+pub fn default_memory_budget() -> usize {
+    crate::memory_budget::physical_memory().map_or(FALLBACK_MEMORY_BUDGET, |b| b / 2)
 }
 
 /// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
@@ -109,6 +121,7 @@ impl Default for ServerSettings {
             http_tls: None,
             allow_plaintext: false,
             max_connections: 4096,
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -149,6 +162,8 @@ pub(super) struct ServerFile {
     http_tls: Option<TlsFile>,
     allow_plaintext: Option<bool>,
     max_connections: Option<usize>,
+    #[serde(deserialize_with = "units::size_or_auto")]
+    memory_budget: Option<Option<usize>>,
 }
 
 impl ServerFile {
@@ -204,7 +219,11 @@ impl ServerFile {
             http_tls,
             allow_plaintext: self.allow_plaintext.unwrap_or(d.allow_plaintext),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
+            memory_budget: self.memory_budget.flatten().unwrap_or(d.memory_budget),
         };
+        if s.memory_budget < super::MIN_MEMORY_LIMIT {
+            return Err(invalid("server.memory_budget", "must be at least 1MiB"));
+        }
         if !s.state_dir.is_absolute() {
             return Err(invalid("server.state_dir", "must be an absolute path"));
         }

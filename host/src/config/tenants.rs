@@ -5,6 +5,8 @@
 //! [[tenants]]
 //! name = "acme"
 //! max_sessions = 10                 # this tenant's quota; omitted = only the gateway's cap
+//! max_memory = "1GiB"               # memory its sessions may make the gateway hold;
+//!                                   # omitted = only server.memory_budget
 //! backends = ["echo", "kv"]         # backends it may open; omitted = all
 //! [tenants.sessions]                # limit overrides, each clamped to the backend's own
 //! memory_limit = "16MiB"
@@ -43,6 +45,9 @@ pub struct TenantSpec {
     pub name: String,
     /// Live sessions the tenant may hold; `None` leaves only the gateway's cap.
     pub max_sessions: Option<usize>,
+    /// Bytes the tenant's sessions may make the gateway hold together;
+    /// `None` leaves only `server.memory_budget`.
+    pub max_memory: Option<usize>,
     /// Backends the tenant may open; `None` allows every backend.
     pub backends: Option<BTreeSet<String>>,
     /// Lowered session limits (`[tenants.sessions]`), laid over a
@@ -100,6 +105,8 @@ impl KeySpec {
 pub(super) struct TenantFile {
     name: String,
     max_sessions: Option<usize>,
+    #[serde(default, deserialize_with = "super::units::size")]
+    max_memory: Option<usize>,
     backends: Option<Vec<String>>,
     #[serde(default)]
     sessions: SessionPatch,
@@ -148,6 +155,12 @@ pub(super) fn resolve(
         }
         if t.max_sessions == Some(0) {
             return Err(invalid(format!("{key}.max_sessions"), "must be at least 1"));
+        }
+        if t.max_memory.is_some_and(|m| m < super::MIN_MEMORY_LIMIT) {
+            return Err(invalid(
+                format!("{key}.max_memory"),
+                "must be at least 1MiB",
+            ));
         }
         let allowed = match t.backends {
             None => None,
@@ -240,6 +253,7 @@ pub(super) fn resolve(
         out.push(TenantSpec {
             name: t.name,
             max_sessions: t.max_sessions,
+            max_memory: t.max_memory,
             backends: allowed,
             limits,
             keys,

@@ -83,6 +83,27 @@ pub(super) fn duration_or_off<'de, D: Deserializer<'de>>(
         .map_err(serde::de::Error::custom)
 }
 
+/// A size or `"auto"`: `Some(None)` is `"auto"`.
+pub(super) fn size_or_auto<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<usize>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(s) if s.trim() == "auto" => Ok(Some(None)),
+        Raw::Text(s) => parse_size(&s)
+            .map(|v| Some(Some(v)))
+            .map_err(serde::de::Error::custom),
+        Raw::Bytes(v) => usize::try_from(v)
+            .map(|v| Some(Some(v)))
+            .map_err(|_| serde::de::Error::custom("size is too large")),
+    }
+}
+
 /// A size: a number of bytes, or a string with a unit.
 pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     struct V;

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, BackendInfo, Command, Fault, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
+use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 
 use self::backend_metrics::BackendMetrics;
@@ -74,6 +75,9 @@ pub struct RegistrySettings {
     /// How long a client should wait before retrying at the cap; the
     /// gateway uses [`RETRY_AFTER`].
     pub retry_after: Duration,
+    /// Bytes every session together may make the gateway hold
+    /// (`server.memory_budget`).
+    pub memory_budget: usize,
 }
 
 /// The session registry.
@@ -81,6 +85,7 @@ pub struct Registry {
     backends: BTreeMap<String, Loaded>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     slots: Arc<Slots>,
+    memory: Arc<MemoryBudget>,
     settings: RegistrySettings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -112,6 +117,10 @@ impl Registry {
                 .collect(),
             sessions: Mutex::new(HashMap::new()),
             slots: Slots::new(settings.max_sessions),
+            memory: MemoryBudget::new(
+                settings.memory_budget,
+                metrics.budget_gauges(settings.memory_budget),
+            ),
             settings,
             clock,
             metrics,
@@ -156,6 +165,11 @@ impl Registry {
     /// Sessions holding a slot.
     pub fn open_count(&self) -> usize {
         self.slots.used()
+    }
+
+    /// The gateway's memory budget and what sessions reserve of it.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// The wall time of a registry instant.

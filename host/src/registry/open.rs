@@ -13,6 +13,7 @@ use crate::backend::{
 };
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
+use crate::memory_budget::{MemoryAccount, MemoryKind};
 use crate::metrics::{CodeLabel, TenantLabel};
 use crate::registry::slots::{Refused, Slot};
 use crate::registry::tenant::Caller;
@@ -100,6 +101,12 @@ impl Registry {
 
         // 2. Register. The lifecycle lock is taken before the session is
         //    visible, so a close that finds it waits for the open to end.
+        //    Its memory (events, then the worker's) is charged to the
+        //    gateway's budget and its tenant's.
+        let memory = self.memory.account(
+            self.memory
+                .tenant(caller.tenant_name(), caller.tenant.max_memory()),
+        );
         let session = new_session(
             caller,
             loaded,
@@ -107,6 +114,7 @@ impl Registry {
             &request,
             times,
             slot,
+            &memory,
             self.clock.now(),
         );
         let _lifecycle = session.lifecycle.lock().await;
@@ -125,7 +133,7 @@ impl Registry {
 
         // 3. Start the worker.
         let started = self
-            .start_worker(caller, loaded, policy, request.config, &session)
+            .start_worker(caller, loaded, policy, request.config, &session, memory)
             .await;
 
         // 4. READY, or roll back.
@@ -200,6 +208,7 @@ impl Registry {
         policy: &SessionPolicy,
         request_config: BTreeMap<String, String>,
         session: &Arc<Session>,
+        memory: MemoryAccount,
     ) -> Result<Arc<dyn Worker>, StartError> {
         // The request's config over the backend's.
         let mut config = loaded.entry.config.clone();
@@ -213,6 +222,7 @@ impl Registry {
             policy: policy.clone(),
             open_timeout: session.times.command_timeout,
             faults: FaultReporter::new(Arc::clone(&session.id), self.faults.clone()),
+            memory,
         };
         let clock = Arc::clone(&self.clock);
         let progress = |phase: StartPhase| {
@@ -247,7 +257,9 @@ fn session_times(
     })
 }
 
-/// A new session in CREATING, with a fresh id and its own event log.
+/// A new session in CREATING, with a fresh id and its own event log,
+/// whose events are charged to `memory`.
+#[allow(clippy::too_many_arguments)]
 fn new_session(
     caller: &Caller,
     loaded: &Loaded,
@@ -255,9 +267,10 @@ fn new_session(
     request: &OpenRequest,
     times: SessionTimes,
     slot: Slot,
+    memory: &MemoryAccount,
     now: Instant,
 ) -> Arc<Session> {
-    let events = Arc::new(EventLog::new(
+    let events = Arc::new(EventLog::budgeted(
         EventLimits {
             queue: policy.event_queue,
             replay: policy.replay_buffer,
@@ -265,6 +278,7 @@ fn new_session(
             max_subscribers: policy.max_event_subscribers,
         },
         Arc::clone(&loaded.metrics.events),
+        memory.reservation(MemoryKind::Events),
     ));
     Arc::new(Session::new(
         new_session_id(),
@@ -288,9 +302,7 @@ fn rollback_fault(error: &GatewayError) -> Fault {
         GatewayError::StartFailed(StartError::Refused(m)) => {
             Fault::crashed(FaultCode::OpenRefused, m.clone())
         }
-        GatewayError::StartFailed(StartError::Exhausted(m)) => {
-            Fault::crashed(FaultCode::NoCapacity, m.clone())
-        }
+        GatewayError::StartFailed(StartError::Exhausted(f)) => f.clone(),
         other => Fault::crashed(FaultCode::StartFailed, other.to_string()),
     }
 }

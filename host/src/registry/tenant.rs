@@ -18,6 +18,7 @@ pub struct Tenant {
     name: String,
     quota: Arc<Slots>,
     max_sessions: Option<usize>,
+    max_memory: Option<usize>,
     backends: Option<BTreeSet<String>>,
     limits: LimitOverrides,
 }
@@ -29,6 +30,7 @@ impl Tenant {
             name: spec.name.clone(),
             quota: spec.max_sessions.map_or_else(Slots::unlimited, Slots::new),
             max_sessions: spec.max_sessions,
+            max_memory: spec.max_memory,
             backends: spec.backends.clone(),
             limits: spec.limits.clone(),
         })
@@ -40,6 +42,7 @@ impl Tenant {
             name: name.into(),
             quota: Slots::unlimited(),
             max_sessions: None,
+            max_memory: None,
             backends: None,
             limits: LimitOverrides::default(),
         })
@@ -63,6 +66,12 @@ impl Tenant {
     /// The tenant's quota, if it has one.
     pub fn max_sessions(&self) -> Option<usize> {
         self.max_sessions
+    }
+
+    /// Bytes the tenant's sessions may make the gateway hold together
+    /// (`max_memory`), if it has a limit of its own.
+    pub fn max_memory(&self) -> Option<usize> {
+        self.max_memory
     }
 
     /// Sessions holding one of this tenant's slots.

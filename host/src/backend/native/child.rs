@@ -22,6 +22,8 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use super::memory_limit::Rlimits;
+
 /// The child's stack: it only runs a few system calls.
 const CHILD_STACK: usize = 64 * 1024;
 
@@ -39,6 +41,8 @@ pub(super) struct Launch {
     pub output: RawFd,
     /// Inherited as is (its close-on-exec flag is cleared in the child).
     pub keep: RawFd,
+    /// Memory limits set in the child before `exec`.
+    pub rlimits: Option<Rlimits>,
 }
 
 impl Launch {
@@ -78,6 +82,7 @@ impl Launch {
             stdin,
             output,
             keep,
+            rlimits: None,
         })
     }
 
@@ -218,6 +223,9 @@ unsafe fn prepare(l: &Launch) -> Result<(), libc::c_int> {
             libc::F_SETFD,
             flags & !libc::FD_CLOEXEC,
         ))?;
+        if let Some(limits) = &l.rlimits {
+            limits.apply_here()?;
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::env;
 use super::process::{self, LiveSet, Proc, SpawnSpec};
 use super::protocol::{self, FrameError, PROTOCOL_VERSION, pb};
-use super::session::Timing;
+use super::session::{Timing, exit_fault};
 use super::state_dir::StateDir;
 use super::worker::IdleWorker;
 use crate::backend::guest_log::LogLimiter;
@@ -33,6 +33,8 @@ pub(super) struct Launcher {
     /// The rate of the backend's log lines per worker: `log_burst`,
     /// `log_lines_per_sec`.
     pub(super) log_rate: (u32, u32),
+    /// The backend's `memory_limit`, set on every worker it starts.
+    pub(super) memory_limit: usize,
     pub(super) state: Arc<StateDir>,
     pub(super) live: Arc<LiveSet>,
 }
@@ -128,6 +130,7 @@ impl Launcher {
             child_end: theirs,
             backend: self.backend.clone(),
             log: Arc::new(LogLimiter::new(self.log_rate.0, self.log_rate.1)),
+            memory_limit: Some(self.memory_limit),
         };
         let proc = process::spawn(spec, Arc::clone(&self.state), Arc::clone(&self.live))
             .await
@@ -147,7 +150,7 @@ impl Launcher {
         let first = tokio::select! {
             biased;
             status = proc.exited() => {
-                return Err(failed(FaultCode::WorkerExited, format!("the worker exited before its hello: {status}")));
+                return Err(StartError::Failed(exit_fault(&proc, status, " before its hello").await));
             }
             frame = frames.recv() => frame,
             _ = tokio::time::sleep_until(until.into()) => {

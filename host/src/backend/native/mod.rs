@@ -35,6 +35,7 @@
 
 mod child;
 mod launcher;
+mod memory_limit;
 mod pool;
 mod process;
 pub mod protocol;
@@ -50,13 +51,16 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use self::launcher::Launcher;
+use self::memory_limit::Rlimits;
 use self::pool::Pool;
 use self::process::LiveSet;
 use self::protocol::pb;
 use self::session::Attach;
 use self::state_dir::StateDir;
 use super::event_sink::EventSink;
-use super::{Backend, BackendInfo, Progress, StartError, StartPhase, StartRequest, Worker};
+use super::{
+    Backend, BackendInfo, Fault, FaultCode, Progress, StartError, StartPhase, StartRequest, Worker,
+};
 use crate::config::{BackendKind, BackendSpec, Runner};
 
 pub use self::protocol::{PROTOCOL_VERSION, env};
@@ -90,6 +94,9 @@ impl NativeRuntime {
                 "killed leftover native workers of a previous gateway run"
             );
         }
+        tracing::debug!(
+            "native workers' memory_limit is enforced with RLIMIT_DATA and RLIMIT_AS; no cgroup is used"
+        );
         Ok(Self {
             state: Arc::new(state),
             live: Arc::default(),
@@ -112,6 +119,7 @@ impl NativeRuntime {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             log_rate: (spec.policy.log_burst, spec.policy.log_lines_per_sec),
+            memory_limit: spec.policy.memory_limit,
             state: Arc::clone(&self.state),
             live: Arc::clone(&self.live),
         });
@@ -224,6 +232,19 @@ impl Backend for NativeBackend {
                     .await?
             }
         };
+        // Workers start with the backend's limit; a tenant's may be lower.
+        if request.policy.memory_limit < self.launcher.memory_limit
+            && let Some(pid) = worker.pid()
+            && let Err(e) = Rlimits::for_limit(request.policy.memory_limit).lower(pid)
+        {
+            if from_pool && let Some(pool) = &self.pool {
+                pool.replenish();
+            }
+            return Err(StartError::Failed(Fault::crashed(
+                FaultCode::SpawnFailed,
+                format!("lowering the worker's memory limit: {e}"),
+            )));
+        }
         progress(StartPhase::InitializingWorker);
         let open = pb::Open {
             session_id: request.session_id.to_string(),

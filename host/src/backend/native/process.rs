@@ -33,6 +33,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::child::Launch;
+use super::memory_limit::{Rlimits, is_allocation_failure};
 use super::state_dir::StateDir;
 use crate::backend::guest_log::{LogLimiter, MAX_LINE, log_line};
 use crate::backend::handle::Process;
@@ -75,6 +76,10 @@ pub struct Proc {
     /// The session it serves, for its log lines; unset while it idles in
     /// the warm pool.
     session: OnceLock<Arc<str>>,
+    /// Whether its output said an allocation failed.
+    allocation_failed: AtomicBool,
+    /// Becomes true once its output reached end-of-file.
+    output_closed: watch::Receiver<bool>,
 }
 
 impl Proc {
@@ -95,6 +100,19 @@ impl Proc {
     /// Whether the worker has exited and been reaped.
     pub fn exited_status(&self) -> Option<ExitStatus> {
         *self.exit.borrow()
+    }
+
+    /// Whether the worker reported an allocation failure on its way out:
+    /// its memory limit, most likely. Waits a little for its output to be
+    /// read to the end, which may lag behind its exit.
+    pub async fn ran_out_of_memory(&self) -> bool {
+        let mut closed = self.output_closed.clone();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(250),
+            closed.wait_for(|c| *c),
+        )
+        .await;
+        self.allocation_failed.load(Ordering::Acquire)
     }
 
     /// Resolves with the worker's exit status once it has been reaped.
@@ -179,6 +197,8 @@ pub struct SpawnSpec {
     pub backend: String,
     /// The rate limit of the worker's output lines.
     pub log: Arc<LogLimiter>,
+    /// The worker's `memory_limit`, set as resource limits before `exec`.
+    pub memory_limit: Option<usize>,
 }
 
 /// Starts a worker from the spawner thread and sets up its reaping.
@@ -219,22 +239,29 @@ pub async fn spawn(
     let exit = ExitWatch::new(pid).inspect_err(|_| end_unwatched(pid, &state))?;
 
     let (exit_tx, exit_rx) = watch::channel(None);
+    let (closed_tx, closed_rx) = watch::channel(false);
     let proc = Arc::new(Proc {
         pid,
         reaped: AtomicBool::new(false),
         exit: exit_rx,
         session: OnceLock::new(),
+        allocation_failed: AtomicBool::new(false),
+        output_closed: closed_rx,
     });
     match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
         Ok(pipe) => {
             let output = Output {
                 proc: Arc::clone(&proc),
                 limiter: log,
+                closed: closed_tx,
             };
             let span = tracing::info_span!(parent: None, "worker", %backend, pid);
             tokio::spawn(output.forward(pipe).instrument(span));
         }
-        Err(e) => tracing::warn!(pid, "the worker's output will not be logged: {e}"),
+        Err(e) => {
+            let _ = closed_tx.send(true);
+            tracing::warn!(pid, "the worker's output will not be logged: {e}");
+        }
     }
     live.procs
         .lock()
@@ -279,7 +306,7 @@ fn spawn_here(spec: &SpawnSpec) -> io::Result<(u32, OwnedFd)> {
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v))),
     );
-    let launch = Launch::new(
+    let mut launch = Launch::new(
         program,
         args,
         &env,
@@ -289,6 +316,7 @@ fn spawn_here(spec: &SpawnSpec) -> io::Result<(u32, OwnedFd)> {
             spec.child_end.as_raw_fd(),
         ),
     )?;
+    launch.rlimits = spec.memory_limit.map(Rlimits::for_limit);
     let pid = launch.spawn()?;
     // The gateway's copy of the write end closes here, so the read end
     // sees end-of-file when the worker (and its children) exit.
@@ -393,6 +421,8 @@ fn passed_env() -> Vec<(OsString, OsString)> {
 struct Output {
     proc: Arc<Proc>,
     limiter: Arc<LogLimiter>,
+    /// Told at end-of-file.
+    closed: watch::Sender<bool>,
 }
 
 impl Output {
@@ -410,12 +440,19 @@ impl Output {
                 .read_until(b'\n', &mut line)
                 .await
             {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let _ = self.closed.send(true);
+                    return;
+                }
                 Ok(_) => {
                     let text = String::from_utf8_lossy(&line);
                     let text = text.trim_end();
                     if text.is_empty() {
                         continue;
+                    }
+                    // Checked before the rate limit, which may drop the line.
+                    if is_allocation_failure(text) {
+                        self.proc.allocation_failed.store(true, Ordering::Release);
                     }
                     let session = self.proc.session.get().map_or("", |s| &**s);
                     log_line(session, "worker", tracing::Level::INFO, &self.limiter, text);

@@ -164,7 +164,7 @@ impl Conversation {
                         self.finish_close();
                         return;
                     }
-                    Err(Fault::crashed(FaultCode::WorkerExited, format!("the worker exited: {status}")))
+                    Err(exit_fault(&self.proc, status, "").await)
                 }
                 frame = self.frames.recv(), if self.eof_at.is_none() => match frame {
                     Some(Ok(msg)) => {
@@ -599,6 +599,23 @@ impl From<pb::CommandError> for CommandError {
             Kind::InvalidPayload => CommandError::InvalidPayload(e.message),
             Kind::Failed | Kind::Unspecified => CommandError::Failed(e.message),
         }
+    }
+}
+
+/// The fault of a worker that exited by itself: `memory-limit` if it said
+/// an allocation failed before it died, else `worker-exited`. `when` is
+/// added to the detail, as in " before its hello".
+pub(super) async fn exit_fault(proc: &Proc, status: std::process::ExitStatus, when: &str) -> Fault {
+    if proc.ran_out_of_memory().await {
+        Fault::crashed(
+            FaultCode::MemoryLimit,
+            format!("the worker ran out of its memory_limit and exited{when}: {status}"),
+        )
+    } else {
+        Fault::crashed(
+            FaultCode::WorkerExited,
+            format!("the worker exited{when}: {status}"),
+        )
     }
 }
 

@@ -47,6 +47,7 @@ fn request() -> StartRequest {
         policy: SessionPolicy::default(),
         open_timeout: Duration::from_secs(5),
         faults: FaultReporter::new(id, tx),
+        memory: crate::memory_budget::MemoryAccount::unlimited(),
     }
 }
 

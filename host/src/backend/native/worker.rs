@@ -40,6 +40,12 @@ impl IdleWorker {
         Self { handle, opens }
     }
 
+    /// The worker's pid.
+    pub(super) fn pid(&self) -> Option<u32> {
+        use crate::backend::Worker;
+        self.handle.pid()
+    }
+
     /// Whether the worker is still usable (for the warm pool).
     pub(super) fn is_alive(&self) -> bool {
         self.handle.is_alive()

@@ -17,6 +17,7 @@ use super::{
 use crate::backend::FaultCode;
 use crate::backend::event_sink::{EventRefused, EventSink};
 use crate::backend::guest_log::{LogLimiter, MAX_LINE, log_line};
+use crate::memory_budget::{MemoryAccount, MemoryKind, OverBudget, Reservation};
 
 /// Longest delay a plugin may ask for in `schedule-tick`.
 const MAX_TICK_DELAY: Duration = Duration::from_secs(24 * 3600);
@@ -44,6 +45,16 @@ pub enum LimitHit {
         /// The limit.
         limit: usize,
     },
+    /// A memory or table growth did not fit the memory budget.
+    #[error("{what} would grow by {bytes} bytes: {refused}")]
+    Budget {
+        /// `memory` or `table`.
+        what: &'static str,
+        /// The growth.
+        bytes: usize,
+        /// Which budget refused it.
+        refused: OverBudget,
+    },
     /// An event was refused (too large, or the queue full under the
     /// `fault` overflow policy).
     #[error(transparent)]
@@ -60,24 +71,51 @@ impl LimitHit {
             LimitHit::Deadline => FaultCode::Deadline,
             LimitHit::Memory { .. } => FaultCode::MemoryLimit,
             LimitHit::Table { .. } => FaultCode::TableLimit,
+            LimitHit::Budget { .. } => FaultCode::MemoryBudget,
             LimitHit::Event(refused) => refused.code(),
             LimitHit::TooManyTicks(_) => FaultCode::TooManyTicks,
         }
     }
 }
 
-/// Resource limits of one store.
+/// Bytes a table element is charged: one pointer.
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// Resource limits of one store, and the store's share of the memory
+/// budget: every byte of memory and table growth is reserved before it is
+/// allowed, and the reservations go with the store.
 pub struct Limits {
     /// Bytes of linear memory per memory.
     pub memory: usize,
     /// Elements per table.
     pub table_elements: usize,
+    /// The memories' bytes, reserved against the budget.
+    pub memory_reserved: Reservation,
+    /// The tables' bytes, reserved against the budget.
+    pub table_reserved: Reservation,
+    /// The last approved growth of each kind, given back if the growth
+    /// then fails.
+    pending: (usize, usize),
+}
+
+impl Limits {
+    /// Limits of `memory` bytes per memory and `table_elements` per table,
+    /// reserving growth through `account`.
+    pub fn new(memory: usize, table_elements: usize, account: &MemoryAccount) -> Self {
+        Self {
+            memory,
+            table_elements,
+            memory_reserved: account.reservation(MemoryKind::WasmMemory),
+            table_reserved: account.reservation(MemoryKind::WasmTable),
+            pending: (0, 0),
+        }
+    }
 }
 
 impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -88,12 +126,30 @@ impl ResourceLimiter for Limits {
             }
             .into());
         }
+        // Called with current = 0 when a memory is created, so an
+        // instance's initial memory is reserved too.
+        let bytes = desired.saturating_sub(current);
+        self.memory_reserved
+            .try_grow(bytes)
+            .map_err(|refused| LimitHit::Budget {
+                what: "memory",
+                bytes,
+                refused,
+            })?;
+        self.pending.0 = bytes;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_reserved
+            .shrink(std::mem::take(&mut self.pending.0));
+        tracing::debug!("a memory growth failed after it was allowed: {error:#}");
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -104,7 +160,23 @@ impl ResourceLimiter for Limits {
             }
             .into());
         }
+        let bytes = desired.saturating_sub(current) * TABLE_ELEMENT_BYTES;
+        self.table_reserved
+            .try_grow(bytes)
+            .map_err(|refused| LimitHit::Budget {
+                what: "table",
+                bytes,
+                refused,
+            })?;
+        self.pending.1 = bytes;
         Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.table_reserved
+            .shrink(std::mem::take(&mut self.pending.1));
+        tracing::debug!("a table growth failed after it was allowed: {error:#}");
+        Ok(())
     }
 
     fn instances(&self) -> usize {

@@ -303,10 +303,7 @@ impl Backend for WasmBackend {
         let data = SessionData {
             wasi: wasi.build(),
             table: Default::default(),
-            limits: Limits {
-                memory: policy.memory_limit,
-                table_elements: MAX_TABLE_ELEMENTS,
-            },
+            limits: Limits::new(policy.memory_limit, MAX_TABLE_ELEMENTS, &request.memory),
             session_id: Arc::clone(&request.session_id),
             events: EventSink::new(Arc::clone(&request.events), policy.max_event_bytes),
             log_limiter,
@@ -335,10 +332,14 @@ impl Backend for WasmBackend {
             Ok(i) => i,
             Err(e) => {
                 let fault = worker::classify(&e);
-                return Err(if fault.code == FaultCode::PoolExhausted {
-                    StartError::Exhausted(fault.detail)
-                } else {
-                    StartError::Failed(fault)
+                // Both may pass: a session that closes frees pool slots and
+                // budget, so these are RESOURCE_EXHAUSTED with a retry hint.
+                return Err(match fault.code {
+                    FaultCode::PoolExhausted => {
+                        StartError::Exhausted(Fault::crashed(FaultCode::NoCapacity, fault.detail))
+                    }
+                    FaultCode::MemoryBudget => StartError::Exhausted(fault),
+                    _ => StartError::Failed(fault),
                 });
             }
         };
@@ -406,10 +407,11 @@ pub mod baseline {
             let data = SessionData {
                 wasi: WasiCtx::builder().build(),
                 table: Default::default(),
-                limits: Limits {
-                    memory: 64 << 20,
-                    table_elements: MAX_TABLE_ELEMENTS,
-                },
+                limits: Limits::new(
+                    64 << 20,
+                    MAX_TABLE_ELEMENTS,
+                    &crate::memory_budget::MemoryAccount::unlimited(),
+                ),
                 session_id: "bare".into(),
                 events: EventSink::new(
                     Arc::new(EventLog::new(

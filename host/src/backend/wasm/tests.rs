@@ -11,6 +11,7 @@ use super::*;
 use crate::backend::{CloseOutcome, Command, Fault, FaultClass, FaultReporter, Outcome};
 use crate::config::{ModuleSource, SessionPolicy};
 use crate::events::{EventLimits, EventLog, NoObserver};
+use crate::memory_budget::{BudgetGauges, MemoryAccount, MemoryBudget, MemoryKind};
 
 fn runtime() -> WasmRuntime {
     WasmRuntime::new(&RuntimeOptions {
@@ -42,6 +43,16 @@ struct Opened {
 }
 
 async fn open(rt: &WasmRuntime, name: &str, policy: SessionPolicy) -> Result<Opened, StartError> {
+    open_charged(rt, name, policy, MemoryAccount::unlimited()).await
+}
+
+/// Like [`open`], charging the session's memory to `memory`.
+async fn open_charged(
+    rt: &WasmRuntime,
+    name: &str,
+    policy: SessionPolicy,
+    memory: MemoryAccount,
+) -> Result<Opened, StartError> {
     let backend = rt
         .load(
             &spec(name, policy.clone()),
@@ -68,6 +79,7 @@ async fn open(rt: &WasmRuntime, name: &str, policy: SessionPolicy) -> Result<Ope
         policy: policy.clone(),
         open_timeout: Duration::from_secs(5),
         faults: FaultReporter::new(id, tx),
+        memory,
     };
     let states = std::sync::Mutex::new(Vec::new());
     let worker = backend
@@ -118,6 +130,47 @@ async fn instances_keep_their_own_state() {
         call(&*b.worker, "count", "", LONG).await.unwrap(),
         Outcome::Reply("1".into())
     );
+}
+
+#[tokio::test]
+async fn memory_growth_past_the_budget_faults_and_the_instance_gives_it_back() {
+    let rt = runtime();
+    let budget = MemoryBudget::new(24 << 20, BudgetGauges::default());
+    let account = || budget.account(budget.tenant("t", None));
+    let s = open_charged(&rt, "chaos", SessionPolicy::default(), account())
+        .await
+        .unwrap();
+    let initial = budget.reserved_for(MemoryKind::WasmMemory);
+    assert!(initial > 0, "the initial memory is reserved");
+    assert!(budget.reserved_for(MemoryKind::WasmTable) > 0);
+    call(&*s.worker, "grow", "4", LONG).await.unwrap();
+    assert!(budget.reserved_for(MemoryKind::WasmMemory) >= initial + (4 << 20));
+    let fault = call(&*s.worker, "grow", "30", LONG).await.unwrap_err();
+    assert_eq!(fault.code, FaultCode::MemoryBudget, "{fault}");
+    assert!(fault.detail.contains("memory budget"), "{fault}");
+    drop(s);
+    // The store goes with the session task: everything comes back.
+    let deadline = Instant::now() + LONG;
+    while budget.reserved() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(budget.reserved(), 0);
+    // An open whose initial memory does not fit is a capacity refusal.
+    let tiny = MemoryBudget::new(4096, BudgetGauges::default());
+    let refused = open_charged(
+        &rt,
+        "chaos",
+        SessionPolicy::default(),
+        tiny.account(tiny.tenant("t", None)),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        matches!(&refused, StartError::Exhausted(f) if f.code == FaultCode::MemoryBudget),
+        "{refused}"
+    );
+    assert_eq!(tiny.reserved(), 0);
 }
 
 #[tokio::test]
@@ -297,6 +350,7 @@ async fn a_refused_open_is_reported_as_refused() {
         policy: SessionPolicy::default(),
         open_timeout: LONG,
         faults: FaultReporter::new("s".into(), tx),
+        memory: MemoryAccount::unlimited(),
     };
     let err = backend.start(request, &|_| {}).await.err().unwrap();
     assert!(matches!(err, StartError::Refused(m) if m.contains("fail_open")));

@@ -145,6 +145,7 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
             max_sessions,
             closed_session_retention: Duration::from_secs(30),
             retry_after: RETRY_AFTER,
+            memory_budget: usize::MAX,
         },
         Arc::clone(&clock) as Arc<dyn Clock>,
         Arc::clone(&metrics),
@@ -196,6 +197,7 @@ pub(super) fn tenant(
     Tenant::from_spec(&crate::config::TenantSpec {
         name: name.into(),
         max_sessions,
+        max_memory: None,
         backends: backends.map(|b| b.iter().map(|s| s.to_string()).collect()),
         limits: crate::config::LimitOverrides::default(),
         keys: Vec::new(),

@@ -184,6 +184,7 @@ async fn tenant_limits_lower_the_backends() {
     let t = Tenant::from_spec(&crate::config::TenantSpec {
         name: "a".into(),
         max_sessions: None,
+        max_memory: None,
         backends: None,
         limits: crate::config::LimitOverrides {
             lease: Some(Duration::from_secs(5)),
