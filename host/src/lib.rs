@@ -48,6 +48,8 @@ pub mod loadgen;
 pub mod metrics;
 pub mod proto;
 #[cfg(feature = "server")]
+pub mod rate;
+#[cfg(feature = "server")]
 pub mod registry;
 #[cfg(feature = "server")]
 pub mod scaffold;

@@ -46,6 +46,15 @@ pub struct TenantLabel {
     pub tenant: String,
 }
 
+/// Labels: tenant and which of its rates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLabel {
+    /// Tenant name.
+    pub tenant: String,
+    /// `requests` or `opens`.
+    pub kind: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1us .. ~33s
     Histogram::new(exponential_buckets(1e-6, 2.0, 26))
@@ -74,6 +83,13 @@ pub struct Metrics {
     pub events_dropped: Family<BackendLabel, Counter>,
     /// Sessions holding a slot of a tenant's quota.
     pub tenant_open_sessions: Family<TenantLabel, Gauge>,
+    /// Calls refused for being over a tenant's rate, by tenant and rate.
+    pub rate_limited: Family<RateLabel, Counter>,
+    /// Calls refused `UNAUTHENTICATED` after their credentials were checked.
+    pub auth_failures: Counter,
+    /// Calls refused `UNAUTHENTICATED` unchecked: their peer address was
+    /// over its failed-authentication budget.
+    pub auth_throttled: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +113,9 @@ impl Metrics {
             events_emitted: Family::default(),
             events_dropped: Family::default(),
             tenant_open_sessions: Family::default(),
+            rate_limited: Family::default(),
+            auth_failures: Counter::default(),
+            auth_throttled: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -148,6 +167,21 @@ impl Metrics {
             "tenant_open_sessions",
             "Sessions holding a slot, by tenant",
             m.tenant_open_sessions.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Calls refused over a tenant's rate, by tenant and kind",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Calls refused UNAUTHENTICATED after checking their key",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_throttled",
+            "Calls refused UNAUTHENTICATED unchecked: their address failed too often",
+            m.auth_throttled.clone(),
         );
         Self { registry, ..m }
     }

@@ -233,6 +233,7 @@ pub async fn serve_until(
             max_batch_commands: config.server.max_batch_commands,
             max_event_stream_age: config.server.max_event_stream_age,
             deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
+            auth_failures: config.server.auth_failures,
         },
     ));
 

@@ -10,10 +10,16 @@
 //! With no keys configured the gateway is in local development mode: every
 //! call is the anonymous tenant `default` with every scope but `admin`, and
 //! any `authorization` header is ignored.
+//!
+//! With keys, failed authentications are throttled per peer address
+//! ([`FailureThrottle`]): an address failing too often has its calls refused
+//! unchecked for a while, and its failures are logged once per interval.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::Either;
 use tonic::Status;
@@ -21,6 +27,7 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use super::status::auth_status;
+use super::throttle::FailureThrottle;
 use crate::config::TenantSpec;
 use crate::keys::{KeyTable, Scope, Scopes};
 use crate::registry::{Caller, DEFAULT_TENANT, Tenant};
@@ -37,6 +44,16 @@ pub enum AuthError {
     /// A well-formed key that matches no configured key.
     #[error("unknown API key")]
     UnknownKey,
+    /// The peer address failed to authenticate too often; its key was not
+    /// looked at.
+    #[error(
+        "too many failed authentications from this address: calls are refused unchecked for {}ms",
+        .retry_after.as_millis().max(1)
+    )]
+    Throttled {
+        /// When the address may try again.
+        retry_after: Duration,
+    },
     /// A valid key without the scope the RPC needs.
     #[error("{method} needs the {scope} scope, which this key does not have")]
     MissingScope {
@@ -45,6 +62,17 @@ pub enum AuthError {
         /// The RPC, e.g. `OpenSession`.
         method: String,
     },
+}
+
+impl AuthError {
+    /// Whether this is a credential that did not authenticate (rather than
+    /// a valid one without the scope): what the throttle counts.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Missing | AuthError::Malformed | AuthError::UnknownKey
+        )
+    }
 }
 
 /// The scope each Gateway RPC needs. `admin` implies every scope. An RPC
@@ -188,17 +216,39 @@ fn bearer(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     Ok(key)
 }
 
+/// The peer's IP address, wherever the transport recorded it (plain TCP
+/// or TLS): tonic knows, so its request type is lent the extensions.
+fn peer_ip<B>(request: &mut http::Request<B>) -> Option<IpAddr> {
+    let extensions = std::mem::take(request.extensions_mut());
+    let probe = tonic::Request::from_parts(tonic::metadata::MetadataMap::new(), extensions, ());
+    let ip = probe.remote_addr().map(|a| a.ip());
+    let (_, extensions, ()) = probe.into_parts();
+    *request.extensions_mut() = extensions;
+    ip
+}
+
 /// A service wrapped with authentication: see the module docs.
 #[derive(Debug, Clone)]
 pub struct Authenticated<S> {
     inner: S,
     auth: Authenticator,
+    throttle: Option<Arc<FailureThrottle>>,
 }
 
 impl<S> Authenticated<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, auth: Authenticator) -> Self {
-        Self { inner, auth }
+        Self {
+            inner,
+            auth,
+            throttle: None,
+        }
+    }
+
+    /// Throttles failed authentications per peer address.
+    pub fn with_throttle(mut self, throttle: Arc<FailureThrottle>) -> Self {
+        self.throttle = Some(throttle);
+        self
     }
 }
 
@@ -219,6 +269,16 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let refuse =
+            |e: AuthError| Either::Right(std::future::ready(Ok(auth_status(e).into_http())));
+        // Local mode has no credentials to fail.
+        let throttle = self.throttle.as_deref().filter(|_| !self.auth.is_local());
+        let peer = throttle.and_then(|_| peer_ip(&mut request));
+        if let Some(t) = throttle
+            && let Err(retry_after) = t.admit(peer)
+        {
+            return refuse(AuthError::Throttled { retry_after });
+        }
         let method = request.uri().path().rsplit('/').next().unwrap_or_default();
         match self.auth.authorize(request.headers(), method) {
             Ok(caller) => {
@@ -226,8 +286,12 @@ where
                 Either::Left(self.inner.call(request))
             }
             Err(e) => {
-                tracing::info!(method, "call refused: {e}");
-                Either::Right(std::future::ready(Ok(auth_status(e).into_http())))
+                match throttle {
+                    // Logged by the throttle, once per interval per address.
+                    Some(t) if e.is_unauthenticated() => t.failed(peer, method, &e),
+                    _ => tracing::info!(method, "call refused: {e}"),
+                }
+                refuse(e)
             }
         }
     }
@@ -264,6 +328,7 @@ mod tests {
                     scopes,
                 })
                 .collect(),
+            rates: Default::default(),
         }
     }
 

@@ -21,6 +21,8 @@
 //! max_event_stream_age = "off"      # end event streams with UNAVAILABLE after this; clients resume
 //! state_dir = "$XDG_RUNTIME_DIR/gatehouse" # live native worker pids; without
 //!                                   # XDG_RUNTIME_DIR, "/tmp/gatehouse-<uid>"
+//! max_auth_failures_per_sec = 1     # failed authentications per peer address, after
+//! auth_failures_burst = 10          # a burst; past them calls are refused unchecked; "off"
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -58,7 +60,7 @@
 //! guest = "/data"
 //! mode = "ro"                       # or "rw"
 //!
-//! [[tenants]]                       # API keys, quotas, allowed backends: see `tenants`
+//! [[tenants]]                       # API keys, quotas, rates, allowed backends: see `tenants`
 //! name = "acme"
 //! [[backends]]
 //! name = "plc"
@@ -120,7 +122,7 @@ pub use self::policy::{
     MIN_MEMORY_LIMIT, OverflowPolicy, SessionPatch, SessionPolicy,
 };
 pub use self::server::{ServerSettings, default_state_dir};
-pub use self::tenants::{KeySpec, TenantSpec};
+pub use self::tenants::{KeySpec, TenantRates, TenantSpec};
 pub use self::units::parse_duration;
 
 /// A backend's `version` when the config gives none.

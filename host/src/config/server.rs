@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, invalid, nonzero, units};
+use crate::rate::{MAX_BURST, Rate};
 
 /// Server-wide settings (`[server]`).
 #[derive(Debug, Clone)]
@@ -48,7 +49,17 @@ pub struct ServerSettings {
     /// Where live native worker pids are recorded, so that a gateway
     /// killed outright has its leftovers removed at the next start.
     pub state_dir: PathBuf,
+    /// Failed authentications a peer address may make
+    /// (`max_auth_failures_per_sec`, `auth_failures_burst`); past them its
+    /// calls are refused unchecked. `None` turns the throttle off.
+    pub auth_failures: Option<Rate>,
 }
+
+/// `server.max_auth_failures_per_sec` when none is configured.
+pub const DEFAULT_AUTH_FAILURES_PER_SEC: f64 = 1.0;
+
+/// `server.auth_failures_burst` when none is configured.
+pub const DEFAULT_AUTH_FAILURES_BURST: u32 = 10;
 
 /// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
 fn default_cache_dir() -> Option<PathBuf> {
@@ -94,6 +105,11 @@ impl Default for ServerSettings {
             cache_dir: default_cache_dir(),
             max_event_stream_age: None,
             state_dir: default_state_dir(),
+            auth_failures: Rate::new(
+                DEFAULT_AUTH_FAILURES_PER_SEC,
+                Some(DEFAULT_AUTH_FAILURES_BURST),
+            )
+            .ok(),
         }
     }
 }
@@ -130,6 +146,16 @@ pub(super) struct ServerFile {
     #[serde(deserialize_with = "units::duration_or_off")]
     max_event_stream_age: Option<Option<Duration>>,
     state_dir: Option<PathBuf>,
+    max_auth_failures_per_sec: Option<NumberOrOff>,
+    auth_failures_burst: Option<u32>,
+}
+
+/// A number, or the word `"off"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NumberOrOff {
+    Number(f64),
+    Word(String),
 }
 
 impl ServerFile {
@@ -173,6 +199,7 @@ impl ServerFile {
             },
             max_event_stream_age: self.max_event_stream_age.unwrap_or(d.max_event_stream_age),
             state_dir: self.state_dir.unwrap_or(d.state_dir),
+            auth_failures: auth_failures(self.max_auth_failures_per_sec, self.auth_failures_burst)?,
         };
         if !s.state_dir.is_absolute() {
             return Err(invalid("server.state_dir", "must be an absolute path"));
@@ -209,7 +236,79 @@ impl ServerFile {
     }
 }
 
+/// `server.max_auth_failures_per_sec` and `server.auth_failures_burst`.
+fn auth_failures(
+    per_sec: Option<NumberOrOff>,
+    burst: Option<u32>,
+) -> Result<Option<Rate>, ConfigError> {
+    const RATE: &str = "server.max_auth_failures_per_sec";
+    const BURST: &str = "server.auth_failures_burst";
+    if let Some(b) = burst
+        && !(1..=MAX_BURST).contains(&b)
+    {
+        return Err(invalid(BURST, format!("must be 1..={MAX_BURST}")));
+    }
+    let per_sec = match per_sec {
+        None => DEFAULT_AUTH_FAILURES_PER_SEC,
+        Some(NumberOrOff::Number(n)) => n,
+        Some(NumberOrOff::Word(w)) if w == "off" => {
+            if burst.is_some() {
+                return Err(invalid(
+                    BURST,
+                    format!("has no effect with {RATE} = \"off\""),
+                ));
+            }
+            return Ok(None);
+        }
+        Some(NumberOrOff::Word(w)) => {
+            return Err(invalid(
+                RATE,
+                format!("{w:?} is neither a number nor \"off\""),
+            ));
+        }
+    };
+    let burst = burst.unwrap_or(DEFAULT_AUTH_FAILURES_BURST);
+    Rate::new(per_sec, Some(burst))
+        .map(Some)
+        .map_err(|m| invalid(RATE, m))
+}
+
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:50051"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::parse;
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_auth_failure_throttle_is_on_by_default_and_can_be_turned_off() {
+        let rate = parse("").unwrap().server.auth_failures.unwrap();
+        assert_eq!((rate.per_sec(), rate.burst()), (1.0, 10));
+        let rate = parse("[server]\nmax_auth_failures_per_sec = 0.5\nauth_failures_burst = 3\n")
+            .unwrap()
+            .server
+            .auth_failures
+            .unwrap();
+        assert_eq!((rate.per_sec(), rate.burst()), (0.5, 3));
+        let off = parse("[server]\nmax_auth_failures_per_sec = \"off\"\n").unwrap();
+        assert!(off.server.auth_failures.is_none());
+    }
+
+    #[test]
+    fn bad_auth_failure_settings_are_named() {
+        let e = err("[server]\nmax_auth_failures_per_sec = 0\n");
+        assert!(e.starts_with("server.max_auth_failures_per_sec"), "{e}");
+        let e = err("[server]\nmax_auth_failures_per_sec = \"never\"\n");
+        assert!(e.starts_with("server.max_auth_failures_per_sec"), "{e}");
+        let e = err("[server]\nauth_failures_burst = 0\n");
+        assert!(e.starts_with("server.auth_failures_burst"), "{e}");
+        let e = err("[server]\nmax_auth_failures_per_sec = \"off\"\nauth_failures_burst = 5\n");
+        assert!(e.starts_with("server.auth_failures_burst"), "{e}");
+    }
 }

@@ -199,6 +199,7 @@ pub(super) fn tenant(
         backends: backends.map(|b| b.iter().map(|s| s.to_string()).collect()),
         limits: crate::config::LimitOverrides::default(),
         keys: Vec::new(),
+        rates: Default::default(),
     })
 }
 
