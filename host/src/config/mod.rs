@@ -21,8 +21,9 @@
 //! max_event_stream_age = "off"      # end event streams with UNAVAILABLE after this; clients resume
 //! state_dir = "$XDG_RUNTIME_DIR/gatehouse" # live native worker pids; without
 //!                                   # XDG_RUNTIME_DIR, "/tmp/gatehouse-<uid>"
-//! max_auth_failures_per_sec = 1     # failed authentications per peer address, after
-//! auth_failures_burst = 10          # a burst; past them calls are refused unchecked; "off"
+//! max_auth_failures_per_sec = 1     # failed authentications per peer address, after a
+//! auth_failures_burst = 10          # burst of this many; past them calls are refused
+//!                                   # UNAUTHENTICATED unchecked; "off" disables the throttle
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"

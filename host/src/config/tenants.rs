@@ -7,7 +7,7 @@
 //! max_sessions = 10                 # this tenant's quota; omitted = only the gateway's cap
 //! backends = ["echo", "kv"]         # backends it may open; omitted = all
 //! max_requests_per_sec = 100        # every RPC of the tenant; omitted = unlimited
-//! requests_burst = 200              # at once, above the rate; default: a second's worth
+//! requests_burst = 200              # calls at once before the rate applies; default: a second's worth
 //! max_opens_per_sec = 5             # OpenSession calls; omitted = unlimited
 //! opens_burst = 10                  # default: a second's worth
 //! [tenants.sessions]                # limit overrides, each clamped to the backend's own
