@@ -1,7 +1,7 @@
 //! A tenant as the registry sees it: a name, a quota, the backends it may
-//! open, its limit overrides and its request and open rates. Nothing here knows about keys or gRPC; the
-//! API layer resolves a caller to a tenant and hands the registry a
-//! [`Caller`].
+//! open, its limit overrides and its request and open rates. Nothing here
+//! knows about keys or gRPC; the API layer resolves a caller to a tenant
+//! and hands the registry a [`Caller`].
 
 use std::collections::BTreeSet;
 use std::fmt;
