@@ -34,8 +34,9 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 pub const MAX_PEERS: usize = 10_000;
 
 /// A peer as the throttle counts it: an IPv4 address, an IPv6 /64, or
-/// `None` for a transport that gives no address (all such calls share one
-/// budget).
+/// `None` for a transport that gives no address. Such calls are counted and
+/// logged but never refused: sharing one budget, one bad client would shut
+/// out all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PeerKey(Option<IpAddr>);
 
@@ -159,6 +160,9 @@ impl FailureThrottle {
     /// how long until it may. A refusal is counted (and logged, at most once
     /// per [`LOG_EVERY`]).
     pub fn admit(&self, peer: Option<IpAddr>) -> Result<(), Duration> {
+        if peer.is_none() {
+            return Ok(());
+        }
         let key = PeerKey::of(peer);
         let now = self.clock.now();
         let (wait, report) = {
@@ -291,8 +295,12 @@ mod tests {
         assert!(t.admit(ip(1)).is_err());
         // Other addresses are untouched.
         t.admit(ip(2)).unwrap();
-        t.admit(None).unwrap();
-        assert_eq!(metrics.auth_failures.get(), 3);
+        // Without an address there is nobody to throttle, only to count.
+        for _ in 0..10 {
+            t.admit(None).unwrap();
+            fail(&t, None);
+        }
+        assert_eq!(metrics.auth_failures.get(), 13);
         assert_eq!(metrics.auth_throttled.get(), 2);
         // One more try a second later; failing it shuts the door again.
         clock.advance(Duration::from_secs(1));
