@@ -50,6 +50,8 @@ pub mod memory_budget;
 pub mod metrics;
 pub mod proto;
 #[cfg(feature = "server")]
+pub mod rate;
+#[cfg(feature = "server")]
 pub mod registry;
 #[cfg(feature = "server")]
 pub mod scaffold;

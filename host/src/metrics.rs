@@ -54,6 +54,15 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Labels: tenant and which of its rates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLabel {
+    /// Tenant name.
+    pub tenant: String,
+    /// `requests` or `opens`.
+    pub kind: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1us .. ~33s
     Histogram::new(exponential_buckets(1e-6, 2.0, 26))
@@ -95,6 +104,13 @@ pub struct Metrics {
     /// Reservations refused by the memory budget or a tenant's
     /// `max_memory`, by kind.
     pub memory_refusals: Family<KindLabel, Counter>,
+    /// Calls refused for being over a tenant's rate, by tenant and rate.
+    pub rate_limited: Family<RateLabel, Counter>,
+    /// Calls refused `UNAUTHENTICATED` after their credentials were checked.
+    pub auth_failures: Counter,
+    /// Calls refused `UNAUTHENTICATED` unchecked: their peer address was
+    /// over its failed-authentication budget.
+    pub auth_throttled: Counter,
 }
 
 impl Default for Metrics {
@@ -124,6 +140,9 @@ impl Metrics {
             memory_reserved: Family::default(),
             tenant_memory_reserved: Family::default(),
             memory_refusals: Family::default(),
+            rate_limited: Family::default(),
+            auth_failures: Counter::default(),
+            auth_throttled: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -201,6 +220,21 @@ impl Metrics {
             "memory_refusals",
             "Reservations refused by the memory budget or a tenant's max_memory, by kind",
             m.memory_refusals.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Calls refused over a tenant's rate, by tenant and kind",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Calls refused UNAUTHENTICATED after checking their key",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_throttled",
+            "Calls refused UNAUTHENTICATED unchecked: their address failed too often",
+            m.auth_throttled.clone(),
         );
         Self { registry, ..m }
     }

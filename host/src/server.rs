@@ -291,6 +291,13 @@ pub async fn serve_until(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
+    // v1alpha too, with the same descriptors: grpcio-reflection, Postman and
+    // older grpcurl speak only it.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gate = Gate::new();
 
     let server = &config.server;
@@ -305,6 +312,7 @@ pub async fn serve_until(
             .layer(api::StandardStatusLayer)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(gate.clone())
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
@@ -352,6 +360,7 @@ pub async fn serve_until(
             max_batch_commands: config.server.max_batch_commands,
             max_event_stream_age: config.server.max_event_stream_age,
             deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
+            auth_failures: config.server.auth_failures,
         },
     ));
 

@@ -14,6 +14,7 @@ mod leases;
 mod native;
 mod ops;
 mod plugins;
+mod rates;
 mod rpcs;
 mod sandbox;
 mod sessions;

@@ -348,6 +348,59 @@ async fn reflection_lists_the_gateway_service() {
     assert!(methods.contains(&"OpenSession") && methods.contains(&"StreamEvents"));
 }
 
+/// Python's grpcio-reflection speaks only v1alpha (as do Postman and older
+/// grpcurl): a new user listing services with it must not get
+/// UNIMPLEMENTED. A session opened before keeps answering.
+#[tokio::test]
+async fn a_python_client_lists_services_through_v1alpha_reflection() {
+    let probe = Command::new("python3")
+        .args(["-c", "import grpc, grpc_reflection"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("GATEHOUSE_REQUIRE_PYTHON_PLUGIN").is_none(),
+            "python3 with grpc_reflection is required: pip install grpcio grpcio-reflection"
+        );
+        eprintln!("skipped: python3 with grpcio-reflection is not installed");
+        return;
+    }
+    let gh = Gatehouse::start(Toml::new().backend("echo", "builtin:echo").render()).await;
+    let gw = gh.connect().await;
+    let bystander = open_session(&gw, "echo").await;
+    assert_eq!(reply(&bystander, "count", "").await, "1");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/reflection.py");
+    let addr = gh.dial_addr().to_string();
+    let out = bounded(
+        "the Python reflection client",
+        tokio::task::spawn_blocking(move || {
+            Command::new("python3")
+                .arg(script)
+                .arg(addr)
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    for want in [
+        "service gatehouse.v1.Gateway",
+        "service grpc.health.v1.Health",
+        "method OpenSession",
+        "method StreamEvents",
+    ] {
+        assert!(lines.contains(&want), "{want:?} missing from:\n{stdout}");
+    }
+    assert_eq!(reply(&bystander, "count", "").await, "2");
+}
+
 // ---- metrics --------------------------------------------------------------------
 
 /// A burst of sessions (half closed by the client, half left to their 1 s

@@ -270,7 +270,12 @@ fn state(s: i32) -> pb::SessionState {
 #[tokio::test]
 async fn calls_without_a_valid_key_are_unauthenticated_but_health_and_reflection_are_open() {
     let key = new_key();
-    let config = format!("[[tenants]]\nname = \"a\"\n{}", key_entry(&key, &["admin"]));
+    // 54 failures in a row from one address, then the right key: past the
+    // failed-authentication throttle's burst (tested in rates.rs).
+    let config = format!(
+        "[server]\nauth_failures_burst = 100\n[[tenants]]\nname = \"a\"\n{}",
+        key_entry(&key, &["admin"])
+    );
     let gw = Gatehouse::start(config.clone()).await;
     let (other, _) = keys::generate().unwrap();
     let cases = [

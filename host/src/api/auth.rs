@@ -16,10 +16,15 @@
 //! With no keys or certificates configured the gateway is in local
 //! development mode: every call is the anonymous tenant `default` with
 //! every scope but `admin`, and any `authorization` header is ignored.
+//!
+//! With credentials, failed authentications are throttled per peer address
+//! ([`FailureThrottle`]): an address failing too often has its calls refused
+//! unchecked for a while, and its failures are logged once per interval.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::Either;
 use tonic::Status;
@@ -27,6 +32,7 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use super::status::auth_status;
+use super::throttle::FailureThrottle;
 use crate::config::{CertIdentity, TenantSpec};
 use crate::keys::{KeyTable, Scope, Scopes};
 use crate::registry::{Caller, DEFAULT_TENANT, Tenant};
@@ -56,6 +62,16 @@ pub enum AuthError {
     /// A key and a certificate of different tenants.
     #[error("the API key and the client certificate belong to different tenants")]
     TenantMismatch,
+    /// The peer address failed to authenticate too often; its key was not
+    /// looked at.
+    #[error(
+        "too many failed authentications from this address: calls are refused unchecked for {}ms",
+        .retry_after.as_millis().max(1)
+    )]
+    Throttled {
+        /// When the address may try again.
+        retry_after: Duration,
+    },
     /// A valid key without the scope the RPC needs.
     #[error("{method} needs the {scope} scope, which this key does not have")]
     MissingScope {
@@ -64,6 +80,21 @@ pub enum AuthError {
         /// The RPC, e.g. `OpenSession`.
         method: String,
     },
+}
+
+impl AuthError {
+    /// Whether this is a credential that did not authenticate (rather than
+    /// a valid one without the scope): what the throttle counts.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Missing
+                | AuthError::Malformed
+                | AuthError::UnknownKey
+                | AuthError::UnknownCertificate { .. }
+                | AuthError::TenantMismatch
+        )
+    }
 }
 
 /// The scope each Gateway RPC needs. `admin` implies every scope. An RPC
@@ -262,12 +293,23 @@ fn bearer(headers: &http::HeaderMap) -> Result<&str, AuthError> {
 pub struct Authenticated<S> {
     inner: S,
     auth: Authenticator,
+    throttle: Option<Arc<FailureThrottle>>,
 }
 
 impl<S> Authenticated<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, auth: Authenticator) -> Self {
-        Self { inner, auth }
+        Self {
+            inner,
+            auth,
+            throttle: None,
+        }
+    }
+
+    /// Throttles failed authentications per peer address.
+    pub fn with_throttle(mut self, throttle: Arc<FailureThrottle>) -> Self {
+        self.throttle = Some(throttle);
+        self
     }
 }
 
@@ -288,18 +330,33 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let refuse =
+            |e: AuthError| Either::Right(std::future::ready(Ok(auth_status(e).into_http())));
+        // A clone, so the request stays free to take the caller: an address
+        // and an Arc.
+        let peer = request.extensions().get::<Peer>().cloned();
+        let remote = peer.as_ref().and_then(|p| p.remote).map(|a| a.ip());
+        // Local mode has no credentials to fail.
+        let throttle = self.throttle.as_deref().filter(|_| !self.auth.is_local());
+        if let Some(t) = throttle
+            && let Err(retry_after) = t.admit(remote)
+        {
+            return refuse(AuthError::Throttled { retry_after });
+        }
         let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-        let peer = request.extensions().get::<Peer>();
-        let cert = peer.and_then(|p| p.identity.as_deref());
+        let cert = peer.as_ref().and_then(|p| p.identity.as_deref());
         match self.auth.authorize(request.headers(), cert, method) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Either::Left(self.inner.call(request))
             }
             Err(e) => {
-                let remote = peer.and_then(|p| p.remote);
-                tracing::info!(method, ?remote, "call refused: {e}");
-                Either::Right(std::future::ready(Ok(auth_status(e).into_http())))
+                match throttle {
+                    // Logged by the throttle, once per interval per address.
+                    Some(t) if e.is_unauthenticated() => t.failed(remote, method, &e),
+                    _ => tracing::info!(method, ?remote, "call refused: {e}"),
+                }
+                refuse(e)
             }
         }
     }
@@ -339,6 +396,7 @@ mod tests {
                 })
                 .collect(),
             certs: Vec::new(),
+            rates: Default::default(),
         }
     }
 

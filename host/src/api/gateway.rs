@@ -16,7 +16,7 @@ use super::status::to_status;
 use super::trace::Rpc;
 use crate::proto::v1 as pb;
 use crate::proto::v1::gateway_server::Gateway;
-use crate::registry::{OpenRequest, Registry};
+use crate::registry::{Caller, OpenRequest, Registry};
 
 /// The Gateway service implementation.
 pub struct GatewayService {
@@ -39,9 +39,18 @@ impl GatewayService {
         convert::session_info(s, |t| self.registry.wall(t))
     }
 
+    /// The caller the auth layer resolved, admitted under its tenant's
+    /// request rate: every RPC takes a token, whatever it then answers.
+    fn admit<T>(&self, rpc: &Rpc, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.auth.caller(request)?;
+        rpc.tenant(caller.tenant_name());
+        self.registry.admit(&caller).map_err(to_status)?;
+        Ok(caller)
+    }
+
     /// Records the caller's tenant and, when the request names a session
     /// the caller may see, its backend on the RPC span.
-    fn note(&self, rpc: &Rpc, caller: &crate::registry::Caller, session_id: Option<&str>) {
+    fn note(&self, rpc: &Rpc, caller: &Caller, session_id: Option<&str>) {
         rpc.tenant(caller.tenant_name());
         if let Some(session) = session_id.and_then(|id| self.registry.lookup(caller, id).ok()) {
             rpc.backend(&session.backend.name);
@@ -96,7 +105,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
         let rpc = Rpc::start("ListBackends", &request, "", "");
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, None);
             // Only the backends the caller's tenant may open.
             let backends = self
@@ -117,7 +126,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("OpenSession", &request, "", &r.client_correlation_id);
         rpc.backend(&r.backend);
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, None);
             let r = request.into_inner();
             let open = OpenRequest {
@@ -145,7 +154,7 @@ impl Gateway for GatewayService {
         let r = request.get_ref();
         let rpc = Rpc::start("Invoke", &request, &r.session_id, &r.correlation_id);
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
@@ -185,7 +194,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::InvokeBatchResponse>, Status> {
         let rpc = Rpc::start("InvokeBatch", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
@@ -225,7 +234,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let rpc = Rpc::start("StreamEvents", &request, &request.get_ref().session_id, "");
         let subscribed = async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.get_ref();
             self.registry
@@ -248,7 +257,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let rpc = Rpc::start("RenewLease", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             rpc.tenant(caller.tenant_name());
             let session = self
                 .registry
@@ -266,7 +275,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let rpc = Rpc::start("GetSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             rpc.tenant(caller.tenant_name());
             let session = self
                 .registry
@@ -284,7 +293,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let rpc = Rpc::start("ListSessions", &request, "", "");
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, None);
             let sessions = self
                 .registry
@@ -303,7 +312,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let rpc = Rpc::start("CloseSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.auth.caller(&request)?;
+            let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let id = request.into_inner().session_id;
             let result = self.registry.close(&caller, &id).await.map_err(to_status)?;

@@ -6,6 +6,7 @@ mod convert;
 mod gateway;
 mod standard_status;
 mod status;
+mod throttle;
 mod trace;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ pub use self::auth::{AuthError, Authenticated, Authenticator, required_scope};
 pub use self::gateway::GatewayService;
 pub use self::standard_status::StandardStatusLayer;
 pub use self::status::{auth_status, to_status};
+pub use self::throttle::{FailureThrottle, LOG_EVERY, MAX_PEERS};
 pub use self::trace::CORRELATION_HEADER;
 
 use crate::proto::v1::gateway_server::GatewayServer;
@@ -33,17 +35,31 @@ pub struct ApiLimits {
     /// Event streams end with `UNAVAILABLE` this long after they start (the
     /// client resumes); `None` keeps them open.
     pub max_event_stream_age: Option<std::time::Duration>,
+    /// Failed authentications allowed per peer address
+    /// (`server.max_auth_failures_per_sec`); `None` does not throttle.
+    pub auth_failures: Option<crate::rate::Rate>,
 }
 
 /// The Gateway service wrapped with its message size limits and with
-/// authentication.
+/// authentication (and its failure throttle).
 pub fn gateway_server(
     registry: Arc<Registry>,
     auth: Authenticator,
     limits: ApiLimits,
 ) -> Authenticated<GatewayServer<GatewayService>> {
+    let throttle = limits.auth_failures.map(|rate| {
+        Arc::new(FailureThrottle::new(
+            rate,
+            Arc::clone(registry.clock()),
+            registry.metrics(),
+        ))
+    });
     let server = GatewayServer::new(GatewayService::new(registry, auth.clone(), limits))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
-    Authenticated::new(server, auth)
+    let authenticated = Authenticated::new(server, auth);
+    match throttle {
+        Some(t) => authenticated.with_throttle(t),
+        None => authenticated,
+    }
 }

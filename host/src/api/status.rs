@@ -18,6 +18,7 @@ pub fn auth_status(error: AuthError) -> Status {
         | AuthError::UnknownKey
         | AuthError::UnknownCertificate { .. }
         | AuthError::TenantMismatch => Status::unauthenticated(message),
+        AuthError::Throttled { .. } => Status::unauthenticated(message),
         AuthError::MissingScope { .. } => Status::permission_denied(message),
     }
 }
@@ -32,7 +33,8 @@ pub fn to_status(error: GatewayError) -> Status {
         GatewayError::BackendNotAllowed(_) => Status::permission_denied(message),
         GatewayError::NotReady { .. } => Status::failed_precondition(message),
         GatewayError::SessionCapReached { retry_after, .. }
-        | GatewayError::TenantQuotaReached { retry_after, .. } => Status::with_error_details(
+        | GatewayError::TenantQuotaReached { retry_after, .. }
+        | GatewayError::RateLimited { retry_after, .. } => Status::with_error_details(
             Code::ResourceExhausted,
             message,
             ErrorDetails::with_retry_info(Some(retry_after)),
@@ -53,5 +55,40 @@ pub fn to_status(error: GatewayError) -> Status {
         ),
         GatewayError::StartFailed(StartError::Failed(_)) => Status::unavailable(message),
         GatewayError::ShuttingDown => Status::unavailable(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::registry::RateKind;
+
+    #[test]
+    fn over_a_rate_is_resource_exhausted_with_the_wait_in_retry_info() {
+        let status = to_status(GatewayError::RateLimited {
+            tenant: "a".into(),
+            kind: RateKind::Requests,
+            per_sec: 5.0,
+            retry_after: Duration::from_millis(180),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("retry in 180ms"),
+            "{}",
+            status.message()
+        );
+        let retry = status.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(180)));
+    }
+
+    #[test]
+    fn a_throttled_address_stays_unauthenticated() {
+        let status = auth_status(AuthError::Throttled {
+            retry_after: Duration::from_millis(900),
+        });
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains("900ms"), "{}", status.message());
     }
 }

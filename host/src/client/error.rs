@@ -70,7 +70,8 @@ impl Error {
 
     /// How long the gateway asked the client to wait before retrying
     /// (`google.rpc.RetryInfo`, sent with `RESOURCE_EXHAUSTED` at the session
-    /// cap).
+    /// cap or a tenant's quota, and over a tenant's request or open rate,
+    /// where it is when the next call is admitted).
     pub fn retry_after(&self) -> Option<Duration> {
         self.status()?.get_details_retry_info()?.retry_delay
     }

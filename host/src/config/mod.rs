@@ -30,6 +30,9 @@
 //! # [server.http_tls]               # the HTTP port's own files, instead of [server.tls]
 //! memory_budget = "auto"            # what all sessions together may make the gateway
 //!                                   # hold; "auto" = half the physical memory
+//! max_auth_failures_per_sec = 1     # failed authentications per peer address, after a
+//! auth_failures_burst = 10          # burst of this many; past them calls are refused
+//!                                   # UNAUTHENTICATED unchecked; "off" disables the throttle
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"
@@ -68,7 +71,7 @@
 //! guest = "/data"
 //! mode = "ro"                       # or "rw"
 //!
-//! [[tenants]]                       # API keys, quotas, allowed backends: see `tenants`
+//! [[tenants]]                       # API keys, quotas, rates, allowed backends: see `tenants`
 //! name = "acme"
 //! [[backends]]
 //! name = "plc"
@@ -135,8 +138,9 @@ pub use self::policy::{
     MIN_MEMORY_LIMIT, OverflowPolicy, SessionPatch, SessionPolicy,
 };
 pub use self::server::{ServerSettings, default_state_dir};
-pub use self::tenants::{CertSpec, KeySpec, TenantSpec};
+pub use self::tenants::{CertSpec, KeySpec, TenantRates, TenantSpec};
 pub use self::tls::TlsFiles;
+
 pub use self::units::parse_duration;
 pub use self::warnings::session_maximum;
 

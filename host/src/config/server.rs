@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::tls::{TlsFile, TlsFiles};
 use super::{ConfigError, invalid, nonzero, units};
+use crate::rate::{MAX_BURST, Rate};
 
 /// Server-wide settings (`[server]`).
 #[derive(Debug, Clone)]
@@ -49,6 +50,10 @@ pub struct ServerSettings {
     /// Where live native worker pids are recorded, so that a gateway
     /// killed outright has its leftovers removed at the next start.
     pub state_dir: PathBuf,
+    /// Failed authentications a peer address may make
+    /// (`max_auth_failures_per_sec`, `auth_failures_burst`); past them its
+    /// calls are refused unchecked. `None` turns the throttle off.
+    pub auth_failures: Option<Rate>,
     /// TLS on the gRPC port (`[server.tls]`); `None` serves plaintext.
     pub tls: Option<TlsFiles>,
     /// TLS on the HTTP port: `[server.http_tls]`, else `[server.tls]`.
@@ -72,6 +77,12 @@ pub const FALLBACK_MEMORY_BUDGET: usize = 4 << 30;
 pub fn default_memory_budget() -> usize {
     crate::memory_budget::physical_memory().map_or(FALLBACK_MEMORY_BUDGET, |b| b / 2)
 }
+
+/// `server.max_auth_failures_per_sec` when none is configured.
+pub const DEFAULT_AUTH_FAILURES_PER_SEC: f64 = 1.0;
+
+/// `server.auth_failures_burst` when none is configured.
+pub const DEFAULT_AUTH_FAILURES_BURST: u32 = 10;
 
 /// `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`.
 fn default_cache_dir() -> Option<PathBuf> {
@@ -122,6 +133,11 @@ impl Default for ServerSettings {
             allow_plaintext: false,
             max_connections: 4096,
             memory_budget: default_memory_budget(),
+            auth_failures: Rate::new(
+                DEFAULT_AUTH_FAILURES_PER_SEC,
+                Some(DEFAULT_AUTH_FAILURES_BURST),
+            )
+            .ok(),
         }
     }
 }
@@ -164,6 +180,16 @@ pub(super) struct ServerFile {
     max_connections: Option<usize>,
     #[serde(deserialize_with = "units::size_or_auto")]
     memory_budget: Option<Option<usize>>,
+    max_auth_failures_per_sec: Option<NumberOrOff>,
+    auth_failures_burst: Option<u32>,
+}
+
+/// A number, or the word `"off"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NumberOrOff {
+    Number(f64),
+    Word(String),
 }
 
 impl ServerFile {
@@ -220,6 +246,7 @@ impl ServerFile {
             allow_plaintext: self.allow_plaintext.unwrap_or(d.allow_plaintext),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             memory_budget: self.memory_budget.flatten().unwrap_or(d.memory_budget),
+            auth_failures: auth_failures(self.max_auth_failures_per_sec, self.auth_failures_burst)?,
         };
         if s.memory_budget < super::MIN_MEMORY_LIMIT {
             return Err(invalid("server.memory_budget", "must be at least 1MiB"));
@@ -268,6 +295,43 @@ impl ServerFile {
     }
 }
 
+/// `server.max_auth_failures_per_sec` and `server.auth_failures_burst`.
+fn auth_failures(
+    per_sec: Option<NumberOrOff>,
+    burst: Option<u32>,
+) -> Result<Option<Rate>, ConfigError> {
+    const RATE: &str = "server.max_auth_failures_per_sec";
+    const BURST: &str = "server.auth_failures_burst";
+    if let Some(b) = burst
+        && !(1..=MAX_BURST).contains(&b)
+    {
+        return Err(invalid(BURST, format!("must be 1..={MAX_BURST}")));
+    }
+    let per_sec = match per_sec {
+        None => DEFAULT_AUTH_FAILURES_PER_SEC,
+        Some(NumberOrOff::Number(n)) => n,
+        Some(NumberOrOff::Word(w)) if w == "off" => {
+            if burst.is_some() {
+                return Err(invalid(
+                    BURST,
+                    format!("has no effect with {RATE} = \"off\""),
+                ));
+            }
+            return Ok(None);
+        }
+        Some(NumberOrOff::Word(w)) => {
+            return Err(invalid(
+                RATE,
+                format!("{w:?} is neither a number nor \"off\""),
+            ));
+        }
+    };
+    let burst = burst.unwrap_or(DEFAULT_AUTH_FAILURES_BURST);
+    Rate::new(per_sec, Some(burst))
+        .map(Some)
+        .map_err(|m| invalid(RATE, m))
+}
+
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:50051"))
@@ -278,20 +342,26 @@ mod tests {
     use std::path::Path;
 
     use crate::config::Config;
+    use crate::config::tests::parse;
 
-    fn parse(text: &str) -> Result<Config, String> {
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    /// `text` as a file in /etc/gatehouse.
+    fn parse_at(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/etc/gatehouse")).map_err(|e| e.to_string())
     }
 
     #[test]
     fn tls_files_resolve_against_the_config_and_the_http_port_shares_them() {
-        let c = parse("[server.tls]\ncert = \"tls/s.pem\"\nkey = \"/abs/s.key\"\n").unwrap();
+        let c = parse_at("[server.tls]\ncert = \"tls/s.pem\"\nkey = \"/abs/s.key\"\n").unwrap();
         let tls = c.server.tls.clone().unwrap();
         assert_eq!(tls.cert, Path::new("/etc/gatehouse/tls/s.pem"));
         assert_eq!(tls.key, Path::new("/abs/s.key"));
         assert_eq!(tls.client_ca, None);
         assert_eq!(c.server.http_tls, Some(tls));
-        let c = parse(
+        let c = parse_at(
             "[server.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nclient_ca = \"ca.pem\"\n[server.http_tls]\ncert = \"h.pem\"\nkey = \"h.key\"\n",
         )
         .unwrap();
@@ -304,18 +374,44 @@ mod tests {
 
     #[test]
     fn bad_tls_and_connection_settings_are_named() {
-        let e = parse("[server.tls]\ncert = \"a.pem\"\n").unwrap_err();
+        let e = parse_at("[server.tls]\ncert = \"a.pem\"\n").unwrap_err();
         assert!(e.starts_with("server.tls.key"), "{e}");
-        let e = parse("[server.http_tls]\nkey = \"a.key\"\n").unwrap_err();
+        let e = parse_at("[server.http_tls]\nkey = \"a.key\"\n").unwrap_err();
         assert!(e.starts_with("server.http_tls.cert"), "{e}");
-        let e = parse("[server.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n").unwrap_err();
+        let e = parse_at("[server.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n").unwrap_err();
         assert!(e.contains("ca"), "{e}");
-        let e = parse("[server]\nmax_connections = 0\n").unwrap_err();
+        let e = parse_at("[server]\nmax_connections = 0\n").unwrap_err();
         assert!(e.starts_with("server.max_connections"), "{e}");
-        let e = parse(
+        let e = parse_at(
             "[server]\nmetrics_listen = \"off\"\n[server.http_tls]\ncert = \"a\"\nkey = \"b\"\n",
         )
         .unwrap_err();
         assert!(e.starts_with("server.http_tls"), "{e}");
+    }
+
+    #[test]
+    fn the_auth_failure_throttle_is_on_by_default_and_can_be_turned_off() {
+        let rate = parse("").unwrap().server.auth_failures.unwrap();
+        assert_eq!((rate.per_sec(), rate.burst()), (1.0, 10));
+        let rate = parse("[server]\nmax_auth_failures_per_sec = 0.5\nauth_failures_burst = 3\n")
+            .unwrap()
+            .server
+            .auth_failures
+            .unwrap();
+        assert_eq!((rate.per_sec(), rate.burst()), (0.5, 3));
+        let off = parse("[server]\nmax_auth_failures_per_sec = \"off\"\n").unwrap();
+        assert!(off.server.auth_failures.is_none());
+    }
+
+    #[test]
+    fn bad_auth_failure_settings_are_named() {
+        let e = err("[server]\nmax_auth_failures_per_sec = 0\n");
+        assert!(e.starts_with("server.max_auth_failures_per_sec"), "{e}");
+        let e = err("[server]\nmax_auth_failures_per_sec = \"never\"\n");
+        assert!(e.starts_with("server.max_auth_failures_per_sec"), "{e}");
+        let e = err("[server]\nauth_failures_burst = 0\n");
+        assert!(e.starts_with("server.auth_failures_burst"), "{e}");
+        let e = err("[server]\nmax_auth_failures_per_sec = \"off\"\nauth_failures_burst = 5\n");
+        assert!(e.starts_with("server.auth_failures_burst"), "{e}");
     }
 }

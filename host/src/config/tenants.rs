@@ -8,6 +8,10 @@
 //! max_memory = "1GiB"               # memory its sessions may make the gateway hold;
 //!                                   # omitted = only server.memory_budget
 //! backends = ["echo", "kv"]         # backends it may open; omitted = all
+//! max_requests_per_sec = 100        # every RPC of the tenant; omitted = unlimited
+//! requests_burst = 200              # calls at once before the rate applies; default: a second's worth
+//! max_opens_per_sec = 5             # OpenSession calls; omitted = unlimited
+//! opens_burst = 10                  # default: a second's worth
 //! [tenants.sessions]                # limit overrides, each clamped to the backend's own
 //! memory_limit = "16MiB"
 //! command_timeout = "5s"
@@ -20,6 +24,11 @@
 //! subject = "CN=ci, O=Acme"         # or dns = "..." or uri = "spiffe://..." (see `certs`)
 //! scopes = ["sessions:open", "sessions:use"]
 //! ```
+//!
+//! Rates are token buckets: a tenant may make `*_burst` calls at once, then
+//! one more every `1 / max_*_per_sec` seconds; over the rate a call is
+//! `RESOURCE_EXHAUSTED` with `RetryInfo` saying when the next one is due.
+//! The keys of one tenant share its buckets.
 //!
 //! Limit overrides only ever lower a limit: a session's effective value is
 //! the smaller of the tenant's and the backend's, so one tenant entry can span
@@ -37,6 +46,7 @@ use super::certs::{CertIdentity, DistinguishedName};
 use super::{BackendSpec, ConfigError, SessionPatch, check_name, invalid};
 pub use super::{LimitOverrides, valid_name};
 use crate::keys::{KeyHash, Scope, Scopes};
+use crate::rate::{MAX_BURST, Rate};
 
 /// One tenant, resolved.
 #[derive(Debug, Clone)]
@@ -57,6 +67,8 @@ pub struct TenantSpec {
     pub keys: Vec<KeySpec>,
     /// The client certificate identities that authenticate as this tenant.
     pub certs: Vec<CertSpec>,
+    /// The tenant's request and open rates.
+    pub rates: TenantRates,
 }
 
 /// One client certificate identity of a tenant (`[[tenants.certs]]`).
@@ -78,6 +90,15 @@ impl CertSpec {
             None => format!("cert:{}", self.identity),
         }
     }
+}
+
+/// A tenant's rate limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TenantRates {
+    /// Every RPC of the tenant (`max_requests_per_sec`, `requests_burst`).
+    pub requests: Option<Rate>,
+    /// `OpenSession` calls (`max_opens_per_sec`, `opens_burst`).
+    pub opens: Option<Rate>,
 }
 
 /// One API key of a tenant.
@@ -114,6 +135,10 @@ pub(super) struct TenantFile {
     keys: Vec<KeyFile>,
     #[serde(default)]
     certs: Vec<CertFile>,
+    max_requests_per_sec: Option<f64>,
+    requests_burst: Option<u32>,
+    max_opens_per_sec: Option<f64>,
+    opens_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +206,22 @@ pub(super) fn resolve(
             }
         };
         let limits = t.sessions.tenant_limits(&format!("{key}.sessions"))?;
+        let rates = TenantRates {
+            requests: rate(
+                t.max_requests_per_sec,
+                t.requests_burst,
+                &key,
+                "max_requests_per_sec",
+                "requests_burst",
+            )?,
+            opens: rate(
+                t.max_opens_per_sec,
+                t.opens_burst,
+                &key,
+                "max_opens_per_sec",
+                "opens_burst",
+            )?,
+        };
         let mut keys = Vec::with_capacity(t.keys.len());
         let mut key_names = HashSet::new();
         for (j, k) in t.keys.into_iter().enumerate() {
@@ -258,6 +299,7 @@ pub(super) fn resolve(
             limits,
             keys,
             certs,
+            rates,
         });
     }
     Ok(out)
@@ -275,6 +317,36 @@ fn parse_scopes(list: &[String], at: &str) -> Result<Scopes, ConfigError> {
         .enumerate()
         .map(|(n, s)| Scope::parse(s).map_err(|m| invalid(format!("{at}.scopes[{n}]"), m)))
         .collect()
+}
+
+/// One of a tenant's rates: `{key}.{rate_key}` with its optional burst.
+fn rate(
+    per_sec: Option<f64>,
+    burst: Option<u32>,
+    key: &str,
+    rate_key: &str,
+    burst_key: &str,
+) -> Result<Option<Rate>, ConfigError> {
+    match (per_sec, burst) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(invalid(
+            format!("{key}.{burst_key}"),
+            format!("needs {rate_key}: a burst is of a rate"),
+        )),
+        (Some(r), burst) => {
+            if let Some(b) = burst
+                && !(1..=MAX_BURST).contains(&b)
+            {
+                return Err(invalid(
+                    format!("{key}.{burst_key}"),
+                    format!("must be 1..={MAX_BURST}"),
+                ));
+            }
+            Rate::new(r, burst)
+                .map(Some)
+                .map_err(|m| invalid(format!("{key}.{rate_key}"), m))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +405,35 @@ scopes = ["admin"]
         assert!(ops.backends.is_none());
         assert!(ops.keys[0].scopes.is_admin());
         assert_eq!(ops.keys[0].label(), "sha256:020202020202");
+    }
+
+    #[test]
+    fn rates_and_bursts_are_resolved() {
+        let c = parse(
+            "[[tenants]]\nname = \"a\"\nmax_requests_per_sec = 2.5\nmax_opens_per_sec = 1\nopens_burst = 4\n[[tenants]]\nname = \"b\"\n",
+        )
+        .unwrap();
+        let a = c.tenants[0].rates;
+        let requests = a.requests.unwrap();
+        assert_eq!((requests.per_sec(), requests.burst()), (2.5, 3));
+        let opens = a.opens.unwrap();
+        assert_eq!((opens.per_sec(), opens.burst()), (1.0, 4));
+        assert_eq!(c.tenants[1].rates, TenantRates::default());
+    }
+
+    #[test]
+    fn bad_rates_are_named() {
+        let e = err("[[tenants]]\nname = \"a\"\nmax_requests_per_sec = 0\n");
+        assert!(e.starts_with("tenants[0].max_requests_per_sec"), "{e}");
+        let e = err("[[tenants]]\nname = \"a\"\nmax_opens_per_sec = -1.5\n");
+        assert!(e.starts_with("tenants[0].max_opens_per_sec"), "{e}");
+        let e = err("[[tenants]]\nname = \"a\"\nmax_opens_per_sec = 1\nopens_burst = 0\n");
+        assert!(e.starts_with("tenants[0].opens_burst"), "{e}");
+        let e = err("[[tenants]]\nname = \"a\"\nrequests_burst = 5\n");
+        assert!(e.starts_with("tenants[0].requests_burst"), "{e}");
+        assert!(e.contains("max_requests_per_sec"), "{e}");
+        let e = err("[[tenants]]\nname = \"a\"\nmax_requests_per_sec = \"fast\"\n");
+        assert!(e.contains("max_requests_per_sec"), "{e}");
     }
 
     #[test]

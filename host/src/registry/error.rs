@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::backend::{Fault, StartError};
 use crate::registry::state::{CloseReason, SessionState};
+use crate::registry::tenant::RateKind;
 
 /// How long a client refused for capacity (the cap, its tenant's quota, a
 /// backend out of workers) is told to wait before retrying.
@@ -47,6 +48,22 @@ pub enum GatewayError {
         /// When a retry may succeed.
         retry_after: Duration,
     },
+    /// The caller's tenant is over one of its rates.
+    #[error(
+        "tenant {tenant:?} is over its rate of {per_sec} {kind} a second ({}); retry in {}",
+        kind.key(),
+        retry_text(*retry_after)
+    )]
+    RateLimited {
+        /// The tenant.
+        tenant: String,
+        /// Which rate.
+        kind: RateKind,
+        /// The rate.
+        per_sec: f64,
+        /// When the next token is due.
+        retry_after: Duration,
+    },
     /// The session already has its maximum of event streams.
     #[error("{0}")]
     SubscriberExists(String),
@@ -75,6 +92,12 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+}
+
+/// A wait as a person reads it: whole milliseconds, rounded up.
+fn retry_text(wait: Duration) -> String {
+    let ms = wait.as_nanos().div_ceil(1_000_000);
+    format!("{ms}ms")
 }
 
 /// ` (closed: lease-expired)` and the like, so a client that paused past

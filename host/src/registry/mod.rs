@@ -35,7 +35,7 @@ use crate::backend::{Backend, BackendInfo, Command, Fault, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
 use crate::memory_budget::MemoryBudget;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RateLabel};
 
 use self::backend_metrics::BackendMetrics;
 pub use self::error::{GatewayError, RETRY_AFTER};
@@ -45,7 +45,7 @@ pub use self::session::{Session, SessionSnapshot, SessionTimes};
 use self::slots::Slots;
 pub use self::state::{CloseReason, SessionState};
 pub use self::stream::EventStream;
-pub use self::tenant::{Caller, DEFAULT_TENANT, Tenant};
+pub use self::tenant::{Caller, DEFAULT_TENANT, RateKind, Tenant};
 
 /// A backend and the policy its sessions run under.
 pub struct BackendEntry {
@@ -175,6 +175,45 @@ impl Registry {
     /// The wall time of a registry instant.
     pub fn wall(&self, at: Instant) -> std::time::SystemTime {
         self.clock.wall(at)
+    }
+
+    /// The registry's clock, for the API layer's own time-keeping.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Admits one RPC of the caller's tenant under its request rate. The
+    /// API calls it once per RPC, as soon as the caller is known.
+    pub fn admit(&self, caller: &Caller) -> Result<(), GatewayError> {
+        self.take_token(caller, RateKind::Requests)
+    }
+
+    /// Takes a token of one of the caller's tenant's rates, counting a
+    /// refusal.
+    fn take_token(&self, caller: &Caller, kind: RateKind) -> Result<(), GatewayError> {
+        caller
+            .tenant
+            .take_token(kind, self.clock.now())
+            .map_err(|(rate, retry_after)| {
+                self.metrics
+                    .rate_limited
+                    .get_or_create(&RateLabel {
+                        tenant: caller.tenant_name().to_string(),
+                        kind: kind.as_str().into(),
+                    })
+                    .inc();
+                GatewayError::RateLimited {
+                    tenant: caller.tenant_name().to_string(),
+                    kind,
+                    per_sec: rate.per_sec(),
+                    retry_after,
+                }
+            })
     }
 
     /// Finds a session the caller may see: one of its tenant's, or any for

@@ -16,7 +16,7 @@ use crate::events::{EventLimits, EventLog};
 use crate::memory_budget::{MemoryAccount, MemoryKind};
 use crate::metrics::{CodeLabel, TenantLabel};
 use crate::registry::slots::{Refused, Slot};
-use crate::registry::tenant::Caller;
+use crate::registry::tenant::{Caller, RateKind};
 use crate::registry::{GatewayError, Loaded, Registry, Session, SessionState, SessionTimes};
 
 /// A client's request to open a session.
@@ -94,6 +94,9 @@ impl Registry {
         // The backend's limits, lowered by the tenant's overrides.
         let policy = &caller.tenant.policy(&loaded.entry.policy);
         let times = session_times(policy, &request)?;
+        // Opens are the expensive call (a worker starts), with a rate of
+        // their own; a refused one takes no slot.
+        self.take_token(caller, RateKind::Opens)?;
 
         // 1. Take a slot of the tenant's quota and one of the gateway's cap
         //    (both or neither), or refuse at once.

@@ -1,13 +1,16 @@
 //! A tenant as the registry sees it: a name, a quota, the backends it may
-//! open and its limit overrides. Nothing here knows about keys or gRPC; the
-//! API layer resolves a caller to a tenant and hands the registry a
-//! [`Caller`].
+//! open, its limit overrides and its request and open rates. Nothing here
+//! knows about keys or gRPC; the API layer resolves a caller to a tenant
+//! and hands the registry a [`Caller`].
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::slots::Slots;
 use crate::config::{LimitOverrides, SessionPolicy, TenantSpec};
+use crate::rate::{Rate, TokenBucket};
 
 /// The tenant of local development mode.
 pub const DEFAULT_TENANT: &str = "default";
@@ -21,6 +24,44 @@ pub struct Tenant {
     max_memory: Option<usize>,
     backends: Option<BTreeSet<String>>,
     limits: LimitOverrides,
+    requests: Option<TokenBucket>,
+    opens: Option<TokenBucket>,
+}
+
+/// Which of a tenant's rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    /// Every RPC (`max_requests_per_sec`).
+    Requests,
+    /// `OpenSession` (`max_opens_per_sec`).
+    Opens,
+}
+
+impl RateKind {
+    /// The metric label: `requests` or `opens`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateKind::Requests => "requests",
+            RateKind::Opens => "opens",
+        }
+    }
+
+    /// The config key of the rate.
+    pub fn key(self) -> &'static str {
+        match self {
+            RateKind::Requests => "max_requests_per_sec",
+            RateKind::Opens => "max_opens_per_sec",
+        }
+    }
+}
+
+impl fmt::Display for RateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RateKind::Requests => "requests",
+            RateKind::Opens => "session opens",
+        })
+    }
 }
 
 impl Tenant {
@@ -33,6 +74,8 @@ impl Tenant {
             max_memory: spec.max_memory,
             backends: spec.backends.clone(),
             limits: spec.limits.clone(),
+            requests: spec.rates.requests.map(TokenBucket::new),
+            opens: spec.rates.opens.map(TokenBucket::new),
         })
     }
 
@@ -45,6 +88,8 @@ impl Tenant {
             max_memory: None,
             backends: None,
             limits: LimitOverrides::default(),
+            requests: None,
+            opens: None,
         })
     }
 
@@ -81,6 +126,19 @@ impl Tenant {
 
     pub(super) fn quota(&self) -> &Arc<Slots> {
         &self.quota
+    }
+
+    /// Takes a token of one of the tenant's rates; over it, the rate and
+    /// how long until the next token is due. Unlimited without one.
+    pub(super) fn take_token(&self, kind: RateKind, now: Instant) -> Result<(), (Rate, Duration)> {
+        let bucket = match kind {
+            RateKind::Requests => &self.requests,
+            RateKind::Opens => &self.opens,
+        };
+        match bucket {
+            None => Ok(()),
+            Some(b) => b.take(now).map_err(|wait| (b.rate(), wait)),
+        }
     }
 }
 

@@ -202,6 +202,7 @@ pub(super) fn tenant(
         limits: crate::config::LimitOverrides::default(),
         keys: Vec::new(),
         certs: Vec::new(),
+        rates: Default::default(),
     })
 }
 

@@ -5,4 +5,5 @@ mod close;
 mod fixtures;
 mod leases;
 mod open;
+mod rates;
 mod tenants;
