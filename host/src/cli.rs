@@ -131,8 +131,13 @@ impl Client {
                 "NAME", "KIND", "VERSION", "DIGEST"
             );
             for b in &backends {
+                let retiring = if b.state == pb::BackendVersionState::Retiring as i32 {
+                    format!("[retiring, {} sessions] ", b.live_sessions)
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{:<16} {:<6} {:<10} {:<20} {}",
+                    "{:<16} {:<6} {:<10} {:<20} {retiring}{}",
                     b.name,
                     kind_name(b.kind),
                     b.version,
@@ -140,6 +145,43 @@ impl Client {
                     b.description
                 );
             }
+        }
+        Ok(0)
+    }
+
+    /// `gatehouse reload`: what the reload changed, or why it changed
+    /// nothing.
+    pub async fn reload(&mut self) -> Result<i32, CliError> {
+        let r = self.gateway.reload().await?;
+        if self.json {
+            println!(
+                "{}",
+                json!({
+                    "added": r.added,
+                    "updated": r.updated,
+                    "removed": r.removed,
+                    "unchanged": r.unchanged,
+                    "tenants": r.tenants,
+                    "restart_required": r.restart_required,
+                })
+            );
+            return Ok(0);
+        }
+        let list = |names: &[String]| {
+            if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        println!("reloaded");
+        println!("  added:     {}", list(&r.added));
+        println!("  updated:   {}", list(&r.updated));
+        println!("  removed:   {}", list(&r.removed));
+        println!("  unchanged: {}", list(&r.unchanged));
+        println!("  tenants:   {}", r.tenants);
+        for key in &r.restart_required {
+            println!("  needs a restart to change: {key} (the running value stays)");
         }
         Ok(0)
     }
@@ -404,6 +446,8 @@ fn backend_json(b: &pb::BackendInfo) -> Value {
         "version": b.version,
         "digest": b.digest,
         "description": b.description,
+        "retiring": b.state == pb::BackendVersionState::Retiring as i32,
+        "live_sessions": b.live_sessions,
     })
 }
 

@@ -207,6 +207,11 @@ impl<T> Default for KeyTable<T> {
 }
 
 impl<T> KeyTable<T> {
+    /// Every entry's value, in table order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
     /// A table over `entries`.
     pub fn new(entries: Vec<(KeyHash, T)>) -> Self {
         Self { entries }

@@ -54,6 +54,8 @@ pub mod rate;
 #[cfg(feature = "server")]
 pub mod registry;
 #[cfg(feature = "server")]
+pub mod reload;
+#[cfg(feature = "server")]
 pub mod scaffold;
 #[cfg(feature = "server")]
 pub mod server;

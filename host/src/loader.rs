@@ -80,28 +80,128 @@ pub enum BackendFailure {
 /// The wasm runtime is dropped on return: each wasm backend holds the
 /// engine, which keeps the epoch ticker running for as long as it lives.
 pub fn load(config: &Config) -> Result<Loaded, LoadError> {
-    let native = open_state_dir(config)?;
-    let runtime = WasmRuntime::new(&runtime_options(config)).map_err(LoadError::Runtime)?;
-    let cache = config.server.cache_dir.as_deref().map(|d| runtime.cache(d));
-    let mut backends = BTreeMap::new();
-    for spec in &config.backends {
-        let backend =
-            load_one(spec, native.as_ref(), &runtime, cache.as_ref()).map_err(|failure| {
-                LoadError::Backend {
+    let loader = Loader::new(config)?;
+    let backends = loader.load(config)?;
+    Ok(Loaded {
+        backends,
+        native: loader.native,
+    })
+}
+
+/// What loads backends for the life of a gateway: its first config and
+/// every reload. It keeps the engine (sized by the first config: a reload
+/// that needs another size needs a restart), the native runtime and the
+/// compile cache, and the backends of the last load, so that a reload
+/// reuses every backend whose spec did not change instead of compiling it
+/// again or starting a new warm pool.
+pub struct Loader {
+    runtime: WasmRuntime,
+    native: Option<NativeRuntime>,
+    cache: Option<wasm::cache::ArtifactCache>,
+    options: RuntimeOptions,
+    last: std::sync::Mutex<Vec<(BackendSpec, Arc<dyn Backend>)>>,
+}
+
+impl Loader {
+    /// Opens the state directory and creates the engine for `config`.
+    pub fn new(config: &Config) -> Result<Self, LoadError> {
+        let native = open_state_dir(config)?;
+        let options = runtime_options(config);
+        let runtime = WasmRuntime::new(&options).map_err(LoadError::Runtime)?;
+        let cache = config.server.cache_dir.as_deref().map(|d| runtime.cache(d));
+        Ok(Self {
+            runtime,
+            native,
+            cache,
+            options,
+            last: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether `config` fits the engine made at start: its pooling
+    /// allocator is sized for the largest memory limit and reply of the
+    /// first config, and only a restart resizes it.
+    pub fn fits(&self, config: &Config) -> Result<(), String> {
+        let wanted = runtime_options(config);
+        if wanted.max_memory_bytes > self.options.max_memory_bytes {
+            return Err(format!(
+                "a backend's sessions.memory_limit ({} bytes) is above the {} bytes the wasm engine was sized for at start: raising it needs a restart",
+                wanted.max_memory_bytes, self.options.max_memory_bytes
+            ));
+        }
+        if wanted.max_reply_bytes > self.options.max_reply_bytes {
+            return Err(format!(
+                "a backend's sessions.max_reply_bytes ({} bytes) is above the {} bytes the wasm engine was sized for at start: raising it needs a restart",
+                wanted.max_reply_bytes, self.options.max_reply_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The native runtime, for shutdown.
+    pub fn native(&self) -> Option<&NativeRuntime> {
+        self.native.as_ref()
+    }
+
+    /// Loads every backend of `config`, all or none: the first failure is
+    /// the answer and nothing of this load is kept. A backend whose spec is
+    /// unchanged since the last load (and, for a component file, whose
+    /// bytes are) is the same loaded backend again.
+    pub fn load(&self, config: &Config) -> Result<BTreeMap<String, BackendEntry>, LoadError> {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut loaded = Vec::with_capacity(config.backends.len());
+        let mut backends = BTreeMap::new();
+        for spec in &config.backends {
+            let reused = last
+                .iter()
+                .find(|(s, b)| s == spec && same_code(spec, b.as_ref()))
+                .map(|(_, b)| Arc::clone(b));
+            let backend = match reused {
+                Some(b) => b,
+                None => load_one(
+                    spec,
+                    self.native.as_ref(),
+                    &self.runtime,
+                    self.cache.as_ref(),
+                )
+                .map_err(|failure| LoadError::Backend {
                     name: spec.name.clone(),
                     failure,
-                }
-            })?;
-        backends.insert(
-            spec.name.clone(),
-            BackendEntry {
-                backend,
-                policy: spec.policy.clone(),
-                config: spec.config.clone(),
-            },
-        );
+                })?,
+            };
+            loaded.push((spec.clone(), Arc::clone(&backend)));
+            backends.insert(
+                spec.name.clone(),
+                BackendEntry {
+                    backend,
+                    policy: spec.policy.clone(),
+                    config: spec.config.clone(),
+                    retire_after: spec.retire_after,
+                },
+            );
+        }
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
+        Ok(backends)
     }
-    Ok(Loaded { backends, native })
+}
+
+/// Whether a component file still holds what `backend` was loaded from
+/// (same digest); anything else is named by its spec alone.
+fn same_code(spec: &BackendSpec, backend: &dyn Backend) -> bool {
+    match &spec.runner {
+        Runner::Wasm(ModuleSource::File(path)) => match std::fs::read(path) {
+            Ok(bytes) => crate::backend::wasm::digest(&bytes) == backend.info().digest,
+            Err(_) => false,
+        },
+        _ => true,
+    }
 }
 
 /// The native runtime, or `None` when no backend needs it and the state

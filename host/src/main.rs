@@ -80,6 +80,11 @@ enum Cmd {
     ///
     /// Example: gatehouse backends --json
     Backends,
+    /// Re-read the gateway's config file and apply it whole, or not at all
+    /// (needs an admin key). Live sessions keep their backend version.
+    ///
+    /// Example: gatehouse reload --key $ADMIN_KEY
+    Reload,
     /// Open a session and print its id.
     ///
     /// The session lives until it is closed or its lease runs out; every call
@@ -448,30 +453,39 @@ fn serve(
     metrics: Option<String>,
     (log_format, log_filter): (LogFormat, String),
 ) -> i32 {
-    let mut config = match config {
-        Some(path) => match Config::load(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{}: {e}", path.display());
-                return 1;
-            }
-        },
-        None => Config::builtin(),
-    };
-    if let Some(l) = listen {
-        config.server.listen = l;
-    }
-    match metrics.as_deref() {
-        None => {}
-        Some("off") => config.server.metrics_listen = None,
+    let metrics_listen = match metrics.as_deref() {
+        None => None,
+        Some("off") => Some(None),
         Some(s) => match s.parse() {
-            Ok(a) => config.server.metrics_listen = Some(a),
+            Ok(a) => Some(Some(a)),
             Err(_) => {
                 eprintln!("--metrics-listen: {s:?} is not an address");
                 return 64;
             }
         },
-    }
+    };
+    // The source is kept: a reload reads the file again the same way.
+    let source = gatehouse::reload::ConfigSource {
+        path: config,
+        listen,
+        metrics_listen,
+    };
+    let config = match source.read() {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            let mut c = Config::builtin();
+            source.apply(&mut c);
+            c
+        }
+        Err(e) => {
+            let path = source
+                .path
+                .as_deref()
+                .unwrap_or(std::path::Path::new("config"));
+            eprintln!("{}: {e}", path.display());
+            return 1;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -488,7 +502,7 @@ fn serve(
                 return cli::EXIT_USAGE;
             }
         };
-    let result = runtime.block_on(gatehouse::server::serve(config, |addrs| {
+    let result = runtime.block_on(gatehouse::server::serve(config, source, |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         match addrs.metrics {
             Some(m) => println!("gatehouse listening grpc={} metrics={m}", addrs.grpc),
@@ -523,6 +537,7 @@ fn client(addr: String, key: Option<String>, tls: &cli::TlsFiles, json: bool, co
         let json = c.json();
         match command {
             Cmd::Backends => c.backends().await,
+            Cmd::Reload => c.reload().await,
             Cmd::Open {
                 backend,
                 config,

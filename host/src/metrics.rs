@@ -93,6 +93,8 @@ pub struct Metrics {
     pub tenant_open_sessions: Family<TenantLabel, Gauge>,
     /// Connections and TLS.
     pub transport: TransportMetrics,
+    /// Config reloads (SIGHUP or the Admin Reload RPC), by result.
+    pub reloads: Family<ResultLabel, Counter>,
     /// `server.memory_budget`, in bytes.
     pub memory_budget: Gauge,
     /// Bytes sessions reserve of the memory budget, in all.
@@ -135,6 +137,7 @@ impl Metrics {
             events_dropped: Family::default(),
             tenant_open_sessions: Family::default(),
             transport: TransportMetrics::default(),
+            reloads: Family::default(),
             memory_budget: Gauge::default(),
             memory_reserved_total: Gauge::default(),
             memory_reserved: Family::default(),
@@ -196,6 +199,11 @@ impl Metrics {
             m.tenant_open_sessions.clone(),
         );
         m.transport.register(&mut registry);
+        registry.register(
+            "reloads",
+            "Config reloads (SIGHUP or the Admin Reload RPC), by result",
+            m.reloads.clone(),
+        );
         registry.register(
             "memory_budget_bytes",
             "The memory budget (server.memory_budget)",
@@ -326,6 +334,13 @@ pub async fn serve(
     axum::serve(listener, app.merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Labels: result (`ok` or `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `error`.
+    pub result: String,
 }
 
 /// Labels: port (`grpc` or `http`).

@@ -11,13 +11,13 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 
 use crate::api::{self, ApiLimits, Authenticator};
-use crate::backend::native::NativeRuntime;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::health::{Gate, Health};
-use crate::loader::{self, LoadError};
+use crate::loader::{LoadError, Loader};
 use crate::metrics::{self, Metrics};
 use crate::registry::{RETRY_AFTER, Registry, RegistrySettings};
+use crate::reload::{ConfigSource, Reloader};
 use crate::transport::{Acceptor, TlsError, TlsStore, tls};
 
 /// The gRPC name of the Gateway service, as health checks ask for it.
@@ -156,19 +156,20 @@ pub struct BoundAddrs {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Loads every backend of `config` into a registry. The native runtime is
-/// returned for shutdown: it kills what the drain left and removes the
-/// state directory.
+/// Loads every backend of `config` into a registry. The loader is
+/// returned for reloads and shutdown: its native runtime kills what the
+/// drain left and removes the state directory.
 pub fn build_registry(
     config: &Config,
     metrics: Arc<Metrics>,
-) -> Result<(Arc<Registry>, Option<NativeRuntime>), ServeError> {
-    let loaded = loader::load(config).map_err(ServeError::from)?;
+) -> Result<(Arc<Registry>, Arc<Loader>), ServeError> {
+    let loader = Loader::new(config).map_err(ServeError::from)?;
+    let backends = loader.load(config).map_err(ServeError::from)?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let registry = Registry::new(
-        loaded.backends,
+        backends,
         RegistrySettings {
             max_sessions: config.server.max_sessions,
             closed_session_retention: config.server.closed_session_retention,
@@ -178,7 +179,7 @@ pub fn build_registry(
         Arc::new(SystemClock::new()),
         metrics,
     );
-    Ok((registry, loaded.native))
+    Ok((registry, Arc::new(loader)))
 }
 
 impl From<LoadError> for ServeError {
@@ -209,13 +210,30 @@ impl From<LoadError> for ServeError {
 /// first (gRPC health `NOT_SERVING`, `/readyz` 503, Gateway calls
 /// `UNAVAILABLE`), then the backends load and health turns `SERVING`; on
 /// a signal health turns `NOT_SERVING` before any session is closed.
-pub async fn serve(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServeError> {
-    serve_until(config, on_bound, wait_for_signal()).await
+///
+/// `source` says where `config` came from: SIGHUP and the Admin `Reload`
+/// RPC read it again (see `reload`).
+pub async fn serve(
+    config: Config,
+    source: ConfigSource,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> Result<(), ServeError> {
+    serve_from(config, source, on_bound, wait_for_signal()).await
 }
 
 /// Serves until `stop` resolves, then drains. For embedding and benchmarks.
 pub async fn serve_until(
     config: Config,
+    on_bound: impl FnOnce(BoundAddrs),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_from(config, ConfigSource::default(), on_bound, stop).await
+}
+
+/// [`serve`] with the stop signal given.
+pub async fn serve_from(
+    config: Config,
+    source: ConfigSource,
     on_bound: impl FnOnce(BoundAddrs),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -299,6 +317,7 @@ pub async fn serve_until(
         .build_v1alpha()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gate = Gate::new();
+    let admin = api::AdminService::default();
 
     let server = &config.server;
     let grpc_server = tokio::spawn(
@@ -314,12 +333,12 @@ pub async fn serve_until(
             .add_service(reflection)
             .add_service(reflection_v1alpha)
             .add_service(gate.clone())
+            .add_service(api::admin_server(admin.clone(), auth.clone()))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
     tracing::info!(%grpc, metrics = ?metrics_addr, tls = grpc_tls.is_some(), "listening; loading backends");
-    let reloader = tokio::spawn(reload_on_hangup(
-        [grpc_tls, http_tls].into_iter().flatten().collect(),
-    ));
+    let tls_stores: Vec<Arc<TlsStore>> = [grpc_tls, http_tls].into_iter().flatten().collect();
+    let reloader = tokio::spawn(reload_on_hangup(admin.clone(), tls_stores.clone()));
 
     // Load the backends off the async threads: compiling takes a while.
     let signal = stop;
@@ -343,7 +362,7 @@ pub async fn serve_until(
             return Ok(());
         }
     };
-    let (registry, native) = match loaded {
+    let (registry, loader) = match loaded {
         Ok(r) => r,
         Err(e) => {
             let _ = stop_tx.send(true);
@@ -364,7 +383,18 @@ pub async fn serve_until(
         },
     ));
 
-    // The sweeper: leases, idle timeouts, lifetimes, retention.
+    admin.set_reloader(Arc::new(Reloader::new(
+        source,
+        config.clone(),
+        Arc::clone(&loader),
+        Arc::clone(&registry),
+        auth.clone(),
+        tls_stores,
+        Arc::clone(&metrics),
+    )));
+
+    // The sweeper: leases, idle timeouts, lifetimes, retention, retired
+    // backend versions.
     let sweeper = {
         let registry = Arc::downgrade(&registry);
         let every = config.server.sweep_interval;
@@ -396,14 +426,14 @@ pub async fn serve_until(
     registry.shutdown(config.server.shutdown_timeout).await;
     // Whatever is still alive after the drain (warm pools, stuck workers)
     // is killed; the state directory goes with a clean exit.
-    if let Some(n) = &native {
+    if let Some(n) = loader.native() {
         n.shutdown();
     }
     let _ = stop_tx.send(true);
     let served = grpc_server.await;
     sweeper.abort();
     reloader.abort();
-    if let Some(n) = &native {
+    if let Some(n) = loader.native() {
         // Late stragglers (a pool refill racing the drain), then the state
         // directory: a clean exit leaves nothing to reap at the next start.
         n.shutdown();
@@ -418,11 +448,11 @@ pub async fn serve_until(
     }
 }
 
-/// Re-reads every port's certificate files on each SIGHUP, which
-/// operators send out of habit to reload: without a handler it would end
-/// the process and every session with it. A store that fails to load keeps
-/// its old certificate and says so in the log.
-async fn reload_on_hangup(stores: Vec<Arc<TlsStore>>) {
+/// Reloads on each SIGHUP, which operators send out of habit to reload:
+/// without a handler it would end the process and every session with it.
+/// Once the backends are loaded it is a whole reload (see `reload`); before
+/// that, only the certificate files are read again.
+async fn reload_on_hangup(admin: api::AdminService, stores: Vec<Arc<TlsStore>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -430,16 +460,28 @@ async fn reload_on_hangup(stores: Vec<Arc<TlsStore>>) {
             return;
         };
         while hup.recv().await.is_some() {
-            tracing::info!(stores = stores.len(), "SIGHUP: re-reading TLS certificates");
-            for store in &stores {
-                let store = Arc::clone(store);
-                let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+            match admin.reloader() {
+                Some(reloader) => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    // The outcome is logged and counted by the reload.
+                    let _ = reloader.reload().await;
+                }
+                None => {
+                    tracing::info!(
+                        stores = stores.len(),
+                        "SIGHUP while starting: re-reading TLS certificates only"
+                    );
+                    for store in &stores {
+                        let store = Arc::clone(store);
+                        let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+                    }
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = stores;
+        let _ = (admin, stores);
         std::future::pending::<()>().await;
     }
 }
@@ -545,7 +587,7 @@ mod tests {
             .build()
             .unwrap();
         let outcome = runtime.block_on(async {
-            let (registry, _native) = build_registry(&config, Arc::new(Metrics::new())).unwrap();
+            let (registry, _loader) = build_registry(&config, Arc::new(Metrics::new())).unwrap();
             let caller = Caller::local();
             let request = OpenRequest {
                 backend: "chaos".into(),

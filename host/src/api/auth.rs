@@ -21,8 +21,9 @@
 //! ([`FailureThrottle`]): an address failing too often has its calls refused
 //! unchecked for a while, and its failures are logged once per interval.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -131,48 +132,31 @@ enum Mode {
     },
 }
 
-/// Resolves the caller of each RPC from its metadata.
-#[derive(Debug, Clone)]
-pub struct Authenticator {
-    mode: Arc<Mode>,
-}
-
-impl Authenticator {
-    /// Local development mode: anonymous calls as tenant `default`, with no
-    /// quota and every backend.
-    pub fn local() -> Self {
-        Self::local_as(Tenant::unrestricted(DEFAULT_TENANT))
-    }
-
-    fn local_as(tenant: Arc<Tenant>) -> Self {
-        Self {
-            mode: Arc::new(Mode::Local(Principal {
-                tenant,
-                key: None,
-                scopes: Scopes::all_but_admin(),
-            })),
-        }
-    }
-
-    /// The authenticator for a config's tenants. Without any key this is
-    /// local development mode, where the anonymous tenant takes the quota,
-    /// backends and limits of a `[[tenants]]` entry named `default` if there
-    /// is one. Keys of one tenant share one quota.
-    pub fn from_tenants(specs: &[TenantSpec]) -> Self {
+impl Mode {
+    /// The mode for a config's tenants, each made by `tenant`. Without any
+    /// key or certificate this is local development mode, where the
+    /// anonymous tenant takes the quota, backends and limits of a
+    /// `[[tenants]]` entry named `default` if there is one. Keys and
+    /// certificates of one tenant share one quota.
+    fn build(specs: &[TenantSpec], tenant: &dyn Fn(&TenantSpec) -> Arc<Tenant>) -> Self {
         if specs
             .iter()
             .all(|t| t.keys.is_empty() && t.certs.is_empty())
         {
-            let tenant = specs
-                .iter()
-                .find(|t| t.name == DEFAULT_TENANT)
-                .map_or_else(|| Tenant::unrestricted(DEFAULT_TENANT), Tenant::from_spec);
-            return Self::local_as(tenant);
+            let tenant = match specs.iter().find(|t| t.name == DEFAULT_TENANT) {
+                Some(spec) => tenant(spec),
+                None => tenant(&TenantSpec::unrestricted(DEFAULT_TENANT)),
+            };
+            return Mode::Local(Principal {
+                tenant,
+                key: None,
+                scopes: Scopes::all_but_admin(),
+            });
         }
         let mut entries = Vec::new();
         let mut certs = Vec::new();
         for spec in specs {
-            let tenant = Tenant::from_spec(spec);
+            let tenant = tenant(spec);
             for key in &spec.keys {
                 entries.push((
                     key.hash,
@@ -194,17 +178,73 @@ impl Authenticator {
                 ));
             }
         }
-        Self {
-            mode: Arc::new(Mode::Credentials {
-                keys: KeyTable::new(entries),
-                certs,
-            }),
+        Mode::Credentials {
+            keys: KeyTable::new(entries),
+            certs,
         }
     }
 
-    /// Whether this is local development mode (no keys).
+    /// Every tenant a credential resolves to, by name.
+    fn tenants(&self) -> HashMap<String, Arc<Tenant>> {
+        let principals: Vec<&Principal> = match self {
+            Mode::Local(p) => vec![p],
+            Mode::Credentials { keys, certs } => {
+                keys.values().chain(certs.iter().map(|(_, p)| p)).collect()
+            }
+        };
+        principals
+            .into_iter()
+            .map(|p| (p.tenant.name().to_string(), Arc::clone(&p.tenant)))
+            .collect()
+    }
+}
+
+/// Resolves the caller of each RPC from its metadata. Clones share one
+/// table, which [`Authenticator::reload`] replaces whole.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    mode: Arc<RwLock<Arc<Mode>>>,
+}
+
+impl Authenticator {
+    fn wrap(mode: Mode) -> Self {
+        Self {
+            mode: Arc::new(RwLock::new(Arc::new(mode))),
+        }
+    }
+
+    fn mode(&self) -> Arc<Mode> {
+        Arc::clone(&self.mode.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Local development mode: anonymous calls as tenant `default`, with no
+    /// quota and every backend.
+    pub fn local() -> Self {
+        Self::from_tenants(&[])
+    }
+
+    /// The authenticator for a config's tenants: see [`Mode::build`].
+    pub fn from_tenants(specs: &[TenantSpec]) -> Self {
+        Self::wrap(Mode::build(specs, &Tenant::from_spec))
+    }
+
+    /// Replaces every key, certificate and tenant with `specs`'s, from the
+    /// next call on (a call in flight keeps what it resolved). A tenant
+    /// that stays (by name) carries on: its live sessions keep their slots
+    /// of its quota, which takes the new size for new opens; a removed key
+    /// is refused at once.
+    pub fn reload(&self, specs: &[TenantSpec]) {
+        let known = self.mode().tenants();
+        let next = Mode::build(specs, &|spec| match known.get(&spec.name) {
+            Some(previous) => Tenant::reloaded(previous, spec),
+            None => Tenant::from_spec(spec),
+        });
+        *self.mode.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+    }
+
+    /// Whether this is local development mode (no keys or certificates).
     pub fn is_local(&self) -> bool {
-        matches!(*self.mode, Mode::Local(_))
+        matches!(*self.mode(), Mode::Local(_))
     }
 
     /// Authenticates a call to `method` (the RPC name, e.g. `OpenSession`)
@@ -216,7 +256,8 @@ impl Authenticator {
         cert: Option<&PeerIdentity>,
         method: &str,
     ) -> Result<Caller, AuthError> {
-        let principal = match &*self.mode {
+        let mode = self.mode();
+        let principal = match &*mode {
             Mode::Local(p) => p,
             Mode::Credentials { keys, certs } => {
                 let by_cert = cert.and_then(|id| {

@@ -6,7 +6,7 @@ use crate::backend::{self, BackendInfo, CommandError, Outcome};
 use crate::config::BackendKind;
 use crate::events::Delivery;
 use crate::proto::v1 as pb;
-use crate::registry::{CloseReason, Session, SessionState};
+use crate::registry::{CloseReason, Session, SessionState, Version, VersionState};
 
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
@@ -53,6 +53,7 @@ fn close_reason(r: CloseReason) -> pb::CloseReason {
         CloseReason::MaxLifetime => pb::CloseReason::MaxLifetime,
         CloseReason::GatewayShutdown => pb::CloseReason::GatewayShutdown,
         CloseReason::Fault => pb::CloseReason::Fault,
+        CloseReason::BackendRetired => pb::CloseReason::BackendRetired,
     }
 }
 
@@ -63,6 +64,20 @@ pub fn backend_info(b: &BackendInfo) -> pb::BackendInfo {
         version: b.version.clone(),
         digest: b.digest.clone(),
         description: b.description.clone(),
+        state: pb::BackendVersionState::Current as i32,
+        live_sessions: 0,
+    }
+}
+
+/// A loaded version as `ListBackends` shows it.
+pub fn backend_version(v: &Version, state: VersionState) -> pb::BackendInfo {
+    pb::BackendInfo {
+        state: match state {
+            VersionState::Current => pb::BackendVersionState::Current,
+            VersionState::Retiring => pb::BackendVersionState::Retiring,
+        } as i32,
+        live_sessions: u32::try_from(v.live_sessions()).unwrap_or(u32::MAX),
+        ..backend_info(&v.info)
     }
 }
 
@@ -76,6 +91,7 @@ pub fn session_info(
         backend: s.backend.name.clone(),
         backend_kind: kind(s.backend.kind) as i32,
         backend_version: s.backend.version.clone(),
+        backend_digest: s.backend.digest.clone(),
         tenant: s.tenant.clone(),
         state: state(snap.state) as i32,
         client_session_name: s.client_session_name.clone(),

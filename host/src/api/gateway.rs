@@ -111,7 +111,8 @@ impl Gateway for GatewayService {
             let backends = self
                 .registry
                 .backends_for(&caller)
-                .map(|b| convert::backend_info(b.backend.info()))
+                .into_iter()
+                .map(|(v, state)| convert::backend_version(&v, state))
                 .collect();
             Ok(Response::new(pb::ListBackendsResponse { backends }))
         })

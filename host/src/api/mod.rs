@@ -1,6 +1,7 @@
-//! The gRPC API: the `gatehouse.v1.Gateway` service, health and
-//! reflection. Errors are mapped to gRPC statuses here and nowhere else.
+//! The gRPC API: the `gatehouse.v1.Gateway` and `gatehouse.v1.Admin`
+//! services, health and reflection. Errors are mapped to gRPC statuses here and nowhere else.
 
+mod admin;
 mod auth;
 mod convert;
 mod gateway;
@@ -11,6 +12,7 @@ mod trace;
 
 use std::sync::Arc;
 
+pub use self::admin::{AdminService, Reload, ReloadFailure, ReloadOutcome, admin_server};
 pub use self::auth::{AuthError, Authenticated, Authenticator, required_scope};
 pub use self::gateway::GatewayService;
 pub use self::standard_status::StandardStatusLayer;

@@ -140,6 +140,7 @@ impl Interceptor for BearerKey {
 #[derive(Clone, Debug)]
 pub struct Gateway {
     client: Inner,
+    admin: pb::admin_client::AdminClient<InterceptedService<Channel, BearerKey>>,
     addr: Arc<str>,
 }
 
@@ -254,6 +255,7 @@ impl Connect {
             })?
         };
         Ok(Gateway {
+            admin: pb::admin_client::AdminClient::with_interceptor(channel.clone(), bearer.clone()),
             client: GatewayClient::with_interceptor(channel, bearer)
                 .max_decoding_message_size(self.max_message_bytes)
                 .max_encoding_message_size(self.max_message_bytes),
@@ -295,6 +297,13 @@ impl Gateway {
     /// The generated tonic client, for anything this API does not wrap.
     pub fn raw(&self) -> RawClient {
         self.client.clone()
+    }
+
+    /// Re-reads the gateway's config file and applies it (the Admin
+    /// `Reload` RPC; needs an `admin` key). An error means nothing changed.
+    pub async fn reload(&self) -> Result<pb::ReloadResponse, Error> {
+        let mut admin = self.admin.clone();
+        Ok(admin.reload(pb::ReloadRequest {}).await?.into_inner())
     }
 
     /// The backends sessions can be opened on.

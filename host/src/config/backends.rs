@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -43,7 +44,7 @@ pub enum Runner {
 }
 
 /// One backend, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendSpec {
     /// The name clients open sessions on.
     pub name: String,
@@ -61,6 +62,10 @@ pub struct BackendSpec {
     pub grants: Grants,
     /// Session limits and timeouts.
     pub policy: SessionPolicy,
+    /// After a reload replaces or removes this version, how long its
+    /// sessions may go on before they are closed (`backend-retired`);
+    /// `None` (`"off"`, the default) waits for the last one to end.
+    pub retire_after: Option<Duration>,
 }
 
 // ---- the file format -------------------------------------------------------
@@ -82,6 +87,8 @@ pub(super) struct BackendFile {
     #[serde(default)]
     grants: GrantsFile,
     native: Option<NativeFile>,
+    #[serde(default, deserialize_with = "super::units::duration_or_off")]
+    retire_after: Option<Option<Duration>>,
 }
 
 fn default_kind() -> BackendKind {
@@ -153,6 +160,7 @@ impl BackendFile {
             config: self.config,
             grants,
             policy,
+            retire_after: self.retire_after.flatten(),
         })
     }
 }
@@ -232,6 +240,7 @@ pub(super) fn plugins_in(
                 config: BTreeMap::new(),
                 grants: Grants::default(),
                 policy: defaults.clone(),
+                retire_after: None,
                 name,
             })
         })

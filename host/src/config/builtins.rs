@@ -23,6 +23,7 @@ pub(super) fn builtin_backends(policy: &SessionPolicy) -> Vec<BackendSpec> {
         config: BTreeMap::new(),
         grants: Grants::default(),
         policy: policy.clone(),
+        retire_after: None,
     };
     let mut backends: Vec<BackendSpec> = builtin::DEFAULT_BACKENDS
         .iter()

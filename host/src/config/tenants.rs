@@ -71,6 +71,23 @@ pub struct TenantSpec {
     pub rates: TenantRates,
 }
 
+impl TenantSpec {
+    /// A tenant without quota, limits or credentials, allowed every
+    /// backend: local mode's `default` when the config has no entry for it.
+    pub fn unrestricted(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            max_sessions: None,
+            max_memory: None,
+            backends: None,
+            limits: LimitOverrides::default(),
+            keys: Vec::new(),
+            certs: Vec::new(),
+            rates: TenantRates::default(),
+        }
+    }
+}
+
 /// One client certificate identity of a tenant (`[[tenants.certs]]`).
 #[derive(Debug, Clone)]
 pub struct CertSpec {

@@ -90,7 +90,7 @@ impl Registry {
         }
         session.events.close();
         session.transition(SessionState::Closed, self.clock.now());
-        drop(session.take_slot());
+        drop(session.take_held());
         self.metrics
             .sessions_closed
             .get_or_create(&ReasonLabel {
@@ -125,7 +125,7 @@ impl Registry {
                 })
                 .inc();
         }
-        drop(released.slot);
+        drop(released.held);
         self.metrics
             .faults
             .get_or_create(&CodeLabel {
@@ -150,6 +150,9 @@ impl Registry {
     /// sessions past their retention. Returns how many it closed.
     pub async fn sweep(&self) -> usize {
         let now = self.clock.now();
+        // Retired versions past their backend's retire_after close their
+        // sessions; the others wait for theirs to end.
+        let overdue = self.catalog().overdue(now);
         let mut expired = Vec::new();
         {
             let mut sessions = self.sessions();
@@ -163,6 +166,8 @@ impl Registry {
                 }
                 if let Some(reason) = s.expiry(now) {
                     expired.push((Arc::clone(s), reason));
+                } else if !s.state().is_terminal() && overdue.iter().any(|v| s.runs_on(v)) {
+                    expired.push((Arc::clone(s), CloseReason::BackendRetired));
                 }
             }
         }
@@ -173,6 +178,7 @@ impl Registry {
                 .map(|(s, reason)| self.close_session(s, *reason)),
         )
         .await;
+        self.unload_unused();
         n
     }
 

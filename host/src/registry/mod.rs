@@ -12,6 +12,7 @@
 //! (stream.rs) live beside it.
 
 mod backend_metrics;
+pub mod catalog;
 mod error;
 mod lifecycle;
 mod open;
@@ -26,18 +27,19 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendInfo, Command, Fault, Outcome};
+use crate::backend::{Backend, Command, Fault, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::{Metrics, RateLabel};
 
-use self::backend_metrics::BackendMetrics;
+use self::catalog::Catalog;
+pub use self::catalog::{Changes, Version, VersionState};
 pub use self::error::{GatewayError, RETRY_AFTER};
 pub use self::lifecycle::CloseResult;
 pub use self::open::OpenRequest;
@@ -55,14 +57,9 @@ pub struct BackendEntry {
     pub policy: SessionPolicy,
     /// Config handed to every session, under the request's.
     pub config: BTreeMap<String, String>,
-}
-
-/// A backend as the registry keeps it: the entry plus what every open of it
-/// would otherwise rebuild (its info, its metric handles).
-struct Loaded {
-    entry: BackendEntry,
-    info: Arc<BackendInfo>,
-    metrics: Arc<BackendMetrics>,
+    /// How long a replaced version keeps its sessions before they are
+    /// closed (`backend-retired`); `None` waits for the last one.
+    pub retire_after: Option<Duration>,
 }
 
 /// Registry-wide settings.
@@ -82,7 +79,7 @@ pub struct RegistrySettings {
 
 /// The session registry.
 pub struct Registry {
-    backends: BTreeMap<String, Loaded>,
+    catalog: RwLock<Arc<Catalog>>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     slots: Arc<Slots>,
     memory: Arc<MemoryBudget>,
@@ -104,17 +101,7 @@ impl Registry {
     ) -> Arc<Self> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Arc<str>, Fault)>();
         let registry = Arc::new(Self {
-            backends: backends
-                .into_iter()
-                .map(|(name, entry)| {
-                    let loaded = Loaded {
-                        info: Arc::new(entry.backend.info().clone()),
-                        metrics: Arc::new(BackendMetrics::new(&metrics, &name)),
-                        entry,
-                    };
-                    (name, loaded)
-                })
-                .collect(),
+            catalog: RwLock::new(Arc::new(Catalog::new(backends, &metrics))),
             sessions: Mutex::new(HashMap::new()),
             slots: Slots::new(settings.max_sessions),
             memory: MemoryBudget::new(
@@ -146,20 +133,42 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The backends, by name.
-    pub fn backends(&self) -> impl Iterator<Item = &BackendEntry> {
-        self.backends.values().map(|l| &l.entry)
+    /// The loaded backends, as of now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The backends the caller's tenant may open, by name.
-    pub fn backends_for<'a>(
-        &'a self,
-        caller: &'a Caller,
-    ) -> impl Iterator<Item = &'a BackendEntry> + 'a {
-        self.backends
-            .iter()
-            .filter(|(name, _)| caller.tenant.may_open(name))
-            .map(|(_, loaded)| &loaded.entry)
+    /// Every loaded version the caller's tenant may open, current first by
+    /// name.
+    pub fn backends_for(&self, caller: &Caller) -> Vec<(Arc<Version>, VersionState)> {
+        self.catalog()
+            .versions()
+            .into_iter()
+            .filter(|(v, _)| caller.tenant.may_open(&v.info.name))
+            .collect()
+    }
+
+    /// Drops retiring versions whose last session ended: their compiled
+    /// code and pool slots go with the last reference.
+    fn unload_unused(&self) {
+        let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        if catalog.has_unused() {
+            let next = catalog.without_unused();
+            for (name, version) in catalog.unused() {
+                tracing::info!(backend = %name, version = %version.info.version, digest = %version.info.digest, "retired backend version unloaded");
+            }
+            *catalog = Arc::new(next);
+        }
+    }
+
+    /// Installs a reload's backends: unchanged ones keep their loaded
+    /// version, changed and removed ones retire (see `catalog`). Returns
+    /// what changed.
+    pub fn install_backends(&self, backends: BTreeMap<String, BackendEntry>) -> Changes {
+        let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let (next, changes) = catalog.reloaded(backends, &self.metrics, self.clock.now());
+        *catalog = Arc::new(next);
+        changes
     }
 
     /// Sessions holding a slot.

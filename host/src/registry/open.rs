@@ -15,14 +15,17 @@ use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
 use crate::memory_budget::{MemoryAccount, MemoryKind};
 use crate::metrics::{CodeLabel, TenantLabel};
+use crate::registry::catalog::{Version, VersionPin};
+use crate::registry::session::Held;
 use crate::registry::slots::{Refused, Slot};
 use crate::registry::tenant::{Caller, RateKind};
-use crate::registry::{GatewayError, Loaded, Registry, Session, SessionState, SessionTimes};
+use crate::registry::{GatewayError, Registry, Session, SessionState, SessionTimes};
 
 /// A client's request to open a session.
 #[derive(Debug, Clone, Default)]
 pub struct OpenRequest {
-    /// Backend name.
+    /// Backend name: `name` for its current version, `name@version` or
+    /// `name@sha256:<hex prefix>` for a loaded one.
     pub backend: String,
     /// Client-chosen name.
     pub client_session_name: String,
@@ -59,7 +62,7 @@ impl Drop for Rollback<'_> {
             if let Some(worker) = released.worker {
                 worker.kill();
             }
-            drop(released.slot);
+            drop(released.held);
         }
         registry
             .metrics
@@ -91,6 +94,7 @@ impl Registry {
             return Err(GatewayError::ShuttingDown);
         }
         let loaded = self.openable(caller, &request.backend)?;
+        let loaded = &loaded;
         // The backend's limits, lowered by the tenant's overrides.
         let policy = &caller.tenant.policy(&loaded.entry.policy);
         let times = session_times(policy, &request)?;
@@ -165,21 +169,22 @@ impl Registry {
         Err(error)
     }
 
-    /// The backend `name`, if it exists and the caller's tenant may open it.
-    fn openable(&self, caller: &Caller, name: &str) -> Result<&Loaded, GatewayError> {
-        let loaded = self
-            .backends
-            .get(name)
-            .ok_or_else(|| GatewayError::BackendNotFound(name.to_string()))?;
-        if !caller.tenant.may_open(name) {
-            return Err(GatewayError::BackendNotAllowed(name.to_string()));
+    /// The version `backend` names (see [`OpenRequest::backend`]), if it
+    /// is loaded and the caller's tenant may open its backend.
+    fn openable(&self, caller: &Caller, backend: &str) -> Result<Arc<Version>, GatewayError> {
+        let (name, version) = self
+            .catalog()
+            .resolve(backend)
+            .map_err(|_| GatewayError::BackendNotFound(backend.to_string()))?;
+        if !caller.tenant.may_open(&name) {
+            return Err(GatewayError::BackendNotAllowed(name));
         }
-        Ok(loaded)
+        Ok(version)
     }
 
     /// A slot of the caller's tenant's quota and of the gateway's cap, both
     /// or neither.
-    fn take_slot(&self, caller: &Caller, loaded: &Loaded) -> Result<Slot, GatewayError> {
+    fn take_slot(&self, caller: &Caller, loaded: &Version) -> Result<Slot, GatewayError> {
         let gauges = vec![
             loaded.metrics.open_sessions.clone(),
             self.metrics
@@ -207,7 +212,7 @@ impl Registry {
     async fn start_worker(
         &self,
         caller: &Caller,
-        loaded: &Loaded,
+        loaded: &Version,
         policy: &SessionPolicy,
         request_config: BTreeMap<String, String>,
         session: &Arc<Session>,
@@ -265,7 +270,7 @@ fn session_times(
 #[allow(clippy::too_many_arguments)]
 fn new_session(
     caller: &Caller,
-    loaded: &Loaded,
+    loaded: &Arc<Version>,
     policy: &SessionPolicy,
     request: &OpenRequest,
     times: SessionTimes,
@@ -293,7 +298,10 @@ fn new_session(
         request.client_correlation_id.clone(),
         times,
         events,
-        slot,
+        Held {
+            slot,
+            version: VersionPin::new(loaded),
+        },
         now,
     ))
 }

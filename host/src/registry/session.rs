@@ -8,6 +8,7 @@ use crate::backend::{BackendInfo, Fault, Worker};
 use crate::events::EventLog;
 use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
+use crate::registry::catalog::VersionPin;
 use crate::registry::slots::Slot;
 use crate::registry::state::{CloseReason, SessionState};
 
@@ -62,7 +63,7 @@ pub struct Session {
     pub events: Arc<EventLog>,
     status: Mutex<Status>,
     worker: Mutex<Option<Arc<dyn Worker>>>,
-    slot: Mutex<Option<Slot>>,
+    held: Mutex<Option<Held>>,
     /// Serializes open and close of this session.
     pub(super) lifecycle: tokio::sync::Mutex<()>,
 }
@@ -78,15 +79,23 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// What a live session holds and gives back exactly once when it ends: its
+/// slot of the cap and quota, and its pin on the backend version.
+pub(super) struct Held {
+    #[expect(dead_code, reason = "held for its Drop, which gives the slot back")]
+    pub slot: Slot,
+    pub version: VersionPin,
+}
+
 /// What changed when a session faulted, so the caller can release resources
 /// exactly once.
 pub(super) struct Faulted {
     pub worker: Option<Arc<dyn Worker>>,
-    pub slot: Option<Slot>,
+    pub held: Option<Held>,
 }
 
 impl Session {
-    /// Creates a session in `CREATING`, holding `slot`.
+    /// Creates a session in `CREATING`, holding `held`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         id: Arc<str>,
@@ -98,7 +107,7 @@ impl Session {
         client_correlation_id: String,
         times: SessionTimes,
         events: Arc<EventLog>,
-        slot: Slot,
+        held: Held,
         now: Instant,
     ) -> Self {
         Self {
@@ -121,7 +130,7 @@ impl Session {
                 ended_at: None,
             }),
             worker: Mutex::new(None),
-            slot: Mutex::new(Some(slot)),
+            held: Mutex::new(Some(held)),
             lifecycle: tokio::sync::Mutex::new(()),
         }
     }
@@ -181,7 +190,7 @@ impl Session {
         self.events.close();
         Some(Faulted {
             worker: self.take_worker(),
-            slot: self.take_slot(),
+            held: self.take_held(),
         })
     }
 
@@ -258,8 +267,17 @@ impl Session {
         self.worker.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    pub(super) fn take_slot(&self) -> Option<Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// Whether the session, not ended yet, runs on `version`.
+    pub(super) fn runs_on(&self, version: &Arc<crate::registry::Version>) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(h.version.version(), version))
+    }
+
+    pub(super) fn take_held(&self) -> Option<Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// A consistent copy of the mutable fields, for the API.

@@ -15,7 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 #[derive(Debug)]
 pub struct Slots {
     used: AtomicUsize,
-    cap: usize,
+    // Atomic so a reload can lower or raise a tenant's quota in place:
+    // the sessions holding slots keep them, and new opens see the new cap.
+    cap: AtomicUsize,
 }
 
 /// Which limit refused a slot.
@@ -32,7 +34,7 @@ impl Slots {
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
-            cap,
+            cap: AtomicUsize::new(cap),
         })
     }
 
@@ -44,7 +46,7 @@ impl Slots {
     fn claim(self: &Arc<Self>) -> Option<Claim> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.cap).then_some(n + 1)
+                (n < self.cap()).then_some(n + 1)
             })
             .ok()?;
         Some(Claim {
@@ -68,9 +70,9 @@ impl Slots {
         tenant: &Arc<Slots>,
         gauges: Vec<Gauge>,
     ) -> Result<Slot, Refused> {
-        let quota = tenant.claim().ok_or(Refused::Quota(tenant.cap))?;
+        let quota = tenant.claim().ok_or(Refused::Quota(tenant.cap()))?;
         // On failure `quota` is dropped here, giving the tenant's slot back.
-        let global = self.claim().ok_or(Refused::Cap(self.cap))?;
+        let global = self.claim().ok_or(Refused::Cap(self.cap()))?;
         Ok(Slot::new(global, Some(quota), gauges))
     }
 
@@ -81,7 +83,13 @@ impl Slots {
 
     /// The cap.
     pub fn cap(&self) -> usize {
-        self.cap
+        self.cap.load(Ordering::Acquire)
+    }
+
+    /// A new cap. Slots already taken stay taken, even above it: a lowered
+    /// quota refuses new opens and never ends a live session.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Release);
     }
 }
 

@@ -125,6 +125,9 @@ pub enum CloseReason {
     GatewayShutdown,
     /// The worker faulted.
     Fault,
+    /// A reload retired the session's backend version and its
+    /// `retire_after` passed.
+    BackendRetired,
 }
 
 impl CloseReason {
@@ -137,6 +140,7 @@ impl CloseReason {
             CloseReason::MaxLifetime => "max-lifetime",
             CloseReason::GatewayShutdown => "gateway-shutdown",
             CloseReason::Fault => "fault",
+            CloseReason::BackendRetired => "backend-retired",
         }
     }
 }

@@ -67,30 +67,36 @@ impl fmt::Display for RateKind {
 impl Tenant {
     /// A tenant from its config.
     pub fn from_spec(spec: &TenantSpec) -> Arc<Self> {
-        Arc::new(Self {
+        let quota = spec.max_sessions.map_or_else(Slots::unlimited, Slots::new);
+        Arc::new(Self::build(spec, quota))
+    }
+
+    fn build(spec: &TenantSpec, quota: Arc<Slots>) -> Self {
+        Self {
             name: spec.name.clone(),
-            quota: spec.max_sessions.map_or_else(Slots::unlimited, Slots::new),
+            quota,
             max_sessions: spec.max_sessions,
             max_memory: spec.max_memory,
             backends: spec.backends.clone(),
             limits: spec.limits.clone(),
             requests: spec.rates.requests.map(TokenBucket::new),
             opens: spec.rates.opens.map(TokenBucket::new),
-        })
+        }
+    }
+
+    /// The tenant `spec` describes after a reload, carrying on from
+    /// `previous` (the same name): its sessions keep their slots of its
+    /// quota, which takes the new `max_sessions` for new opens.
+    pub fn reloaded(previous: &Tenant, spec: &TenantSpec) -> Arc<Self> {
+        previous
+            .quota
+            .set_cap(spec.max_sessions.unwrap_or(usize::MAX));
+        Arc::new(Self::build(spec, Arc::clone(&previous.quota)))
     }
 
     /// A tenant with no quota, every backend and the backends' own limits.
     pub fn unrestricted(name: impl Into<String>) -> Arc<Self> {
-        Arc::new(Self {
-            name: name.into(),
-            quota: Slots::unlimited(),
-            max_sessions: None,
-            max_memory: None,
-            backends: None,
-            limits: LimitOverrides::default(),
-            requests: None,
-            opens: None,
-        })
+        Self::from_spec(&TenantSpec::unrestricted(&name.into()))
     }
 
     /// The tenant's name.

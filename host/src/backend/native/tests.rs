@@ -24,6 +24,7 @@ fn spec(command: &[&str], startup_timeout: Duration) -> BackendSpec {
         config: BTreeMap::new(),
         grants: Grants::default(),
         policy: SessionPolicy::default(),
+        retire_after: None,
     }
 }
 

@@ -98,6 +98,11 @@ pub struct WasmRuntime {
     linker: Linker<SessionData>,
 }
 
+/// `sha256:<hex>` of a component's bytes, as its backend's digest reads.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 impl WasmRuntime {
     /// Creates the engine with a pooling allocator sized for
     /// `options.max_sessions` and starts the epoch ticker.

@@ -33,6 +33,7 @@ fn spec(name: &str, policy: SessionPolicy) -> BackendSpec {
         config: BTreeMap::new(),
         grants: Default::default(),
         policy,
+        retire_after: None,
     }
 }
 

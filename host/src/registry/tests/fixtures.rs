@@ -137,6 +137,7 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
             }),
             policy,
             config: BTreeMap::new(),
+            retire_after: None,
         },
     );
     let registry = Registry::new(

@@ -7,3 +7,4 @@ mod leases;
 mod open;
 mod rates;
 mod tenants;
+mod versions;

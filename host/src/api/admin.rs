@@ -1,0 +1,109 @@
+//! The `gatehouse.v1.Admin` service: operating the gateway. Every call
+//! needs the `admin` scope (the auth layer's default for RPCs outside the
+//! Gateway table). The work itself is the server's, behind [`Reload`]: this
+//! layer only authenticates, maps and reports.
+
+use std::sync::{Arc, OnceLock};
+
+use tonic::{Request, Response, Status};
+
+use super::auth::{Authenticated, Authenticator};
+use crate::proto::v1 as pb;
+use crate::proto::v1::admin_server::{Admin, AdminServer};
+use crate::registry::Changes;
+
+/// What a reload did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadOutcome {
+    /// Backends added, updated, removed and unchanged.
+    pub changes: Changes,
+    /// Tenants in the new config.
+    pub tenants: usize,
+    /// `[server]` keys whose new value needs a restart; the running value
+    /// stays.
+    pub restart_required: Vec<String>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadFailure {
+    /// The gateway runs without `--config`: there is no file to read again.
+    #[error("the gateway was started without --config: there is no file to reload")]
+    NoConfigFile,
+    /// The new config, a backend or a certificate is unusable; the old
+    /// config keeps serving.
+    #[error("{0}; nothing was changed")]
+    Rejected(String),
+    /// The backends are still loading.
+    #[error("the gateway is still starting")]
+    Starting,
+}
+
+/// Re-reads the config and applies it whole, or not at all.
+#[async_trait::async_trait]
+pub trait Reload: Send + Sync {
+    /// One reload; concurrent calls run one after the other.
+    async fn reload(&self) -> Result<ReloadOutcome, ReloadFailure>;
+}
+
+/// The Admin service; its reloader is set once the backends are loaded.
+#[derive(Clone, Default)]
+pub struct AdminService {
+    reloader: Arc<OnceLock<Arc<dyn Reload>>>,
+}
+
+impl AdminService {
+    /// The reloader, once the backends are loaded.
+    pub fn reloader(&self) -> Option<Arc<dyn Reload>> {
+        self.reloader.get().cloned()
+    }
+
+    /// Makes `reloader` the one reloads go to.
+    pub fn set_reloader(&self, reloader: Arc<dyn Reload>) {
+        let _ = self.reloader.set(reloader);
+    }
+}
+
+/// The Admin service behind authentication.
+pub fn admin_server(
+    admin: AdminService,
+    auth: Authenticator,
+) -> Authenticated<AdminServer<AdminService>> {
+    Authenticated::new(AdminServer::new(admin), auth)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let caller = request
+            .extensions()
+            .get::<crate::registry::Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        let reloader = self
+            .reloader
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable(ReloadFailure::Starting.to_string()))?;
+        tracing::info!(
+            tenant = caller.tenant_name(),
+            key = caller.key.as_deref().unwrap_or("-"),
+            "reload requested"
+        );
+        match reloader.reload().await {
+            Ok(outcome) => Ok(Response::new(pb::ReloadResponse {
+                added: outcome.changes.added,
+                updated: outcome.changes.updated,
+                removed: outcome.changes.removed,
+                unchanged: outcome.changes.unchanged,
+                tenants: u32::try_from(outcome.tenants).unwrap_or(u32::MAX),
+                restart_required: outcome.restart_required,
+            })),
+            Err(e @ ReloadFailure::Starting) => Err(Status::unavailable(e.to_string())),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+}

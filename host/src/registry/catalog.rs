@@ -1,0 +1,335 @@
+//! The loaded backends and their versions.
+//!
+//! A version is a backend's name, configured `version` and content digest.
+//! Each backend name has at most one current version, which new opens get,
+//! and any number of retiring ones: versions a reload replaced (or whose
+//! backend it removed) that still have sessions. A session pins its version
+//! from open to end ([`VersionPin`]), so its code never changes under it;
+//! the catalog drops a retiring version when its last session ends, and
+//! with it the compiled code and pool slots nothing else holds.
+//!
+//! The catalog is immutable: a reload or a sweep builds the next one and the
+//! registry swaps it in whole, so an open never sees half a reload.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::BackendEntry;
+use super::backend_metrics::BackendMetrics;
+use crate::backend::BackendInfo;
+use crate::metrics::Metrics;
+
+/// One loaded version of a backend.
+pub struct Version {
+    /// The backend, its policy and config.
+    pub entry: BackendEntry,
+    /// What `ListBackends` and `SessionInfo` show of it.
+    pub info: Arc<BackendInfo>,
+    /// The backend name's metric handles (shared by its versions).
+    pub(super) metrics: Arc<BackendMetrics>,
+    /// Sessions pinned to it that have not ended.
+    live: AtomicUsize,
+    /// When a reload stopped offering it to new opens.
+    retired_at: Mutex<Option<Instant>>,
+}
+
+impl Version {
+    fn new(entry: BackendEntry, metrics: Arc<BackendMetrics>) -> Arc<Self> {
+        Arc::new(Self {
+            info: Arc::new(entry.backend.info().clone()),
+            entry,
+            metrics,
+            live: AtomicUsize::new(0),
+            retired_at: Mutex::new(None),
+        })
+    }
+
+    /// Sessions pinned to this version that have not ended.
+    pub fn live_sessions(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// When it stopped taking new opens; `None` while it is current.
+    pub fn retired_at(&self) -> Option<Instant> {
+        *self
+            .retired_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn retire(&self, now: Instant) {
+        let mut at = self
+            .retired_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        at.get_or_insert(now);
+    }
+
+    /// Whether `other` is the same code and settings: a reload keeps the
+    /// loaded version rather than making a new one.
+    fn same_as(&self, other: &BackendEntry) -> bool {
+        let info = other.backend.info();
+        self.info.version == info.version
+            && self.info.digest == info.digest
+            && self.info.kind == info.kind
+            && self.entry.policy == other.policy
+            && self.entry.config == other.config
+            && self.entry.retire_after == other.retire_after
+    }
+
+    /// `name@version` and `name@sha256:prefix`, as pins are written.
+    fn answers_to(&self, pin: &str) -> bool {
+        match pin.strip_prefix("sha256:") {
+            Some(prefix) => {
+                !prefix.is_empty()
+                    && self
+                        .info
+                        .digest
+                        .strip_prefix("sha256:")
+                        .is_some_and(|d| d.starts_with(&prefix.to_ascii_lowercase()))
+            }
+            None => self.info.version == pin,
+        }
+    }
+}
+
+/// A session's hold on its version: counted while the session lives, and
+/// keeping the version loaded.
+pub struct VersionPin(Arc<Version>);
+
+impl VersionPin {
+    /// Pins `version`.
+    pub(super) fn new(version: &Arc<Version>) -> Self {
+        version.live.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(version))
+    }
+
+    /// The pinned version.
+    pub fn version(&self) -> &Arc<Version> {
+        &self.0
+    }
+}
+
+impl Drop for VersionPin {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a listed version takes new opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// New opens of the name get it.
+    Current,
+    /// Replaced or removed; only its sessions use it, and only a pin can
+    /// open more on it.
+    Retiring,
+}
+
+/// Every backend name's versions.
+#[derive(Default)]
+struct Line {
+    /// `None` once a reload removed the backend.
+    current: Option<Arc<Version>>,
+    retiring: Vec<Arc<Version>>,
+}
+
+/// Why an open names no loaded version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    /// No backend of that name, or it was removed.
+    NoBackend,
+    /// The backend exists but no loaded version matches the pin.
+    NoVersion,
+}
+
+/// What a reload changed, by backend name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// New backend names.
+    pub added: Vec<String>,
+    /// Names whose current version was replaced (old version retiring).
+    pub updated: Vec<String>,
+    /// Names no longer offered (their versions retiring).
+    pub removed: Vec<String>,
+    /// Names whose version stayed as it was.
+    pub unchanged: Vec<String>,
+}
+
+/// The loaded backends; see the module docs.
+#[derive(Default)]
+pub struct Catalog {
+    lines: BTreeMap<String, Line>,
+}
+
+impl Catalog {
+    /// The catalog of a registry's first backends.
+    pub(super) fn new(backends: BTreeMap<String, BackendEntry>, metrics: &Metrics) -> Self {
+        let lines = backends
+            .into_iter()
+            .map(|(name, entry)| {
+                let m = Arc::new(BackendMetrics::new(metrics, &name));
+                let line = Line {
+                    current: Some(Version::new(entry, m)),
+                    retiring: Vec::new(),
+                };
+                (name, line)
+            })
+            .collect();
+        Self { lines }
+    }
+
+    /// What an open of `backend` gets: `name` is the current version,
+    /// `name@version` and `name@sha256:<hex prefix>` any loaded version
+    /// (current or retiring) that matches.
+    pub fn resolve(&self, backend: &str) -> Result<(String, Arc<Version>), Unresolved> {
+        let (name, pin) = match backend.split_once('@') {
+            Some((name, pin)) => (name, Some(pin)),
+            None => (backend, None),
+        };
+        let line = self.lines.get(name).ok_or(Unresolved::NoBackend)?;
+        let found = match pin {
+            None => line.current.clone().ok_or(Unresolved::NoBackend)?,
+            Some(pin) => line
+                .current
+                .iter()
+                .chain(&line.retiring)
+                .find(|v| v.answers_to(pin))
+                .cloned()
+                .ok_or(Unresolved::NoVersion)?,
+        };
+        Ok((name.to_string(), found))
+    }
+
+    /// Every loaded version with its state, by name, current first.
+    pub fn versions(&self) -> Vec<(Arc<Version>, VersionState)> {
+        let mut out = Vec::new();
+        for line in self.lines.values() {
+            if let Some(v) = &line.current {
+                out.push((Arc::clone(v), VersionState::Current));
+            }
+            for v in &line.retiring {
+                out.push((Arc::clone(v), VersionState::Retiring));
+            }
+        }
+        out
+    }
+
+    /// The catalog after a reload to `backends`: an entry equal to the
+    /// current version keeps it; a different one becomes current and the
+    /// old one retires; a name missing from `backends` retires its current
+    /// version and takes no new opens.
+    pub(super) fn reloaded(
+        &self,
+        backends: BTreeMap<String, BackendEntry>,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> (Self, Changes) {
+        let mut changes = Changes::default();
+        let mut lines: BTreeMap<String, Line> = BTreeMap::new();
+        for (name, line) in &self.lines {
+            lines.insert(
+                name.clone(),
+                Line {
+                    current: line.current.clone(),
+                    retiring: line.retiring.clone(),
+                },
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, entry) in backends {
+            seen.insert(name.clone());
+            let line = lines.entry(name.clone()).or_default();
+            match &line.current {
+                Some(current) if current.same_as(&entry) => {
+                    changes.unchanged.push(name);
+                    continue;
+                }
+                Some(current) => {
+                    current.retire(now);
+                    line.retiring.push(Arc::clone(current));
+                    changes.updated.push(name.clone());
+                }
+                None => changes.added.push(name.clone()),
+            }
+            let m = line
+                .retiring
+                .first()
+                .map(|v| Arc::clone(&v.metrics))
+                .unwrap_or_else(|| Arc::new(BackendMetrics::new(metrics, &name)));
+            line.current = Some(Version::new(entry, m));
+        }
+        for (name, line) in &mut lines {
+            if seen.contains(name) {
+                continue;
+            }
+            if let Some(current) = line.current.take() {
+                current.retire(now);
+                line.retiring.push(current);
+                changes.removed.push(name.clone());
+            }
+        }
+        let mut next = Self { lines };
+        next.drop_unused();
+        (next, changes)
+    }
+
+    /// Retiring versions past their backend's `retire_after`, whose
+    /// remaining sessions must close.
+    pub fn overdue(&self, now: Instant) -> Vec<Arc<Version>> {
+        self.lines
+            .values()
+            .flat_map(|l| &l.retiring)
+            .filter(|v| v.live_sessions() > 0)
+            .filter(|v| {
+                let after: Option<Duration> = v.entry.retire_after;
+                match (after, v.retired_at()) {
+                    (Some(after), Some(at)) => now.saturating_duration_since(at) >= after,
+                    _ => false,
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether some retiring version has no session left to wait for.
+    pub fn has_unused(&self) -> bool {
+        !self.unused().is_empty()
+    }
+
+    /// The retiring versions no session uses, with their names.
+    pub fn unused(&self) -> Vec<(&str, &Arc<Version>)> {
+        self.lines
+            .iter()
+            .flat_map(|(name, l)| l.retiring.iter().map(move |v| (name.as_str(), v)))
+            .filter(|(_, v)| v.live_sessions() == 0)
+            .collect()
+    }
+
+    /// This catalog without retiring versions nobody uses any more.
+    pub(super) fn without_unused(&self) -> Self {
+        let mut lines = BTreeMap::new();
+        for (name, line) in &self.lines {
+            lines.insert(
+                name.clone(),
+                Line {
+                    current: line.current.clone(),
+                    retiring: line.retiring.clone(),
+                },
+            );
+        }
+        let mut next = Self { lines };
+        next.drop_unused();
+        next
+    }
+
+    fn drop_unused(&mut self) {
+        for line in self.lines.values_mut() {
+            line.retiring.retain(|v| v.live_sessions() > 0);
+        }
+        self.lines
+            .retain(|_, l| l.current.is_some() || !l.retiring.is_empty());
+    }
+}
