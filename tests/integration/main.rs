@@ -16,6 +16,7 @@ mod native;
 mod ops;
 mod plugins;
 mod rates;
+mod reload;
 mod rpcs;
 mod sandbox;
 mod sessions;

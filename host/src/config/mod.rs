@@ -61,6 +61,8 @@
 //! description = "..."
 //! version = "0.1.0"
 //! config = { greeting = "hello" }   # handed to every session's open
+//! retire_after = "off"              # after a reload replaces this version: how long
+//!                                   # its sessions go on ("off": until they end)
 //! [backends.sessions]               # overrides of [sessions] for this backend
 //! command_timeout = "1s"
 //! [backends.grants]                 # what the sandbox opens; nothing by default
