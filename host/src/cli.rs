@@ -133,6 +133,8 @@ impl Client {
             for b in &backends {
                 let retiring = if b.state == pb::BackendVersionState::Retiring as i32 {
                     format!("[retiring, {} sessions] ", b.live_sessions)
+                } else if b.state == pb::BackendVersionState::Canary as i32 {
+                    format!("[canary, {} sessions] ", b.live_sessions)
                 } else {
                     String::new()
                 };
@@ -151,8 +153,18 @@ impl Client {
 
     /// `gatehouse reload`: what the reload changed, or why it changed
     /// nothing.
-    pub async fn reload(&mut self) -> Result<i32, CliError> {
-        let r = self.gateway.reload().await?;
+    pub async fn reload(
+        &mut self,
+        promote: Option<String>,
+        rollback: Option<String>,
+    ) -> Result<i32, CliError> {
+        let r = self
+            .gateway
+            .reload_with(pb::ReloadRequest {
+                promote: promote.unwrap_or_default(),
+                rollback: rollback.unwrap_or_default(),
+            })
+            .await?;
         if self.json {
             println!(
                 "{}",
@@ -447,6 +459,7 @@ fn backend_json(b: &pb::BackendInfo) -> Value {
         "digest": b.digest,
         "description": b.description,
         "retiring": b.state == pb::BackendVersionState::Retiring as i32,
+        "canary": b.state == pb::BackendVersionState::Canary as i32,
         "live_sessions": b.live_sessions,
     })
 }

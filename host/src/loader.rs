@@ -181,6 +181,7 @@ impl Loader {
                     policy: spec.policy.clone(),
                     config: spec.config.clone(),
                     retire_after: spec.retire_after,
+                    rollout: spec.rollout,
                 },
             );
         }

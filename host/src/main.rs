@@ -84,7 +84,14 @@ enum Cmd {
     /// (needs an admin key). Live sessions keep their backend version.
     ///
     /// Example: gatehouse reload --key $ADMIN_KEY
-    Reload,
+    Reload {
+        /// Instead: end BACKEND's canary rollout, making the canary current.
+        #[arg(long, value_name = "BACKEND", conflicts_with = "rollback")]
+        promote: Option<String>,
+        /// Instead: end BACKEND's canary rollout, retiring the canary.
+        #[arg(long, value_name = "BACKEND")]
+        rollback: Option<String>,
+    },
     /// Open a session and print its id.
     ///
     /// The session lives until it is closed or its lease runs out; every call
@@ -537,7 +544,7 @@ fn client(addr: String, key: Option<String>, tls: &cli::TlsFiles, json: bool, co
         let json = c.json();
         match command {
             Cmd::Backends => c.backends().await,
-            Cmd::Reload => c.reload().await,
+            Cmd::Reload { promote, rollback } => c.reload(promote, rollback).await,
             Cmd::Open {
                 backend,
                 config,

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub transport: TransportMetrics,
     /// Config reloads (SIGHUP or the Admin Reload RPC), by result.
     pub reloads: Family<ResultLabel, Counter>,
+    /// Canary rollouts rolled back by their faults, by backend.
+    pub rollbacks: Family<BackendLabel, Counter>,
     /// `server.memory_budget`, in bytes.
     pub memory_budget: Gauge,
     /// Bytes sessions reserve of the memory budget, in all.
@@ -138,6 +140,7 @@ impl Metrics {
             tenant_open_sessions: Family::default(),
             transport: TransportMetrics::default(),
             reloads: Family::default(),
+            rollbacks: Family::default(),
             memory_budget: Gauge::default(),
             memory_reserved_total: Gauge::default(),
             memory_reserved: Family::default(),
@@ -203,6 +206,11 @@ impl Metrics {
             "reloads",
             "Config reloads (SIGHUP or the Admin Reload RPC), by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Canary rollouts rolled back by their faults, by backend",
+            m.rollbacks.clone(),
         );
         registry.register(
             "memory_budget_bytes",

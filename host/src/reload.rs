@@ -148,6 +148,24 @@ impl Reloader {
 
 #[async_trait::async_trait]
 impl Reload for Reloader {
+    async fn end_rollout(
+        &self,
+        backend: &str,
+        promote: bool,
+    ) -> Result<ReloadOutcome, ReloadFailure> {
+        let _one_at_a_time = self.running.lock().await;
+        self.registry
+            .end_rollout(backend, promote)
+            .map_err(|e| ReloadFailure::Rejected(e.to_string()))?;
+        Ok(ReloadOutcome {
+            changes: crate::registry::Changes {
+                updated: vec![backend.to_string()],
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
     async fn reload(&self) -> Result<ReloadOutcome, ReloadFailure> {
         match self.try_reload().await {
             Ok(outcome) => {

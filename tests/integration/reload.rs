@@ -221,7 +221,10 @@ async fn a_bad_reload_changes_nothing() {
             std::fs::write(gw.dir().join("app.wasm"), bytes).unwrap();
         }
         rewrite(&gw, &text);
-        let e = admin.reload(pb::ReloadRequest {}).await.unwrap_err();
+        let e = admin
+            .reload(pb::ReloadRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{what}: {e:?}");
         assert!(e.message().contains("nothing was changed"), "{what}: {e:?}");
         reloads(&gw, "error", (n + 1) as f64).await;
@@ -246,7 +249,7 @@ async fn a_bad_reload_changes_nothing() {
         ),
     );
     let r = admin
-        .reload(pb::ReloadRequest {})
+        .reload(pb::ReloadRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -257,7 +260,10 @@ async fn a_bad_reload_changes_nothing() {
     // Without the admin scope, or anonymously: refused.
     let mut anon = AdminClient::new(gw.channel().await);
     assert_eq!(
-        anon.reload(pb::ReloadRequest {}).await.unwrap_err().code(),
+        anon.reload(pb::ReloadRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
         Code::Unauthenticated
     );
     // The CLI prints what changed.
@@ -317,4 +323,78 @@ async fn a_revoked_key_is_refused_and_its_tenant_keeps_its_sessions() {
     assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
     close(&mut by_kept, &s.session_id).await;
     open(&mut by_kept, "echo").await;
+}
+
+#[tokio::test]
+async fn a_canary_that_faults_rolls_itself_back() {
+    let rollout = "[backends.rollout]\npercent = 50\nmax_faults = 2\nwindow = \"1m\"";
+    let gw = Gatehouse::builder(app_config("1.0.0", rollout, ""))
+        .file("app.wasm", component("echo"))
+        .start()
+        .await;
+    let mut c = gw.client().await;
+    let stable = open(&mut c, "app").await;
+
+    // Version 2 is the chaos build: its "trap" faults the session.
+    std::fs::write(gw.dir().join("app.wasm"), component("chaos")).unwrap();
+    rewrite(&gw, &app_config("2.0.0", rollout, ""));
+    gw.sighup();
+    reloads(&gw, "ok", 1.0).await;
+    let states: Vec<(String, i32)> = c
+        .list_backends(pb::ListBackendsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .backends
+        .into_iter()
+        .filter(|b| b.name == "app")
+        .map(|b| (b.version, b.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("1.0.0".into(), pb::BackendVersionState::Current as i32),
+            ("2.0.0".into(), pb::BackendVersionState::Canary as i32)
+        ]
+    );
+
+    // About half the opens land on the canary; each of those traps.
+    let mut on_canary = 0;
+    for _ in 0..60 {
+        let s = open(&mut c, "app").await;
+        if s.backend_version == "2.0.0" {
+            on_canary += 1;
+            let _ = try_invoke(&mut c, &s.session_id, "trap", b"").await;
+        } else {
+            close(&mut c, &s.session_id).await;
+        }
+        if on_canary == 3 {
+            break;
+        }
+    }
+    assert_eq!(on_canary, 3, "no open of 60 reached a 50% canary");
+    gw.wait_metric("gatehouse_rollbacks_total", &[("backend", "app")], 1.0)
+        .await;
+    assert!(gw.stderr().contains("canary rolled back"));
+    // Rolled back by itself: every new open gets version 1 again.
+    for _ in 0..20 {
+        let s = open(&mut c, "app").await;
+        assert_eq!(s.backend_version, "1.0.0");
+        close(&mut c, &s.session_id).await;
+    }
+    assert_eq!(
+        invoke_ok(&mut c, &stable.session_id, "count", b"").await,
+        "1"
+    );
+
+    // A new version without a rollout replaces version 1 at once.
+    std::fs::write(gw.dir().join("app.wasm"), component("kv")).unwrap();
+    rewrite(&gw, &app_config("3.0.0", "", ""));
+    gw.sighup();
+    reloads(&gw, "ok", 2.0).await;
+    for _ in 0..10 {
+        let s = open(&mut c, "app").await;
+        assert_eq!(s.backend_version, "3.0.0");
+        close(&mut c, &s.session_id).await;
+    }
 }

@@ -44,6 +44,14 @@ pub enum ReloadFailure {
 pub trait Reload: Send + Sync {
     /// One reload; concurrent calls run one after the other.
     async fn reload(&self) -> Result<ReloadOutcome, ReloadFailure>;
+
+    /// Ends `backend`'s canary rollout by hand: `promote` makes the canary
+    /// the current version, else it retires.
+    async fn end_rollout(
+        &self,
+        backend: &str,
+        promote: bool,
+    ) -> Result<ReloadOutcome, ReloadFailure>;
 }
 
 /// The Admin service; its reloader is set once the backends are loaded.

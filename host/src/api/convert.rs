@@ -75,6 +75,7 @@ pub fn backend_version(v: &Version, state: VersionState) -> pb::BackendInfo {
         state: match state {
             VersionState::Current => pb::BackendVersionState::Current,
             VersionState::Retiring => pb::BackendVersionState::Retiring,
+            VersionState::Canary => pb::BackendVersionState::Canary,
         } as i32,
         live_sessions: u32::try_from(v.live_sessions()).unwrap_or(u32::MAX),
         ..backend_info(&v.info)

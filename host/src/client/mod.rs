@@ -302,8 +302,17 @@ impl Gateway {
     /// Re-reads the gateway's config file and applies it (the Admin
     /// `Reload` RPC; needs an `admin` key). An error means nothing changed.
     pub async fn reload(&self) -> Result<pb::ReloadResponse, Error> {
+        self.reload_with(pb::ReloadRequest::default()).await
+    }
+
+    /// The Admin `Reload` RPC as given: with `promote` or `rollback` set it
+    /// ends that backend's canary rollout instead of re-reading the config.
+    pub async fn reload_with(
+        &self,
+        request: pb::ReloadRequest,
+    ) -> Result<pb::ReloadResponse, Error> {
         let mut admin = self.admin.clone();
-        Ok(admin.reload(pb::ReloadRequest {}).await?.into_inner())
+        Ok(admin.reload(request).await?.into_inner())
     }
 
     /// The backends sessions can be opened on.

@@ -66,6 +66,51 @@ pub struct BackendSpec {
     /// sessions may go on before they are closed (`backend-retired`);
     /// `None` (`"off"`, the default) waits for the last one to end.
     pub retire_after: Option<Duration>,
+    /// `[backends.rollout]`: a new version of this backend starts as a
+    /// canary taking a share of new opens; `None` replaces it at once.
+    pub rollout: Option<Rollout>,
+}
+
+/// A canary rollout (`[backends.rollout]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollout {
+    /// The share of new opens the new version gets, 1..=99.
+    pub percent: u8,
+    /// More faults than this of the new version's sessions within
+    /// `window` roll the rollout back.
+    pub max_faults: u32,
+    /// The window faults are counted in.
+    pub window: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutFile {
+    percent: u8,
+    #[serde(default)]
+    max_faults: Option<u32>,
+    #[serde(default, deserialize_with = "super::units::duration")]
+    window: Option<Duration>,
+}
+
+impl RolloutFile {
+    fn resolve(self, at: &str) -> Result<Rollout, ConfigError> {
+        if !(1..=99).contains(&self.percent) {
+            return Err(invalid(
+                format!("{at}.percent"),
+                "must be 1..=99 (0 is no rollout, 100 a plain replacement)",
+            ));
+        }
+        let window = self.window.unwrap_or(Duration::from_secs(60));
+        if window.is_zero() {
+            return Err(invalid(format!("{at}.window"), "must be greater than zero"));
+        }
+        Ok(Rollout {
+            percent: self.percent,
+            max_faults: self.max_faults.unwrap_or(3),
+            window,
+        })
+    }
 }
 
 // ---- the file format -------------------------------------------------------
@@ -89,6 +134,7 @@ pub(super) struct BackendFile {
     native: Option<NativeFile>,
     #[serde(default, deserialize_with = "super::units::duration_or_off")]
     retire_after: Option<Option<Duration>>,
+    rollout: Option<RolloutFile>,
 }
 
 fn default_kind() -> BackendKind {
@@ -161,6 +207,10 @@ impl BackendFile {
             grants,
             policy,
             retire_after: self.retire_after.flatten(),
+            rollout: self
+                .rollout
+                .map(|r| r.resolve(&format!("{key}.rollout")))
+                .transpose()?,
         })
     }
 }
@@ -241,6 +291,7 @@ pub(super) fn plugins_in(
                 grants: Grants::default(),
                 policy: defaults.clone(),
                 retire_after: None,
+                rollout: None,
                 name,
             })
         })

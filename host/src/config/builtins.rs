@@ -24,6 +24,7 @@ pub(super) fn builtin_backends(policy: &SessionPolicy) -> Vec<BackendSpec> {
         grants: Grants::default(),
         policy: policy.clone(),
         retire_after: None,
+        rollout: None,
     };
     let mut backends: Vec<BackendSpec> = builtin::DEFAULT_BACKENDS
         .iter()

@@ -63,6 +63,10 @@
 //! config = { greeting = "hello" }   # handed to every session's open
 //! retire_after = "off"              # after a reload replaces this version: how long
 //!                                   # its sessions go on ("off": until they end)
+//! # [backends.rollout]              # a new version starts as a canary:
+//! # percent = 10                    # this share of new opens (1-99)
+//! # max_faults = 3                  # more faults of its sessions than this within
+//! # window = "1m"                   # this window roll it back by itself
 //! [backends.sessions]               # overrides of [sessions] for this backend
 //! command_timeout = "1s"
 //! [backends.grants]                 # what the sandbox opens; nothing by default
@@ -131,7 +135,7 @@ mod tls;
 mod units;
 mod warnings;
 
-pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Runner};
+pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Rollout, Runner};
 pub use self::certs::{CertIdentity, DistinguishedName};
 pub use self::grants::{Grants, NetRule, Preopen};
 pub use self::native::NativeSpec;

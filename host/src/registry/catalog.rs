@@ -11,15 +11,23 @@
 //! The catalog is immutable: a reload or a sweep builds the next one and the
 //! registry swaps it in whole, so an open never sees half a reload.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::BackendEntry;
 use super::backend_metrics::BackendMetrics;
 use crate::backend::BackendInfo;
+use crate::config::Rollout;
 use crate::metrics::Metrics;
+
+/// A canary's rollout: its share of opens and the faults that end it.
+struct Canary {
+    rollout: Rollout,
+    faults: Mutex<VecDeque<Instant>>,
+    rolled_back: AtomicBool,
+}
 
 /// One loaded version of a backend.
 pub struct Version {
@@ -33,17 +41,67 @@ pub struct Version {
     live: AtomicUsize,
     /// When a reload stopped offering it to new opens.
     retired_at: Mutex<Option<Instant>>,
+    /// Set while it is a canary (`[backends.rollout]`).
+    canary: Option<Canary>,
 }
 
 impl Version {
     fn new(entry: BackendEntry, metrics: Arc<BackendMetrics>) -> Arc<Self> {
+        Self::with_canary(entry, metrics, None)
+    }
+
+    fn with_canary(
+        entry: BackendEntry,
+        metrics: Arc<BackendMetrics>,
+        rollout: Option<Rollout>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             info: Arc::new(entry.backend.info().clone()),
             entry,
             metrics,
             live: AtomicUsize::new(0),
             retired_at: Mutex::new(None),
+            canary: rollout.map(|rollout| Canary {
+                rollout,
+                faults: Mutex::new(VecDeque::new()),
+                rolled_back: AtomicBool::new(false),
+            }),
         })
+    }
+
+    /// Whether it is a canary still taking its share of new opens.
+    fn is_live_canary(&self) -> bool {
+        self.canary
+            .as_ref()
+            .is_some_and(|c| !c.rolled_back.load(Ordering::Acquire))
+    }
+
+    /// Counts a fault of one of its sessions. For a canary past its
+    /// `max_faults` within the window this rolls the rollout back (new
+    /// opens go to the current version again) and returns `true`, once.
+    pub fn fault(&self, now: Instant) -> bool {
+        let Some(c) = &self.canary else {
+            return false;
+        };
+        if c.rolled_back.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut faults = c.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        faults.push_back(now);
+        while faults
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > c.rollout.window)
+        {
+            faults.pop_front();
+        }
+        if faults.len() > c.rollout.max_faults as usize {
+            let first = !c.rolled_back.swap(true, Ordering::AcqRel);
+            if first {
+                self.retire(now);
+            }
+            return first;
+        }
+        false
     }
 
     /// Sessions pinned to this version that have not ended.
@@ -77,6 +135,7 @@ impl Version {
             && self.entry.policy == other.policy
             && self.entry.config == other.config
             && self.entry.retire_after == other.retire_after
+            && self.entry.rollout == other.rollout
     }
 
     /// `name@version` and `name@sha256:prefix`, as pins are written.
@@ -123,17 +182,28 @@ impl Drop for VersionPin {
 pub enum VersionState {
     /// New opens of the name get it.
     Current,
-    /// Replaced or removed; only its sessions use it, and only a pin can
-    /// open more on it.
+    /// Replaced or removed (or a rolled-back canary); only its sessions use
+    /// it, and only a pin can open more on it.
     Retiring,
+    /// A new version taking its rollout's share of new opens.
+    Canary,
 }
 
 /// Every backend name's versions.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Line {
     /// `None` once a reload removed the backend.
     current: Option<Arc<Version>>,
+    /// A new version on trial (`[backends.rollout]`).
+    canary: Option<Arc<Version>>,
     retiring: Vec<Arc<Version>>,
+}
+
+impl Line {
+    fn retire(&mut self, version: Arc<Version>, now: Instant) {
+        version.retire(now);
+        self.retiring.push(version);
+    }
 }
 
 /// Why an open names no loaded version.
@@ -173,6 +243,7 @@ impl Catalog {
                 let m = Arc::new(BackendMetrics::new(metrics, &name));
                 let line = Line {
                     current: Some(Version::new(entry, m)),
+                    canary: None,
                     retiring: Vec::new(),
                 };
                 (name, line)
@@ -191,10 +262,14 @@ impl Catalog {
         };
         let line = self.lines.get(name).ok_or(Unresolved::NoBackend)?;
         let found = match pin {
-            None => line.current.clone().ok_or(Unresolved::NoBackend)?,
+            None => match &line.canary {
+                Some(c) if c.is_live_canary() && in_share(c) => Arc::clone(c),
+                _ => line.current.clone().ok_or(Unresolved::NoBackend)?,
+            },
             Some(pin) => line
                 .current
                 .iter()
+                .chain(&line.canary)
                 .chain(&line.retiring)
                 .find(|v| v.answers_to(pin))
                 .cloned()
@@ -210,6 +285,14 @@ impl Catalog {
             if let Some(v) = &line.current {
                 out.push((Arc::clone(v), VersionState::Current));
             }
+            if let Some(v) = &line.canary {
+                let state = if v.is_live_canary() {
+                    VersionState::Canary
+                } else {
+                    VersionState::Retiring
+                };
+                out.push((Arc::clone(v), state));
+            }
             for v in &line.retiring {
                 out.push((Arc::clone(v), VersionState::Retiring));
             }
@@ -219,8 +302,10 @@ impl Catalog {
 
     /// The catalog after a reload to `backends`: an entry equal to the
     /// current version keeps it; a different one becomes current and the
-    /// old one retires; a name missing from `backends` retires its current
-    /// version and takes no new opens.
+    /// old one retires, or, with `[backends.rollout]`, becomes a canary
+    /// beside it; an entry equal to the canary keeps it, and one equal to
+    /// the current version ends the rollout; a name missing from
+    /// `backends` retires its versions and takes no new opens.
     pub(super) fn reloaded(
         &self,
         backends: BTreeMap<String, BackendEntry>,
@@ -228,52 +313,109 @@ impl Catalog {
         now: Instant,
     ) -> (Self, Changes) {
         let mut changes = Changes::default();
-        let mut lines: BTreeMap<String, Line> = BTreeMap::new();
-        for (name, line) in &self.lines {
-            lines.insert(
-                name.clone(),
-                Line {
-                    current: line.current.clone(),
-                    retiring: line.retiring.clone(),
-                },
-            );
-        }
+        let mut lines = self.lines.clone();
         let mut seen = std::collections::BTreeSet::new();
         for (name, entry) in backends {
             seen.insert(name.clone());
             let line = lines.entry(name.clone()).or_default();
-            match &line.current {
-                Some(current) if current.same_as(&entry) => {
-                    changes.unchanged.push(name);
-                    continue;
-                }
-                Some(current) => {
-                    current.retire(now);
-                    line.retiring.push(Arc::clone(current));
-                    changes.updated.push(name.clone());
-                }
-                None => changes.added.push(name.clone()),
-            }
             let m = line
-                .retiring
-                .first()
+                .current
+                .iter()
+                .chain(&line.retiring)
+                .next()
                 .map(|v| Arc::clone(&v.metrics))
                 .unwrap_or_else(|| Arc::new(BackendMetrics::new(metrics, &name)));
-            line.current = Some(Version::new(entry, m));
+            if let Some(canary) = &line.canary
+                && canary.is_live_canary()
+                && canary.same_as(&entry)
+            {
+                changes.unchanged.push(name);
+                continue;
+            }
+            if let Some(canary) = line.canary.take() {
+                line.retire(canary, now);
+            }
+            let rollout = entry.rollout;
+            match line.current.clone() {
+                Some(current) if current.same_as(&entry) => {
+                    changes.unchanged.push(name);
+                }
+                Some(current) => {
+                    changes.updated.push(name);
+                    match rollout {
+                        Some(r) => line.canary = Some(Version::with_canary(entry, m, Some(r))),
+                        None => {
+                            line.retire(current, now);
+                            line.current = Some(Version::new(entry, m));
+                        }
+                    }
+                }
+                None => {
+                    changes.added.push(name);
+                    line.current = Some(Version::new(entry, m));
+                }
+            }
         }
         for (name, line) in &mut lines {
             if seen.contains(name) {
                 continue;
             }
+            if let Some(canary) = line.canary.take() {
+                line.retire(canary, now);
+            }
             if let Some(current) = line.current.take() {
-                current.retire(now);
-                line.retiring.push(current);
+                line.retire(current, now);
                 changes.removed.push(name.clone());
             }
         }
         let mut next = Self { lines };
         next.drop_unused();
         (next, changes)
+    }
+
+    /// Ends `name`'s rollout by hand: `promote` makes the canary the
+    /// current version (the old one retires), else the canary retires.
+    pub(super) fn rollout_ended(
+        &self,
+        name: &str,
+        promote: bool,
+        now: Instant,
+    ) -> Result<Self, String> {
+        let mut lines = self.lines.clone();
+        let line = lines
+            .get_mut(name)
+            .ok_or_else(|| format!("no backend {name:?}"))?;
+        let canary = line
+            .canary
+            .take()
+            .ok_or_else(|| format!("backend {name:?} has no rollout in progress"))?;
+        if promote && canary.is_live_canary() {
+            // The promoted version keeps its sessions; it stops being on
+            // trial.
+            let promoted = Version::new(
+                BackendEntry {
+                    backend: Arc::clone(&canary.entry.backend),
+                    policy: canary.entry.policy.clone(),
+                    config: canary.entry.config.clone(),
+                    retire_after: canary.entry.retire_after,
+                    rollout: canary.entry.rollout,
+                },
+                Arc::clone(&canary.metrics),
+            );
+            if let Some(current) = line.current.replace(promoted) {
+                line.retire(current, now);
+            }
+            line.retire(canary, now);
+        } else if promote {
+            return Err(format!(
+                "backend {name:?}: the rollout was already rolled back"
+            ));
+        } else {
+            line.retire(canary, now);
+        }
+        let mut next = Self { lines };
+        next.drop_unused();
+        Ok(next)
     }
 
     /// Retiring versions past their backend's `retire_after`, whose
@@ -299,37 +441,49 @@ impl Catalog {
         !self.unused().is_empty()
     }
 
-    /// The retiring versions no session uses, with their names.
+    /// The retiring versions no session uses (a rolled-back canary
+    /// among them), with their names.
     pub fn unused(&self) -> Vec<(&str, &Arc<Version>)> {
         self.lines
             .iter()
-            .flat_map(|(name, l)| l.retiring.iter().map(move |v| (name.as_str(), v)))
+            .flat_map(|(name, l)| {
+                let rolled_back = l.canary.iter().filter(|c| !c.is_live_canary());
+                l.retiring
+                    .iter()
+                    .chain(rolled_back)
+                    .map(move |v| (name.as_str(), v))
+            })
             .filter(|(_, v)| v.live_sessions() == 0)
             .collect()
     }
 
     /// This catalog without retiring versions nobody uses any more.
     pub(super) fn without_unused(&self) -> Self {
-        let mut lines = BTreeMap::new();
-        for (name, line) in &self.lines {
-            lines.insert(
-                name.clone(),
-                Line {
-                    current: line.current.clone(),
-                    retiring: line.retiring.clone(),
-                },
-            );
-        }
-        let mut next = Self { lines };
+        let mut next = Self {
+            lines: self.lines.clone(),
+        };
         next.drop_unused();
         next
     }
 
     fn drop_unused(&mut self) {
         for line in self.lines.values_mut() {
+            // A rolled-back canary is a retiring version like the others.
+            if let Some(c) = line.canary.take_if(|c| !c.is_live_canary()) {
+                line.retiring.push(c);
+            }
             line.retiring.retain(|v| v.live_sessions() > 0);
         }
         self.lines
-            .retain(|_, l| l.current.is_some() || !l.retiring.is_empty());
+            .retain(|_, l| l.current.is_some() || l.canary.is_some() || !l.retiring.is_empty());
     }
+}
+
+/// Whether this open is in the canary's share.
+fn in_share(canary: &Version) -> bool {
+    let percent = canary
+        .canary
+        .as_ref()
+        .map_or(0, |c| u32::from(c.rollout.percent));
+    rand::random_range(0..100u32) < percent
 }

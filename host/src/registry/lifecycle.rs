@@ -125,6 +125,9 @@ impl Registry {
                 })
                 .inc();
         }
+        if let Some(held) = &released.held {
+            self.version_faulted(held.version.version());
+        }
         drop(released.held);
         self.metrics
             .faults

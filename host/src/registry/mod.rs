@@ -60,6 +60,8 @@ pub struct BackendEntry {
     /// How long a replaced version keeps its sessions before they are
     /// closed (`backend-retired`); `None` waits for the last one.
     pub retire_after: Option<Duration>,
+    /// How a new version of it rolls out (`[backends.rollout]`).
+    pub rollout: Option<crate::config::Rollout>,
 }
 
 /// Registry-wide settings.
@@ -158,6 +160,32 @@ impl Registry {
                 tracing::info!(backend = %name, version = %version.info.version, digest = %version.info.digest, "retired backend version unloaded");
             }
             *catalog = Arc::new(next);
+        }
+    }
+
+    /// Ends `name`'s rollout by hand: `promote` makes the canary current,
+    /// else it retires.
+    pub fn end_rollout(&self, name: &str, promote: bool) -> Result<(), GatewayError> {
+        let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let next = catalog
+            .rollout_ended(name, promote, self.clock.now())
+            .map_err(GatewayError::InvalidArgument)?;
+        *catalog = Arc::new(next);
+        tracing::info!(backend = name, promote, "rollout ended by hand");
+        Ok(())
+    }
+
+    /// Counts a fault against the session's version; a canary past its
+    /// faults rolls back here, by itself.
+    fn version_faulted(&self, version: &Version) {
+        if version.fault(self.clock.now()) {
+            self.metrics
+                .rollbacks
+                .get_or_create(&crate::metrics::BackendLabel {
+                    backend: version.info.name.clone(),
+                })
+                .inc();
+            tracing::warn!(backend = %version.info.name, version = %version.info.version, digest = %version.info.digest, "canary rolled back: its sessions faulted more than max_faults times within the window; new opens go to the current version");
         }
     }
 

@@ -62,6 +62,12 @@ impl Drop for Rollback<'_> {
             if let Some(worker) = released.worker {
                 worker.kill();
             }
+            // A canary whose sessions fail to start is failing too.
+            if let Some(held) = &released.held
+                && code != FaultCode::OpenAbandoned
+            {
+                registry.version_faulted(held.version.version());
+            }
             drop(released.held);
         }
         registry

@@ -25,6 +25,7 @@ fn spec(command: &[&str], startup_timeout: Duration) -> BackendSpec {
         grants: Grants::default(),
         policy: SessionPolicy::default(),
         retire_after: None,
+        rollout: None,
     }
 }
 

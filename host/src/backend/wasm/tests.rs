@@ -34,6 +34,7 @@ fn spec(name: &str, policy: SessionPolicy) -> BackendSpec {
         grants: Default::default(),
         policy,
         retire_after: None,
+        rollout: None,
     }
 }
 

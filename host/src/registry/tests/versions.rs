@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::fixtures::*;
 use crate::backend::BackendInfo;
-use crate::config::{BackendKind, SessionPolicy};
+use crate::backend::{Fault, FaultCode};
+use crate::config::{BackendKind, Rollout, SessionPolicy};
 use crate::registry::{
     BackendEntry, CloseReason, GatewayError, OpenRequest, SessionState, VersionState,
 };
@@ -20,6 +21,17 @@ fn fake(
     version: &str,
     digest: &str,
     retire_after: Option<Duration>,
+) -> BTreeMap<String, BackendEntry> {
+    fake_rollout(f, version, digest, retire_after, None)
+}
+
+/// [`fake`] with a rollout.
+fn fake_rollout(
+    f: &Fixture,
+    version: &str,
+    digest: &str,
+    retire_after: Option<Duration>,
+    rollout: Option<Rollout>,
 ) -> BTreeMap<String, BackendEntry> {
     let mut backends = BTreeMap::new();
     backends.insert(
@@ -38,6 +50,7 @@ fn fake(
             policy: policy(),
             config: BTreeMap::new(),
             retire_after,
+            rollout,
         },
     );
     backends
@@ -179,4 +192,92 @@ async fn retire_after_closes_the_sessions_left_on_a_retired_version() {
     );
     // Version 1 had no retire_after: its session stays.
     assert_eq!(s.state(), SessionState::Ready);
+}
+
+#[tokio::test]
+async fn a_canary_takes_its_share_rolls_back_on_faults_and_can_be_promoted() {
+    let f = fixture_with(64, policy(), Script::default());
+    let rollout = Some(Rollout {
+        percent: 50,
+        max_faults: 1,
+        window: Duration::from_secs(60),
+    });
+    let changes = f
+        .registry
+        .install_backends(fake_rollout(&f, "2", "sha256:2", None, rollout));
+    assert_eq!(changes.updated, ["fake"]);
+    assert_eq!(
+        listed(&f),
+        [
+            ("1".into(), VersionState::Current, 0),
+            ("2".into(), VersionState::Canary, 0)
+        ]
+    );
+    let mut on_canary = Vec::new();
+    for _ in 0..40 {
+        let s = f.registry.open(&me(), open_req()).await.unwrap();
+        if s.backend.version == "2" {
+            on_canary.push(s);
+        } else {
+            f.registry.close(&me(), &s.id).await.unwrap();
+        }
+    }
+    assert!(
+        on_canary.len() > 5 && on_canary.len() < 35,
+        "{} of 40",
+        on_canary.len()
+    );
+    // Two faults is more than max_faults = 1: rolled back, by itself.
+    for s in &on_canary[..2] {
+        f.registry.fault_session(
+            s,
+            Fault::crashed(
+                FaultCode::Trap(crate::backend::TrapCode::Unreachable),
+                "boom",
+            ),
+        );
+    }
+    assert_eq!(
+        f.metrics
+            .rollbacks
+            .get_or_create(&crate::metrics::BackendLabel {
+                backend: "fake".into()
+            })
+            .get(),
+        1
+    );
+    for _ in 0..20 {
+        let s = f.registry.open(&me(), open_req()).await.unwrap();
+        assert_eq!(s.backend.version, "1");
+        f.registry.close(&me(), &s.id).await.unwrap();
+    }
+    // Its remaining sessions run on, retiring.
+    f.registry
+        .invoke(&me(), &on_canary[2].id, cmd(), None)
+        .await
+        .unwrap();
+    assert!(
+        f.registry.end_rollout("fake", true).is_err(),
+        "nothing to promote"
+    );
+
+    // A new canary, promoted by hand: every open gets it, its sessions stay.
+    f.registry
+        .install_backends(fake_rollout(&f, "3", "sha256:3", None, rollout));
+    f.registry.end_rollout("fake", true).unwrap();
+    for _ in 0..10 {
+        let s = f.registry.open(&me(), open_req()).await.unwrap();
+        assert_eq!(s.backend.version, "3");
+        f.registry.close(&me(), &s.id).await.unwrap();
+    }
+    // And one rolled back by hand.
+    f.registry
+        .install_backends(fake_rollout(&f, "4", "sha256:4", None, rollout));
+    f.registry.end_rollout("fake", false).unwrap();
+    for _ in 0..10 {
+        let s = f.registry.open(&me(), open_req()).await.unwrap();
+        assert_eq!(s.backend.version, "3");
+        f.registry.close(&me(), &s.id).await.unwrap();
+    }
+    assert!(f.registry.end_rollout("fake", false).is_err());
 }
