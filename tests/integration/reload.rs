@@ -398,3 +398,68 @@ async fn a_canary_that_faults_rolls_itself_back() {
         close(&mut c, &s.session_id).await;
     }
 }
+
+/// A native backend on `gatehouse worker sim-device` with `args` after it
+/// and one warm worker.
+fn native_config(args: &str) -> String {
+    format!(
+        "[server]\nsweep_interval = \"50ms\"\n[[backends]]\nname = \"plc\"\nkind = \"native\"\ncommand = [{BIN:?}, \"worker\", \"sim-device\"{args}]\n[backends.native]\nwarm_pool = 1\n"
+    )
+}
+
+/// The gateway's live worker processes (its only children here).
+fn workers(gw: &Gatehouse) -> Vec<u32> {
+    children(gw.pid())
+        .into_iter()
+        .filter(|(_, state)| state != "Z")
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_native_backend_reloads_its_warm_pool_and_gauges_return_to_baseline() {
+    let gw = Gatehouse::start(native_config("")).await;
+    let mut c = gw.client().await;
+    let old = open(&mut c, "plc").await;
+    invoke_ok(&mut c, &old.session_id, "write", b"t 7").await;
+    // The session's worker and a refilled warm one.
+    eventually("the warm pool to refill", PATIENCE, || async {
+        (workers(&gw).len() == 2).then_some(())
+    })
+    .await;
+    let before: Vec<u32> = workers(&gw)
+        .into_iter()
+        .filter(|p| *p != old.worker_pid)
+        .collect();
+
+    // A changed command line is a new version with a pool of its own; the
+    // old version's warm worker goes, its session's stays.
+    rewrite(&gw, &native_config(", \"--\""));
+    gw.sighup();
+    reloads(&gw, "ok", 1.0).await;
+    eventually(
+        "the old warm worker to go and a new one to start",
+        PATIENCE,
+        || async {
+            let now = workers(&gw);
+            (now.len() == 2
+                && now.contains(&old.worker_pid)
+                && !now.iter().any(|p| before.contains(p)))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(invoke_ok(&mut c, &old.session_id, "read", b"t").await, "7");
+    let new = open(&mut c, "plc").await;
+    assert_ne!(new.backend_digest, old.backend_digest);
+
+    close(&mut c, &old.session_id).await;
+    close(&mut c, &new.session_id).await;
+    gw.wait_metric("gatehouse_open_sessions", &[], 0.0).await;
+    eventually(
+        "only the new version's warm worker to be left",
+        PATIENCE,
+        || async { (workers(&gw).len() == 1).then_some(()) },
+    )
+    .await;
+}

@@ -191,4 +191,9 @@ pub trait Backend: Send + Sync {
         request: StartRequest,
         progress: Progress<'_>,
     ) -> Result<Box<dyn Worker>, StartError>;
+
+    /// A reload replaced or removed this backend: it keeps serving its
+    /// sessions (and pinned opens) but should give back what it holds for
+    /// opens that will now go elsewhere, such as a warm pool.
+    fn retire(&self) {}
 }

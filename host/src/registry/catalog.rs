@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 struct Canary {
     rollout: Rollout,
     faults: Mutex<VecDeque<Instant>>,
+    /// Set once the rollout ended: rolled back (by its faults or by hand)
+    /// or promoted.
+    ended: AtomicBool,
     rolled_back: AtomicBool,
 }
 
@@ -64,6 +67,7 @@ impl Version {
             canary: rollout.map(|rollout| Canary {
                 rollout,
                 faults: Mutex::new(VecDeque::new()),
+                ended: AtomicBool::new(false),
                 rolled_back: AtomicBool::new(false),
             }),
         })
@@ -73,7 +77,29 @@ impl Version {
     fn is_live_canary(&self) -> bool {
         self.canary
             .as_ref()
-            .is_some_and(|c| !c.rolled_back.load(Ordering::Acquire))
+            .is_some_and(|c| !c.ended.load(Ordering::Acquire))
+    }
+
+    /// Whether it was a canary and its rollout was rolled back.
+    fn is_rolled_back(&self) -> bool {
+        self.canary
+            .as_ref()
+            .is_some_and(|c| c.rolled_back.load(Ordering::Acquire))
+    }
+
+    /// Ends its rollout: rolled back (it retires) or promoted.
+    fn end_rollout(&self, rolled_back: bool, now: Instant) -> bool {
+        let Some(c) = &self.canary else {
+            return false;
+        };
+        if c.ended.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if rolled_back {
+            c.rolled_back.store(true, Ordering::Release);
+            self.retire(now);
+        }
+        true
     }
 
     /// Counts a fault of one of its sessions. For a canary past its
@@ -83,7 +109,7 @@ impl Version {
         let Some(c) = &self.canary else {
             return false;
         };
-        if c.rolled_back.load(Ordering::Acquire) {
+        if c.ended.load(Ordering::Acquire) {
             return false;
         }
         let mut faults = c.faults.lock().unwrap_or_else(PoisonError::into_inner);
@@ -94,14 +120,9 @@ impl Version {
         {
             faults.pop_front();
         }
-        if faults.len() > c.rollout.max_faults as usize {
-            let first = !c.rolled_back.swap(true, Ordering::AcqRel);
-            if first {
-                self.retire(now);
-            }
-            return first;
-        }
-        false
+        let over = faults.len() > c.rollout.max_faults as usize;
+        drop(faults);
+        over && self.end_rollout(true, now)
     }
 
     /// Sessions pinned to this version that have not ended.
@@ -117,21 +138,25 @@ impl Version {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Stops offering it to new opens: from now it only serves its
+    /// sessions (and pins), and its backend gives back its warm pool.
     fn retire(&self, now: Instant) {
         let mut at = self
             .retired_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        at.get_or_insert(now);
+        if at.is_none() {
+            *at = Some(now);
+            self.entry.backend.retire();
+        }
     }
 
-    /// Whether `other` is the same code and settings: a reload keeps the
-    /// loaded version rather than making a new one.
+    /// Whether `other` is the same loaded backend with the same settings:
+    /// a reload keeps the loaded version rather than making a new one. The
+    /// loader hands back the very same backend for an unchanged spec (code,
+    /// version, grants, native settings), so identity says all of that.
     fn same_as(&self, other: &BackendEntry) -> bool {
-        let info = other.backend.info();
-        self.info.version == info.version
-            && self.info.digest == info.digest
-            && self.info.kind == info.kind
+        Arc::ptr_eq(&self.entry.backend, &other.backend)
             && self.entry.policy == other.policy
             && self.entry.config == other.config
             && self.entry.retire_after == other.retire_after
@@ -389,29 +414,22 @@ impl Catalog {
             .canary
             .take()
             .ok_or_else(|| format!("backend {name:?} has no rollout in progress"))?;
-        if promote && canary.is_live_canary() {
-            // The promoted version keeps its sessions; it stops being on
-            // trial.
-            let promoted = Version::new(
-                BackendEntry {
-                    backend: Arc::clone(&canary.entry.backend),
-                    policy: canary.entry.policy.clone(),
-                    config: canary.entry.config.clone(),
-                    retire_after: canary.entry.retire_after,
-                    rollout: canary.entry.rollout,
-                },
-                Arc::clone(&canary.metrics),
-            );
-            if let Some(current) = line.current.replace(promoted) {
-                line.retire(current, now);
-            }
-            line.retire(canary, now);
-        } else if promote {
+        if !canary.is_live_canary() {
+            line.canary = Some(canary);
             return Err(format!(
                 "backend {name:?}: the rollout was already rolled back"
             ));
+        }
+        if promote {
+            // The canary itself becomes current: its sessions, pool and
+            // code are the current version's now.
+            canary.end_rollout(false, now);
+            if let Some(current) = line.current.replace(canary) {
+                line.retire(current, now);
+            }
         } else {
-            line.retire(canary, now);
+            canary.end_rollout(true, now);
+            line.retiring.push(canary);
         }
         let mut next = Self { lines };
         next.drop_unused();
@@ -447,7 +465,7 @@ impl Catalog {
         self.lines
             .iter()
             .flat_map(|(name, l)| {
-                let rolled_back = l.canary.iter().filter(|c| !c.is_live_canary());
+                let rolled_back = l.canary.iter().filter(|c| c.is_rolled_back());
                 l.retiring
                     .iter()
                     .chain(rolled_back)
@@ -469,7 +487,7 @@ impl Catalog {
     fn drop_unused(&mut self) {
         for line in self.lines.values_mut() {
             // A rolled-back canary is a retiring version like the others.
-            if let Some(c) = line.canary.take_if(|c| !c.is_live_canary()) {
+            if let Some(c) = line.canary.take_if(|c| c.is_rolled_back()) {
                 line.retiring.push(c);
             }
             line.retiring.retain(|v| v.live_sessions() > 0);

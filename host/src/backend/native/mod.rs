@@ -215,6 +215,14 @@ impl Backend for NativeBackend {
         &self.info
     }
 
+    /// The warm workers go now: new opens use the new version's pool, and
+    /// a pinned open of this one starts its worker cold.
+    fn retire(&self) {
+        if let Some(pool) = &self.pool {
+            pool.stop();
+        }
+    }
+
     async fn start(
         &self,
         request: StartRequest,

@@ -81,8 +81,13 @@ async fn sessions_keep_their_version_and_new_opens_get_the_new_one() {
         ("1", "sha256:0")
     );
 
-    // The same version again is no change at all.
-    let same = f.registry.install_backends(fake(&f, "1", "sha256:0", None));
+    // The same loaded backend again is no change at all.
+    let (_, current) = f.registry.catalog().resolve("fake").unwrap();
+    let mut again = fake(&f, "1", "sha256:0", None);
+    if let Some(entry) = again.get_mut("fake") {
+        entry.backend = Arc::clone(&current.entry.backend);
+    }
+    let same = f.registry.install_backends(again);
     assert_eq!(same.unchanged, ["fake"]);
     assert_eq!(listed(&f), [("1".into(), VersionState::Current, 1)]);
 
@@ -173,8 +178,8 @@ async fn retire_after_closes_the_sessions_left_on_a_retired_version() {
     let s = f.registry.open(&me(), open_req()).await.unwrap();
     f.registry
         .install_backends(fake(&f, "1", "sha256:0", Some(Duration::from_secs(30))));
-    // Same code, new retire_after: a new version of the settings, so the
-    // running one retires without one of its own.
+    // A new backend with a retire_after: the running one retires without
+    // one of its own.
     f.registry
         .install_backends(fake(&f, "2", "sha256:2", Some(Duration::from_secs(30))));
     let v2 = f.registry.open(&me(), open_req()).await.unwrap();
