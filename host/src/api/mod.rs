@@ -3,6 +3,8 @@
 
 mod auth;
 mod convert;
+#[cfg(test)]
+mod fuzz;
 mod gateway;
 mod standard_status;
 mod status;

@@ -141,7 +141,7 @@ pub use self::server::{ServerSettings, default_state_dir};
 pub use self::tenants::{CertSpec, KeySpec, TenantRates, TenantSpec};
 pub use self::tls::TlsFiles;
 
-pub use self::units::parse_duration;
+pub use self::units::{MAX_DURATION, parse_duration};
 pub use self::warnings::session_maximum;
 
 /// A backend's `version` when the config gives none.
@@ -325,6 +325,9 @@ impl ConfigFile {
         })
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -279,4 +279,6 @@ impl Backend for NativeBackend {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
