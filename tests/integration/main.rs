@@ -8,6 +8,7 @@ mod fixtures;
 mod bench;
 mod budgets;
 mod cap;
+mod compat;
 mod events;
 mod faults;
 mod leases;
