@@ -42,7 +42,10 @@ fn enum_values(set: &FileDescriptorSet) -> BTreeMap<(String, String), i32> {
     let mut add = |scope: &str, enums: &[prost_types::EnumDescriptorProto]| {
         for e in enums {
             for v in &e.value {
-                out.insert((format!("{scope}.{}", e.name()), v.name().to_string()), v.number());
+                out.insert(
+                    (format!("{scope}.{}", e.name()), v.name().to_string()),
+                    v.number(),
+                );
             }
         }
     };
@@ -67,12 +70,29 @@ fn breaks(old: &FileDescriptorSet, new: &FileDescriptorSet) -> Vec<String> {
         for f in &m.field {
             let same_number = now.field.iter().find(|g| g.number() == f.number());
             match same_number {
-                None => found.push(format!("{name}.{} (field {}) is gone", f.name(), f.number())),
+                None => found.push(format!(
+                    "{name}.{} (field {}) is gone",
+                    f.name(),
+                    f.number()
+                )),
                 Some(g) => {
-                    if (g.name(), g.r#type(), g.label(), g.type_name(), g.oneof_index)
-                        != (f.name(), f.r#type(), f.label(), f.type_name(), f.oneof_index)
-                    {
-                        found.push(format!("{name} field {} changed: {f:?} -> {g:?}", f.number()));
+                    if (
+                        g.name(),
+                        g.r#type(),
+                        g.label(),
+                        g.type_name(),
+                        g.oneof_index,
+                    ) != (
+                        f.name(),
+                        f.r#type(),
+                        f.label(),
+                        f.type_name(),
+                        f.oneof_index,
+                    ) {
+                        found.push(format!(
+                            "{name} field {} changed: {f:?} -> {g:?}",
+                            f.number()
+                        ));
                     }
                 }
             }
@@ -81,7 +101,10 @@ fn breaks(old: &FileDescriptorSet, new: &FileDescriptorSet) -> Vec<String> {
     let new_values = enum_values(new);
     for (key, number) in enum_values(old) {
         if new_values.get(&key) != Some(&number) {
-            found.push(format!("enum value {}.{} = {number} changed or is gone", key.0, key.1));
+            found.push(format!(
+                "enum value {}.{} = {number} changed or is gone",
+                key.0, key.1
+            ));
         }
     }
     for f in &old.file {
@@ -98,11 +121,26 @@ fn breaks(old: &FileDescriptorSet, new: &FileDescriptorSet) -> Vec<String> {
             };
             for m in &s.method {
                 let kept = now.method.iter().any(|n| {
-                    (n.name(), n.input_type(), n.output_type(), n.client_streaming(), n.server_streaming())
-                        == (m.name(), m.input_type(), m.output_type(), m.client_streaming(), m.server_streaming())
+                    (
+                        n.name(),
+                        n.input_type(),
+                        n.output_type(),
+                        n.client_streaming(),
+                        n.server_streaming(),
+                    ) == (
+                        m.name(),
+                        m.input_type(),
+                        m.output_type(),
+                        m.client_streaming(),
+                        m.server_streaming(),
+                    )
                 });
                 if !kept {
-                    found.push(format!("method {}.{} changed or is gone", s.name(), m.name()));
+                    found.push(format!(
+                        "method {}.{} changed or is gone",
+                        s.name(),
+                        m.name()
+                    ));
                 }
             }
         }
@@ -115,7 +153,11 @@ fn the_proto_is_a_compatible_superset_of_0_1_0() {
     let old = descriptors(&root().join("tests/fixtures/proto-0.1.0"));
     let new = descriptors(&root().join("proto"));
     let found = breaks(&old, &new);
-    assert!(found.is_empty(), "breaking changes against 0.1.0:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "breaking changes against 0.1.0:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -128,9 +170,17 @@ fn the_superset_check_sees_breaking_changes() {
         .iter_mut()
         .find(|f| f.name() == "gatehouse/v1/gateway.proto")
         .unwrap();
-    let msg = file.message_type.iter_mut().find(|m| m.name() == "OpenSessionRequest").unwrap();
+    let msg = file
+        .message_type
+        .iter_mut()
+        .find(|m| m.name() == "OpenSessionRequest")
+        .unwrap();
     msg.field[0].number = Some(99);
-    let e = file.enum_type.iter_mut().find(|e| e.name() == "SessionState").unwrap();
+    let e = file
+        .enum_type
+        .iter_mut()
+        .find(|e| e.name() == "SessionState")
+        .unwrap();
     e.value[1].number = Some(42);
     file.service[0].method.retain(|m| m.name() != "RenewLease");
     let found = breaks(&old, &new);
@@ -141,10 +191,14 @@ fn the_superset_check_sees_breaking_changes() {
 fn the_0_1_0_wit_world_is_frozen() {
     // Changing gatehouse:backend@0.1.0 in place would break every plugin
     // built against it: a change to the world needs a new version.
-    let frozen = std::fs::read_to_string(root().join("tests/fixtures/wit-0.1.0/backend.wit")).unwrap();
+    let frozen =
+        std::fs::read_to_string(root().join("tests/fixtures/wit-0.1.0/backend.wit")).unwrap();
     let current = std::fs::read_to_string(root().join("wit/backend.wit")).unwrap();
     if current.contains("package gatehouse:backend@0.1.0;") {
-        assert_eq!(current, frozen, "wit/backend.wit changed gatehouse:backend@0.1.0 in place");
+        assert_eq!(
+            current, frozen,
+            "wit/backend.wit changed gatehouse:backend@0.1.0 in place"
+        );
     }
 }
 
@@ -155,8 +209,13 @@ async fn a_plugin_built_against_wit_0_1_0_still_runs() {
     let gw = Gatehouse::start(config.render()).await;
     let mut c = gw.client().await;
     let s = open(&mut c, "old-echo").await;
-    assert_eq!(invoke_ok(&mut c, &s.session_id, "echo", b"still here").await, "still here");
-    let mut events = subscribe(&mut c, &s.session_id, None).await.expect("StreamEvents");
+    assert_eq!(
+        invoke_ok(&mut c, &s.session_id, "echo", b"still here").await,
+        "still here"
+    );
+    let mut events = subscribe(&mut c, &s.session_id, None)
+        .await
+        .expect("StreamEvents");
     invoke_ok(&mut c, &s.session_id, "emit", b"1").await;
     assert_eq!(next_event(&mut events).await.sequence, 1);
     close(&mut c, &s.session_id).await;

@@ -11,6 +11,7 @@ mod cap;
 mod compat;
 mod events;
 mod faults;
+mod kill;
 mod leases;
 mod native;
 mod ops;

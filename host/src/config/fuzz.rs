@@ -138,15 +138,18 @@ fn backend() -> impl Strategy<Value = Table> {
 }
 
 fn tenant() -> impl Strategy<Value = Table> {
-    (table(TENANT_KEYS), proptest::option::of(table(SESSION_KEYS)), "[a-z]{1,6}").prop_map(
-        |(mut t, sessions, name)| {
+    (
+        table(TENANT_KEYS),
+        proptest::option::of(table(SESSION_KEYS)),
+        "[a-z]{1,6}",
+    )
+        .prop_map(|(mut t, sessions, name)| {
             t.entry("name").or_insert(Value::String(name));
             if let Some(s) = sessions {
                 t.insert("sessions".into(), Value::Table(s));
             }
             t
-        },
-    )
+        })
 }
 
 fn config_file() -> impl Strategy<Value = Table> {

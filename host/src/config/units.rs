@@ -38,7 +38,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     match Duration::try_from_secs_f64(secs) {
         Ok(d) if d <= MAX_DURATION => Ok(d),
-        _ => Err(format!("{s:?} is out of range: at most 100 years (876000h)")),
+        _ => Err(format!(
+            "{s:?} is out of range: at most 100 years (876000h)"
+        )),
     }
 }
 

@@ -5,8 +5,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 use super::protocol::{self, PROTOCOL_VERSION, check_hello, decode, encode, pb};
 use crate::fuzzing::config;

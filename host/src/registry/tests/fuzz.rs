@@ -59,16 +59,16 @@ fn request() -> impl Strategy<Value = OpenRequest> {
             (0usize..20_000).prop_map(|n| (0..n).map(|i| (i.to_string(), String::new())).collect()),
         ],
     )
-        .prop_map(|(backend, session_name, correlation, command_timeout, lease, config)| {
-            OpenRequest {
+        .prop_map(
+            |(backend, session_name, correlation, command_timeout, lease, config)| OpenRequest {
                 backend,
                 client_session_name: session_name,
                 client_correlation_id: correlation,
                 command_timeout,
                 lease,
                 config,
-            }
-        })
+            },
+        )
 }
 
 proptest! {
