@@ -95,7 +95,8 @@
 //! caps a wasm session's linear memory and a native worker's data segment
 //! (docs/native-workers.md says what is enforced where).
 //!
-//! Unknown keys and bad values are errors that name the key.
+//! Unknown keys and bad values are errors that name the key. Durations are
+//! at most 100 years ([`MAX_DURATION`]).
 //!
 //! Session settings are resolved in layers, each the same patch of optional
 //! keys ([`SessionPatch`]): the defaults, then `[sessions]`, then the
