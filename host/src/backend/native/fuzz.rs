@@ -156,3 +156,240 @@ proptest! {
         })?;
     }
 }
+
+// ---- after the hello: a real worker process sending arbitrary frames -------
+
+mod conversation {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Once};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use prost::Message;
+    use tokio::sync::mpsc;
+
+    use super::super::NativeRuntime;
+    use super::super::protocol::pb;
+    use crate::backend::{Backend, Command, FaultReporter, StartRequest};
+    use crate::config::{
+        BackendKind, BackendSpec, Grants, NativeSpec, OverflowPolicy, Runner, SessionPolicy,
+    };
+    use crate::events::{EventLimits, EventLog, NoObserver};
+    use crate::fuzzing::config_with;
+
+    /// A worker that passes the handshake, then answers each frame the
+    /// gateway sends (the open, commands, heartbeats) with the next of the
+    /// byte strings in its `FUZZ` variable (hex, comma-separated), and
+    /// reads until its socket is closed.
+    const WORKER: &str = r#"
+import binascii, os, socket
+s = socket.socket(fileno=int(os.environ["GATEHOUSE_WORKER_FD"]))
+nonce = os.environ["GATEHOUSE_NONCE"].encode()
+hello = b"\x0a" + bytes([len(nonce)]) + nonce + b"\x10\x01"
+msg = b"\x0a" + bytes([len(hello)]) + hello
+s.sendall(len(msg).to_bytes(4, "big") + msg)
+chunks = [binascii.unhexlify(c) for c in os.environ["FUZZ"].split(",") if c]
+def exactly(n):
+    data = b""
+    while len(data) < n:
+        more = s.recv(n - len(data))
+        if not more:
+            raise SystemExit(0)
+        data += more
+    return data
+while True:
+    exactly(int.from_bytes(exactly(4), "big"))
+    if chunks:
+        s.sendall(chunks.pop(0))
+"#;
+
+    /// Set when a thread of these tests panics (the gateway's tasks run on
+    /// the test's thread; a panic there would otherwise only be logged).
+    static PANICKED: AtomicBool = AtomicBool::new(false);
+    const THREAD: &str = "conversation-fuzz";
+
+    fn watch_panics() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if std::thread::current().name() == Some(THREAD) {
+                    PANICKED.store(true, Ordering::SeqCst);
+                }
+                previous(info);
+            }));
+        });
+    }
+
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        use pb::from_worker::Msg;
+        let bytes = proptest::collection::vec(any::<u8>(), 0..64);
+        let msg = prop_oneof![
+            3 => (any::<bool>(), ".{0,10}").prop_map(|(ok, error)| Some(Msg::Opened(pb::Opened { ok, error }))),
+            3 => (0u64..4, bytes.clone()).prop_map(|(id, p)| Some(Msg::Reply(pb::Reply {
+                id,
+                result: Some(pb::reply::Result::Payload(p)),
+            }))),
+            2 => (".{0,10}", bytes.clone()).prop_map(|(name, payload)| Some(Msg::Event(pb::Event { name, payload }))),
+            2 => any::<u64>().prop_map(|sequence| Some(Msg::Heartbeat(pb::Heartbeat { sequence }))),
+            1 => Just(Some(Msg::Hello(pb::Hello::default()))),
+            1 => Just(Some(Msg::Fault(pb::Fault { code: "x".into(), detail: "y".into() }))),
+            1 => Just(None),
+        ];
+        prop_oneof![
+            6 => msg.prop_map(|msg| {
+                let body = pb::FromWorker { msg }.encode_to_vec();
+                let mut f = (body.len() as u32).to_be_bytes().to_vec();
+                f.extend(body);
+                f
+            }),
+            1 => bytes,
+        ]
+    }
+
+    fn spec(fuzz: &[Vec<u8>]) -> BackendSpec {
+        let mut native = NativeSpec::new(vec!["python3".into(), "-c".into(), WORKER.into()]);
+        native.startup_timeout = Duration::from_secs(5);
+        native.heartbeat_interval = Duration::from_millis(100);
+        native.heartbeat_grace = Duration::from_millis(500);
+        native.max_frame_bytes = 1 << 10;
+        let mut grants = Grants::default();
+        let hex: Vec<String> = fuzz.iter().map(hex::encode).collect();
+        grants.env.insert("FUZZ".into(), hex.join(","));
+        BackendSpec {
+            name: "fuzz".into(),
+            kind: BackendKind::Native,
+            runner: Runner::Native(native),
+            description: String::new(),
+            version: "0".into(),
+            config: BTreeMap::new(),
+            grants,
+            policy: SessionPolicy::default(),
+        }
+    }
+
+    fn request() -> StartRequest {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let id: Arc<str> = "fuzz".into();
+        StartRequest {
+            session_id: Arc::clone(&id),
+            tenant: "t".into(),
+            backend: "fuzz".into(),
+            config: BTreeMap::new(),
+            events: Arc::new(EventLog::new(
+                EventLimits {
+                    queue: 4,
+                    replay: 4,
+                    overflow: OverflowPolicy::DropOldest,
+                    max_subscribers: 1,
+                },
+                Arc::new(NoObserver),
+            )),
+            policy: SessionPolicy::default(),
+            open_timeout: Duration::from_millis(500),
+            faults: FaultReporter::new(id, tx),
+            memory: crate::memory_budget::MemoryAccount::unlimited(),
+        }
+    }
+
+    /// One session against a worker that sends `fuzz` after its hello: the
+    /// open, a command and the close all end (in a result or a fault) and
+    /// the worker process is gone afterwards.
+    fn run(fuzz: Vec<Vec<u8>>) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let native = NativeRuntime::new(dir.path()).unwrap();
+            let backend = native.load(&spec(&fuzz)).unwrap();
+            let started =
+                tokio::time::timeout(Duration::from_secs(10), backend.start(request(), &|_| {}))
+                    .await
+                    .map_err(|_| TestCaseError::fail("the open did not end"))?;
+            if let Ok(worker) = started {
+                let commands = vec![Command {
+                    name: "x".into(),
+                    payload: b"p".to_vec(),
+                }];
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    worker.invoke(commands, Duration::from_millis(300), None),
+                )
+                .await
+                .map_err(|_| TestCaseError::fail("the command did not end"))?
+                .ok();
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    worker.close(Duration::from_millis(200)),
+                )
+                .await
+                .map_err(|_| TestCaseError::fail("the close did not end"))?;
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while native.live_workers() > 0 {
+                prop_assert!(
+                    std::time::Instant::now() < deadline,
+                    "a worker outlived its session"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(())
+        })
+    }
+
+    /// The fuzzing worker really passes the handshake: with an `opened`
+    /// as its answer to the open, the session opens.
+    #[test]
+    fn the_fuzzing_worker_passes_the_handshake() {
+        let body = pb::FromWorker {
+            msg: Some(pb::from_worker::Msg::Opened(pb::Opened {
+                ok: true,
+                error: String::new(),
+            })),
+        }
+        .encode_to_vec();
+        let mut opened = (body.len() as u32).to_be_bytes().to_vec();
+        opened.extend(body);
+        let fuzz = vec![opened];
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let native = NativeRuntime::new(dir.path()).unwrap();
+            let backend = native.load(&spec(&fuzz)).unwrap();
+            let worker = backend.start(request(), &|_| {}).await;
+            let worker = worker.unwrap_or_else(|e| panic!("the open failed: {e}"));
+            worker.kill();
+        });
+    }
+
+    proptest! {
+        #![proptest_config(config_with(16))]
+
+        /// Any frames (and garbage) after the hello, interleaved with the
+        /// gateway's open and command as the timing falls: never a panic,
+        /// never a hang, never a surviving worker.
+        #[test]
+        fn arbitrary_frames_after_the_hello(
+            chunks in proptest::collection::vec(proptest::collection::vec(frame(), 0..3), 0..6),
+        ) {
+            watch_panics();
+            let fuzz: Vec<Vec<u8>> = chunks.into_iter().map(|c| c.concat()).collect();
+            let outcome = std::thread::Builder::new()
+                .name(THREAD.into())
+                .spawn(move || run(fuzz))
+                .unwrap()
+                .join();
+            prop_assert!(!PANICKED.swap(false, Ordering::SeqCst), "the gateway panicked");
+            match outcome {
+                Ok(result) => result?,
+                Err(_) => prop_assert!(false, "the test thread panicked"),
+            }
+        }
+    }
+}
