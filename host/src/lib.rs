@@ -36,6 +36,8 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod events;
+#[cfg(all(test, feature = "server"))]
+mod fuzzing;
 #[cfg(feature = "server")]
 pub mod health;
 #[cfg(feature = "server")]

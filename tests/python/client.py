@@ -7,6 +7,8 @@ then opens a session, invokes commands, streams events and closes it.
     pip install grpcio grpcio-tools
     python3 tests/python/client.py --addr 127.0.0.1:50051
     python3 tests/python/client.py --spawn target/debug/gatehouse   # starts its own gateway
+    # a client generated from the 0.1.0 proto (the compatibility promise):
+    python3 tests/python/client.py --proto-dir tests/fixtures/proto-0.1.0 --spawn target/debug/gatehouse
     python3 tests/python/client.py --addr localhost:50051 --ca-cert ca.pem   # over TLS
     # mutual TLS: add --client-cert client.pem --client-key client.key
 """
@@ -27,12 +29,12 @@ from grpc_tools import protoc
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_stubs():
+def load_stubs(proto_dir=None):
     out = tempfile.mkdtemp(prefix="gatehouse-py-")
     well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     rc = protoc.main([
         "protoc",
-        f"-I{os.path.join(ROOT, 'proto')}",
+        f"-I{proto_dir or os.path.join(ROOT, 'proto')}",
         f"-I{well_known}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
@@ -186,8 +188,11 @@ def main():
     parser.add_argument("--ca-cert", help="PEM CA to trust: connect over TLS")
     parser.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
     parser.add_argument("--client-key", help="PEM key of the client certificate")
+    parser.add_argument("--proto-dir",
+                        help="generate the client from the protos under this directory "
+                             "(default: proto/), e.g. tests/fixtures/proto-0.1.0")
     args = parser.parse_args()
-    pb, rpc = load_stubs()
+    pb, rpc = load_stubs(args.proto_dir and os.path.abspath(args.proto_dir))
     proc = None
     addr = args.addr
     if args.spawn:

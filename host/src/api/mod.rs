@@ -4,6 +4,8 @@
 mod admin;
 mod auth;
 mod convert;
+#[cfg(test)]
+mod fuzz;
 mod gateway;
 mod standard_status;
 mod status;

@@ -101,7 +101,8 @@
 //! caps a wasm session's linear memory and a native worker's data segment
 //! (docs/native-workers.md says what is enforced where).
 //!
-//! Unknown keys and bad values are errors that name the key.
+//! Unknown keys and bad values are errors that name the key. Durations are
+//! at most 100 years ([`MAX_DURATION`]).
 //!
 //! Session settings are resolved in layers, each the same patch of optional
 //! keys ([`SessionPatch`]): the defaults, then `[sessions]`, then the
@@ -147,7 +148,7 @@ pub use self::server::{ServerSettings, default_state_dir};
 pub use self::tenants::{CertSpec, KeySpec, TenantRates, TenantSpec};
 pub use self::tls::TlsFiles;
 
-pub use self::units::parse_duration;
+pub use self::units::{MAX_DURATION, parse_duration};
 pub use self::warnings::session_maximum;
 
 /// A backend's `version` when the config gives none.
@@ -331,6 +332,9 @@ impl ConfigFile {
         })
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Parses `250ms`, `30s`, `5m`, `1h` (also `1.5s`).
+/// The longest duration the file may give: 100 years. Every duration is
+/// added to the current time somewhere (a lease's expiry, a deadline), and
+/// past this a `Duration` can overflow an `Instant`, which panics.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (also `1.5s`), up to [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -31,7 +36,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "{s:?} is out of range: at most 100 years (876000h)"
+        )),
+    }
 }
 
 /// Parses bytes (`4096`) or a size with a unit (`64KiB`, `4MiB`, `1GiB`,
@@ -139,5 +149,24 @@ mod tests {
         assert_eq!(parse_size("64KiB").unwrap(), 65536);
         assert_eq!(parse_size("12").unwrap(), 12);
         assert!(parse_size("1TiB").is_err());
+    }
+
+    /// Found by the registry's fuzz target (`any_open_request_is_answered`):
+    /// `lease = max_lease = "3000000000000000h"` was accepted, and the
+    /// first open panicked adding the lease to the current time.
+    #[test]
+    fn regression_durations_past_100_years_are_refused() {
+        assert_eq!(parse_duration("876000h").unwrap(), MAX_DURATION);
+        for huge in ["876001h", "3000000000000000h", "99999999999999999999s"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("out of range"), "{huge}: {e}");
+        }
+        let e = super::super::Config::parse(
+            "[sessions]\nlease = \"3000000000000000h\"\nmax_lease = \"3000000000000000h\"\n",
+            std::path::Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lease") && e.contains("out of range"), "{e}");
     }
 }

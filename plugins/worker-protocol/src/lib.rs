@@ -153,6 +153,9 @@ pub fn read<M: Message + Default>(
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

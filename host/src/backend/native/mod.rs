@@ -287,4 +287,6 @@ impl Backend for NativeBackend {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 
 mod close;
 mod fixtures;
+mod fuzz;
 mod leases;
 mod open;
 mod rates;
