@@ -152,6 +152,16 @@ fn build_plugins(root: &Path, out_dir: &Path) {
     }
     table.push_str("];\n");
     fs::write(out_dir.join("builtin_components.rs"), table).expect("writing component table");
+
+    // Not built in: the compatibility tests load it from a file, as an
+    // operator would load a plugin built for an older release.
+    let compat = target_dir
+        .join(WASM_TARGET)
+        .join("release")
+        .join("gatehouse_compat_0_1_0.wasm");
+    let dest = out_dir.join("compat-0.1.0.wasm");
+    fs::copy(&compat, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", compat.display()));
+    println!("cargo:rustc-env=GATEHOUSE_COMPAT_PLUGIN={}", dest.display());
 }
 
 /// Installs the wasm target with rustup when it is missing, so a fresh
