@@ -266,6 +266,8 @@ while True:
             config: BTreeMap::new(),
             grants,
             policy: SessionPolicy::default(),
+            retire_after: None,
+            rollout: None,
         }
     }
 

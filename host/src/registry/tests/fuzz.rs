@@ -98,7 +98,12 @@ proptest! {
             let backend = open.backend.clone();
             match f.registry.open(&me(), open).await {
                 Ok(s) => {
-                    prop_assert_eq!(backend.as_str(), "fake");
+                    // The name, or a pin of its one version ("fake@1",
+                    // "fake@sha256:0...").
+                    prop_assert!(
+                        backend == "fake" || ["fake@1", "fake@sha256:0"].iter().any(|p| backend.starts_with(p)),
+                        "{backend:?}"
+                    );
                     f.registry.invoke(&me(), &s.id, cmd(), None).await.unwrap();
                     f.registry.renew(&me(), &s.id).unwrap();
                     f.clock.advance(Duration::from_secs(3600));
@@ -116,6 +121,42 @@ proptest! {
             }
             Ok(())
         })?;
+    }
+
+    /// Any `backend@version` a client writes resolves to a loaded version
+    /// that matches it, or to nothing; never a panic, never another
+    /// backend's version.
+    #[test]
+    fn any_backend_pin_resolves_to_a_matching_version_or_nothing(
+        name in prop_oneof![Just("fake".to_string()), name()],
+        pin in prop_oneof![
+            Just(None),
+            name().prop_map(Some),
+            "sha256:[0-9a-fA-F]{0,70}".prop_map(Some),
+            Just(Some("1".to_string())),
+        ],
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _in_runtime = rt.enter();
+        let f = fixture();
+        let written = match &pin {
+            Some(p) => format!("{name}@{p}"),
+            None => name.clone(),
+        };
+        if let Ok((resolved, version)) = f.registry.catalog().resolve(&written) {
+            prop_assert_eq!(resolved.as_str(), "fake");
+            prop_assert_eq!(version.info.name.as_str(), "fake");
+            match pin.as_deref() {
+                None => {}
+                Some(p) => match p.strip_prefix("sha256:") {
+                    Some(prefix) => prop_assert!(
+                        !prefix.is_empty() && "0".starts_with(&prefix.to_ascii_lowercase()),
+                        "{written:?}"
+                    ),
+                    None => prop_assert_eq!(p, "1"),
+                },
+            }
+        }
     }
 
     /// Any session id that was not handed out is NOT_FOUND, for every call
