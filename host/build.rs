@@ -8,6 +8,7 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use prost::Message;
 
@@ -110,7 +111,7 @@ fn build_plugins(root: &Path, out_dir: &Path) {
     ensure_wasm_target();
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = out_dir.join("plugins-target");
+    let target_dir = plugins_target_dir(out_dir);
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
@@ -132,8 +133,24 @@ fn build_plugins(root: &Path, out_dir: &Path) {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("running cargo for the wasm plugins");
-    assert!(status.success(), "building the wasm plugins failed");
+    // Cargo shows a build script's output only if it fails, and its
+    // `cargo:warning` lines only once it has finished: say afterwards what
+    // the minutes in `gatehouse(build)` were.
+    let started = Instant::now();
+    let out = cmd.output().expect("running cargo for the wasm plugins");
+    let took = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        // The nested build's own messages, so the failure says why.
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        panic!("building the wasm plugins failed ({})", out.status);
+    }
+    let names: Vec<&str> = PLUGINS.iter().map(|(name, _)| *name).collect();
+    println!(
+        "cargo:warning=built the example wasm plugins ({}) for {WASM_TARGET} in {took:.0}s \
+         (a nested cargo build into {})",
+        names.join(", "),
+        target_dir.display()
+    );
 
     let mut table = String::from(
         "/// The example wasm components built into the binary: (backend name, component bytes).\n\
@@ -162,6 +179,23 @@ fn build_plugins(root: &Path, out_dir: &Path) {
     let dest = out_dir.join("compat-0.1.0.wasm");
     fs::copy(&compat, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", compat.display()));
     println!("cargo:rustc-env=GATEHOUSE_COMPAT_PLUGIN={}", dest.display());
+}
+
+/// Where the nested build puts its output: `wasm-plugins` next to the
+/// host's profile directories, so debug, release, test and clippy builds
+/// of the host (each with its own `OUT_DIR`) share one plugin build instead
+/// of compiling wit-bindgen and the plugins once each. Cargo locks the
+/// directory while it builds, so concurrent host builds wait, not collide.
+/// Falls back to `OUT_DIR` if the layout is not the usual one.
+fn plugins_target_dir(out_dir: &Path) -> PathBuf {
+    // OUT_DIR is <target>[/<triple>]/<profile>/build/<pkg>-<hash>/out.
+    let shared = out_dir
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|n| n == "build"))
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|target| target.join("wasm-plugins"));
+    shared.unwrap_or_else(|| out_dir.join("plugins-target"))
 }
 
 /// Installs the wasm target with rustup when it is missing, so a fresh

@@ -242,7 +242,8 @@ impl Client {
                         "{}",
                         json!({ "payload": payload_json(&reply.payload), "error": null })
                     );
-                } else {
+                } else if !reply.payload.is_empty() {
+                    // An empty reply prints nothing, not a blank line.
                     println!("{}", payload_text(&reply.payload));
                 }
                 Ok(0)
@@ -356,16 +357,17 @@ impl Client {
             println!("{}", json!({ "sessions": list }));
         } else {
             println!(
-                "{:<34} {:<12} {:<10} {:<20} FAULT",
-                "SESSION", "BACKEND", "TENANT", "STATE"
+                "{:<34} {:<12} {:<10} {:<10} {:<16} FAULT",
+                "SESSION", "BACKEND", "TENANT", "STATE", "CLOSE-REASON"
             );
             for s in &sessions {
                 println!(
-                    "{:<34} {:<12} {:<10} {:<20} {}",
+                    "{:<34} {:<12} {:<10} {:<10} {:<16} {}",
                     s.session_id,
                     s.backend,
                     s.tenant,
                     state_name(s.state),
+                    close_reason_name(s.close_reason).unwrap_or_else(|| "-".into()),
                     s.final_fault
                 );
             }

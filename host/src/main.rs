@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gatehouse::cli::{self, CliError, Client};
 use gatehouse::config::Config;
 use gatehouse::telemetry::LogFormat;
@@ -18,33 +19,109 @@ use gatehouse::telemetry::LogFormat;
 #[derive(Parser)]
 #[command(name = "gatehouse", version, about, long_about)]
 struct Args {
+    /// Given before the command; the same options after a client command
+    /// win over these.
+    #[command(flatten)]
+    client: ClientOpts,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// How the client commands reach the gateway. Accepted before the command
+/// (`gatehouse --addr X backends`) and after a client command (`gatehouse
+/// backends --addr X`), and listed only where they mean something.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Client options")]
+struct ClientOpts {
     /// Gateway address for the client commands.
     #[arg(
         long,
-        global = true,
         env = "GATEHOUSE_ADDR",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:50051"
     )]
     addr: String,
     /// API key for the client commands, sent as `authorization: Bearer KEY`
     /// (not needed in local development mode).
-    #[arg(long, global = true, env = "GATEHOUSE_KEY", hide_env_values = true)]
+    #[arg(long, env = "GATEHOUSE_KEY", hide_env_values = true)]
     key: Option<String>,
     /// CA certificate (PEM) to trust for an https:// gateway, instead of
     /// the system's roots.
-    #[arg(long, global = true, env = "GATEHOUSE_CA_CERT", value_name = "PEM")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_CA_CERT",
+        hide_env_values = true,
+        value_name = "PEM"
+    )]
     ca_cert: Option<PathBuf>,
     /// Client certificate (PEM) for a gateway that asks for one (mTLS).
-    #[arg(long, global = true, env = "GATEHOUSE_CLIENT_CERT", value_name = "PEM")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_CLIENT_CERT",
+        hide_env_values = true,
+        value_name = "PEM"
+    )]
     client_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "GATEHOUSE_CLIENT_KEY", value_name = "PEM")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_CLIENT_KEY",
+        hide_env_values = true,
+        value_name = "PEM"
+    )]
     client_key: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputOpts,
+}
+
+/// The ids of [`ClientOpts`]' options, as clap names them.
+const CLIENT_OPTION_IDS: [&str; 6] = [
+    "addr",
+    "key",
+    "ca_cert",
+    "client_cert",
+    "client_key",
+    "json",
+];
+
+impl ClientOpts {
+    /// These options (given before the command) with those given after
+    /// it (`after`, parsed into `matches`) on top: an option typed after
+    /// the command wins, then one typed before it, then the environment,
+    /// then the default.
+    fn merge(self, after: ClientOpts, matches: &ArgMatches) -> ClientOpts {
+        let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        ClientOpts {
+            addr: if typed("addr") { after.addr } else { self.addr },
+            key: if typed("key") { after.key } else { self.key },
+            ca_cert: if typed("ca_cert") {
+                after.ca_cert
+            } else {
+                self.ca_cert
+            },
+            client_cert: if typed("client_cert") {
+                after.client_cert
+            } else {
+                self.client_cert
+            },
+            client_key: if typed("client_key") {
+                after.client_key
+            } else {
+                self.client_key
+            },
+            output: OutputOpts {
+                json: self.output.json || after.output.json,
+            },
+        }
+    }
+}
+
+/// Output format, for every command that prints results.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+struct OutputOpts {
     /// Print JSON instead of text.
-    #[arg(long, global = true)]
+    #[arg(long)]
     json: bool,
-    #[command(subcommand)]
-    command: Cmd,
 }
 
 #[derive(Subcommand)]
@@ -65,10 +142,10 @@ enum Cmd {
         #[arg(long)]
         metrics_listen: Option<String>,
         /// Log lines on stderr as text or JSON.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GATEHOUSE_LOG_FORMAT")]
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GATEHOUSE_LOG_FORMAT", hide_env_values = true)]
         log_format: LogFormat,
         /// What to log, in RUST_LOG syntax, e.g. "info,gatehouse::rpc=warn".
-        #[arg(long, env = "RUST_LOG", default_value = "info")]
+        #[arg(long, env = "RUST_LOG", hide_env_values = true, default_value = "info")]
         log_filter: String,
     },
     /// Work with config files.
@@ -79,7 +156,10 @@ enum Cmd {
     /// List the backends sessions can be opened on.
     ///
     /// Example: gatehouse backends --json
-    Backends,
+    Backends {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Re-read the gateway's config file and apply it whole, or not at all
     /// (needs an admin key). Live sessions keep their backend version.
     ///
@@ -91,6 +171,8 @@ enum Cmd {
         /// Instead: end BACKEND's canary rollout, retiring the canary.
         #[arg(long, value_name = "BACKEND")]
         rollback: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Open a session and print its id.
     ///
@@ -113,6 +195,8 @@ enum Cmd {
         /// Per-command timeout, e.g. 5s.
         #[arg(long)]
         command_timeout: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Run one command on a session and print its reply.
     ///
@@ -126,6 +210,8 @@ enum Cmd {
         command: String,
         /// Payload text; "-" reads it from stdin.
         payload: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Print a session's events.
     ///
@@ -146,6 +232,8 @@ enum Cmd {
         /// Keep waiting for new events instead of stopping once caught up.
         #[arg(long, short)]
         follow: bool,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Describe one session: state, lease, counters, fault.
     ///
@@ -153,6 +241,8 @@ enum Cmd {
     Session {
         /// Session id.
         session: String,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Renew a session's lease (by its lease duration from now).
     ///
@@ -160,17 +250,24 @@ enum Cmd {
     Renew {
         /// Session id.
         session: String,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// List your sessions, including closed and faulted ones still retained.
     ///
     /// Example: gatehouse sessions
-    Sessions,
+    Sessions {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Close a session. Closing again reports it was already closed.
     ///
     /// Example: gatehouse close $SID
     Close {
         /// Session id.
         session: String,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Write and check plugins.
     #[command(subcommand)]
@@ -215,6 +312,8 @@ enum Cmd {
         /// Attach an event stream to every session and time event delivery.
         #[arg(long)]
         subscribe: bool,
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Run a built-in native worker (started by the gateway, not by hand).
     #[command(hide = true)]
@@ -253,6 +352,8 @@ enum PluginCmd {
     Check {
         /// The component file.
         file: PathBuf,
+        #[command(flatten)]
+        output: OutputOpts,
     },
 }
 
@@ -273,6 +374,8 @@ enum KeysCmd {
         /// A label for the key in logs.
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        output: OutputOpts,
     },
 }
 
@@ -298,8 +401,8 @@ fn main() -> ExitCode {
     {
         return worker(name);
     }
-    let args = match Args::try_parse() {
-        Ok(args) => args,
+    let (args, matches) = match parse_args() {
+        Ok(parsed) => parsed,
         // Help and version are not errors. Every other parse failure is a
         // bad argument, 64 like the CLI's own checks: clap's default, 2,
         // is the code the CLI keeps for gRPC errors.
@@ -312,7 +415,129 @@ fn main() -> ExitCode {
             };
         }
     };
-    let code = match args.command {
+    let Args {
+        client: before,
+        mut command,
+    } = args;
+    if let Err(e) = check_client_options_placement(&command, &matches) {
+        eprintln!("error: {e}");
+        return ExitCode::from(64);
+    }
+    if let Cmd::Worker { name } = &command {
+        return worker(name);
+    }
+    let after_matches = leaf_matches(&matches);
+    let code = match command.client_opts_mut() {
+        Some(after) => {
+            let after = std::mem::take(after);
+            client(before.merge(after, after_matches), command)
+        }
+        None => run_local(before.output, command),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Parses the command line, keeping the matches: which options were typed
+/// (rather than taken from the environment or a default) decides how the
+/// client options given before and after a command combine.
+fn parse_args() -> Result<(Args, ArgMatches), clap::Error> {
+    let matches = Args::command().try_get_matches()?;
+    let args = Args::from_arg_matches(&matches)?;
+    Ok((args, matches))
+}
+
+/// The matches of the innermost subcommand.
+fn leaf_matches(matches: &ArgMatches) -> &ArgMatches {
+    match matches.subcommand() {
+        Some((_, sub)) => leaf_matches(sub),
+        None => matches,
+    }
+}
+
+/// Refuses client options typed before a command they do nothing for
+/// (`gatehouse --addr X serve`), rather than ignoring them.
+fn check_client_options_placement(command: &Cmd, matches: &ArgMatches) -> Result<(), String> {
+    if command.takes_client_opts() {
+        return Ok(());
+    }
+    let typed = CLIENT_OPTION_IDS
+        .iter()
+        .filter(|id| !(**id == "json" && command.takes_json()))
+        .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine));
+    match typed {
+        Some(id) => Err(format!(
+            "--{} is an option of the client commands; `{}` does not take it",
+            id.replace('_', "-"),
+            leaf_name(matches),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The command as typed, e.g. `plugin new`.
+fn leaf_name(matches: &ArgMatches) -> String {
+    let mut names = Vec::new();
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        names.push(name);
+        m = sub;
+    }
+    names.join(" ")
+}
+
+impl Cmd {
+    /// The client options of a client command (`None` for the others).
+    fn client_opts_mut(&mut self) -> Option<&mut ClientOpts> {
+        match self {
+            Cmd::Backends { client }
+            | Cmd::Reload { client, .. }
+            | Cmd::Sessions { client }
+            | Cmd::Open { client, .. }
+            | Cmd::Invoke { client, .. }
+            | Cmd::Events { client, .. }
+            | Cmd::Session { client, .. }
+            | Cmd::Renew { client, .. }
+            | Cmd::Close { client, .. }
+            | Cmd::Bench { client, .. } => Some(client),
+            Cmd::Serve { .. }
+            | Cmd::Config(_)
+            | Cmd::Plugin(_)
+            | Cmd::Keys(_)
+            | Cmd::Worker { .. }
+            | Cmd::Completions { .. } => None,
+        }
+    }
+
+    fn takes_client_opts(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Backends { .. }
+                | Cmd::Reload { .. }
+                | Cmd::Sessions { .. }
+                | Cmd::Open { .. }
+                | Cmd::Invoke { .. }
+                | Cmd::Events { .. }
+                | Cmd::Session { .. }
+                | Cmd::Renew { .. }
+                | Cmd::Close { .. }
+                | Cmd::Bench { .. }
+        )
+    }
+
+    /// Whether a command that is not a client command still prints JSON
+    /// with `--json`.
+    fn takes_json(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Plugin(PluginCmd::Check { .. }) | Cmd::Keys(KeysCmd::New { .. })
+        )
+    }
+}
+
+/// The commands that do not talk to a gateway. `before` is the output
+/// option given before the command.
+fn run_local(before: OutputOpts, command: Cmd) -> i32 {
+    match command {
         Cmd::Serve {
             config,
             listen,
@@ -366,29 +591,39 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Plugin(PluginCmd::Check { file }) => plugin_check(&file, args.json),
+        Cmd::Plugin(PluginCmd::Check { file, output }) => {
+            plugin_check(&file, before.json || output.json)
+        }
         Cmd::Keys(KeysCmd::New {
             tenant,
             scopes,
             name,
-        }) => match cli::new_key(&tenant, &scopes, name.as_deref(), args.json) {
+            output,
+        }) => match cli::new_key(
+            &tenant,
+            &scopes,
+            name.as_deref(),
+            before.json || output.json,
+        ) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e}");
                 e.exit_code()
             }
         },
-        Cmd::Worker { name } => return worker(&name),
-        other => {
-            let tls = cli::TlsFiles {
-                ca_cert: args.ca_cert,
-                client_cert: args.client_cert,
-                client_key: args.client_key,
-            };
-            client(args.addr, args.key, &tls, args.json, other)
-        }
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+        // Dispatched before: to `worker` and to `client`.
+        Cmd::Worker { .. }
+        | Cmd::Backends { .. }
+        | Cmd::Reload { .. }
+        | Cmd::Sessions { .. }
+        | Cmd::Open { .. }
+        | Cmd::Invoke { .. }
+        | Cmd::Events { .. }
+        | Cmd::Session { .. }
+        | Cmd::Renew { .. }
+        | Cmd::Close { .. }
+        | Cmd::Bench { .. } => 0,
+    }
 }
 
 fn plugin_check(file: &std::path::Path, json: bool) -> i32 {
@@ -528,7 +763,13 @@ fn serve(
     }
 }
 
-fn client(addr: String, key: Option<String>, tls: &cli::TlsFiles, json: bool, command: Cmd) -> i32 {
+fn client(opts: ClientOpts, command: Cmd) -> i32 {
+    let tls = cli::TlsFiles {
+        ca_cert: opts.ca_cert,
+        client_cert: opts.client_cert,
+        client_key: opts.client_key,
+    };
+    let (addr, key, json) = (opts.addr, opts.key, opts.output.json);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -540,22 +781,26 @@ fn client(addr: String, key: Option<String>, tls: &cli::TlsFiles, json: bool, co
         }
     };
     let result: Result<i32, CliError> = runtime.block_on(async move {
-        let mut c = Client::connect(&addr, json, key.as_deref(), tls).await?;
+        let mut c = Client::connect(&addr, json, key.as_deref(), &tls).await?;
         let json = c.json();
         match command {
-            Cmd::Backends => c.backends().await,
-            Cmd::Reload { promote, rollback } => c.reload(promote, rollback).await,
+            Cmd::Backends { .. } => c.backends().await,
+            Cmd::Reload {
+                promote, rollback, ..
+            } => c.reload(promote, rollback).await,
             Cmd::Open {
                 backend,
                 config,
                 name,
                 lease,
                 command_timeout,
+                ..
             } => c.open(backend, config, name, lease, command_timeout).await,
             Cmd::Invoke {
                 session,
                 command,
                 payload,
+                ..
             } => {
                 let payload = match payload.as_deref() {
                     Some("-") => {
@@ -575,11 +820,12 @@ fn client(addr: String, key: Option<String>, tls: &cli::TlsFiles, json: bool, co
                 resume_after,
                 count,
                 follow,
+                ..
             } => c.events(session, resume_after, count, follow).await,
-            Cmd::Session { session } => c.get(session).await,
-            Cmd::Renew { session } => c.renew(session).await,
-            Cmd::Sessions => c.sessions().await,
-            Cmd::Close { session } => c.close(session).await,
+            Cmd::Session { session, .. } => c.get(session).await,
+            Cmd::Renew { session, .. } => c.renew(session).await,
+            Cmd::Sessions { .. } => c.sessions().await,
+            Cmd::Close { session, .. } => c.close(session).await,
             Cmd::Bench {
                 backend,
                 mode,
@@ -592,6 +838,7 @@ fn client(addr: String, key: Option<String>, tls: &cli::TlsFiles, json: bool, co
                 churn_after,
                 pool_size,
                 subscribe,
+                ..
             } => {
                 let duration = duration
                     .map(|d| gatehouse::config::parse_duration(&d))

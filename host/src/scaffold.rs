@@ -186,12 +186,14 @@ A gatehouse backend.
 rustup target add wasm32-wasip2          # once
 cargo build --release                    # -> target/wasm32-wasip2/release/{wasm}
 gatehouse plugin check target/wasm32-wasip2/release/{wasm}
-gatehouse serve --config gatehouse.toml  # serves it as backend "{name}"
+gatehouse serve --config gatehouse.toml  # serves it as backend "{name}" on {LISTEN}
 ```
 
-Then, in another terminal:
+Then, in another terminal (gatehouse.toml listens on its own port, so it
+does not collide with a gateway on the default 50051):
 
 ```sh
+export GATEHOUSE_ADDR={LISTEN}           # or --addr {LISTEN} on each command
 SID=$(gatehouse open {name} --config greeting=hi)
 gatehouse invoke $SID hello '{{"name": "ada"}}'
 gatehouse events $SID
@@ -204,9 +206,21 @@ contract of the gateway that wrote this project.
     )
 }
 
+/// The generated config's gRPC address: not the default 50051, so the
+/// plugin's gateway starts next to one already running.
+pub const LISTEN: &str = "127.0.0.1:50061";
+/// The generated config's metrics address: not the default 9464.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9474";
+
 fn gatehouse_toml(name: &str, wasm: &str) -> String {
     format!(
         r#"# Serves this plugin: gatehouse serve --config gatehouse.toml
+# Its own ports, so it runs next to a gateway on the defaults (50051 and
+# 9464); the client commands need --addr {LISTEN} (or GATEHOUSE_ADDR).
+[server]
+listen = "{LISTEN}"
+metrics_listen = "{METRICS_LISTEN}"
+
 [[backends]]
 name = "{name}"
 module = "target/wasm32-wasip2/release/{wasm}"
@@ -238,6 +252,29 @@ mod tests {
         }
         let config = fs::read_to_string(root.join("gatehouse.toml")).unwrap();
         assert!(config.contains("hello_world.wasm"));
+        // Its own ports: the tour's gateway holds the defaults. (The
+        // config names the module `cargo build` makes: a stand-in here.)
+        let wasm = root.join("target/wasm32-wasip2/release/hello_world.wasm");
+        fs::create_dir_all(wasm.parent().unwrap()).unwrap();
+        fs::write(&wasm, b"").unwrap();
+        let parsed = crate::config::Config::parse(&config, &root).unwrap();
+        let defaults = crate::config::Config::builtin();
+        assert_eq!(parsed.server.listen.to_string(), LISTEN);
+        assert_ne!(parsed.server.listen, defaults.server.listen);
+        assert_eq!(
+            parsed
+                .server
+                .metrics_listen
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some(METRICS_LISTEN)
+        );
+        assert_ne!(parsed.server.metrics_listen, defaults.server.metrics_listen);
+        let readme = fs::read_to_string(root.join("README.md")).unwrap();
+        assert!(
+            readme.contains(&format!("GATEHOUSE_ADDR={LISTEN}")),
+            "{readme}"
+        );
         assert!(matches!(
             new_plugin(dir.path(), "hello-world", "rust"),
             Err(ScaffoldError::Exists(_))

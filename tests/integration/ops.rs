@@ -701,6 +701,145 @@ async fn the_cli_keeps_its_output_and_exit_codes() {
         err.starts_with("error: cannot connect to http://127.0.0.1:1"),
         "{err}"
     );
+    // Each cause once: hyper nests two errors saying "tcp connect error".
+    assert_eq!(err.matches("tcp connect error").count(), 1, "{err}");
+}
+
+/// Client options work before and after a client command, the one after
+/// the command winning, and are refused, not ignored, before a command
+/// they do nothing for.
+#[test]
+fn client_options_before_or_after_the_command() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("GATEHOUSE_ADDR", "127.0.0.1:3")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    // The address dialled, from the connection error.
+    let dialled = |args: &[&str]| {
+        let (code, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        err.strip_prefix("error: cannot connect to http://")
+            .and_then(|rest| rest.split(": ").next())
+            .unwrap_or_else(|| panic!("{args:?}: {err}"))
+            .to_string()
+    };
+    assert_eq!(dialled(&["backends"]), "127.0.0.1:3", "GATEHOUSE_ADDR");
+    assert_eq!(
+        dialled(&["--addr", "127.0.0.1:1", "backends"]),
+        "127.0.0.1:1"
+    );
+    assert_eq!(
+        dialled(&["backends", "--addr", "127.0.0.1:2"]),
+        "127.0.0.1:2"
+    );
+    assert_eq!(
+        dialled(&["--addr", "127.0.0.1:1", "sessions", "--addr", "127.0.0.1:2"]),
+        "127.0.0.1:2"
+    );
+    let (code, err) = run(&["--addr", "127.0.0.1:1", "serve"]);
+    assert_eq!(code, 64);
+    assert_eq!(
+        err,
+        "error: --addr is an option of the client commands; `serve` does not take it\n"
+    );
+    let (code, err) = run(&["plugin", "new", "x", "--key", "k"]);
+    assert_eq!(code, 64, "{err}");
+}
+
+/// Help lists the client options only under the client commands, and
+/// shows which variable sets an option without showing its value (or an
+/// empty one, as if it were set).
+#[test]
+fn help_lists_options_where_they_apply() {
+    let help = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--help")
+            .env_remove("GATEHOUSE_ADDR")
+            .env("GATEHOUSE_KEY", "sekrit")
+            .env("RUST_LOG", "")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for cmd in [&["serve"][..], &["plugin", "new"], &["config", "check"]] {
+        let text = help(cmd);
+        for flag in ["--addr", "--key", "--ca-cert", "--client-cert", "--json"] {
+            assert!(!text.contains(flag), "{cmd:?} lists {flag}:\n{text}");
+        }
+    }
+    let keys = help(&["keys", "new"]);
+    assert!(
+        keys.contains("--json") && !keys.contains("--addr"),
+        "{keys}"
+    );
+    for cmd in [&[][..], &["backends"], &["invoke"], &["bench"]] {
+        let text = help(cmd);
+        for flag in ["--addr", "--key", "--ca-cert", "--client-cert", "--json"] {
+            assert!(text.contains(flag), "{cmd:?} does not list {flag}:\n{text}");
+        }
+        assert!(text.contains("[env: GATEHOUSE_ADDR]"), "{text}");
+        assert!(!text.contains("sekrit"), "{text}");
+    }
+    for cmd in [&["serve"][..], &["backends"]] {
+        let text = help(cmd);
+        assert!(
+            !text.contains("=]"),
+            "{cmd:?} shows an empty env value:\n{text}"
+        );
+    }
+}
+
+/// An empty reply prints nothing; the session list says why a session
+/// closed; a key sent to a gateway in local mode is ignored, and the
+/// gateway says so once.
+#[tokio::test]
+async fn empty_replies_close_reasons_and_ignored_keys() {
+    let gh = Gatehouse::start("").await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("GATEHOUSE_ADDR", gh.grpc.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sid = cli(&["open", "echo"]).trim().to_string();
+    assert_eq!(cli(&["invoke", &sid, "echo"]), "");
+    assert_eq!(cli(&["invoke", &sid, "echo", "hi"]), "hi\n");
+    cli(&["close", &sid]);
+    let list = cli(&["sessions"]);
+    assert!(
+        list.lines().next().unwrap().contains("CLOSE-REASON"),
+        "{list}"
+    );
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&sid))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        row.contains("CLOSED") && row.contains("client-close"),
+        "{row}"
+    );
+
+    let warning = "local development mode ignores keys";
+    assert!(!gh.stderr().contains(warning));
+    cli(&["--key", "not-a-key", "backends"]);
+    cli(&["backends", "--key", "not-a-key"]);
+    eventually("the ignored-key warning", PATIENCE, || async {
+        gh.stderr().contains(warning).then_some(())
+    })
+    .await;
+    assert_eq!(gh.stderr().matches(warning).count(), 1, "{}", gh.stderr());
 }
 
 // ---- a client written outside Rust ----------------------------------------------

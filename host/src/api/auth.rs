@@ -258,7 +258,12 @@ impl Authenticator {
     ) -> Result<Caller, AuthError> {
         let mode = self.mode();
         let principal = match &*mode {
-            Mode::Local(p) => p,
+            Mode::Local(p) => {
+                if headers.contains_key(http::header::AUTHORIZATION) {
+                    note_key_ignored();
+                }
+                p
+            }
             Mode::Credentials { keys, certs } => {
                 let by_cert = cert.and_then(|id| {
                     certs
@@ -310,6 +315,19 @@ impl Authenticator {
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
+    }
+}
+
+/// Logs, once per process, that a call carried a key the gateway ignores:
+/// a client configured with a key against a gateway in local mode is
+/// probably talking to the wrong gateway or one whose config lost its keys.
+fn note_key_ignored() {
+    static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "a call carries an authorization header, but no keys or certificates are \
+             configured: local development mode ignores keys (logged once)"
+        );
     }
 }
 

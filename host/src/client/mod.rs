@@ -456,13 +456,19 @@ impl OpenOptions {
     }
 }
 
-/// An error and its sources, joined with `: `.
+/// An error and its sources, joined with `: `. A source that says what
+/// the text already ends with is left out: hyper wraps its connect errors
+/// in another error of the same text ("tcp connect error: tcp connect
+/// error: ...").
 pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cur = s.source();
     }
     out

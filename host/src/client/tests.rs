@@ -468,3 +468,22 @@ async fn keep_alive_stops_when_the_session_is_gone_or_the_handle_dropped() {
     drop(s);
     until("the dropped handle's task to end", || handle.is_finished()).await;
 }
+
+#[tokio::test]
+async fn a_refused_connection_names_each_cause_once() {
+    // A port nothing listens on: bound, then released.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = Gateway::connect(format!("http://{addr}"))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("cannot connect to http://{addr}: ")),
+        "{text}"
+    );
+    assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+    assert!(text.contains("Connection refused"), "{text}");
+}
