@@ -419,6 +419,17 @@ fn main() -> ExitCode {
         client: before,
         mut command,
     } = args;
+    if !matches!(command, Cmd::Serve { .. } | Cmd::Worker { .. }) {
+        // A command's output piped into `head` ends like any Unix tool's
+        // when the reader goes (SIGPIPE), not with a panic in println!.
+        // Sockets are unaffected: Rust writes them with MSG_NOSIGNAL. The
+        // server keeps SIGPIPE ignored.
+        // SAFETY: restoring a default signal disposition at start-up,
+        // before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = check_client_options_placement(&command, &matches) {
         eprintln!("error: {e}");
         return ExitCode::from(64);
