@@ -382,30 +382,37 @@ async fn grpc_section() {
     println!(
         "| concurrency | gatehouse invokes/s | bare tonic req/s | ratio | gatehouse p50 | bare p50 | p50 ratio |\n|---|---|---|---|---|---|---|"
     );
-    for c in [1, 8, 64] {
-        let a = gatehouse::loadgen::run(
-            ours_c.clone(),
-            load(c, secs, "echo", b"0123456789abcdef", false),
-        )
-        .await;
-        let b = gatehouse::loadgen::run(
-            bare_c.clone(),
-            load(c, secs, "echo", b"0123456789abcdef", false),
-        )
-        .await;
-        let ((ra, pa), (rb, pb_)) = (rate(&a, "invoke"), rate(&b, "invoke"));
-        println!(
-            "| {c} | {ra:.0} | {rb:.0} | {:.2}x | {pa:.0} us | {pb_:.0} us | {:.2}x |",
-            ra / rb,
-            pa / pb_
-        );
-    }
+    invoke_rows(&ours_c, &bare_c, &[1, 8, 64], secs).await;
     // Events: one session, one stream, `emit 1000` in a loop.
     let events =
         gatehouse::loadgen::run(ours_c.clone(), load(1, secs, "emit", b"1000", true)).await;
     let (ev, lat) = rate(&events, "event");
     println!("\n### Events on one stream\n\n| figure | value |\n|---|---|");
     println!("| events/s delivered | {ev:.0} |\n| emit to receipt, p50 | {lat:.0} us |");
+}
+
+/// One table row per concurrency: echo invokes through `a` next to `b`
+/// (rates, p50s and their ratios), each for `secs`.
+async fn invoke_rows(
+    a: &gatehouse::loadgen::Client,
+    b: &gatehouse::loadgen::Client,
+    concurrencies: &[usize],
+    secs: f64,
+) {
+    for &c in concurrencies {
+        let ra =
+            gatehouse::loadgen::run(a.clone(), load(c, secs, "echo", b"0123456789abcdef", false))
+                .await;
+        let rb =
+            gatehouse::loadgen::run(b.clone(), load(c, secs, "echo", b"0123456789abcdef", false))
+                .await;
+        let ((ra, pa), (rb, pb_)) = (rate(&ra, "invoke"), rate(&rb, "invoke"));
+        println!(
+            "| {c} | {ra:.0} | {rb:.0} | {:.2}x | {pa:.0} us | {pb_:.0} us | {:.2}x |",
+            ra / rb,
+            pa / pb_
+        );
+    }
 }
 
 /// Invoke over TLS next to plaintext, same gateway config, same client.
@@ -434,24 +441,7 @@ async fn tls_section() {
     println!(
         "| concurrency | TLS invokes/s | plaintext invokes/s | ratio | TLS p50 | plaintext p50 | p50 ratio |\n|---|---|---|---|---|---|---|"
     );
-    for c in [1, 64] {
-        let a = gatehouse::loadgen::run(
-            tls.clone(),
-            load(c, secs, "echo", b"0123456789abcdef", false),
-        )
-        .await;
-        let b = gatehouse::loadgen::run(
-            plain.clone(),
-            load(c, secs, "echo", b"0123456789abcdef", false),
-        )
-        .await;
-        let ((ra, pa), (rb, pb_)) = (rate(&a, "invoke"), rate(&b, "invoke"));
-        println!(
-            "| {c} | {ra:.0} | {rb:.0} | {:.2}x | {pa:.0} us | {pb_:.0} us | {:.2}x |",
-            ra / rb,
-            pa / pb_
-        );
-    }
+    invoke_rows(&tls, &plain, &[1, 64], secs).await;
 }
 
 /// A registry serving `sim-device` from the gatehouse binary with a warm

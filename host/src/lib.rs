@@ -50,6 +50,8 @@ pub mod loadgen;
 pub mod memory_budget;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod preflight;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod rate;

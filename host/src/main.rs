@@ -96,7 +96,7 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         Cmd::Config(ConfigCmd::Check { file }) => match Config::load(&file)
             .map_err(|e| e.to_string())
             .and_then(|c| {
-                gatehouse::server::preflight(&c)
+                gatehouse::preflight::check(&c)
                     .map(|()| c)
                     .map_err(|e| e.to_string())
             }) {

@@ -116,7 +116,7 @@ impl Reloader {
             let restart_required = restart_required(&server, &next.server);
             // The running [server] stays: only a restart changes it.
             next.server = server;
-            crate::server::preflight(&next).map_err(|e| ReloadFailure::Rejected(e.to_string()))?;
+            crate::preflight::check(&next).map_err(|e| ReloadFailure::Rejected(e.to_string()))?;
             loader.fits(&next).map_err(ReloadFailure::Rejected)?;
             let backends = loader
                 .load(&next)

@@ -16,9 +16,10 @@ use crate::config::Config;
 use crate::health::{Gate, Health};
 use crate::loader::{LoadError, Loader};
 use crate::metrics::{self, Metrics};
+use crate::preflight::{self, PreflightError};
 use crate::registry::{RETRY_AFTER, Registry, RegistrySettings};
 use crate::reload::{ConfigSource, Reloader};
-use crate::transport::{Acceptor, TlsError, TlsStore, tls};
+use crate::transport::{Acceptor, TlsError, TlsStore};
 
 /// The gRPC name of the Gateway service, as health checks ask for it.
 pub const GATEWAY_SERVICE: &str = <crate::proto::v1::gateway_server::GatewayServer<
@@ -65,49 +66,13 @@ const GRPC_ALPN: &[&[u8]] = &[b"h2"];
 /// ALPN of the HTTP port (metrics, health): it speaks HTTP/1.1.
 const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
 
-/// What `serve` refuses before it listens, for `config check` too: an
-/// exposure the config does not allow, and certificate files that do not
-/// load.
-pub fn preflight(config: &Config) -> Result<(), ServeError> {
-    check_exposure(config, &Authenticator::from_tenants(&config.tenants))?;
-    let server = &config.server;
-    if let Some(files) = &server.tls {
-        tls::check(files).map_err(|source| ServeError::Tls {
-            key: "server.tls",
-            source,
-        })?;
+impl From<PreflightError> for ServeError {
+    fn from(e: PreflightError) -> Self {
+        match e {
+            PreflightError::Exposure(m) => ServeError::Refused(m),
+            PreflightError::Tls { key, source } => ServeError::Tls { key, source },
+        }
     }
-    if let Some(files) = &server.http_tls
-        && server.tls.as_ref() != Some(files)
-    {
-        tls::check(files).map_err(|source| ServeError::Tls {
-            key: "server.http_tls",
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-/// Local development mode (no credentials) serves loopback only; with
-/// credentials, a public address needs TLS, or `allow_plaintext` for a
-/// TLS-terminating proxy in front: keys must not cross a network in the
-/// clear.
-fn check_exposure(config: &Config, auth: &Authenticator) -> Result<(), ServeError> {
-    let server = &config.server;
-    let public = !server.listen.ip().is_loopback();
-    if auth.is_local() && public {
-        return Err(ServeError::Refused(format!(
-            "refusing to listen on {} without API keys: local development mode only serves loopback",
-            server.listen
-        )));
-    }
-    if public && server.tls.is_none() && !server.allow_plaintext {
-        return Err(ServeError::Refused(format!(
-            "refusing to serve API keys in plaintext on {}: configure [server.tls] (cert, key), or set server.allow_plaintext = true if a TLS-terminating proxy is in front",
-            server.listen
-        )));
-    }
-    Ok(())
 }
 
 /// The certificate stores of the two ports; `None` serves plaintext.
@@ -238,7 +203,7 @@ pub async fn serve_from(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let auth = Authenticator::from_tenants(&config.tenants);
-    check_exposure(&config, &auth)?;
+    preflight::check_exposure(&config, &auth)?;
     let metrics = Arc::new(Metrics::new());
     let PortTls {
         grpc: grpc_tls,
@@ -516,41 +481,6 @@ mod tests {
     use crate::backend::Command;
     use crate::loader::BackendFailure;
     use crate::registry::{Caller, GatewayError, OpenRequest};
-
-    /// Keys cross a public network only over TLS, or when the operator says
-    /// a proxy in front terminates it.
-    #[test]
-    fn exposure_rules() {
-        let (_, hash) = crate::keys::generate().unwrap();
-        let keys = format!(
-            "[[tenants]]\nname = \"a\"\n[[tenants.keys]]\nhash = \"{hash}\"\nscopes = [\"admin\"]\n"
-        );
-        let check = |server: &str, tenants: &str| {
-            let config =
-                Config::parse(&format!("[server]\n{server}\n{tenants}"), Path::new("/x")).unwrap();
-            check_exposure(&config, &Authenticator::from_tenants(&config.tenants))
-                .map_err(|e| e.to_string())
-        };
-        let tls = "[server.tls]\ncert = \"c\"\nkey = \"k\"";
-        let public = "listen = \"0.0.0.0:50051\"";
-        check("", "").unwrap();
-        check("", &keys).unwrap();
-        let e = check(public, "").unwrap_err();
-        assert!(e.contains("local development mode"), "{e}");
-        let e = check(&format!("{public}\n{tls}"), "").unwrap_err();
-        assert!(
-            e.contains("local development mode"),
-            "TLS does not make anonymous calls safe: {e}"
-        );
-        let e = check(public, &keys).unwrap_err();
-        assert!(
-            e.contains("[server.tls]") && e.contains("server.allow_plaintext = true"),
-            "{e}"
-        );
-        check(&format!("{public}\nallow_plaintext = true"), &keys).unwrap();
-        check(&format!("{public}\n{tls}"), &keys).unwrap();
-        check("listen = \"[::1]:50051\"", &keys).unwrap();
-    }
 
     /// `gatehouse serve` prints load failures as it always has.
     #[test]

@@ -17,33 +17,6 @@ const FAKE_WORKER: &str = concat!(
 
 const MIB: f64 = (1 << 20) as f64;
 
-/// A bystander `echo` session whose `count` must keep going up by one.
-struct Bystander {
-    id: String,
-    count: u64,
-}
-
-impl Bystander {
-    async fn open(c: &mut Client) -> Self {
-        let s = open(c, "echo").await;
-        let mut b = Bystander {
-            id: s.session_id,
-            count: 0,
-        };
-        b.check(c).await;
-        b
-    }
-
-    async fn check(&mut self, c: &mut Client) {
-        self.count += 1;
-        assert_eq!(
-            invoke_ok(c, &self.id, "count", b"").await,
-            self.count.to_string(),
-            "the bystander session was disturbed"
-        );
-    }
-}
-
 /// `echo` and a `chaos` with `chaos` session lines, under `budget`.
 fn wasm(budget: &str, chaos: &[&str]) -> Toml {
     Toml::new()

@@ -9,33 +9,6 @@ use tonic::Code;
 
 use crate::fixtures::*;
 
-/// A bystander session whose `count` must keep going up by one.
-struct Bystander {
-    id: String,
-    count: u64,
-}
-
-impl Bystander {
-    async fn open(c: &mut Client) -> Self {
-        let s = open(c, "echo").await;
-        let mut b = Bystander {
-            id: s.session_id,
-            count: 0,
-        };
-        b.check(c).await;
-        b
-    }
-
-    async fn check(&mut self, c: &mut Client) {
-        self.count += 1;
-        assert_eq!(
-            invoke_ok(c, &self.id, "count", b"").await,
-            self.count.to_string(),
-            "the bystander session was disturbed"
-        );
-    }
-}
-
 /// (resident KiB, open descriptors, CPU clock ticks) of a process.
 fn proc_stats(pid: u32) -> (u64, usize, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

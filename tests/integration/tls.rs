@@ -42,6 +42,9 @@ impl Pki {
     }
 }
 
+/// A backend table serving only `echo`.
+const ECHO_ONLY: &str = "[[backends]]\nname = \"echo\"\nmodule = \"builtin:echo\"\n";
+
 /// A tenant entry naming a certificate identity (`subject = ...` or
 /// `uri = ...`) with every session scope.
 fn cert_tenant(name: &str, identity: &str) -> String {
@@ -73,14 +76,7 @@ async fn list_backends(gw: &Gatehouse, tls: Option<&TlsClient>) -> Result<(), to
 #[tokio::test]
 async fn a_session_over_tls_end_to_end() {
     let pki = Pki::new();
-    let gw = pki
-        .gateway(
-            "",
-            "",
-            "[[backends]]\nname = \"echo\"\nmodule = \"builtin:echo\"\n",
-        )
-        .start()
-        .await;
+    let gw = pki.gateway("", "", ECHO_ONLY).start().await;
     let gateway = gw.connect().await;
     assert!(gateway.addr().starts_with("https://"), "{}", gateway.addr());
     let session = gateway.open("echo").await.expect("open over TLS");
@@ -363,14 +359,7 @@ async fn wait_for_certificate(gw: &Gatehouse, tls: &TlsClient, cert: &Pem, what:
 #[tokio::test]
 async fn sighup_rotates_the_certificate_and_streams_survive() {
     let pki = Pki::new();
-    let gw = pki
-        .gateway(
-            "",
-            "",
-            "[[backends]]\nname = \"echo\"\nmodule = \"builtin:echo\"\n",
-        )
-        .start()
-        .await;
+    let gw = pki.gateway("", "", ECHO_ONLY).start().await;
     let tls = TlsClient::trusting(&pki.ca);
     wait_for_certificate(&gw, &tls, &pki.server, "the first certificate").await;
 
