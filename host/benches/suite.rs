@@ -115,6 +115,7 @@ async fn open_section(n: usize) {
         max_memory_bytes: 64 << 20,
         epoch_tick: Duration::from_millis(10),
         max_reply_bytes: 1 << 20,
+        max_snapshot_bytes: 1 << 20,
     })
     .expect("runtime");
     let bare = runtime

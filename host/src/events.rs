@@ -350,6 +350,12 @@ impl EventLog {
         self.notify.notify_waiters();
     }
 
+    /// Opens a closed log again, its sequence going on where it stopped
+    /// (a faulted session restarted by hand).
+    pub fn reopen(&self) {
+        self.lock().closed = false;
+    }
+
     /// Bytes the log's events hold against the memory budget.
     pub fn reserved_bytes(&self) -> usize {
         self.lock().reserved.bytes()

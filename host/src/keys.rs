@@ -26,7 +26,7 @@ pub enum Scope {
     /// `sessions:open`: `OpenSession`.
     SessionsOpen,
     /// `sessions:use`: `Invoke`, `InvokeBatch`, `StreamEvents`,
-    /// `RenewLease`, `CloseSession`.
+    /// `RenewLease`, `CloseSession`, `RestartSession`, `UpgradeSession`.
     SessionsUse,
     /// `sessions:read`: `GetSession`, `ListSessions`.
     SessionsRead,

@@ -182,6 +182,7 @@ impl Loader {
                     config: spec.config.clone(),
                     retire_after: spec.retire_after,
                     rollout: spec.rollout,
+                    recovery: spec.recovery,
                 },
             );
         }
@@ -245,6 +246,12 @@ fn runtime_options(config: &Config) -> RuntimeOptions {
             .backends
             .iter()
             .map(|b| b.policy.max_reply_bytes)
+            .max()
+            .unwrap_or(0),
+        max_snapshot_bytes: config
+            .backends
+            .iter()
+            .map(|b| b.recovery.snapshot.max_bytes)
             .max()
             .unwrap_or(0),
     }

@@ -200,6 +200,15 @@ fn plugin_check(file: &std::path::Path, json: bool) -> i32 {
             report.size,
             report.compile_time.as_secs_f64() * 1000.0
         );
+        if report.stateful {
+            println!(
+                "state: exports gatehouse:backend/state; sessions keep their state across restarts and upgrades"
+            );
+        } else {
+            println!(
+                "state: none (no gatehouse:backend/state export); a restarted session starts fresh"
+            );
+        }
         println!("imports:");
         for i in &report.imports {
             let mark = match i.status {

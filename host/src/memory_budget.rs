@@ -38,14 +38,17 @@ pub enum MemoryKind {
     WasmTable,
     /// Undelivered events and the replay buffer.
     Events,
+    /// The latest state snapshot of a stateful session.
+    Snapshots,
 }
 
 impl MemoryKind {
     /// Every kind, in label order.
-    pub const ALL: [MemoryKind; 3] = [
+    pub const ALL: [MemoryKind; 4] = [
         MemoryKind::WasmMemory,
         MemoryKind::WasmTable,
         MemoryKind::Events,
+        MemoryKind::Snapshots,
     ];
 
     /// The stable label value.
@@ -54,6 +57,7 @@ impl MemoryKind {
             MemoryKind::WasmMemory => "wasm-memory",
             MemoryKind::WasmTable => "wasm-table",
             MemoryKind::Events => "events",
+            MemoryKind::Snapshots => "snapshots",
         }
     }
 
@@ -105,9 +109,9 @@ pub struct BudgetGauges {
     /// Reserved bytes in all.
     pub total: Gauge,
     /// Reserved bytes, one gauge per [`MemoryKind`] in [`MemoryKind::ALL`] order.
-    pub by_kind: [Gauge; 3],
+    pub by_kind: [Gauge; 4],
     /// Refused reservations, one counter per [`MemoryKind`].
-    pub refusals: [Counter; 3],
+    pub refusals: [Counter; 4],
     /// The gauge of one tenant's reserved bytes.
     pub tenant: Option<TenantGauge>,
 }
@@ -153,9 +157,9 @@ fn gauge_value(n: usize) -> i64 {
 /// The gateway-wide budget.
 pub struct MemoryBudget {
     pool: Pool,
-    by_kind: [AtomicUsize; 3],
-    kind_gauges: [Gauge; 3],
-    refusals: [Counter; 3],
+    by_kind: [AtomicUsize; 4],
+    kind_gauges: [Gauge; 4],
+    refusals: [Counter; 4],
     tenant_gauge: Option<TenantGauge>,
     tenants: Mutex<HashMap<String, Arc<TenantMemory>>>,
 }

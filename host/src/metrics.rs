@@ -97,6 +97,17 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// Canary rollouts rolled back by their faults, by backend.
     pub rollbacks: Family<BackendLabel, Counter>,
+    /// Session restarts, by backend and outcome (`restored`, `fresh`,
+    /// `failed`).
+    pub restarts: Family<ReasonLabel, Counter>,
+    /// Time from a fault (or a RestartSession call) to READY again.
+    pub restart_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// Sessions moved to another version (UpgradeSession or
+    /// `upgrade_sessions`), by backend and outcome (`ok`, `failed`).
+    pub upgrades: Family<ReasonLabel, Counter>,
+    /// State snapshots refused (over `max_bytes` or the memory budget), by
+    /// backend and reason.
+    pub snapshots_refused: Family<ReasonLabel, Counter>,
     /// `server.memory_budget`, in bytes.
     pub memory_budget: Gauge,
     /// Bytes sessions reserve of the memory budget, in all.
@@ -141,6 +152,10 @@ impl Metrics {
             transport: TransportMetrics::default(),
             reloads: Family::default(),
             rollbacks: Family::default(),
+            restarts: Family::default(),
+            restart_seconds: Family::new_with_constructor(latency_histogram),
+            upgrades: Family::default(),
+            snapshots_refused: Family::default(),
             memory_budget: Gauge::default(),
             memory_reserved_total: Gauge::default(),
             memory_reserved: Family::default(),
@@ -211,6 +226,26 @@ impl Metrics {
             "rollbacks",
             "Canary rollouts rolled back by their faults, by backend",
             m.rollbacks.clone(),
+        );
+        registry.register(
+            "session_restarts",
+            "Session restarts, by backend and outcome (reason: restored, fresh, failed)",
+            m.restarts.clone(),
+        );
+        registry.register(
+            "session_restart_seconds",
+            "Time from a fault or a RestartSession call to READY again",
+            m.restart_seconds.clone(),
+        );
+        registry.register(
+            "session_upgrades",
+            "Sessions moved to another backend version, by outcome (reason: ok, failed)",
+            m.upgrades.clone(),
+        );
+        registry.register(
+            "snapshots_refused",
+            "State snapshots not kept, by reason (too-large, memory-budget)",
+            m.snapshots_refused.clone(),
         );
         registry.register(
             "memory_budget_bytes",

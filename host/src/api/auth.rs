@@ -105,9 +105,8 @@ pub fn required_scope(method: &str) -> Scope {
     match method {
         "ListBackends" => Scope::BackendsRead,
         "OpenSession" => Scope::SessionsOpen,
-        "Invoke" | "InvokeBatch" | "StreamEvents" | "RenewLease" | "CloseSession" => {
-            Scope::SessionsUse
-        }
+        "Invoke" | "InvokeBatch" | "StreamEvents" | "RenewLease" | "CloseSession"
+        | "RestartSession" | "UpgradeSession" => Scope::SessionsUse,
         "GetSession" | "ListSessions" => Scope::SessionsRead,
         _ => Scope::Admin,
     }
@@ -475,7 +474,7 @@ mod tests {
             .flat_map(|s| &s.method)
             .map(|m| m.name().to_string())
             .collect();
-        assert_eq!(methods.len(), 9, "{methods:?}");
+        assert_eq!(methods.len(), 11, "{methods:?}");
         for m in &methods {
             assert_ne!(required_scope(m), Scope::Admin, "{m} has no scope");
         }
@@ -493,6 +492,8 @@ mod tests {
             ("StreamEvents", SessionsUse),
             ("RenewLease", SessionsUse),
             ("CloseSession", SessionsUse),
+            ("RestartSession", SessionsUse),
+            ("UpgradeSession", SessionsUse),
             ("GetSession", SessionsRead),
             ("ListSessions", SessionsRead),
         ];

@@ -39,6 +39,7 @@ pub fn state(s: SessionState) -> pb::SessionState {
         Handshaking => pb::SessionState::Handshaking,
         InitializingWorker => pb::SessionState::InitializingWorker,
         Ready => pb::SessionState::Ready,
+        Restarting => pb::SessionState::Restarting,
         Closing => pb::SessionState::Closing,
         Closed => pb::SessionState::Closed,
         Faulted => pb::SessionState::Faulted,
@@ -87,12 +88,13 @@ pub fn session_info(
     wall: impl Fn(std::time::Instant) -> SystemTime,
 ) -> pb::SessionInfo {
     let snap = s.snapshot();
+    let info = s.backend();
     pb::SessionInfo {
         session_id: s.id.to_string(),
-        backend: s.backend.name.clone(),
-        backend_kind: kind(s.backend.kind) as i32,
-        backend_version: s.backend.version.clone(),
-        backend_digest: s.backend.digest.clone(),
+        backend: info.name.clone(),
+        backend_kind: kind(info.kind) as i32,
+        backend_version: info.version.clone(),
+        backend_digest: info.digest.clone(),
         tenant: s.tenant.clone(),
         state: state(snap.state) as i32,
         client_session_name: s.client_session_name.clone(),
@@ -114,6 +116,14 @@ pub fn session_info(
         lease: Some(crate::api_duration(s.times.lease)),
         events_emitted: snap.events_emitted,
         events_dropped: snap.events_dropped,
+        restarts: snap.restarts,
+        last_fault: snap
+            .last_fault
+            .as_ref()
+            .map(|f| f.code.as_str().to_string())
+            .unwrap_or_default(),
+        last_fault_detail: snap.last_fault.map(|f| f.detail).unwrap_or_default(),
+        snapshot_bytes: snap.snapshot_bytes as u64,
     }
 }
 

@@ -53,7 +53,7 @@ impl GatewayService {
     fn note(&self, rpc: &Rpc, caller: &Caller, session_id: Option<&str>) {
         rpc.tenant(caller.tenant_name());
         if let Some(session) = session_id.and_then(|id| self.registry.lookup(caller, id).ok()) {
-            rpc.backend(&session.backend.name);
+            rpc.backend(&session.backend().name);
         }
     }
 }
@@ -264,7 +264,7 @@ impl Gateway for GatewayService {
                 .registry
                 .renew(&caller, &request.get_ref().session_id)
                 .map_err(to_status)?;
-            rpc.backend(&session.backend.name);
+            rpc.backend(&session.backend().name);
             Ok(Response::new(self.info(&session)))
         })
         .await
@@ -282,7 +282,7 @@ impl Gateway for GatewayService {
                 .registry
                 .get(&caller, &request.get_ref().session_id)
                 .map_err(to_status)?;
-            rpc.backend(&session.backend.name);
+            rpc.backend(&session.backend().name);
             Ok(Response::new(self.info(&session)))
         })
         .await
@@ -322,6 +322,52 @@ impl Gateway for GatewayService {
                 final_state: convert::state(result.final_state) as i32,
                 already_closed: result.already_closed,
             }))
+        })
+        .await
+    }
+
+    async fn restart_session(
+        &self,
+        request: Request<pb::RestartSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        let rpc = Rpc::start("RestartSession", &request, &request.get_ref().session_id, "");
+        rpc.run(async {
+            let caller = self.admit(&rpc, &request)?;
+            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let r = request.into_inner();
+            // Runs to completion even if the caller goes away: a restart
+            // abandoned halfway would leave the session RESTARTING.
+            let registry = Arc::clone(&self.registry);
+            let session = tokio::spawn(async move {
+                registry
+                    .restart(&caller, &r.session_id, r.from_snapshot.unwrap_or(true))
+                    .await
+            })
+            .await
+            .map_err(|e| Status::internal(format!("restart failed: {e}")))?
+            .map_err(to_status)?;
+            Ok(Response::new(self.info(&session)))
+        })
+        .await
+    }
+
+    async fn upgrade_session(
+        &self,
+        request: Request<pb::UpgradeSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        let rpc = Rpc::start("UpgradeSession", &request, &request.get_ref().session_id, "");
+        rpc.run(async {
+            let caller = self.admit(&rpc, &request)?;
+            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let r = request.into_inner();
+            let registry = Arc::clone(&self.registry);
+            let session = tokio::spawn(async move {
+                registry.upgrade(&caller, &r.session_id, &r.version).await
+            })
+            .await
+            .map_err(|e| Status::internal(format!("upgrade failed: {e}")))?
+            .map_err(to_status)?;
+            Ok(Response::new(self.info(&session)))
         })
         .await
     }

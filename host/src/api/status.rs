@@ -31,7 +31,17 @@ pub fn to_status(error: GatewayError) -> Status {
             Status::not_found(message)
         }
         GatewayError::BackendNotAllowed(_) => Status::permission_denied(message),
+        // A restart is under way: the same call shortly will do.
+        GatewayError::NotReady {
+            state: crate::registry::SessionState::Restarting,
+            ..
+        } => Status::with_error_details(
+            Code::Unavailable,
+            message,
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+        ),
         GatewayError::NotReady { .. } => Status::failed_precondition(message),
+        GatewayError::UpgradeRefused(_) => Status::failed_precondition(message),
         GatewayError::SessionCapReached { retry_after, .. }
         | GatewayError::TenantQuotaReached { retry_after, .. }
         | GatewayError::RateLimited { retry_after, .. } => Status::with_error_details(
@@ -47,7 +57,9 @@ pub fn to_status(error: GatewayError) -> Status {
             FaultClass::Deadline => Status::deadline_exceeded(message),
             FaultClass::Crashed => Status::aborted(message),
         },
-        GatewayError::StartFailed(StartError::Refused(_)) => Status::failed_precondition(message),
+        GatewayError::StartFailed(StartError::Refused(_) | StartError::RestoreFailed(_)) => {
+            Status::failed_precondition(message)
+        }
         GatewayError::StartFailed(StartError::Exhausted(_)) => Status::with_error_details(
             Code::ResourceExhausted,
             message,

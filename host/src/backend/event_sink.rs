@@ -8,6 +8,9 @@ use super::{Fault, FaultCode};
 use crate::events::{EmitError, EventLog};
 use crate::memory_budget::OverBudget;
 
+/// Event names the gateway keeps for its own events.
+pub const RESERVED_PREFIX: &str = "gatehouse.";
+
 /// Why an event was refused; either ends the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventRefused {
@@ -58,8 +61,14 @@ impl EventSink {
     }
 
     /// Emits one event. An event after the log closed (the session is
-    /// closing) is dropped quietly: nobody can receive it.
+    /// closing) is dropped quietly: nobody can receive it. So is one named
+    /// in the gateway's reserved name space (`gatehouse.`), so a plugin
+    /// cannot forge the gateway's own events such as `gatehouse.restarted`.
     pub fn emit(&self, name: String, payload: Vec<u8>) -> Result<(), EventRefused> {
+        if name.starts_with(RESERVED_PREFIX) {
+            tracing::debug!(event = %name, "plugin event in the reserved gatehouse. name space dropped");
+            return Ok(());
+        }
         if payload.len() > self.max_bytes {
             return Err(EventRefused::TooLarge {
                 size: payload.len(),

@@ -66,6 +66,11 @@ pub enum FaultCode {
     FrameTooLarge,
     /// A gateway bug.
     Internal,
+    /// More restarts than `[backends.restart] max_restarts` within its
+    /// period: the session stays FAULTED.
+    RestartLimit,
+    /// The plugin's `restore` refused the session's snapshot on a restart.
+    RestoreFailed,
 }
 
 /// Which trap a guest hit.
@@ -124,6 +129,8 @@ impl FaultCode {
             BadVersion => "bad-version",
             FrameTooLarge => "frame-too-large",
             Internal => "internal",
+            RestartLimit => "restart-limit",
+            RestoreFailed => "restore-failed",
         }
     }
 }
@@ -209,17 +216,44 @@ impl fmt::Display for Fault {
 #[derive(Debug, Clone)]
 pub struct FaultReporter {
     session_id: Arc<str>,
-    tx: mpsc::UnboundedSender<(Arc<str>, Fault)>,
+    worker: u64,
+    tx: mpsc::UnboundedSender<FaultReport>,
+}
+
+/// One out-of-band fault.
+#[derive(Debug, Clone)]
+pub struct FaultReport {
+    /// The session.
+    pub session_id: Arc<str>,
+    /// Which of the session's workers (a restart or an upgrade replaces
+    /// it): a fault of one already replaced is ignored.
+    pub worker: u64,
+    /// What happened.
+    pub fault: Fault,
 }
 
 impl FaultReporter {
-    /// A reporter for one session that sends to `tx`.
-    pub fn new(session_id: Arc<str>, tx: mpsc::UnboundedSender<(Arc<str>, Fault)>) -> Self {
-        Self { session_id, tx }
+    /// A reporter for one session's first worker that sends to `tx`.
+    pub fn new(session_id: Arc<str>, tx: mpsc::UnboundedSender<FaultReport>) -> Self {
+        Self {
+            session_id,
+            worker: 0,
+            tx,
+        }
+    }
+
+    /// The same, for the session's worker number `worker`.
+    pub fn for_worker(mut self, worker: u64) -> Self {
+        self.worker = worker;
+        self
     }
 
     /// Reports a fault; a no-op once the registry has stopped listening.
     pub fn report(&self, fault: Fault) {
-        let _ = self.tx.send((Arc::clone(&self.session_id), fault));
+        let _ = self.tx.send(FaultReport {
+            session_id: Arc::clone(&self.session_id),
+            worker: self.worker,
+            fault,
+        });
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::budget::Budget;
+use super::snapshot::{SnapshotRefused, SnapshotStore, StateSnapshot};
 use super::{CloseOutcome, Command, Fault, FaultCode, Outcome, Worker};
 
 /// Requests queued for a worker's task.
@@ -35,6 +36,76 @@ pub struct InvokeRequest {
     pub budget: Budget,
     /// Where the outcomes, or the fault that stopped the worker, go.
     pub reply: oneshot::Sender<Result<Vec<Outcome>, Fault>>,
+}
+
+/// A state snapshot of a stateful worker, taken between commands.
+pub struct SnapshotRequest {
+    /// Where the snapshot goes.
+    pub into: Arc<SnapshotStore>,
+    /// The backend version the worker runs, recorded with the snapshot.
+    pub version: String,
+    /// The time limit (the session's command timeout).
+    pub budget: Budget,
+    /// Told when the snapshot is stored (or was refused), for a caller that
+    /// waits; `None` for one queued after a command.
+    pub done: Option<oneshot::Sender<Result<(), SnapshotFailed>>>,
+}
+
+impl SnapshotRequest {
+    /// Stores the plugin's `bytes` and tells the waiting caller.
+    pub fn store(mut self, bytes: Vec<u8>) {
+        let stored = self.into.put(StateSnapshot {
+            bytes,
+            version: std::mem::take(&mut self.version),
+            taken_at: Instant::now(),
+        });
+        match stored {
+            Ok(()) => {
+                if let Some(done) = self.done {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            // Counted and logged by the store.
+            Err(refused) => self.refuse(refused),
+        }
+    }
+
+    /// Tells the waiting caller the snapshot was not kept (the worker knew
+    /// it was over the cap before copying it out).
+    pub fn refuse(self, refused: SnapshotRefused) {
+        if let Some(done) = self.done {
+            let _ = done.send(Err(SnapshotFailed::Refused(refused)));
+        }
+    }
+
+    /// Tells the waiting caller the worker faulted while snapshotting.
+    pub fn fail(self, fault: &Fault) {
+        if let Some(done) = self.done {
+            let _ = done.send(Err(SnapshotFailed::Fault(fault.clone())));
+        }
+    }
+}
+
+/// Why a snapshot a caller waited for is not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotFailed {
+    /// The worker faulted (and is gone).
+    #[error("{0}")]
+    Fault(Fault),
+    /// The snapshot was taken but not kept.
+    #[error("{0}")]
+    Refused(SnapshotRefused),
+    /// The worker's plugin keeps no state.
+    #[error("the backend keeps no state (it does not export gatehouse:backend/state)")]
+    Stateless,
+}
+
+/// What a worker's task is asked to do, in order.
+pub enum Request {
+    /// Run commands.
+    Invoke(InvokeRequest),
+    /// Take a snapshot.
+    Snapshot(SnapshotRequest),
 }
 
 /// A graceful close: run the plugin's close (or ask the process to exit)
@@ -60,8 +131,8 @@ pub trait Process: Send + Sync {
 /// The task's side of a worker: the requests to serve and the place to
 /// record the fault that ended it.
 pub struct Inbox {
-    /// Invokes, in the order the registry sent them.
-    pub invokes: mpsc::Receiver<InvokeRequest>,
+    /// Invokes and snapshots, in the order the registry sent them.
+    pub invokes: mpsc::Receiver<Request>,
     /// Closes. On a channel of their own so a task that can listen while a
     /// command runs (a native worker) hears a close at once.
     pub closes: mpsc::Receiver<CloseRequest>,
@@ -85,11 +156,12 @@ impl Inbox {
 /// The handle for one running worker. Dropping it ends the task and kills
 /// the process, if there is one.
 pub struct WorkerHandle {
-    invokes: mpsc::Sender<InvokeRequest>,
+    invokes: mpsc::Sender<Request>,
     closes: mpsc::Sender<CloseRequest>,
     fault: Arc<OnceLock<Fault>>,
     task: JoinHandle<()>,
     process: Option<Arc<dyn Process>>,
+    stateful: bool,
 }
 
 impl WorkerHandle {
@@ -115,7 +187,15 @@ impl WorkerHandle {
             fault,
             task,
             process,
+            stateful: false,
         }
+    }
+
+    /// Marks the worker's plugin as one that keeps state (it serves
+    /// [`Request::Snapshot`]).
+    pub fn with_state(mut self, stateful: bool) -> Self {
+        self.stateful = stateful;
+        self
     }
 
     /// Whether the worker can still serve: no fault, the task and the
@@ -160,8 +240,51 @@ impl Worker for WorkerHandle {
             budget: Budget::new(timeout, deadline),
             reply,
         };
-        self.invokes.send(request).await.map_err(|_| self.gone())?;
+        self.invokes
+            .send(Request::Invoke(request))
+            .await
+            .map_err(|_| self.gone())?;
         rx.await.map_err(|_| self.gone())?
+    }
+
+    fn stateful(&self) -> bool {
+        self.stateful
+    }
+
+    fn queue_snapshot(&self, into: &Arc<SnapshotStore>, version: &str, timeout: Duration) {
+        if !self.stateful {
+            return;
+        }
+        // Never waits: with the queue full, the commands queued take their
+        // own snapshots after them.
+        let _ = self.invokes.try_send(Request::Snapshot(SnapshotRequest {
+            into: Arc::clone(into),
+            version: version.to_string(),
+            budget: Budget::new(timeout, None),
+            done: None,
+        }));
+    }
+
+    async fn snapshot(
+        &self,
+        into: &Arc<SnapshotStore>,
+        version: &str,
+        timeout: Duration,
+    ) -> Result<(), SnapshotFailed> {
+        if !self.stateful {
+            return Err(SnapshotFailed::Stateless);
+        }
+        let (done, rx) = oneshot::channel();
+        let request = SnapshotRequest {
+            into: Arc::clone(into),
+            version: version.to_string(),
+            budget: Budget::new(timeout, None),
+            done: Some(done),
+        };
+        if self.invokes.send(Request::Snapshot(request)).await.is_err() {
+            return Err(SnapshotFailed::Fault(self.gone()));
+        }
+        rx.await.map_err(|_| SnapshotFailed::Fault(self.gone()))?
     }
 
     async fn close(&self, grace: Duration) -> CloseOutcome {

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod guest_log;
 pub mod handle;
 pub mod native;
+pub mod snapshot;
 pub mod wasm;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,9 @@ use crate::config::{BackendKind, SessionPolicy};
 use crate::events::EventLog;
 use crate::memory_budget::MemoryAccount;
 
-pub use self::fault::{Fault, FaultClass, FaultCode, FaultReporter, TrapCode};
+pub use self::fault::{Fault, FaultClass, FaultCode, FaultReport, FaultReporter, TrapCode};
+pub use self::handle::SnapshotFailed;
+pub use self::snapshot::{RefusalCounters, SnapshotRefused, SnapshotStore, StateSnapshot};
 
 /// What `ListBackends` shows about a backend.
 #[derive(Debug, Clone)]
@@ -111,6 +114,16 @@ pub enum StartError {
     /// initial memory does not fit the memory budget; a retry may succeed.
     #[error("no capacity for another worker: {0}")]
     Exhausted(Fault),
+    /// The plugin's `restore` refused the snapshot it was given.
+    #[error("the backend refused to restore the session's state: {0}")]
+    RestoreFailed(String),
+}
+
+/// A snapshot for a new worker to restore after its `open`.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    /// The snapshot.
+    pub snapshot: Arc<StateSnapshot>,
 }
 
 /// How far a worker's start-up has got. The registry shows each phase as
@@ -152,6 +165,9 @@ pub struct StartRequest {
     /// What the session's memory is charged to (the gateway's budget and
     /// the tenant's `max_memory`).
     pub memory: MemoryAccount,
+    /// State to restore right after `open` (a restart or an upgrade); a
+    /// worker whose plugin keeps no state ignores it.
+    pub restore: Option<Restore>,
 }
 
 /// A running worker serving one session.
@@ -176,6 +192,30 @@ pub trait Worker: Send + Sync {
 
     /// The worker's process id, for native workers.
     fn pid(&self) -> Option<u32>;
+
+    /// Whether the worker's plugin keeps state across instances (it exports
+    /// `gatehouse:backend/state`, or its native worker said so).
+    fn stateful(&self) -> bool {
+        false
+    }
+
+    /// Queues a snapshot into `into` behind the requests already queued,
+    /// without waiting for it. Nothing for a stateless worker.
+    fn queue_snapshot(&self, into: &Arc<SnapshotStore>, version: &str, timeout: Duration) {
+        let _ = (into, version, timeout);
+    }
+
+    /// Takes a snapshot into `into` behind the requests already queued and
+    /// waits until it is stored.
+    async fn snapshot(
+        &self,
+        into: &Arc<SnapshotStore>,
+        version: &str,
+        timeout: Duration,
+    ) -> Result<(), SnapshotFailed> {
+        let _ = (into, version, timeout);
+        Err(SnapshotFailed::Stateless)
+    }
 }
 
 /// A loaded backend that can start workers.

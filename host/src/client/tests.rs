@@ -210,6 +210,20 @@ impl GatewayApi for Api {
             already_closed: false,
         }))
     }
+
+    async fn restart_session(
+        &self,
+        r: Request<pb::RestartSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        Ok(Response::new(info(&r.into_inner().session_id)))
+    }
+
+    async fn upgrade_session(
+        &self,
+        r: Request<pb::UpgradeSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        Ok(Response::new(info(&r.into_inner().session_id)))
+    }
 }
 
 async fn fake(plans: Vec<Plan>) -> (Arc<Fake>, String) {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::grants::GrantsFile;
 use super::native::{NativeFile, resolve_command};
+use super::recovery::{Recovery, RestartFile, SnapshotFile};
 use super::{
     ConfigError, DEFAULT_BACKEND_VERSION, Grants, NativeSpec, SessionPatch, SessionPolicy,
     check_name, invalid, valid_name,
@@ -69,6 +70,8 @@ pub struct BackendSpec {
     /// `[backends.rollout]`: a new version of this backend starts as a
     /// canary taking a share of new opens; `None` replaces it at once.
     pub rollout: Option<Rollout>,
+    /// Snapshots, restarts and session upgrades.
+    pub recovery: Recovery,
 }
 
 /// A canary rollout (`[backends.rollout]`).
@@ -86,16 +89,29 @@ pub struct Rollout {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RolloutFile {
-    percent: u8,
+    /// Without it there is no canary: `upgrade_sessions` alone.
+    percent: Option<u8>,
     #[serde(default)]
     max_faults: Option<u32>,
     #[serde(default, deserialize_with = "super::units::duration")]
     window: Option<Duration>,
+    #[serde(default)]
+    upgrade_sessions: bool,
 }
 
 impl RolloutFile {
-    fn resolve(self, at: &str) -> Result<Rollout, ConfigError> {
-        if !(1..=99).contains(&self.percent) {
+    /// The canary, if the table asks for one.
+    fn resolve(self, at: &str) -> Result<Option<Rollout>, ConfigError> {
+        let Some(percent) = self.percent else {
+            if self.max_faults.is_some() || self.window.is_some() {
+                return Err(invalid(
+                    format!("{at}.percent"),
+                    "is required with max_faults or window (they belong to a canary)",
+                ));
+            }
+            return Ok(None);
+        };
+        if !(1..=99).contains(&percent) {
             return Err(invalid(
                 format!("{at}.percent"),
                 "must be 1..=99 (0 is no rollout, 100 a plain replacement)",
@@ -105,11 +121,11 @@ impl RolloutFile {
         if window.is_zero() {
             return Err(invalid(format!("{at}.window"), "must be greater than zero"));
         }
-        Ok(Rollout {
-            percent: self.percent,
+        Ok(Some(Rollout {
+            percent,
             max_faults: self.max_faults.unwrap_or(3),
             window,
-        })
+        }))
     }
 }
 
@@ -135,6 +151,8 @@ pub(super) struct BackendFile {
     #[serde(default, deserialize_with = "super::units::duration_or_off")]
     retire_after: Option<Option<Duration>>,
     rollout: Option<RolloutFile>,
+    snapshot: Option<SnapshotFile>,
+    restart: Option<RestartFile>,
 }
 
 fn default_kind() -> BackendKind {
@@ -195,6 +213,18 @@ impl BackendFile {
         };
         let policy = self.sessions.over(defaults, &format!("{key}.sessions"))?;
         let grants = self.grants.resolve(&format!("{key}.grants"), base)?;
+        let upgrade_sessions = self.rollout.as_ref().is_some_and(|r| r.upgrade_sessions);
+        let recovery = Recovery {
+            snapshot: self
+                .snapshot
+                .unwrap_or_default()
+                .resolve(&format!("{key}.snapshot"))?,
+            restart: self
+                .restart
+                .unwrap_or_default()
+                .resolve(&format!("{key}.restart"))?,
+            upgrade_sessions,
+        };
         Ok(BackendSpec {
             description: self.description.unwrap_or_default(),
             version: self
@@ -210,7 +240,9 @@ impl BackendFile {
             rollout: self
                 .rollout
                 .map(|r| r.resolve(&format!("{key}.rollout")))
-                .transpose()?,
+                .transpose()?
+                .flatten(),
+            recovery,
         })
     }
 }
@@ -292,6 +324,7 @@ pub(super) fn plugins_in(
                 policy: defaults.clone(),
                 retire_after: None,
                 rollout: None,
+                recovery: Default::default(),
                 name,
             })
         })

@@ -25,6 +25,7 @@ pub(super) fn builtin_backends(policy: &SessionPolicy) -> Vec<BackendSpec> {
         policy: policy.clone(),
         retire_after: None,
         rollout: None,
+        recovery: Default::default(),
     };
     let mut backends: Vec<BackendSpec> = builtin::DEFAULT_BACKENDS
         .iter()

@@ -67,6 +67,16 @@
 //! # percent = 10                    # this share of new opens (1-99)
 //! # max_faults = 3                  # more faults of its sessions than this within
 //! # window = "1m"                   # this window roll it back by itself
+//! # upgrade_sessions = false        # move live sessions to the new version when it
+//! #                                 # becomes current (stateful plugins; one at a time)
+//! # [backends.snapshot]             # plugins exporting gatehouse:backend/state only
+//! # every = "command"               # or a duration ("5s", checked each sweep), or "off"
+//! # max_bytes = "1MiB"              # a larger snapshot is refused; the last one stays
+//! # [backends.restart]
+//! # policy = "never"                # or "on-fault": a fault restarts the session, same id
+//! # max_restarts = 3                # restarts allowed within period; one more is
+//! # period = "1m"                   # FAULTED for good (restart-limit)
+//! # backoff = "100ms"               # the first restart's wait, doubling after
 //! [backends.sessions]               # overrides of [sessions] for this backend
 //! command_timeout = "1s"
 //! [backends.grants]                 # what the sandbox opens; nothing by default
@@ -130,6 +140,7 @@ pub mod certs;
 mod grants;
 mod native;
 mod policy;
+mod recovery;
 mod server;
 pub mod tenants;
 mod tls;
@@ -137,6 +148,9 @@ mod units;
 mod warnings;
 
 pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Rollout, Runner};
+pub use self::recovery::{
+    Recovery, RestartOn, RestartPolicy, SnapshotEvery, SnapshotPolicy, DEFAULT_SNAPSHOT_BYTES,
+};
 pub use self::certs::{CertIdentity, DistinguishedName};
 pub use self::grants::{Grants, NetRule, Preopen};
 pub use self::native::NativeSpec;

@@ -18,6 +18,8 @@ pub(crate) struct BackendMetrics {
     pub(super) invoke_seconds: Histogram,
     pub(super) instantiate_seconds: Histogram,
     pub(super) events: Arc<dyn EventObserver>,
+    pub(super) snapshot_refusals: crate::backend::RefusalCounters,
+    pub(super) restart_seconds: Histogram,
 }
 
 impl BackendMetrics {
@@ -26,12 +28,26 @@ impl BackendMetrics {
         let label = BackendLabel {
             backend: backend.to_string(),
         };
+        let refused = |reason: &str| {
+            metrics
+                .snapshots_refused
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    backend: backend.to_string(),
+                    reason: reason.into(),
+                })
+                .clone()
+        };
         Self {
             open_sessions: metrics.open_sessions.get_or_create(&label).clone(),
             sessions_opened: metrics.sessions_opened.get_or_create(&label).clone(),
             invoke_seconds: metrics.invoke_seconds.get_or_create(&label).clone(),
             instantiate_seconds: metrics.instantiate_seconds.get_or_create(&label).clone(),
             events: metrics.event_observer(backend),
+            snapshot_refusals: crate::backend::RefusalCounters {
+                too_large: refused("too-large"),
+                over_budget: refused("memory-budget"),
+            },
+            restart_seconds: metrics.restart_seconds.get_or_create(&label).clone(),
         }
     }
 }

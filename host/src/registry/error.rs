@@ -92,6 +92,10 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// An upgrade the session cannot take (no state, or the new version
+    /// refused it); the session is untouched.
+    #[error("the session was not upgraded and stays on its version: {0}")]
+    UpgradeRefused(String),
 }
 
 /// A wait as a person reads it: whole milliseconds, rounded up.

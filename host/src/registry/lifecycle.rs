@@ -53,6 +53,7 @@ impl Registry {
             }
             SessionState::Faulted => {
                 // The worker is already gone; closing makes it final.
+                session.snapshots.clear();
                 session.transition(SessionState::Closed, self.clock.now());
                 return CloseResult {
                     final_state: SessionState::Closed,
@@ -67,7 +68,7 @@ impl Registry {
                 already_closed: true,
             };
         }
-        let backend = session.backend.name.clone();
+        let backend = session.backend().name.clone();
         if let Some(worker) = session.take_worker() {
             // The worker enforces the grace period itself; the outer timeout
             // only guards against a worker that does not.
@@ -89,6 +90,7 @@ impl Registry {
             }
         }
         session.events.close();
+        session.snapshots.clear();
         session.transition(SessionState::Closed, self.clock.now());
         drop(session.take_held());
         self.metrics
@@ -105,13 +107,55 @@ impl Registry {
         }
     }
 
+    /// A worker's fault: the session restarts if its backend's restart
+    /// policy allows, else it faults for good. Returns whether this call
+    /// did either (false: a close got there first).
+    pub(super) fn fault_session(&self, session: &Arc<Session>, fault: Fault) -> bool {
+        if session.state() == SessionState::Ready {
+            let version = session.version();
+            match self.restart_after(session, fault.clone()) {
+                Ok(()) => {
+                    // The fault counts (metrics, a canary's budget) even
+                    // though the session lives on.
+                    if let Some(v) = version {
+                        self.version_faulted(&v);
+                    }
+                    self.count_fault(session, &fault);
+                    return true;
+                }
+                Err(fault) => return self.fault_for_good(session, fault),
+            }
+        }
+        self.fault_for_good(session, fault)
+    }
+
+    fn count_fault(&self, session: &Session, fault: &Fault) {
+        self.metrics
+            .faults
+            .get_or_create(&CodeLabel {
+                backend: session.backend().name.clone(),
+                code: fault.code.as_str().into(),
+            })
+            .inc();
+        self.metrics
+            .workers_killed
+            .get_or_create(&ReasonLabel {
+                backend: session.backend().name.clone(),
+                reason: match fault.class {
+                    FaultClass::Deadline => "deadline".into(),
+                    FaultClass::Crashed => "fault".into(),
+                },
+            })
+            .inc();
+    }
+
     /// Faults a session: stops its worker and releases its slot, once.
     /// Returns whether this call faulted it.
-    pub(super) fn fault_session(&self, session: &Arc<Session>, fault: Fault) -> bool {
+    pub(super) fn fault_for_good(&self, session: &Arc<Session>, fault: Fault) -> bool {
         let Some(released) = session.fault(fault.clone(), self.clock.now()) else {
             return false;
         };
-        let backend = session.backend.name.clone();
+        let backend = session.backend().name.clone();
         if let Some(worker) = released.worker {
             worker.kill();
             self.metrics
@@ -157,6 +201,7 @@ impl Registry {
         // sessions; the others wait for theirs to end.
         let overdue = self.catalog().overdue(now);
         let mut expired = Vec::new();
+        let live: Vec<Arc<Session>>;
         {
             let mut sessions = self.sessions();
             sessions.retain(|_, s| {
@@ -173,7 +218,15 @@ impl Registry {
                     expired.push((Arc::clone(s), CloseReason::BackendRetired));
                 }
             }
+            // Only sessions under an interval policy that ran a command
+            // since their last snapshot are marked.
+            live = sessions
+                .values()
+                .filter(|s| s.is_dirty())
+                .cloned()
+                .collect();
         }
+        self.sweep_snapshots(&live);
         let n = expired.len();
         futures::future::join_all(
             expired
@@ -210,7 +263,7 @@ impl Registry {
                     self.metrics
                         .workers_killed
                         .get_or_create(&ReasonLabel {
-                            backend: s.backend.name.clone(),
+                            backend: s.backend().name.clone(),
                             reason: "shutdown".into(),
                         })
                         .inc();

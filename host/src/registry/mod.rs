@@ -8,19 +8,23 @@
 //! worker, release the slot, count the fault, log, return the error.
 //!
 //! This file holds the registry itself, finding sessions and invoking
-//! them; opening (open.rs), ending (lifecycle.rs) and event streams
-//! (stream.rs) live beside it.
+//! them; opening (open.rs), ending (lifecycle.rs), event streams
+//! (stream.rs), state snapshots (snapshots.rs), restarts (restart.rs) and
+//! moving sessions between versions (upgrade.rs) live beside it.
 
 mod backend_metrics;
 pub mod catalog;
 mod error;
 mod lifecycle;
 mod open;
+mod restart;
 pub mod session;
 pub mod slots;
+mod snapshots;
 pub mod state;
 mod stream;
 pub mod tenant;
+mod upgrade;
 
 #[cfg(test)]
 mod tests;
@@ -32,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, Command, Fault, Outcome};
+use crate::backend::{Backend, Command, Fault, FaultReport, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
 use crate::memory_budget::MemoryBudget;
@@ -62,6 +66,8 @@ pub struct BackendEntry {
     pub retire_after: Option<Duration>,
     /// How a new version of it rolls out (`[backends.rollout]`).
     pub rollout: Option<crate::config::Rollout>,
+    /// Snapshots, restarts and session upgrades.
+    pub recovery: crate::config::Recovery,
 }
 
 /// Registry-wide settings.
@@ -88,8 +94,10 @@ pub struct Registry {
     settings: RegistrySettings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    faults: mpsc::UnboundedSender<(Arc<str>, Fault)>,
+    faults: mpsc::UnboundedSender<FaultReport>,
     draining: AtomicBool,
+    /// Itself, for the restart tasks a fault starts; they end with it.
+    this: Weak<Self>,
 }
 
 impl Registry {
@@ -101,8 +109,8 @@ impl Registry {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Arc<str>, Fault)>();
-        let registry = Arc::new(Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<FaultReport>();
+        let registry = Arc::new_cyclic(|this| Self {
             catalog: RwLock::new(Arc::new(Catalog::new(backends, &metrics))),
             sessions: Mutex::new(HashMap::new()),
             slots: Slots::new(settings.max_sessions),
@@ -115,16 +123,21 @@ impl Registry {
             metrics,
             faults: tx,
             draining: AtomicBool::new(false),
+            this: Weak::clone(this),
         });
         let weak: Weak<Self> = Arc::downgrade(&registry);
         tokio::spawn(async move {
-            while let Some((id, fault)) = rx.recv().await {
+            while let Some(report) = rx.recv().await {
                 let Some(registry) = weak.upgrade() else {
                     return;
                 };
-                let session = registry.sessions().get(&id).cloned();
-                if let Some(session) = session {
-                    registry.fault_session(&session, fault);
+                let session = registry.sessions().get(&report.session_id).cloned();
+                // A worker a restart or an upgrade replaced may still
+                // report its end; only the current one's faults count.
+                if let Some(session) = session
+                    && session.runs_worker(report.worker)
+                {
+                    registry.fault_session(&session, report.fault);
                 }
             }
         });
@@ -323,7 +336,10 @@ impl Registry {
         deadline: Option<Instant>,
     ) -> Result<Vec<Outcome>, GatewayError> {
         let session = self.owned(caller, id)?;
-        let worker = session.ready_worker()?;
+        // Held for the whole call: an upgrade or a restart by hand waits
+        // for it and holds later calls back.
+        let _gate = session.gate.read().await;
+        let (worker, number) = session.ready_worker_numbered()?;
         session.touch(self.clock.now());
         let began = Instant::now();
         let invoked = worker.invoke(commands, session.times.command_timeout, deadline);
@@ -349,6 +365,9 @@ impl Registry {
             .observe(began.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => {
+                if worker.stateful() {
+                    self.after_command(&session, worker.as_ref());
+                }
                 if let Some((index, size, limit)) =
                     outcomes.iter().enumerate().find_map(|(i, o)| match o {
                         Outcome::ReplyTooLarge { size, limit } => Some((i, *size, *limit)),
@@ -360,6 +379,11 @@ impl Registry {
                 Ok(outcomes)
             }
             Err(fault) => {
+                if !session.runs_worker(number) {
+                    // A worker already replaced: its fault is this call's
+                    // answer but changes nothing about the session.
+                    return Err(GatewayError::Faulted(fault));
+                }
                 if !self.fault_session(&session, fault.clone()) {
                     // A close got there first: the worker stopped because the
                     // session is closing, not because it failed.

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use crate::backend::{
-    Fault, FaultCode, FaultReporter, StartError, StartPhase, StartRequest, Worker,
+    Fault, FaultCode, FaultReporter, Restore, SnapshotStore, StartError, StartPhase, StartRequest,
+    Worker,
 };
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
 use crate::memory_budget::{MemoryAccount, MemoryKind};
 use crate::metrics::{CodeLabel, TenantLabel};
 use crate::registry::catalog::{Version, VersionPin};
-use crate::registry::session::Held;
+use crate::registry::session::{Held, StartInputs};
 use crate::registry::slots::{Refused, Slot};
 use crate::registry::tenant::{Caller, RateKind};
 use crate::registry::{GatewayError, Registry, Session, SessionState, SessionTimes};
@@ -74,7 +75,7 @@ impl Drop for Rollback<'_> {
             .metrics
             .faults
             .get_or_create(&CodeLabel {
-                backend: session.backend.name.to_string(),
+                backend: session.backend().name.to_string(),
                 code: code.as_str().into(),
             })
             .inc();
@@ -127,7 +128,7 @@ impl Registry {
             &request,
             times,
             slot,
-            &memory,
+            memory,
             self.clock.now(),
         );
         let _lifecycle = session.lifecycle.lock().await;
@@ -145,18 +146,16 @@ impl Registry {
         };
 
         // 3. Start the worker.
-        let started = self
-            .start_worker(caller, loaded, policy, request.config, &session, memory)
-            .await;
+        let started = self.start_worker(&session, loaded, None).await;
 
         // 4. READY, or roll back.
         let error = match started {
-            Ok(worker) => {
-                session.set_worker(Arc::clone(&worker));
+            Ok((worker, number)) => {
+                session.set_worker(worker, number);
                 if session.transition(SessionState::Ready, self.clock.now()) {
                     rollback.fault = None;
                     session.metrics.sessions_opened.inc();
-                    tracing::info!(session_id = %session.id, backend = %session.backend.name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
+                    tracing::info!(session_id = %session.id, backend = %loaded.info.name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
                     return Ok(Arc::clone(&session));
                 }
                 GatewayError::StartFailed(StartError::Failed(
@@ -171,7 +170,7 @@ impl Registry {
         let code = fault.code;
         rollback.fault = Some(fault);
         drop(rollback);
-        tracing::warn!(session_id = %session.id, backend = %session.backend.name, code = %code, "session open failed: {error}");
+        tracing::warn!(session_id = %session.id, backend = %loaded.info.name, code = %code, "session open failed: {error}");
         Err(error)
     }
 
@@ -190,7 +189,11 @@ impl Registry {
 
     /// A slot of the caller's tenant's quota and of the gateway's cap, both
     /// or neither.
-    fn take_slot(&self, caller: &Caller, loaded: &Version) -> Result<Slot, GatewayError> {
+    pub(super) fn take_slot(
+        &self,
+        caller: &Caller,
+        loaded: &Version,
+    ) -> Result<Slot, GatewayError> {
         let gauges = vec![
             loaded.metrics.open_sessions.clone(),
             self.metrics
@@ -213,30 +216,32 @@ impl Registry {
             })
     }
 
-    /// Starts the session's worker, reporting start-up states on the
-    /// session as the backend walks them.
-    async fn start_worker(
+    /// Starts a worker for the session on `loaded`, reporting start-up
+    /// states on the session as the backend walks them (an open; a
+    /// restarting session stays RESTARTING). `restore` is the state a
+    /// restart or an upgrade hands the new worker.
+    pub(super) async fn start_worker(
         &self,
-        caller: &Caller,
-        loaded: &Version,
-        policy: &SessionPolicy,
-        request_config: BTreeMap<String, String>,
         session: &Arc<Session>,
-        memory: MemoryAccount,
-    ) -> Result<Arc<dyn Worker>, StartError> {
+        loaded: &Version,
+        restore: Option<Restore>,
+    ) -> Result<(Arc<dyn Worker>, u64), StartError> {
+        let number = session.next_worker_number();
         // The request's config over the backend's.
         let mut config = loaded.entry.config.clone();
-        config.extend(request_config);
+        config.extend(session.start.config.clone());
         let start = StartRequest {
             session_id: Arc::clone(&session.id),
-            tenant: caller.tenant_name().to_string(),
-            backend: session.backend.name.clone(),
+            tenant: session.tenant.clone(),
+            backend: loaded.info.name.clone(),
             config,
             events: Arc::clone(&session.events),
-            policy: policy.clone(),
+            policy: session.start.policy.clone(),
             open_timeout: session.times.command_timeout,
-            faults: FaultReporter::new(Arc::clone(&session.id), self.faults.clone()),
-            memory,
+            faults: FaultReporter::new(Arc::clone(&session.id), self.faults.clone())
+                .for_worker(number),
+            memory: session.start.memory.clone(),
+            restore,
         };
         let clock = Arc::clone(&self.clock);
         let progress = |phase: StartPhase| {
@@ -248,7 +253,7 @@ impl Registry {
             .metrics
             .instantiate_seconds
             .observe(began.elapsed().as_secs_f64());
-        started.map(Arc::from)
+        started.map(|w| (Arc::from(w), number))
     }
 }
 
@@ -271,8 +276,8 @@ fn session_times(
     })
 }
 
-/// A new session in CREATING, with a fresh id and its own event log,
-/// whose events are charged to `memory`.
+/// A new session in CREATING, with a fresh id and its own event log and
+/// snapshot store, whose memory is charged to `memory`.
 #[allow(clippy::too_many_arguments)]
 fn new_session(
     caller: &Caller,
@@ -281,7 +286,7 @@ fn new_session(
     request: &OpenRequest,
     times: SessionTimes,
     slot: Slot,
-    memory: &MemoryAccount,
+    memory: MemoryAccount,
     now: Instant,
 ) -> Arc<Session> {
     let events = Arc::new(EventLog::budgeted(
@@ -304,9 +309,19 @@ fn new_session(
         request.client_correlation_id.clone(),
         times,
         events,
+        SnapshotStore::new(
+            loaded.entry.recovery.snapshot.max_bytes,
+            memory.reservation(MemoryKind::Snapshots),
+            loaded.metrics.snapshot_refusals.clone(),
+        ),
         Held {
             slot,
             version: VersionPin::new(loaded),
+        },
+        StartInputs {
+            config: request.config.clone(),
+            policy: policy.clone(),
+            memory,
         },
         now,
     ))

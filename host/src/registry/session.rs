@@ -1,10 +1,12 @@
 //! One session: who owns it, its state, its lease, its events and its
 //! worker handle.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendInfo, Fault, Worker};
+use crate::backend::{BackendInfo, Fault, SnapshotStore, Worker};
 use crate::events::EventLog;
 use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
@@ -27,6 +29,17 @@ pub struct SessionTimes {
     pub close_timeout: Duration,
 }
 
+/// What the session's workers start from, kept from the open so a restart
+/// or an upgrade starts the next worker the same way.
+pub(super) struct StartInputs {
+    /// The open request's config (the backend's goes under it).
+    pub config: std::collections::BTreeMap<String, String>,
+    /// The limits resolved at open (the backend's, lowered by the tenant).
+    pub policy: crate::config::SessionPolicy,
+    /// What the session's memory is charged to.
+    pub memory: crate::memory_budget::MemoryAccount,
+}
+
 /// Mutable status, behind one lock so transitions are atomic.
 #[derive(Debug)]
 struct Status {
@@ -37,6 +50,14 @@ struct Status {
     close_reason: Option<CloseReason>,
     /// When the session reached CLOSED or FAULTED; drives retention.
     ended_at: Option<Instant>,
+    /// Restarts so far, automatic and by hand.
+    restarts: u32,
+    /// When the automatic restarts within the restart period happened.
+    recent_restarts: VecDeque<Instant>,
+    /// The fault that caused the last restart (or ended the session).
+    last_fault: Option<Fault>,
+    /// When a snapshot was last asked for (the interval policy).
+    snapshot_asked: Option<Instant>,
 }
 
 /// A session in the registry.
@@ -47,8 +68,8 @@ pub struct Session {
     pub tenant: String,
     /// The label of the API key that opened it; `None` when anonymous.
     pub owner_key: Option<Arc<str>>,
-    /// The backend it runs on.
-    pub backend: Arc<BackendInfo>,
+    /// The backend version it runs on; an upgrade replaces it.
+    info: Mutex<Arc<BackendInfo>>,
     /// The backend's metric handles, shared with every session of it.
     pub(super) metrics: Arc<BackendMetrics>,
     /// Client-chosen name.
@@ -61,8 +82,23 @@ pub struct Session {
     pub opened_at: Instant,
     /// Its event log.
     pub events: Arc<EventLog>,
+    /// Its latest state snapshot (stateful plugins).
+    pub snapshots: Arc<SnapshotStore>,
+    /// Whether a command ran since the last snapshot was asked for.
+    dirty: AtomicBool,
+    /// How its workers start.
+    pub(super) start: StartInputs,
     status: Mutex<Status>,
     worker: Mutex<Option<Arc<dyn Worker>>>,
+    /// Workers started for the session so far (each gets the next number).
+    workers_started: AtomicU64,
+    /// The number of the installed worker; written under `worker`'s lock.
+    current_worker: AtomicU64,
+    /// Held (shared) by every invoke for its whole call, and exclusively
+    /// by an upgrade or a restart by hand: those wait for the commands in
+    /// flight and hold new ones back, so no command runs on a worker that
+    /// is being replaced.
+    pub(super) gate: tokio::sync::RwLock<()>,
     held: Mutex<Option<Held>>,
     /// Serializes open and close of this session.
     pub(super) lifecycle: tokio::sync::Mutex<()>,
@@ -73,7 +109,7 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("id", &self.id)
             .field("tenant", &self.tenant)
-            .field("backend", &self.backend.name)
+            .field("backend", &self.backend().name)
             .field("state", &self.state())
             .finish_non_exhaustive()
     }
@@ -107,20 +143,25 @@ impl Session {
         client_correlation_id: String,
         times: SessionTimes,
         events: Arc<EventLog>,
+        snapshots: Arc<SnapshotStore>,
         held: Held,
+        start: StartInputs,
         now: Instant,
     ) -> Self {
         Self {
             id,
             tenant,
             owner_key,
-            backend,
+            info: Mutex::new(backend),
             metrics,
             client_session_name,
             client_correlation_id,
             times,
             opened_at: now,
             events,
+            snapshots,
+            dirty: AtomicBool::new(false),
+            start,
             status: Mutex::new(Status {
                 state: SessionState::Creating,
                 last_activity: now,
@@ -128,11 +169,23 @@ impl Session {
                 fault: None,
                 close_reason: None,
                 ended_at: None,
+                restarts: 0,
+                recent_restarts: VecDeque::new(),
+                last_fault: None,
+                snapshot_asked: None,
             }),
             worker: Mutex::new(None),
+            workers_started: AtomicU64::new(0),
+            current_worker: AtomicU64::new(0),
+            gate: tokio::sync::RwLock::new(()),
             held: Mutex::new(Some(held)),
             lifecycle: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The backend version the session runs on now.
+    pub fn backend(&self) -> Arc<BackendInfo> {
+        Arc::clone(&self.info.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether `caller` is the client that opened the session: the same
@@ -179,19 +232,158 @@ impl Session {
     pub(super) fn fault(&self, fault: Fault, now: Instant) -> Option<Faulted> {
         {
             let mut st = self.status();
-            if !(st.state.is_starting() || st.state == SessionState::Ready) {
+            if !(st.state.is_starting()
+                || matches!(st.state, SessionState::Ready | SessionState::Restarting))
+            {
                 return None;
             }
             st.state = SessionState::Faulted;
+            st.last_fault = Some(fault.clone());
             st.fault = Some(fault);
             st.close_reason = Some(CloseReason::Fault);
             st.ended_at = Some(now);
         }
+        // The snapshot stays: a restart by hand may still use it.
         self.events.close();
         Some(Faulted {
             worker: self.take_worker(),
             held: self.take_held(),
         })
+    }
+
+    /// Starts a restart of a READY session (after `fault`, or by hand
+    /// without one) or of a FAULTED one (by hand). Returns the old worker,
+    /// to kill, or `None` when the session cannot restart now.
+    pub(super) fn begin_restart(
+        &self,
+        fault: Option<Fault>,
+    ) -> Result<Option<Arc<dyn Worker>>, SessionState> {
+        {
+            let mut st = self.status();
+            if !st.state.can_become(SessionState::Restarting) {
+                return Err(st.state);
+            }
+            st.state = SessionState::Restarting;
+            if let Some(f) = fault {
+                st.last_fault = Some(f);
+            }
+            st.fault = None;
+            st.close_reason = None;
+            st.ended_at = None;
+        }
+        self.events.reopen();
+        Ok(self.take_worker())
+    }
+
+    /// Counts an automatic restart at `now` against `max` within `period`.
+    /// Returns the restart's number within the period (1 for the first),
+    /// or `None` when the budget is spent.
+    pub(super) fn count_restart(&self, max: u32, period: Duration, now: Instant) -> Option<u32> {
+        let mut st = self.status();
+        while st
+            .recent_restarts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= period)
+        {
+            st.recent_restarts.pop_front();
+        }
+        if st.recent_restarts.len() >= max as usize {
+            return None;
+        }
+        st.recent_restarts.push_back(now);
+        u32::try_from(st.recent_restarts.len()).ok()
+    }
+
+    /// Ends a restart: the new worker serves, the lease starts over.
+    /// Returns the restart count, or `None` if the session left RESTARTING
+    /// meanwhile (a close), when the worker is not installed.
+    pub(super) fn finish_restart(
+        &self,
+        worker: Arc<dyn Worker>,
+        number: u64,
+        now: Instant,
+    ) -> Option<u32> {
+        let mut st = self.status();
+        if st.state != SessionState::Restarting {
+            return None;
+        }
+        st.state = SessionState::Ready;
+        st.restarts += 1;
+        st.last_activity = now;
+        st.lease_expires = now + self.times.lease;
+        let restarts = st.restarts;
+        // Installed before the status lock is let go: a call that sees
+        // READY finds the new worker.
+        self.set_worker(worker, number);
+        drop(st);
+        Some(restarts)
+    }
+
+    /// The fault behind the last restart.
+    pub fn last_fault(&self) -> Option<Fault> {
+        self.status().last_fault.clone()
+    }
+
+    /// Whether a command ran since the last interval snapshot was asked for.
+    pub(super) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Marks that a command ran (the snapshot policies read it).
+    pub(super) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a snapshot is due under an interval policy: a command ran
+    /// since the last one was asked for, and `every` has passed. Marks it
+    /// asked for when it is.
+    pub(super) fn snapshot_due(&self, every: Duration, now: Instant) -> bool {
+        let mut st = self.status();
+        if st.state != SessionState::Ready
+            || st.snapshot_asked.is_some_and(|t| now < t + every)
+            || !self.dirty.swap(false, Ordering::Relaxed)
+        {
+            return false;
+        }
+        st.snapshot_asked = Some(now);
+        true
+    }
+
+    /// Moves the session to another version's worker (an upgrade):
+    /// returns the worker and the pin it ran on, for the caller to close
+    /// and drop.
+    pub(super) fn swap_version(
+        &self,
+        worker: Arc<dyn Worker>,
+        number: u64,
+        version: VersionPin,
+    ) -> (Option<Arc<dyn Worker>>, Option<VersionPin>) {
+        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&version.version().info);
+        let old_worker = {
+            let mut slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+            self.current_worker.store(number, Ordering::Release);
+            slot.replace(worker)
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let old_pin = held
+            .as_mut()
+            .map(|h| std::mem::replace(&mut h.version, version));
+        (old_worker, old_pin)
+    }
+
+    /// The version the session is pinned to, while it holds one.
+    pub(super) fn version(&self) -> Option<Arc<crate::registry::Version>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|h| Arc::clone(h.version.version()))
+    }
+
+    /// Gives the session a slot and version pin again (a FAULTED session
+    /// restarted by hand).
+    pub(super) fn hold(&self, held: Held) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
     }
 
     /// Renews the lease and records client activity.
@@ -238,21 +430,40 @@ impl Session {
         self.status().ended_at
     }
 
-    pub(super) fn set_worker(&self, worker: Arc<dyn Worker>) {
-        *self.worker.lock().unwrap_or_else(|e| e.into_inner()) = Some(worker);
+    /// The number the next worker started for the session gets.
+    pub(super) fn next_worker_number(&self) -> u64 {
+        self.workers_started.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// The worker, if the session is READY.
-    pub(super) fn ready_worker(&self) -> Result<Arc<dyn Worker>, GatewayError> {
+    /// Installs worker number `number`.
+    pub(super) fn set_worker(&self, worker: Arc<dyn Worker>, number: u64) {
+        let mut slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(worker);
+        self.current_worker.store(number, Ordering::Release);
+    }
+
+    /// Whether worker number `number` is the one installed: faults of a
+    /// replaced worker change nothing.
+    pub(super) fn runs_worker(&self, number: u64) -> bool {
+        self.current_worker.load(Ordering::Acquire) == number
+    }
+
+    /// The worker and its number, if the session is READY.
+    pub(super) fn ready_worker_numbered(&self) -> Result<(Arc<dyn Worker>, u64), GatewayError> {
         let state = self.state();
         if state != SessionState::Ready {
             return Err(self.not_ready(state));
         }
-        self.worker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| self.not_ready(state))
+        let slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(w) => Ok((Arc::clone(w), self.current_worker.load(Ordering::Acquire))),
+            None => Err(self.not_ready(state)),
+        }
+    }
+
+    /// The worker, if the session is READY.
+    pub(super) fn ready_worker(&self) -> Result<Arc<dyn Worker>, GatewayError> {
+        self.ready_worker_numbered().map(|(w, _)| w)
     }
 
     /// The error for a call that needs READY, with why the session closed.
@@ -263,8 +474,12 @@ impl Session {
         }
     }
 
+    /// Takes the worker out; from now on no worker's fault counts until
+    /// the next is installed.
     pub(super) fn take_worker(&self) -> Option<Arc<dyn Worker>> {
-        self.worker.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let mut slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        self.current_worker.store(0, Ordering::Release);
+        slot.take()
     }
 
     /// Whether the session, not ended yet, runs on `version`.
@@ -291,6 +506,9 @@ impl Session {
             .and_then(|w| w.pid());
         let (events_emitted, events_dropped) = self.events.counts();
         SessionSnapshot {
+            restarts: st.restarts,
+            last_fault: st.last_fault.clone(),
+            snapshot_bytes: self.snapshots.size(),
             state: st.state,
             last_activity: st.last_activity,
             lease_expires: st.lease_expires,
@@ -322,4 +540,10 @@ pub struct SessionSnapshot {
     pub events_emitted: u64,
     /// Events dropped by the overflow policy.
     pub events_dropped: u64,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// The fault behind the last restart, or the one that ended it.
+    pub last_fault: Option<Fault>,
+    /// The size of the latest state snapshot; 0 without one.
+    pub snapshot_bytes: usize,
 }

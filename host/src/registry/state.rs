@@ -19,6 +19,9 @@ pub enum SessionState {
     InitializingWorker,
     /// Serving commands.
     Ready,
+    /// The worker is being replaced (after a fault, by hand, or for an
+    /// upgrade's failure path): the id, lease and event sequence stay.
+    Restarting,
     /// A close is under way.
     Closing,
     /// Gone for good.
@@ -42,12 +45,18 @@ impl SessionState {
     /// Whether the machine allows going from `self` to `to`.
     ///
     /// Start-up moves forward only; any live state may fault or start
-    /// closing; `Closing` ends in `Closed` or `Faulted`; `Faulted` only
-    /// closes; `Closed` is terminal. Nothing ever returns to `Ready`.
+    /// closing; `Closing` ends in `Closed` or `Faulted`; `Faulted` closes
+    /// or restarts; `Closed` is terminal. Only a restart returns to
+    /// `Ready`: `Ready` and `Faulted` may restart, and `Restarting` ends in
+    /// `Ready`, `Faulted` or `Closing`.
     pub fn can_become(self, to: SessionState) -> bool {
         use SessionState::*;
         match (self, to) {
             (Closed, _) => false,
+            (Ready | Faulted, Restarting) => true,
+            (Restarting, Ready | Faulted | Closing) => true,
+            (Restarting, _) => false,
+            (_, Restarting) => false,
             (Faulted, Closed) => true,
             (Faulted, _) => false,
             (Closing, Closed | Faulted) => true,
@@ -81,9 +90,10 @@ impl SessionState {
             Handshaking => 3,
             InitializingWorker => 4,
             Ready => 5,
-            Closing => 6,
-            Faulted => 7,
-            Closed => 8,
+            Restarting => 6,
+            Closing => 7,
+            Faulted => 8,
+            Closed => 9,
         }
     }
 
@@ -97,6 +107,7 @@ impl SessionState {
             Handshaking => "HANDSHAKING",
             InitializingWorker => "INITIALIZING_WORKER",
             Ready => "READY",
+            Restarting => "RESTARTING",
             Closing => "CLOSING",
             Closed => "CLOSED",
             Faulted => "FAULTED",
@@ -156,13 +167,14 @@ mod tests {
     use super::SessionState::*;
     use super::*;
 
-    const ALL: [SessionState; 9] = [
+    const ALL: [SessionState; 10] = [
         Creating,
         StartingWorker,
         WaitingForWorker,
         Handshaking,
         InitializingWorker,
         Ready,
+        Restarting,
         Closing,
         Closed,
         Faulted,
@@ -176,9 +188,31 @@ mod tests {
     }
 
     #[test]
-    fn faulted_only_closes() {
+    fn faulted_only_closes_or_restarts() {
         for to in ALL {
-            assert_eq!(Faulted.can_become(to), to == Closed, "FAULTED -> {to}");
+            assert_eq!(
+                Faulted.can_become(to),
+                matches!(to, Closed | Restarting),
+                "FAULTED -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_comes_back_to_ready_or_ends() {
+        for to in ALL {
+            assert_eq!(
+                Restarting.can_become(to),
+                matches!(to, Ready | Faulted | Closing),
+                "RESTARTING -> {to}"
+            );
+        }
+        for from in ALL {
+            assert_eq!(
+                from.can_become(Restarting),
+                matches!(from, Ready | Faulted),
+                "{from} -> RESTARTING"
+            );
         }
     }
 
@@ -194,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_walks_back_to_ready() {
+    fn nothing_but_a_restart_walks_back_to_ready() {
         for from in [Ready, Closing, Closed, Faulted] {
             assert!(!from.can_become(Ready), "{from} -> READY");
         }

@@ -7,16 +7,25 @@
 //! (its `close` then never returns), `echo`.
 //! With session config `fail_open = "yes"`, `open` refuses the session.
 //! `close` emits a `closed` event, so tests can see that it ran.
+//!
+//! It keeps state, for the restart and upgrade tests: `put KEY VALUE` and
+//! `get KEY` use a small map that `state.snapshot` saves and
+//! `state.restore` brings back; `restored-from` answers the version the
+//! last restore came from ("" if none). With session config
+//! `fail_restore = "yes"`, `restore` refuses; with `snapshot_trap = "yes"`,
+//! `snapshot` traps.
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "backend",
+    world: "stateful-backend",
 });
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use exports::gatehouse::backend::session::Guest;
+use exports::gatehouse::backend::state::Guest as StateGuest;
 use gatehouse::backend::host;
 use gatehouse::backend::types::{Command, CommandError, Event, SessionContext};
 
@@ -25,6 +34,13 @@ thread_local! {
     static HOARD: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static TRAP_ON_TICK: RefCell<bool> = const { RefCell::new(false) };
     static SPIN_ON_CLOSE: RefCell<bool> = const { RefCell::new(false) };
+    static STATE: RefCell<BTreeMap<String, String>> = const { RefCell::new(BTreeMap::new()) };
+    static RESTORED_FROM: RefCell<String> = const { RefCell::new(String::new()) };
+    static CONFIG: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn config_is(key: &str, value: &str) -> bool {
+    CONFIG.with_borrow(|c| c.iter().any(|(k, v)| k == key && v == value))
 }
 
 struct Chaos;
@@ -38,6 +54,7 @@ impl Guest for Chaos {
         {
             return Err("refused: fail_open is set".into());
         }
+        CONFIG.with_borrow_mut(|c| *c = ctx.config);
         Ok(())
     }
 
@@ -120,6 +137,18 @@ impl Guest for Chaos {
                 SPIN_ON_CLOSE.with_borrow_mut(|s| *s = true);
                 Ok(Vec::new())
             }
+            "put" => {
+                let (k, v) = arg.split_once(' ').ok_or_else(|| {
+                    CommandError::InvalidPayload("usage: put KEY VALUE".into())
+                })?;
+                STATE.with_borrow_mut(|s| s.insert(k.to_string(), v.to_string()));
+                Ok(Vec::new())
+            }
+            "get" => STATE
+                .with_borrow(|s| s.get(&arg).cloned())
+                .map(String::into_bytes)
+                .ok_or_else(|| CommandError::Failed(format!("no key {arg:?}"))),
+            "restored-from" => Ok(RESTORED_FROM.with_borrow(|r| r.clone()).into_bytes()),
             other => Err(CommandError::UnknownCommand(format!(
                 "chaos has no command {other:?}"
             ))),
@@ -141,6 +170,36 @@ impl Guest for Chaos {
             name: "closed".into(),
             payload: Vec::new(),
         });
+    }
+}
+
+impl StateGuest for Chaos {
+    fn snapshot() -> Vec<u8> {
+        if config_is("snapshot_trap", "yes") {
+            panic!("chaos trap in a snapshot");
+        }
+        // Lines of KEY VALUE: keys have no spaces (`put` splits on one).
+        STATE.with_borrow(|s| {
+            s.iter()
+                .map(|(k, v)| format!("{k} {v}\n"))
+                .collect::<String>()
+                .into_bytes()
+        })
+    }
+
+    fn restore(state: Vec<u8>, from_version: String) -> Result<(), String> {
+        if config_is("fail_restore", "yes") {
+            return Err(format!("refused: fail_restore is set (state of {from_version})"));
+        }
+        let text = String::from_utf8(state).map_err(|_| "the state is not UTF-8".to_string())?;
+        let map = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        STATE.with_borrow_mut(|s| *s = map);
+        RESTORED_FROM.with_borrow_mut(|r| *r = from_version);
+        Ok(())
     }
 }
 

@@ -9,10 +9,13 @@
 //!
 //! A missing key is a `failed` command error; a payload that is not the
 //! expected JSON is `invalid-payload`.
+//!
+//! The store is the session's state: it survives a restart or an upgrade
+//! (the plugin exports `gatehouse:backend/state`, format 1 below).
 
 use std::collections::BTreeMap;
 
-use gatehouse_plugin::{Command, CommandError, Plugin, emit, failed, json_reply};
+use gatehouse_plugin::{Command, CommandError, Plugin, Stateful, emit, failed, json_reply, state};
 use serde_json::Value;
 
 /// One session's store.
@@ -58,8 +61,23 @@ impl Plugin for Kv {
     }
 }
 
+/// The snapshot format: 1 is the store as a JSON object.
+const STATE_FORMAT: u32 = 1;
+
+impl Stateful for Kv {
+    fn snapshot(&self) -> Vec<u8> {
+        state::save(STATE_FORMAT, &self.store)
+    }
+
+    fn restore(&mut self, state: &[u8], from_version: &str) -> Result<(), String> {
+        let (_format, store) = state::load(state, STATE_FORMAT, from_version)?;
+        self.store = store;
+        Ok(())
+    }
+}
+
 fn missing(key: &str) -> CommandError {
     failed(format!("no such key: {key:?}"))
 }
 
-gatehouse_plugin::export!(Kv);
+gatehouse_plugin::export_stateful!(Kv);

@@ -30,6 +30,11 @@
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component gatehouse loads.
+//!
+//! A plugin whose sessions should survive restarts and upgrades also
+//! implements [`Stateful`] and is exported with [`export_stateful!`]
+//! instead: the gateway then snapshots its state between commands and hands
+//! the latest snapshot to the session's next instance.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -69,6 +74,69 @@ pub trait Plugin: Default + 'static {
 
     /// Called once when the session closes gracefully.
     fn close(&mut self) {}
+}
+
+/// A plugin whose session state survives restarts and upgrades. Export it
+/// with [`export_stateful!`].
+///
+/// A snapshot holds what the plugin needs to go on: its data, not handles,
+/// timers or anything the host owns (ticks asked for are not carried
+/// over; schedule them again in `restore`). Put a format version in it: a
+/// newer plugin restores what an older one saved, and `from_version` names
+/// the backend version that saved it. The `json` feature's [`state`]
+/// helpers do both for a `serde` type.
+pub trait Stateful: Plugin {
+    /// The session's state, taken between commands, never during one.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the state [`Plugin::open`] set up with one a
+    /// [`snapshot`](Self::snapshot) of backend version `from_version`
+    /// produced. An `Err` keeps the session where it was: a restart faults
+    /// it (`restore-failed`); an upgrade leaves the old version serving.
+    fn restore(&mut self, state: &[u8], from_version: &str) -> Result<(), String>;
+}
+
+/// Versioned JSON snapshots of a `serde` type.
+#[cfg(feature = "json")]
+pub mod state {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// `{"format": FORMAT, "state": value}` as bytes.
+    pub fn save<T: Serialize + ?Sized>(format: u32, value: &T) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "format": format, "state": value }))
+            .unwrap_or_default()
+    }
+
+    /// The value [`save`] wrote and the format it was written in, for
+    /// formats up to `newest`; a newer or unreadable one is an error that
+    /// names `from_version`.
+    pub fn load<T: DeserializeOwned>(
+        bytes: &[u8],
+        newest: u32,
+        from_version: &str,
+    ) -> Result<(u32, T), String> {
+        #[derive(serde::Deserialize)]
+        struct Envelope<T> {
+            format: u32,
+            state: T,
+        }
+        let e: Envelope<serde_json::Value> = serde_json::from_slice(bytes)
+            .map_err(|e| format!("unreadable state from version {from_version}: {e}"))?;
+        if e.format > newest {
+            return Err(format!(
+                "state format {} from version {from_version} is newer than this plugin reads ({newest})",
+                e.format
+            ));
+        }
+        let value = serde_json::from_value(e.state).map_err(|err| {
+            format!(
+                "state format {} from version {from_version} does not fit: {err}",
+                e.format
+            )
+        })?;
+        Ok((e.format, value))
+    }
 }
 
 /// Who and what the session is.
@@ -252,6 +320,27 @@ pub mod __private {
             p.close();
         }
     }
+
+    /// For [`export_stateful!`](crate::export_stateful), which generates
+    /// the `state` export in the plugin's own crate: a component exports
+    /// only what its crate generates, so a plugin without state exports
+    /// none.
+    pub use wit_bindgen;
+
+    pub fn snapshot<P: super::Stateful>(slot: &'static Slot<P>) -> Vec<u8> {
+        slot.with_borrow(|s| s.as_ref().map(|p| p.snapshot()).unwrap_or_default())
+    }
+
+    pub fn restore<P: super::Stateful>(
+        slot: &'static Slot<P>,
+        state: Vec<u8>,
+        from_version: String,
+    ) -> Result<(), String> {
+        slot.with_borrow_mut(|s| match s {
+            Some(p) => p.restore(&state, &from_version),
+            None => Err("the session is not open".into()),
+        })
+    }
 }
 
 /// Exports a [`Plugin`] type as the component's `gatehouse:backend` world.
@@ -285,6 +374,74 @@ macro_rules! export {
                 }
             }
             $crate::bindings::__export_backend!(Export);
+        };
+    };
+}
+
+/// Exports a [`Stateful`] plugin type as the component's
+/// `gatehouse:backend` `stateful-backend` world. Use it, instead of
+/// [`export!`], once at the top level of the crate.
+#[macro_export]
+macro_rules! export_stateful {
+    ($plugin:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static SESSION: ::std::cell::RefCell<::std::option::Option<$plugin>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+            struct Export;
+            impl $crate::__private::Guest for Export {
+                fn open(
+                    ctx: $crate::__private::SessionContext,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::open(&SESSION, ctx)
+                }
+                fn handle(
+                    cmd: $crate::__private::RawCommand,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::RawCommandError>
+                {
+                    $crate::__private::handle(&SESSION, cmd)
+                }
+                fn tick() {
+                    $crate::__private::tick(&SESSION)
+                }
+                fn close() {
+                    $crate::__private::close(&SESSION)
+                }
+            }
+            $crate::bindings::__export_backend!(Export);
+            mod __gatehouse_state {
+                $crate::__private::wit_bindgen::generate!({
+                    // The state interface of wit/backend.wit, which the
+                    // component gets beside the SDK's backend world.
+                    inline: "
+                        package gatehouse:backend@0.2.0;
+                        interface state {
+                            snapshot: func() -> list<u8>;
+                            restore: func(state: list<u8>, from-version: string) -> result<_, string>;
+                        }
+                        world state-export {
+                            export state;
+                        }
+                    ",
+                    world: "state-export",
+                    runtime_path: "::gatehouse_plugin::__private::wit_bindgen::rt",
+                });
+                pub(super) use self::export as export_state;
+                pub(super) use self::exports::gatehouse::backend::state::Guest;
+            }
+            impl __gatehouse_state::Guest for Export {
+                fn snapshot() -> ::std::vec::Vec<u8> {
+                    $crate::__private::snapshot(&SESSION)
+                }
+                fn restore(
+                    state: ::std::vec::Vec<u8>,
+                    from_version: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::restore(&SESSION, state, from_version)
+                }
+            }
+            __gatehouse_state::export_state!(Export with_types_in __gatehouse_state);
         };
     };
 }

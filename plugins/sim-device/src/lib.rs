@@ -26,6 +26,12 @@
 //! Built-in simulated tags: `sim.ramp` counts up by one on every read or
 //! sample, `sim.sine` follows a sine wave over one minute. Session config
 //! `fail_open = "yes"` refuses the session (to test refusals).
+//!
+//! The worker is stateful: its written tags and the ramp survive a restart
+//! or an upgrade of the session (subscriptions do not; a client subscribes
+//! again when it sees `gatehouse.restarted`). The state is JSON,
+//! `{"format":1,"ramp":N,"tags":{...}}`; session config
+//! `fail_restore = "yes"` refuses every restore (to test that path).
 
 #![warn(missing_docs)]
 
@@ -98,6 +104,7 @@ impl Subscription {
 /// One session's simulated device.
 pub struct SimDevice {
     session_id: String,
+    fail_restore: bool,
     tags: Arc<Tags>,
     events: EventSender,
     subscriptions: HashMap<String, Subscription>,
@@ -110,6 +117,7 @@ impl Worker for SimDevice {
         }
         Ok(SimDevice {
             session_id: ctx.session_id.clone(),
+            fail_restore: ctx.config.get("fail_restore").map(String::as_str) == Some("yes"),
             tags: Arc::default(),
             events,
             subscriptions: HashMap::new(),
@@ -195,7 +203,51 @@ impl Worker for SimDevice {
             sub.stop();
         }
     }
+
+    const STATEFUL: bool = true;
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        let tags = self
+            .tags
+            .values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let state = serde_json::json!({
+            "format": STATE_FORMAT,
+            "ramp": self.tags.ramp.load(Ordering::Relaxed),
+            "tags": tags,
+        });
+        state.to_string().into_bytes()
+    }
+
+    fn restore(&mut self, state: &[u8], from_version: &str) -> Result<(), String> {
+        if self.fail_restore {
+            return Err(format!(
+                "refused: fail_restore = yes (state of version {from_version})"
+            ));
+        }
+        let state: serde_json::Value =
+            serde_json::from_slice(state).map_err(|e| format!("unreadable state: {e}"))?;
+        let format = state["format"].as_u64().unwrap_or(0);
+        if format != STATE_FORMAT {
+            return Err(format!(
+                "state format {format} from version {from_version}; this worker reads format {STATE_FORMAT}"
+            ));
+        }
+        let tags: BTreeMap<String, String> = serde_json::from_value(state["tags"].clone())
+            .map_err(|e| format!("unreadable tags: {e}"))?;
+        *self.tags.values.lock().unwrap_or_else(|e| e.into_inner()) = tags;
+        self.tags
+            .ramp
+            .store(state["ramp"].as_u64().unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }
 }
+
+/// The version of the snapshot format; bump it when the layout changes and
+/// keep reading the older ones.
+const STATE_FORMAT: u64 = 1;
 
 impl SimDevice {
     fn subscribe(&mut self, args: &str) -> Result<String, CommandError> {

@@ -112,6 +112,28 @@ pub trait Worker: Sized {
 
     /// Called once on a graceful close, before the process exits.
     fn close(&mut self) {}
+
+    /// Whether this worker keeps its session's state across restarts and
+    /// upgrades. Set it to `true` and implement [`snapshot`](Self::snapshot)
+    /// and [`restore`](Self::restore); the gateway then asks for snapshots
+    /// between commands and hands the latest to the session's next worker.
+    const STATEFUL: bool = false;
+
+    /// The session's state, in a format of your choosing (version it: a
+    /// newer worker restores what an older one saved). Called between
+    /// commands, never during one.
+    fn snapshot(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Replaces the state `open` set up with `state`, which a worker of
+    /// backend version `from_version` saved. Called right after `open` on a
+    /// restarted or upgraded session. An `Err` keeps the session where it
+    /// was (an upgrade leaves the old version serving).
+    fn restore(&mut self, state: &[u8], from_version: &str) -> Result<(), String> {
+        let _ = (state, from_version);
+        Err("this worker keeps no state".into())
+    }
 }
 
 /// Why an event could not be sent.
@@ -267,6 +289,7 @@ fn run_with<W: Worker>(settings: Settings) -> Result<(), RunError> {
         nonce: settings.nonce.clone(),
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
+        stateful: W::STATEFUL,
     }))
     .map_err(|e| RunError::Protocol(format!("sending hello: {e}")))?;
 
@@ -299,21 +322,44 @@ fn serve<W: Worker>(link: &Arc<Link>, rx: &mpsc::Receiver<to_worker::Msg>) -> Re
                     backend: open.backend,
                     config: open.config.into_iter().collect(),
                 };
-                let opened = guard(link, || W::open(&ctx, events.clone()));
+                let opened = guard(link, || {
+                    let mut w = W::open(&ctx, events.clone()).map_err(|e| (e, false))?;
+                    if let Some(r) = open.restore.filter(|_| W::STATEFUL) {
+                        w.restore(&r.state, &r.from_version)
+                            .map_err(|e| (e, true))?;
+                    }
+                    Ok(w)
+                });
                 match opened {
                     Ok(w) => {
                         worker = Some(w);
                         let _ = link.send(from_worker::Msg::Opened(proto::Opened {
                             ok: true,
                             error: String::new(),
+                            restore_failed: false,
                         }));
                     }
-                    Err(error) => {
+                    Err((error, restore_failed)) => {
                         link.closed.store(true, Ordering::Release);
-                        let _ =
-                            link.send(from_worker::Msg::Opened(proto::Opened { ok: false, error }));
+                        let _ = link.send(from_worker::Msg::Opened(proto::Opened {
+                            ok: false,
+                            error,
+                            restore_failed,
+                        }));
                         return Ok(());
                     }
+                }
+            }
+            to_worker::Msg::Snapshot(snapshot) => {
+                let Some(w) = worker.as_mut() else {
+                    return Err(fatal(link, "protocol", "a snapshot before open"));
+                };
+                let state = guard(link, || w.snapshot());
+                if let Err(e) = link.send(from_worker::Msg::State(proto::State {
+                    id: snapshot.id,
+                    state,
+                })) {
+                    return Err(fatal(link, "snapshot", &format!("sending the state: {e}")));
                 }
             }
             to_worker::Msg::Command(cmd) => {

@@ -53,6 +53,7 @@ fn hello(nonce: String, protocol_version: u32, pid: u32) -> pb::FromWorker {
             nonce,
             protocol_version,
             pid,
+            stateful: false,
         })),
     }
 }
@@ -226,7 +227,7 @@ while True:
         use pb::from_worker::Msg;
         let bytes = proptest::collection::vec(any::<u8>(), 0..64);
         let msg = prop_oneof![
-            3 => (any::<bool>(), ".{0,10}").prop_map(|(ok, error)| Some(Msg::Opened(pb::Opened { ok, error }))),
+            3 => (any::<bool>(), ".{0,10}").prop_map(|(ok, error)| Some(Msg::Opened(pb::Opened { ok, error, restore_failed: false }))),
             3 => (0u64..4, bytes.clone()).prop_map(|(id, p)| Some(Msg::Reply(pb::Reply {
                 id,
                 result: Some(pb::reply::Result::Payload(p)),
@@ -268,6 +269,7 @@ while True:
             policy: SessionPolicy::default(),
             retire_after: None,
             rollout: None,
+            recovery: Default::default(),
         }
     }
 
@@ -292,6 +294,7 @@ while True:
             open_timeout: Duration::from_millis(500),
             faults: FaultReporter::new(id, tx),
             memory: crate::memory_budget::MemoryAccount::unlimited(),
+            restore: None,
         }
     }
 
@@ -350,6 +353,7 @@ while True:
             msg: Some(pb::from_worker::Msg::Opened(pb::Opened {
                 ok: true,
                 error: String::new(),
+                restore_failed: false,
             })),
         }
         .encode_to_vec();

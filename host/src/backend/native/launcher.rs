@@ -191,6 +191,7 @@ impl Launcher {
             frames,
             self.timing(),
             &self.backend,
+            hello.stateful,
         ))
     }
 }

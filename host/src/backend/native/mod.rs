@@ -254,11 +254,20 @@ impl Backend for NativeBackend {
             )));
         }
         progress(StartPhase::InitializingWorker);
+        // Only a worker that said it keeps state is sent one.
+        let restore = match &request.restore {
+            Some(r) if worker.stateful() => Some(pb::Restore {
+                state: r.snapshot.bytes.clone(),
+                from_version: r.snapshot.version.clone(),
+            }),
+            _ => None,
+        };
         let open = pb::Open {
             session_id: request.session_id.to_string(),
             tenant: request.tenant.clone(),
             backend: request.backend.clone(),
             config: request.config.clone().into_iter().collect(),
+            restore,
         };
         let attach = Attach {
             open,

@@ -5,7 +5,7 @@
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::backend::{Fault, FaultCode};
+use crate::backend::{CommandError, Fault, FaultCode};
 pub use gatehouse_worker_protocol::{
     FrameError, LENGTH_BYTES, PROTOCOL_VERSION, body_len, decode, encode, env, pb,
 };
@@ -106,6 +106,19 @@ pub fn name(msg: &pb::from_worker::Msg) -> &'static str {
         Msg::Event(_) => "event",
         Msg::Heartbeat(_) => "heartbeat",
         Msg::Fault(_) => "fault",
+        Msg::State(_) => "state",
+    }
+}
+
+/// The one mapping of the wire's command error into the host's.
+impl From<pb::CommandError> for CommandError {
+    fn from(e: pb::CommandError) -> Self {
+        use pb::command_error::Kind;
+        match Kind::try_from(e.kind).unwrap_or(Kind::Failed) {
+            Kind::UnknownCommand => CommandError::UnknownCommand(e.message),
+            Kind::InvalidPayload => CommandError::InvalidPayload(e.message),
+            Kind::Failed | Kind::Unspecified => CommandError::Failed(e.message),
+        }
     }
 }
 
@@ -120,12 +133,41 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn wire_command_errors_map_to_the_hosts_and_unknown_kinds_fail() {
+        use pb::command_error::Kind;
+        let wire = |kind: i32| pb::CommandError {
+            kind,
+            message: "m".into(),
+        };
+        assert_eq!(
+            CommandError::from(wire(Kind::UnknownCommand as i32)),
+            CommandError::UnknownCommand("m".into())
+        );
+        assert_eq!(
+            CommandError::from(wire(Kind::InvalidPayload as i32)),
+            CommandError::InvalidPayload("m".into())
+        );
+        assert_eq!(
+            CommandError::from(wire(Kind::Failed as i32)),
+            CommandError::Failed("m".into())
+        );
+        // An unspecified or future kind is a plain failure, never a panic.
+        for kind in [Kind::Unspecified as i32, 99] {
+            assert_eq!(
+                CommandError::from(wire(kind)),
+                CommandError::Failed("m".into())
+            );
+        }
+    }
+
     fn hello(nonce: &str, version: u32) -> pb::FromWorker {
         pb::FromWorker {
             msg: Some(pb::from_worker::Msg::Hello(pb::Hello {
                 nonce: nonce.into(),
                 protocol_version: version,
                 pid: 42,
+                stateful: false,
             })),
         }
     }

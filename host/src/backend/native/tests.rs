@@ -26,6 +26,7 @@ fn spec(command: &[&str], startup_timeout: Duration) -> BackendSpec {
         policy: SessionPolicy::default(),
         retire_after: None,
         rollout: None,
+        recovery: Default::default(),
     }
 }
 
@@ -50,6 +51,7 @@ fn request() -> StartRequest {
         open_timeout: Duration::from_secs(5),
         faults: FaultReporter::new(id, tx),
         memory: crate::memory_budget::MemoryAccount::unlimited(),
+        restore: None,
     }
 }
 

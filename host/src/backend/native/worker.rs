@@ -28,6 +28,7 @@ impl IdleWorker {
         frames: Frames,
         timing: Timing,
         backend: &str,
+        stateful: bool,
     ) -> Self {
         let (opens, opens_rx) = mpsc::channel(1);
         let span = tracing::info_span!("worker", backend = %backend, pid = proc.pid);
@@ -36,7 +37,8 @@ impl IdleWorker {
             Conversation::new(proc, writer, frames, inbox, opens_rx, timing)
                 .run()
                 .instrument(span)
-        });
+        })
+        .with_state(stateful);
         Self { handle, opens }
     }
 
@@ -44,6 +46,12 @@ impl IdleWorker {
     pub(super) fn pid(&self) -> Option<u32> {
         use crate::backend::Worker;
         self.handle.pid()
+    }
+
+    /// Whether the worker said in its hello that it keeps state.
+    pub(super) fn stateful(&self) -> bool {
+        use crate::backend::Worker;
+        self.handle.stateful()
     }
 
     /// Whether the worker is still usable (for the warm pool).

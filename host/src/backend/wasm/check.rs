@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
+use super::exports::{ExportIndices, VERSIONS};
 use super::host::SessionData;
-use super::{SESSION_INTERFACE, new_linker};
+use super::new_linker;
 
-/// The WIT package version this gateway speaks.
-pub const WORLD_VERSION: &str = world_version!();
+/// The WIT package version this gateway speaks (it loads older ones too).
+pub const WORLD_VERSION: &str = VERSIONS[0];
 
 /// Why a file is not a usable gatehouse plugin. Each has its own message.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +34,12 @@ pub enum CheckError {
     #[error("not a gatehouse:backend component: it exports {0}")]
     WrongWorld(String),
     /// It targets another version of the world.
-    #[error("targets gatehouse:backend@{found}, but this gateway speaks @{expected}")]
+    #[error("targets gatehouse:backend@{found}, but this gateway loads @{expected}")]
     WrongVersion {
         /// What the component exports.
         found: String,
-        /// What the gateway speaks.
-        expected: &'static str,
+        /// What the gateway loads.
+        expected: String,
     },
 }
 
@@ -75,6 +76,9 @@ pub struct CheckReport {
     pub compile_time: Duration,
     /// The `gatehouse:backend` version the component targets.
     pub world_version: String,
+    /// Whether it exports `gatehouse:backend/state`: its sessions keep their
+    /// state across restarts and upgrades.
+    pub stateful: bool,
     /// Every import.
     pub imports: Vec<ImportInfo>,
     /// Imports gatehouse cannot satisfy, with the linker's words; empty when
@@ -166,10 +170,7 @@ pub fn check_component(bytes: &[u8]) -> Result<CheckReport, CheckError> {
 
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_string()).collect();
-    let prefix = SESSION_INTERFACE
-        .split('@')
-        .next()
-        .unwrap_or(SESSION_INTERFACE);
+    let prefix = "gatehouse:backend/session";
     let world_version = match exports
         .iter()
         .find_map(|e| e.strip_prefix(prefix).and_then(|v| v.strip_prefix('@')))
@@ -184,12 +185,13 @@ pub fn check_component(bytes: &[u8]) -> Result<CheckReport, CheckError> {
             return Err(CheckError::WrongWorld(list));
         }
     };
-    if world_version != WORLD_VERSION {
+    if !VERSIONS.contains(&world_version.as_str()) {
         return Err(CheckError::WrongVersion {
             found: world_version,
-            expected: WORLD_VERSION,
+            expected: VERSIONS.join(" or @"),
         });
     }
+    let stateful = ExportIndices::find(&component).is_ok_and(|e| e.stateful());
 
     let imports = ty
         .imports(&engine)
@@ -216,6 +218,7 @@ pub fn check_component(bytes: &[u8]) -> Result<CheckReport, CheckError> {
         size: bytes.len(),
         compile_time,
         world_version,
+        stateful,
         imports,
         link_errors,
     })

@@ -248,3 +248,33 @@ impl host::Host for SessionData {
         Ok(())
     }
 }
+
+/// Links `gatehouse:backend/host@0.1.0` (and its type-only `types`), so
+/// components built for 0.1.0 keep loading: the same functions as 0.2.0's,
+/// whose types are structurally the same.
+pub(super) fn add_v0_1_to_linker(
+    linker: &mut wasmtime::component::Linker<SessionData>,
+) -> wasmtime::Result<()> {
+    use host::Host;
+    use wasmtime::StoreContextMut;
+    linker.instance("gatehouse:backend/types@0.1.0")?;
+    let mut v1 = linker.instance("gatehouse:backend/host@0.1.0")?;
+    v1.func_wrap(
+        "emit",
+        |mut cx: StoreContextMut<'_, SessionData>, (event,): (types::Event,)| {
+            cx.data_mut().emit(event)
+        },
+    )?;
+    v1.func_wrap(
+        "log",
+        |mut cx: StoreContextMut<'_, SessionData>,
+         (level, message): (types::LogLevel, String)| { cx.data_mut().log(level, message) },
+    )?;
+    v1.func_wrap(
+        "schedule-tick",
+        |mut cx: StoreContextMut<'_, SessionData>, (delay_ms,): (u64,)| {
+            cx.data_mut().schedule_tick(delay_ms)
+        },
+    )?;
+    Ok(())
+}

@@ -5,17 +5,10 @@
 //! costs a `Store` and an instantiation from the pooling allocator, with
 //! copy-on-write memory images.
 
-/// The WIT package version this gateway speaks, as a literal so the
-/// interface names can be built from it at compile time.
-macro_rules! world_version {
-    () => {
-        "0.1.0"
-    };
-}
-
 mod bindings;
 pub mod cache;
 pub mod check;
+mod exports;
 mod host;
 mod reply;
 mod stdio;
@@ -27,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -35,6 +28,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use self::bindings::BackendPre;
+use self::exports::ExportIndices;
 use self::host::{LimitHit, Limits, SessionData};
 use self::stdio::{GuestOutput, Source};
 use super::event_sink::EventSink;
@@ -43,9 +37,6 @@ use super::{
     Backend, BackendInfo, Fault, FaultCode, Progress, StartError, StartPhase, StartRequest, Worker,
 };
 use crate::config::{BackendKind, BackendSpec, Grants, NetRule};
-
-/// The WIT interface every backend exports.
-const SESSION_INTERFACE: &str = concat!("gatehouse:backend/session@", world_version!());
 
 /// Table elements a session's tables may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
@@ -71,6 +62,8 @@ pub struct RuntimeOptions {
     /// The largest reply of any backend; larger replies are never copied
     /// out of an instance. Process-wide: the last runtime created sets it.
     pub max_reply_bytes: usize,
+    /// The largest state snapshot of any backend, likewise.
+    pub max_snapshot_bytes: usize,
 }
 
 /// Why a component could not be loaded.
@@ -111,6 +104,7 @@ impl WasmRuntime {
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let linker = new_linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         reply::set_reply_cap(options.max_reply_bytes);
+        reply::set_snapshot_cap(options.max_snapshot_bytes);
         // Detached: it ends by itself once the last engine handle is gone.
         ticker::spawn(&engine, options.epoch_tick);
         Ok(Self { engine, linker })
@@ -138,13 +132,7 @@ impl WasmRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let indices =
-            bindings::BackendIndices::new(&pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = BackendPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let handle_index = component
-            .get_export_index(None, SESSION_INTERFACE)
-            .and_then(|iface| component.get_export_index(Some(&iface), "handle"))
-            .ok_or_else(|| LoadError::Link(format!("no {SESSION_INTERFACE}#handle export")))?;
+        let exports = ExportIndices::find(&component).map_err(LoadError::Link)?;
         Ok((
             WasmBackend {
                 info: BackendInfo {
@@ -163,8 +151,7 @@ impl WasmRuntime {
                 grants: spec.grants.clone(),
                 engine: self.engine.clone(),
                 pre,
-                handle_index,
-                indices,
+                exports,
             },
             source,
         ))
@@ -177,11 +164,12 @@ impl WasmRuntime {
 }
 
 /// The linker every session is instantiated with: WASI preview 2 and the
-/// gatehouse `host` interface.
+/// gatehouse `host` interface, at every world version the gateway loads.
 fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<SessionData>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::Backend::add_to_linker::<SessionData, HasSelf<SessionData>>(&mut linker, |d| d)?;
+    host::add_v0_1_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -231,14 +219,24 @@ pub struct WasmBackend {
     env: Vec<(String, String)>,
     grants: Grants,
     engine: Engine,
-    pre: BackendPre<SessionData>,
-    handle_index: ComponentExportIndex,
-    /// The world's export indices, resolved once at load instead of by
+    pre: InstancePre<SessionData>,
+    /// The component's functions, resolved once at load instead of by
     /// name on every open.
-    indices: bindings::BackendIndices,
+    exports: ExportIndices,
 }
 
 impl WasmBackend {
+    /// Whether the component exports `gatehouse:backend/state` (keeps its
+    /// state across restarts and upgrades).
+    pub fn stateful(&self) -> bool {
+        self.exports.stateful()
+    }
+
+    /// The `gatehouse:backend` world version the component implements.
+    pub fn world_version(&self) -> &'static str {
+        self.exports.version
+    }
+
     /// TCP connects to the allow-list only; nothing else (no listening, no
     /// UDP, no name lookup). Without a grant, TCP is off entirely.
     fn grant_network(&self, wasi: &mut WasiCtxBuilder) {
@@ -326,14 +324,11 @@ impl Backend for WasmBackend {
         });
         store.set_epoch_deadline(1);
 
-        let instantiated = match self.pre.instance_pre().instantiate_async(&mut store).await {
-            Ok(raw) => self.indices.load(&mut store, &raw).and_then(|b| {
-                let handle = raw.get_typed_func(&mut store, self.handle_index)?;
-                Ok((b, handle))
-            }),
+        let instantiated = match self.pre.instantiate_async(&mut store).await {
+            Ok(raw) => self.exports.load(&mut store, &raw),
             Err(e) => Err(e),
         };
-        let (instance, handle) = match instantiated {
+        let exports = match instantiated {
             Ok(i) => i,
             Err(e) => {
                 let fault = worker::classify(&e);
@@ -357,17 +352,27 @@ impl Backend for WasmBackend {
             config: request.config.clone().into_iter().collect(),
         };
         store.set_epoch_deadline(1);
-        let opened = instance
-            .gatehouse_backend_session()
-            .call_open(&mut store, &ctx)
-            .await;
-        store.data_mut().deadline = None;
+        let opened = exports.open.call_async(&mut store, (ctx,)).await;
         match opened {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(StartError::Refused(message)),
+            Ok((Ok(()),)) => {}
+            Ok((Err(message),)) => return Err(StartError::Refused(message)),
             Err(e) => return Err(StartError::Failed(worker::classify(&e))),
         }
-        Ok(Box::new(worker::spawn(store, instance, handle, request)))
+        // A restart or an upgrade: the state of the instance it replaces,
+        // within what is left of the open's deadline.
+        if let (Some(restore), Some(state)) = (&request.restore, &exports.state) {
+            let from = (
+                restore.snapshot.bytes.clone(),
+                restore.snapshot.version.clone(),
+            );
+            match state.restore.call_async(&mut store, from).await {
+                Ok((Ok(()),)) => {}
+                Ok((Err(message),)) => return Err(StartError::RestoreFailed(message)),
+                Err(e) => return Err(StartError::Failed(worker::classify(&e))),
+            }
+        }
+        store.data_mut().deadline = None;
+        Ok(Box::new(worker::spawn(store, exports, request)))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Lifting a command's reply without copying an oversized one out of the
-//! instance.
+//! Lifting a command's reply (or a state snapshot) without copying an
+//! oversized one out of the instance.
 //!
 //! The generated bindings lift `list<u8>` into a `Vec<u8>`, copying whatever
 //! the guest returns (up to its whole memory) into the gateway before anyone
@@ -11,6 +11,7 @@
 //! This implements wasmtime's `ComponentType`/`Lift` through its
 //! `__internal` re-exports, so it is tied to the wasmtime major in use.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use wasmtime::ValRaw;
@@ -19,6 +20,8 @@ use wasmtime::component::{ComponentType, Lift, WasmList};
 
 /// The largest reply any backend allows; larger replies are never copied.
 static REPLY_CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The largest snapshot any backend allows.
+static SNAPSHOT_CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Sets the largest reply that is copied out of an instance (the largest
 /// `max_reply_bytes` of any backend).
@@ -26,19 +29,68 @@ pub(super) fn set_reply_cap(bytes: usize) {
     REPLY_CAP.store(bytes, Ordering::Relaxed);
 }
 
-/// A `list<u8>` reply: the bytes, or only the length when it was over the cap.
+/// Sets the largest snapshot that is copied out of an instance (the
+/// largest `[backends.snapshot] max_bytes` of any backend).
+pub(super) fn set_snapshot_cap(bytes: usize) {
+    SNAPSHOT_CAP.store(bytes, Ordering::Relaxed);
+}
+
+/// Which process-wide cap a [`Capped`] list is lifted under.
+pub trait Cap: Send + Sync + 'static {
+    /// The cap now.
+    fn bytes() -> usize;
+}
+
+/// Replies: `max_reply_bytes`.
+pub struct ReplyCap;
+impl Cap for ReplyCap {
+    fn bytes() -> usize {
+        REPLY_CAP.load(Ordering::Relaxed)
+    }
+}
+
+/// Snapshots: `[backends.snapshot] max_bytes`.
+pub struct SnapshotCap;
+impl Cap for SnapshotCap {
+    fn bytes() -> usize {
+        SNAPSHOT_CAP.load(Ordering::Relaxed)
+    }
+}
+
+/// A `list<u8>` lifted under cap `C`: the bytes, or only the length when it
+/// was over the cap.
+pub struct Capped<C> {
+    /// What was lifted.
+    pub value: Reply,
+    cap: PhantomData<C>,
+}
+
+/// A command's reply.
+pub type ReplyBytes = Capped<ReplyCap>;
+/// A state snapshot.
+pub type SnapshotBytes = Capped<SnapshotCap>;
+
+/// A lifted `list<u8>`: the bytes, or only the length when it was over the cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// The reply fit and was copied.
+    /// The list fit and was copied.
     Bytes(Vec<u8>),
-    /// The reply was this long and stayed in the instance.
+    /// The list was this long and stayed in the instance.
     TooLarge(usize),
 }
 
-impl Reply {
+impl<C: Cap> Capped<C> {
     fn read(cx: &LiftContext<'_>, ptr: u32, len: u32) -> wasmtime::Result<Self> {
+        let value = Self::bytes(cx, ptr, len)?;
+        Ok(Self {
+            value,
+            cap: PhantomData,
+        })
+    }
+
+    fn bytes(cx: &LiftContext<'_>, ptr: u32, len: u32) -> wasmtime::Result<Reply> {
         let len = len as usize;
-        if len > REPLY_CAP.load(Ordering::Relaxed) {
+        if len > C::bytes() {
             return Ok(Reply::TooLarge(len));
         }
         let start = ptr as usize;
@@ -50,9 +102,9 @@ impl Reply {
     }
 }
 
-// SAFETY: `Reply` has exactly the ABI of `list<u8>` (it delegates the type
+// SAFETY: `Capped` has exactly the ABI of `list<u8>` (it delegates the type
 // check and layout to `WasmList<u8>`) and is only ever lifted.
-unsafe impl ComponentType for Reply {
+unsafe impl<C: Cap> ComponentType for Capped<C> {
     type Lower = <WasmList<u8> as ComponentType>::Lower;
 
     const ABI: CanonicalAbiInfo = <WasmList<u8> as ComponentType>::ABI;
@@ -64,14 +116,14 @@ unsafe impl ComponentType for Reply {
 
 // SAFETY: lifting only reads the (pointer, length) pair the canonical ABI
 // defines for lists and bounds-checks the bytes against guest memory.
-unsafe impl Lift for Reply {
+unsafe impl<C: Cap> Lift for Capped<C> {
     fn linear_lift_from_flat(
         cx: &mut LiftContext<'_>,
         _ty: InterfaceType,
         src: &Self::Lower,
     ) -> wasmtime::Result<Self> {
         let raw: &[ValRaw; 2] = src;
-        Reply::read(cx, raw[0].get_u32(), raw[1].get_u32())
+        Self::read(cx, raw[0].get_u32(), raw[1].get_u32())
     }
 
     fn linear_lift_from_memory(
@@ -86,6 +138,6 @@ unsafe impl Lift for Reply {
                 .map(u32::from_le_bytes)
                 .ok_or_else(|| wasmtime::format_err!("truncated list pointer pair"))
         };
-        Reply::read(cx, word(0)?, word(4)?)
+        Self::read(cx, word(0)?, word(4)?)
     }
 }

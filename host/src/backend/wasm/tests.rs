@@ -19,6 +19,7 @@ fn runtime() -> WasmRuntime {
         max_memory_bytes: 64 << 20,
         epoch_tick: Duration::from_millis(5),
         max_reply_bytes: 1 << 20,
+        max_snapshot_bytes: 1 << 20,
     })
     .unwrap()
 }
@@ -35,13 +36,14 @@ fn spec(name: &str, policy: SessionPolicy) -> BackendSpec {
         policy,
         retire_after: None,
         rollout: None,
+        recovery: Default::default(),
     }
 }
 
 struct Opened {
     worker: Box<dyn Worker>,
     events: Arc<EventLog>,
-    faults: mpsc::UnboundedReceiver<(Arc<str>, Fault)>,
+    faults: mpsc::UnboundedReceiver<crate::backend::FaultReport>,
 }
 
 async fn open(rt: &WasmRuntime, name: &str, policy: SessionPolicy) -> Result<Opened, StartError> {
@@ -82,6 +84,7 @@ async fn open_charged(
         open_timeout: Duration::from_secs(5),
         faults: FaultReporter::new(id, tx),
         memory,
+        restore: None,
     };
     let states = std::sync::Mutex::new(Vec::new());
     let worker = backend
@@ -274,12 +277,12 @@ async fn a_trap_in_a_tick_is_reported() {
     let rt = runtime();
     let mut s = open(&rt, "chaos", SessionPolicy::default()).await.unwrap();
     call(&*s.worker, "tick-trap", "10", LONG).await.unwrap();
-    let (id, fault) = tokio::time::timeout(LONG, s.faults.recv())
+    let report = tokio::time::timeout(LONG, s.faults.recv())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&*id, "s1");
-    assert_eq!(fault.code.as_str(), "trap: unreachable");
+    assert_eq!(&*report.session_id, "s1");
+    assert_eq!(report.fault.code.as_str(), "trap: unreachable");
 }
 
 #[tokio::test]
@@ -353,6 +356,7 @@ async fn a_refused_open_is_reported_as_refused() {
         open_timeout: LONG,
         faults: FaultReporter::new("s".into(), tx),
         memory: MemoryAccount::unlimited(),
+        restore: None,
     };
     let err = backend.start(request, &|_| {}).await.err().unwrap();
     assert!(matches!(err, StartError::Refused(m) if m.contains("fail_open")));

@@ -6,22 +6,19 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 use wasmtime::Store;
-use wasmtime::component::TypedFunc;
 
-use super::bindings::Backend as Instance;
 use super::bindings::gatehouse::backend::types;
+use super::exports::Exports;
 use super::host::{LimitHit, SessionData};
 use super::reply::Reply;
 use crate::backend::budget::Budget;
-use crate::backend::handle::{CloseRequest, Inbox, InvokeRequest, WorkerHandle};
-use crate::backend::{
-    CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome, StartRequest,
-    TrapCode,
+use crate::backend::handle::{
+    CloseRequest, Inbox, InvokeRequest, Request, SnapshotRequest, WorkerHandle,
 };
-
-/// `session.handle`, lifting its reply as a [`Reply`] so an oversized one is
-/// never copied out of the instance.
-pub(super) type HandleFunc = TypedFunc<(types::Command,), (Result<Reply, types::CommandError>,)>;
+use crate::backend::{
+    CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome,
+    SnapshotRefused, StartRequest, TrapCode,
+};
 
 /// How a session task ended.
 enum Exit {
@@ -42,8 +39,7 @@ enum Exit {
 /// Starts the task that owns a session's store and returns its handle.
 pub(super) fn spawn(
     store: Store<SessionData>,
-    instance: Instance,
-    handle: HandleFunc,
+    exports: Exports,
     request: StartRequest,
 ) -> WorkerHandle {
     // A root span: the session outlives the OpenSession call that started
@@ -53,11 +49,11 @@ pub(super) fn spawn(
     let command_timeout = request.policy.command_timeout;
     let max_reply_bytes = request.policy.max_reply_bytes;
     let reporter = request.faults;
+    let stateful = exports.state.is_some();
     WorkerHandle::spawn(None, move |inbox| {
         let task = SessionTask {
             store,
-            instance,
-            handle,
+            exports,
             inbox,
             reporter,
             command_timeout,
@@ -65,12 +61,12 @@ pub(super) fn spawn(
         };
         task.run().instrument(span)
     })
+    .with_state(stateful)
 }
 
 struct SessionTask {
     store: Store<SessionData>,
-    instance: Instance,
-    handle: HandleFunc,
+    exports: Exports,
     inbox: Inbox,
     reporter: FaultReporter,
     command_timeout: Duration,
@@ -133,11 +129,18 @@ impl SessionTask {
                 }
             };
             match request {
-                Ok(InvokeRequest {
+                Ok(Request::Snapshot(snapshot)) => {
+                    if let Err(fault) = self.snapshot(snapshot).await {
+                        tracing::warn!(%fault, "session faulted taking a state snapshot");
+                        self.inbox.fail(&fault);
+                        return Exit::Faulted { reply: None, fault };
+                    }
+                }
+                Ok(Request::Invoke(InvokeRequest {
                     commands,
                     budget,
                     reply,
-                }) => {
+                })) => {
                     if reply.is_closed() {
                         // The caller gave up while the request was queued.
                         continue;
@@ -159,11 +162,7 @@ impl SessionTask {
                 Err(CloseRequest { grace, reply }) => {
                     self.inbox.stop_accepting();
                     self.arm(Instant::now() + grace);
-                    let closed = self
-                        .instance
-                        .gatehouse_backend_session()
-                        .call_close(&mut self.store)
-                        .await;
+                    let closed = self.exports.close.call_async(&mut self.store, ()).await;
                     let outcome = match closed {
                         Ok(()) => CloseOutcome::Graceful,
                         Err(e) => {
@@ -201,15 +200,15 @@ impl SessionTask {
                 name: command.name,
                 payload: command.payload,
             };
-            let result = self.handle.call_async(&mut self.store, (cmd,)).await;
+            let result = self.exports.handle.call_async(&mut self.store, (cmd,)).await;
             self.store.data_mut().deadline = None;
-            let outcome = match result {
-                Ok((Ok(Reply::TooLarge(size)),)) => Outcome::ReplyTooLarge {
+            let outcome = match result.map(|(r,)| r.map(|bytes| bytes.value)) {
+                Ok(Ok(Reply::TooLarge(size))) => Outcome::ReplyTooLarge {
                     size,
                     limit: self.max_reply_bytes,
                 },
-                Ok((Ok(Reply::Bytes(reply)),)) => Outcome::reply(reply, self.max_reply_bytes),
-                Ok((Err(e),)) => Outcome::Error(e.into()),
+                Ok(Ok(Reply::Bytes(reply))) => Outcome::reply(reply, self.max_reply_bytes),
+                Ok(Err(e)) => Outcome::Error(e.into()),
                 Err(e) => {
                     let fault = classify(&e);
                     return Err(if fault.code == FaultCode::Deadline {
@@ -226,13 +225,57 @@ impl SessionTask {
 
     async fn tick(&mut self) -> Result<(), Fault> {
         self.arm(Instant::now() + self.command_timeout);
-        let result = self
-            .instance
-            .gatehouse_backend_session()
-            .call_tick(&mut self.store)
-            .await;
+        let result = self.exports.tick.call_async(&mut self.store, ()).await;
         self.store.data_mut().deadline = None;
         result.map_err(|e| classify(&e))
+    }
+
+    /// Calls `state.snapshot` within the request's time limit and stores
+    /// what it returns. A trap or an overrun faults the session like a
+    /// command would; a snapshot over the cap is only refused.
+    async fn snapshot(&mut self, request: SnapshotRequest) -> Result<(), Fault> {
+        let Some(snapshot) = self.exports.state.as_ref().map(|s| s.snapshot.clone()) else {
+            request.fail(&Fault::crashed(
+                FaultCode::Internal,
+                "the backend keeps no state",
+            ));
+            return Ok(());
+        };
+        let clock = match request.budget.start(Instant::now()) {
+            Ok(clock) => clock,
+            Err(fault) => {
+                request.fail(&fault);
+                return Ok(());
+            }
+        };
+        self.arm(clock.until);
+        let result = snapshot.call_async(&mut self.store, ()).await;
+        self.store.data_mut().deadline = None;
+        match result {
+            Ok((bytes,)) => {
+                match bytes.value {
+                    Reply::Bytes(bytes) => request.store(bytes),
+                    Reply::TooLarge(size) => {
+                        let limit = request.into.max_bytes();
+                        let refused = request
+                            .into
+                            .refused(SnapshotRefused::TooLarge { size, limit });
+                        request.refuse(refused);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let fault = classify(&e);
+                let fault = if fault.code == FaultCode::Deadline {
+                    clock.overrun("state.snapshot")
+                } else {
+                    fault
+                };
+                request.fail(&fault);
+                Err(fault)
+            }
+        }
     }
 }
 

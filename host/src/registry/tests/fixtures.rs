@@ -138,6 +138,7 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
             policy,
             config: BTreeMap::new(),
             retire_after: None,
+            recovery: Default::default(),
             rollout: None,
         },
     );

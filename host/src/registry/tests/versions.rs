@@ -51,6 +51,7 @@ fn fake_rollout(
             config: BTreeMap::new(),
             retire_after,
             rollout,
+            recovery: Default::default(),
         },
     );
     backends
@@ -77,7 +78,7 @@ async fn sessions_keep_their_version_and_new_opens_get_the_new_one() {
     let f = fixture();
     let old = f.registry.open(&me(), open_req()).await.unwrap();
     assert_eq!(
-        (old.backend.version.as_str(), old.backend.digest.as_str()),
+        (old.backend().version.as_str(), old.backend().digest.as_str()),
         ("1", "sha256:0")
     );
 
@@ -103,23 +104,23 @@ async fn sessions_keep_their_version_and_new_opens_get_the_new_one() {
         ]
     );
     let new = f.registry.open(&me(), open_req()).await.unwrap();
-    assert_eq!(new.backend.version, "2");
+    assert_eq!(new.backend().version, "2");
     // The old session still runs, on its own version.
     f.registry
         .invoke(&me(), &old.id, cmd(), None)
         .await
         .unwrap();
-    assert_eq!(old.backend.version, "1");
+    assert_eq!(old.backend().version, "1");
 
     // Pins reach any loaded version; an unknown one is NOT_FOUND.
     let pinned = f.registry.open(&me(), open_on("fake@1")).await.unwrap();
-    assert_eq!(pinned.backend.version, "1");
+    assert_eq!(pinned.backend().version, "1");
     let by_digest = f
         .registry
         .open(&me(), open_on("fake@sha256:22"))
         .await
         .unwrap();
-    assert_eq!(by_digest.backend.version, "2");
+    assert_eq!(by_digest.backend().version, "2");
     for missing in ["fake@3", "fake@sha256:99", "fake@sha256:", "nope@1"] {
         assert!(
             matches!(
@@ -221,7 +222,7 @@ async fn a_canary_takes_its_share_rolls_back_on_faults_and_can_be_promoted() {
     let mut on_canary = Vec::new();
     for _ in 0..40 {
         let s = f.registry.open(&me(), open_req()).await.unwrap();
-        if s.backend.version == "2" {
+        if s.backend().version == "2" {
             on_canary.push(s);
         } else {
             f.registry.close(&me(), &s.id).await.unwrap();
@@ -253,7 +254,7 @@ async fn a_canary_takes_its_share_rolls_back_on_faults_and_can_be_promoted() {
     );
     for _ in 0..20 {
         let s = f.registry.open(&me(), open_req()).await.unwrap();
-        assert_eq!(s.backend.version, "1");
+        assert_eq!(s.backend().version, "1");
         f.registry.close(&me(), &s.id).await.unwrap();
     }
     // Its remaining sessions run on, retiring.
@@ -272,7 +273,7 @@ async fn a_canary_takes_its_share_rolls_back_on_faults_and_can_be_promoted() {
     f.registry.end_rollout("fake", true).unwrap();
     for _ in 0..10 {
         let s = f.registry.open(&me(), open_req()).await.unwrap();
-        assert_eq!(s.backend.version, "3");
+        assert_eq!(s.backend().version, "3");
         f.registry.close(&me(), &s.id).await.unwrap();
     }
     // And one rolled back by hand.
@@ -281,7 +282,7 @@ async fn a_canary_takes_its_share_rolls_back_on_faults_and_can_be_promoted() {
     f.registry.end_rollout("fake", false).unwrap();
     for _ in 0..10 {
         let s = f.registry.open(&me(), open_req()).await.unwrap();
-        assert_eq!(s.backend.version, "3");
+        assert_eq!(s.backend().version, "3");
         f.registry.close(&me(), &s.id).await.unwrap();
     }
     assert!(f.registry.end_rollout("fake", false).is_err());

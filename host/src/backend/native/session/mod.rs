@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
+mod snapshot;
+
 use super::process::Proc;
 use super::protocol::{self, FrameError, pb};
 use crate::backend::budget::{Budget, CommandClock};
 use crate::backend::event_sink::EventSink;
-use crate::backend::handle::{CloseRequest, Inbox, InvokeRequest};
+use crate::backend::handle::{CloseRequest, Inbox, InvokeRequest, Request, SnapshotRequest};
 use crate::backend::{
     CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome, StartError,
 };
@@ -71,6 +73,12 @@ enum Phase {
     },
     /// Serving; `None` between commands.
     Ready(Option<Box<Pending>>),
+    /// Waiting for the State that answers snapshot `id`.
+    Snapshotting {
+        request: Box<SnapshotRequest>,
+        id: u64,
+        clock: CommandClock,
+    },
     /// A graceful close: waiting for the process to exit.
     Closing {
         reply: oneshot::Sender<CloseOutcome>,
@@ -195,7 +203,8 @@ impl Conversation {
                     }
                 },
                 invoke = self.inbox.invokes.recv(), if between_commands => match invoke {
-                    Some(invoke) => self.on_invoke(invoke).await,
+                    Some(Request::Invoke(invoke)) => self.on_invoke(invoke).await,
+                    Some(Request::Snapshot(snapshot)) => self.on_snapshot(snapshot).await,
                     None => {
                         // Every handle is gone.
                         self.proc.kill();
@@ -235,6 +244,7 @@ impl Conversation {
                     wake = wake.min(c.clock.until);
                 }
             }
+            Phase::Snapshotting { clock, .. } => wake = wake.min(clock.until),
             _ => {}
         }
         if let Some(eof) = self.eof_at {
@@ -317,6 +327,10 @@ impl Conversation {
                     "closed while opening",
                 ))));
             }
+            Phase::Snapshotting { request, .. } => request.fail(&Fault::crashed(
+                FaultCode::WorkerStopped,
+                "the session was closed while its state was being saved",
+            )),
             _ => {}
         }
         // Later requests find the worker gone.
@@ -394,6 +408,7 @@ impl Conversation {
             Msg::Event(event) => self.on_event(event),
             Msg::Opened(opened) => self.on_opened(opened),
             Msg::Reply(reply) => self.on_reply(reply),
+            Msg::State(state) => self.on_state(state),
         }
     }
 
@@ -416,7 +431,11 @@ impl Conversation {
             }
             return Ok(());
         }
-        let _ = reply.send(Err(StartError::Refused(opened.error)));
+        let _ = reply.send(Err(if opened.restore_failed {
+            StartError::RestoreFailed(opened.error)
+        } else {
+            StartError::Refused(opened.error)
+        }));
         self.phase = Phase::Idle;
         self.proc.kill();
         self.inbox.fail(&Fault::crashed(
@@ -501,6 +520,9 @@ impl Conversation {
                     return Err(c.clock.overrun(&c.name));
                 }
             }
+            Phase::Snapshotting { clock, .. } if clock.expired(now) => {
+                return Err(clock.overrun("snapshot"));
+            }
             _ => {}
         }
         if now >= self.next_heartbeat {
@@ -562,6 +584,12 @@ impl Conversation {
                     a.reporter.report(fault);
                 }
             }
+            Phase::Snapshotting { request, .. } => {
+                request.fail(&fault);
+                if let Some(a) = &self.attach {
+                    a.reporter.report(fault);
+                }
+            }
             Phase::Closing { reply, .. } => {
                 let _ = reply.send(CloseOutcome::Graceful);
             }
@@ -590,18 +618,6 @@ fn violation(what: &str) -> Fault {
     )
 }
 
-/// The one mapping of the wire's command error into the host's.
-impl From<pb::CommandError> for CommandError {
-    fn from(e: pb::CommandError) -> Self {
-        use pb::command_error::Kind;
-        match Kind::try_from(e.kind).unwrap_or(Kind::Failed) {
-            Kind::UnknownCommand => CommandError::UnknownCommand(e.message),
-            Kind::InvalidPayload => CommandError::InvalidPayload(e.message),
-            Kind::Failed | Kind::Unspecified => CommandError::Failed(e.message),
-        }
-    }
-}
-
 /// The fault of a worker that exited by itself: `memory-limit` if it said
 /// an allocation failed before it died, else `worker-exited`. `when` is
 /// added to the detail, as in " before its hello".
@@ -616,38 +632,5 @@ pub(super) async fn exit_fault(proc: &Proc, status: std::process::ExitStatus, wh
             FaultCode::WorkerExited,
             format!("the worker exited{when}: {status}"),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wire_command_errors_map_to_the_hosts_and_unknown_kinds_fail() {
-        use pb::command_error::Kind;
-        let wire = |kind: i32| pb::CommandError {
-            kind,
-            message: "m".into(),
-        };
-        assert_eq!(
-            CommandError::from(wire(Kind::UnknownCommand as i32)),
-            CommandError::UnknownCommand("m".into())
-        );
-        assert_eq!(
-            CommandError::from(wire(Kind::InvalidPayload as i32)),
-            CommandError::InvalidPayload("m".into())
-        );
-        assert_eq!(
-            CommandError::from(wire(Kind::Failed as i32)),
-            CommandError::Failed("m".into())
-        );
-        // An unspecified or future kind is a plain failure, never a panic.
-        for kind in [Kind::Unspecified as i32, 99] {
-            assert_eq!(
-                CommandError::from(wire(kind)),
-                CommandError::Failed("m".into())
-            );
-        }
     }
 }

@@ -1,0 +1,271 @@
+//! Restarting a session: a fresh worker for the same session, restored from
+//! its last state snapshot when it has one.
+//!
+//! A restart keeps everything the client holds: the id, the tenant and key,
+//! the lease (renewed), the slot and the event sequence. Only the worker is
+//! replaced. After a fault under `[backends.restart] policy = "on-fault"`
+//! it happens by itself, OTP-style: at most `max_restarts` within `period`,
+//! each after a backoff that doubles, and one more fault within the period
+//! faults the session for good (`restart-limit`). `RestartSession` does the
+//! same by hand, for a READY or a FAULTED session. The command that faulted
+//! is never replayed; subscribers see one `gatehouse.restarted` event,
+//! since the state may be older than the last reply they saw.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{CloseOutcome, Fault, FaultCode, Restore, StartError};
+use crate::config::{RestartOn, RestartPolicy};
+use crate::metrics::ReasonLabel;
+use crate::registry::session::Held;
+use crate::registry::tenant::Caller;
+use crate::registry::{GatewayError, Registry, Session, SessionState};
+
+/// The gateway's event that tells subscribers their session restarted.
+pub const RESTARTED_EVENT: &str = "gatehouse.restarted";
+
+/// Why a restart did not bring the session back.
+enum Failed {
+    /// The session left RESTARTING meanwhile (a close): nothing to do.
+    Gone,
+    /// The new worker did not start.
+    Start(Fault),
+}
+
+impl Registry {
+    /// Decides what a fault of a READY session does under its backend's
+    /// restart policy: `Ok` when a restart was scheduled, else the fault
+    /// the session should end with (the original, or `restart-limit`).
+    pub(super) fn restart_after(&self, session: &Arc<Session>, fault: Fault) -> Result<(), Fault> {
+        let Some(version) = session.version() else {
+            return Err(fault);
+        };
+        let policy = version.entry.recovery.restart;
+        if policy.on != RestartOn::OnFault || session.state() != SessionState::Ready {
+            return Err(fault);
+        }
+        let Some(attempt) =
+            session.count_restart(policy.max_restarts, policy.period, self.clock.now())
+        else {
+            return Err(restart_limit(&policy, &fault));
+        };
+        let old = match session.begin_restart(Some(fault.clone())) {
+            Ok(old) => old,
+            Err(_) => return Err(fault),
+        };
+        if let Some(worker) = old {
+            worker.kill();
+        }
+        tracing::warn!(session_id = %session.id, %fault, attempt, "session faulted; restarting it");
+        let Some(this) = self.this.upgrade() else {
+            return Err(fault);
+        };
+        let session = Arc::clone(session);
+        tokio::spawn(async move { this.restart_loop(session, fault, attempt, policy).await });
+        Ok(())
+    }
+
+    /// Restarts after the backoff, again while the budget allows, until the
+    /// session is READY, closed, or faulted for good.
+    async fn restart_loop(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        mut fault: Fault,
+        mut attempt: u32,
+        policy: RestartPolicy,
+    ) {
+        let began = Instant::now();
+        loop {
+            tokio::time::sleep(policy.backoff_for(attempt)).await;
+            let result = {
+                let _lifecycle = session.lifecycle.lock().await;
+                self.replace_worker(&session, true, Some(&fault), began).await
+            };
+            match result {
+                Ok(_) | Err(Failed::Gone) => return,
+                Err(Failed::Start(failed)) if failed.code == FaultCode::RestoreFailed => {
+                    // The same snapshot would fail the same way.
+                    self.end_restart(&session, failed);
+                    return;
+                }
+                Err(Failed::Start(failed)) => {
+                    let now = self.clock.now();
+                    match session.count_restart(policy.max_restarts, policy.period, now) {
+                        Some(n) => {
+                            tracing::warn!(session_id = %session.id, fault = %failed, attempt = n, "restart failed; trying again");
+                            attempt = n;
+                            fault = failed;
+                        }
+                        None => {
+                            self.end_restart(&session, restart_limit(&policy, &failed));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `RestartSession`: replaces a READY or FAULTED session's worker now,
+    /// from its last snapshot unless `from_snapshot` is false.
+    pub async fn restart(
+        &self,
+        caller: &Caller,
+        id: &str,
+        from_snapshot: bool,
+    ) -> Result<Arc<Session>, GatewayError> {
+        let session = self.owned(caller, id)?;
+        let _lifecycle = session.lifecycle.lock().await;
+        // The commands in flight finish on the old worker first.
+        let _gate = session.gate.write().await;
+        let state = session.state();
+        match state {
+            SessionState::Ready => {}
+            SessionState::Faulted => {
+                // It gave its slot and version back when it faulted: take
+                // them again, or refuse as an open would.
+                let version = self
+                    .catalog()
+                    .resolve(&format!(
+                        "{}@{}",
+                        session.backend().name,
+                        session.backend().digest
+                    ))
+                    .map(|(_, v)| v)
+                    .map_err(|_| {
+                        GatewayError::InvalidArgument(format!(
+                            "the session's backend version ({} {}) is no longer loaded",
+                            session.backend().name,
+                            session.backend().version
+                        ))
+                    })?;
+                let slot = self.take_slot(caller, &version)?;
+                session.hold(Held {
+                    slot,
+                    version: crate::registry::catalog::VersionPin::new(&version),
+                });
+            }
+            other => return Err(session.not_ready(other)),
+        }
+        let old = session.begin_restart(None).map_err(|s| session.not_ready(s))?;
+        if let Some(worker) = old {
+            // By hand the old worker is still alive: its close runs (a
+            // native worker releases what it holds) before the new opens.
+            let grace = session.times.close_timeout;
+            if worker.close(grace).await == CloseOutcome::Killed {
+                worker.kill();
+            }
+        }
+        match self
+            .replace_worker(&session, from_snapshot, None, Instant::now())
+            .await
+        {
+            Ok(_) => Ok(Arc::clone(&session)),
+            Err(Failed::Gone) => Err(session.not_ready(session.state())),
+            Err(Failed::Start(fault)) => {
+                self.end_restart(&session, fault.clone());
+                Err(GatewayError::Faulted(fault))
+            }
+        }
+    }
+
+    /// Starts the session's next worker on its pinned version and makes it
+    /// READY. The caller holds the session's lifecycle lock.
+    async fn replace_worker(
+        &self,
+        session: &Arc<Session>,
+        from_snapshot: bool,
+        cause: Option<&Fault>,
+        began: Instant,
+    ) -> Result<u32, Failed> {
+        if session.state() != SessionState::Restarting {
+            return Err(Failed::Gone);
+        }
+        let version = session.version().ok_or(Failed::Gone)?;
+        let restore = if from_snapshot {
+            session
+                .snapshots
+                .latest()
+                .map(|snapshot| Restore { snapshot })
+        } else {
+            None
+        };
+        let restored = restore.is_some();
+        let backend = version.info.name.clone();
+        let outcome = |reason: &str| {
+            self.metrics
+                .restarts
+                .get_or_create(&ReasonLabel {
+                    backend: backend.clone(),
+                    reason: reason.into(),
+                })
+                .inc();
+        };
+        let (worker, number) = match self.start_worker(session, &version, restore).await {
+            Ok(started) => started,
+            Err(e) => {
+                outcome("failed");
+                return Err(Failed::Start(start_fault(e)));
+            }
+        };
+        // A close that got in ends the restart: the new worker is dropped,
+        // which stops it.
+        let restarts = session
+            .finish_restart(worker, number, self.clock.now())
+            .ok_or(Failed::Gone)?;
+        outcome(if restored { "restored" } else { "fresh" });
+        version
+            .metrics
+            .restart_seconds
+            .observe(began.elapsed().as_secs_f64());
+        let payload = serde_json::json!({
+            "restarts": restarts,
+            "from_snapshot": restored,
+            "fault": cause.map(|f| f.code.as_str()).unwrap_or(""),
+            "detail": cause.map(|f| f.detail.as_str()).unwrap_or(""),
+        });
+        let _ = session
+            .events
+            .emit(RESTARTED_EVENT.into(), payload.to_string().into_bytes());
+        tracing::info!(session_id = %session.id, restarts, from_snapshot = restored, "session restarted");
+        Ok(restarts)
+    }
+
+    /// A restart that cannot bring the session back faults it for good.
+    fn end_restart(&self, session: &Arc<Session>, fault: Fault) {
+        tracing::warn!(session_id = %session.id, %fault, "session restart gave up");
+        self.fault_for_good(session, fault);
+    }
+}
+
+/// The fault of a session past its restart budget.
+fn restart_limit(policy: &RestartPolicy, last: &Fault) -> Fault {
+    Fault::crashed(
+        FaultCode::RestartLimit,
+        format!(
+            "more than {} restarts within {}; the last fault: {last}",
+            policy.max_restarts,
+            humantime(policy.period)
+        ),
+    )
+}
+
+/// The fault a failed restart start is recorded with.
+fn start_fault(error: StartError) -> Fault {
+    match error {
+        StartError::RestoreFailed(m) => Fault::crashed(
+            FaultCode::RestoreFailed,
+            format!("the plugin refused the session's snapshot: {m}"),
+        ),
+        StartError::Refused(m) => Fault::crashed(FaultCode::OpenRefused, m),
+        StartError::Failed(f) | StartError::Exhausted(f) => f,
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}

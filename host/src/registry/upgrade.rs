@@ -1,0 +1,177 @@
+//! Moving a live session to another loaded version of its backend.
+//!
+//! Snapshot the old worker, start a worker of the new version that
+//! restores it, then swap: the session keeps its id, slot, lease and event
+//! sequence and now runs (and is pinned to) the new version. The old
+//! worker serves until the new one is ready; commands in flight finish on
+//! it first and later ones wait (the session's gate), so none runs on a
+//! state the snapshot missed. Any failure leaves the session on its old
+//! version, untouched.
+
+use std::sync::Arc;
+
+use crate::backend::{CloseOutcome, Restore, SnapshotFailed, StartError};
+use crate::metrics::ReasonLabel;
+use crate::registry::catalog::VersionPin;
+use crate::registry::tenant::Caller;
+use crate::registry::{GatewayError, Registry, Session, SessionState, Version};
+
+/// The gateway's event that tells subscribers their session moved.
+pub const UPGRADED_EVENT: &str = "gatehouse.upgraded";
+
+/// What a reload's `upgrade_sessions` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpgradeReport {
+    /// Sessions moved.
+    pub upgraded: usize,
+    /// The session it stopped at, and why.
+    pub stopped_at: Option<(String, String)>,
+}
+
+impl Registry {
+    /// `UpgradeSession`: moves one of the caller's sessions to `version`
+    /// of its backend ("1.4.0", "sha256:<prefix>", or empty for current).
+    pub async fn upgrade(
+        &self,
+        caller: &Caller,
+        id: &str,
+        version: &str,
+    ) -> Result<Arc<Session>, GatewayError> {
+        let session = self.owned(caller, id)?;
+        let name = session.backend().name.clone();
+        let wanted = if version.is_empty() {
+            name.clone()
+        } else {
+            format!("{name}@{version}")
+        };
+        let (_, to) = self
+            .catalog()
+            .resolve(&wanted)
+            .map_err(|_| GatewayError::BackendNotFound(wanted))?;
+        self.upgrade_to(&session, &to).await?;
+        Ok(session)
+    }
+
+    /// Moves `session` to `to`, or leaves it as it was.
+    pub(super) async fn upgrade_to(
+        &self,
+        session: &Arc<Session>,
+        to: &Arc<Version>,
+    ) -> Result<(), GatewayError> {
+        let _lifecycle = session.lifecycle.lock().await;
+        let _gate = session.gate.write().await;
+        let (worker, _) = session.ready_worker_numbered()?;
+        let from = session
+            .version()
+            .ok_or_else(|| session.not_ready(SessionState::Closed))?;
+        if Arc::ptr_eq(&from, to) {
+            return Ok(());
+        }
+        let outcome = |reason: &str| {
+            self.metrics
+                .upgrades
+                .get_or_create(&ReasonLabel {
+                    backend: to.info.name.clone(),
+                    reason: reason.into(),
+                })
+                .inc();
+        };
+        // 1. The old worker's state, now (after what it already queued).
+        let snapshot = worker
+            .snapshot(
+                &session.snapshots,
+                &from.info.version,
+                session.times.command_timeout,
+            )
+            .await;
+        if let Err(e) = snapshot {
+            outcome("failed");
+            return Err(match e {
+                SnapshotFailed::Fault(fault) => {
+                    // The worker died taking it: that is the session's fault.
+                    self.fault_session(session, fault.clone());
+                    GatewayError::Faulted(fault)
+                }
+                other => GatewayError::UpgradeRefused(other.to_string()),
+            });
+        }
+        let Some(snapshot) = session.snapshots.latest() else {
+            outcome("failed");
+            return Err(GatewayError::UpgradeRefused(
+                "no snapshot was kept".into(),
+            ));
+        };
+        // 2. A worker of the new version that restores it.
+        let (new, number) = match self
+            .start_worker(session, to, Some(Restore { snapshot }))
+            .await
+        {
+            Ok(started) => started,
+            Err(e) => {
+                outcome("failed");
+                tracing::warn!(session_id = %session.id, from = %from.info.version, to = %to.info.version, "upgrade failed; the session stays on its version: {e}");
+                return Err(match e {
+                    StartError::RestoreFailed(m) => GatewayError::UpgradeRefused(format!(
+                        "version {} refused the state of version {}: {m}",
+                        to.info.version, from.info.version
+                    )),
+                    other => GatewayError::StartFailed(other),
+                });
+            }
+        };
+        // 3. Swap, then let the old worker close (its plugin's close runs).
+        let (old, old_pin) = session.swap_version(new, number, VersionPin::new(to));
+        if let Some(old) = old
+            && old.close(session.times.close_timeout).await == CloseOutcome::Killed
+        {
+            old.kill();
+        }
+        drop(old_pin);
+        outcome("ok");
+        let payload = serde_json::json!({
+            "from": from.info.version,
+            "to": to.info.version,
+            "digest": to.info.digest,
+        });
+        let _ = session
+            .events
+            .emit(UPGRADED_EVENT.into(), payload.to_string().into_bytes());
+        tracing::info!(session_id = %session.id, from = %from.info.version, to = %to.info.version, "session upgraded");
+        Ok(())
+    }
+
+    /// `[backends.rollout] upgrade_sessions`: moves the live sessions of
+    /// `name`'s other versions to its current one, one at a time, oldest
+    /// first, stopping at the first failure.
+    pub async fn upgrade_sessions(&self, name: &str) -> UpgradeReport {
+        let mut report = UpgradeReport::default();
+        let Ok((_, current)) = self.catalog().resolve(name) else {
+            return report;
+        };
+        let sessions: Vec<Arc<Session>> = {
+            let mut v: Vec<Arc<Session>> = self
+                .sessions()
+                .values()
+                .filter(|s| {
+                    s.state() == SessionState::Ready
+                        && s.version()
+                            .is_some_and(|v| v.info.name == name && !Arc::ptr_eq(&v, &current))
+                })
+                .cloned()
+                .collect();
+            v.sort_by_key(|s| s.opened_at);
+            v
+        };
+        for session in sessions {
+            match self.upgrade_to(&session, &current).await {
+                Ok(()) => report.upgraded += 1,
+                Err(e) => {
+                    tracing::warn!(backend = name, session_id = %session.id, upgraded = report.upgraded, "upgrade_sessions stopped at the first failure: {e}");
+                    report.stopped_at = Some((session.id.to_string(), e.to_string()));
+                    break;
+                }
+            }
+        }
+        report
+    }
+}
