@@ -267,6 +267,33 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Replace a session's instance, keeping its id, lease and events.
+    ///
+    /// Restores the last state snapshot unless --fresh (stateful plugins).
+    /// Example: gatehouse restart $SID
+    Restart {
+        /// Session id.
+        session: String,
+        /// Start from a fresh instance, not the last snapshot.
+        #[arg(long)]
+        fresh: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Move a session to another loaded version of its backend.
+    ///
+    /// The plugin's state moves through snapshot and restore; a refused
+    /// restore leaves the session on its version.
+    /// Example: gatehouse upgrade $SID 2.0.0
+    Upgrade {
+        /// Session id.
+        session: String,
+        /// The version ("2.0.0" or "sha256:<prefix>"); the current one if
+        /// left out.
+        version: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Write and check plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
@@ -452,6 +479,8 @@ impl Cmd {
             | Cmd::Session { client, .. }
             | Cmd::Renew { client, .. }
             | Cmd::Close { client, .. }
+            | Cmd::Restart { client, .. }
+            | Cmd::Upgrade { client, .. }
             | Cmd::Bench { client, .. } => Some(client),
             Cmd::Serve { .. }
             | Cmd::Config(_)
@@ -474,6 +503,8 @@ impl Cmd {
                 | Cmd::Session { .. }
                 | Cmd::Renew { .. }
                 | Cmd::Close { .. }
+                | Cmd::Restart { .. }
+                | Cmd::Upgrade { .. }
                 | Cmd::Bench { .. }
         )
     }

@@ -324,6 +324,28 @@ impl Client {
         Ok(0)
     }
 
+    /// `gatehouse restart SESSION [--fresh]`
+    pub async fn restart(
+        &mut self,
+        session_id: String,
+        from_snapshot: bool,
+    ) -> Result<i32, CliError> {
+        let s = self
+            .gateway
+            .session(session_id)
+            .restart(from_snapshot)
+            .await?;
+        self.print_session(&s);
+        Ok(0)
+    }
+
+    /// `gatehouse upgrade SESSION [VERSION]`
+    pub async fn upgrade(&mut self, session_id: String, version: String) -> Result<i32, CliError> {
+        let s = self.gateway.session(session_id).upgrade(version).await?;
+        self.print_session(&s);
+        Ok(0)
+    }
+
     /// `gatehouse renew SESSION`
     pub async fn renew(&mut self, session_id: String) -> Result<i32, CliError> {
         let s = self.gateway.session(session_id).renew().await?;
@@ -498,6 +520,11 @@ fn session_json(s: &pb::SessionInfo) -> Value {
         "lease": dur(&s.lease),
         "events_emitted": s.events_emitted,
         "events_dropped": s.events_dropped,
+        "backend_digest": s.backend_digest,
+        "restarts": s.restarts,
+        "last_fault": (!s.last_fault.is_empty()).then(|| s.last_fault.clone()),
+        "last_fault_detail": (!s.last_fault_detail.is_empty()).then(|| s.last_fault_detail.clone()),
+        "snapshot_bytes": s.snapshot_bytes,
     })
 }
 

@@ -161,6 +161,8 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         | Cmd::Session { .. }
         | Cmd::Renew { .. }
         | Cmd::Close { .. }
+        | Cmd::Restart { .. }
+        | Cmd::Upgrade { .. }
         | Cmd::Bench { .. } => 0,
     }
 }
@@ -374,6 +376,10 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
             Cmd::Renew { session, .. } => c.renew(session).await,
             Cmd::Sessions { .. } => c.sessions().await,
             Cmd::Close { session, .. } => c.close(session).await,
+            Cmd::Restart { session, fresh, .. } => c.restart(session, !fresh).await,
+            Cmd::Upgrade {
+                session, version, ..
+            } => c.upgrade(session, version.unwrap_or_default()).await,
             Cmd::Bench {
                 backend,
                 mode,

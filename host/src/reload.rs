@@ -129,6 +129,8 @@ impl Reloader {
 
         // The swap: nothing below can fail.
         let changes = self.registry.install_backends(backends);
+        self.registry
+            .upgrade_in_background(&changes.updated, false);
         self.auth.reload(&next.tenants);
         for store in &self.tls {
             let store = Arc::clone(store);
@@ -157,6 +159,10 @@ impl Reload for Reloader {
         self.registry
             .end_rollout(backend, promote)
             .map_err(|e| ReloadFailure::Rejected(e.to_string()))?;
+        if promote {
+            self.registry
+                .upgrade_in_background(&[backend.to_string()], true);
+        }
         Ok(ReloadOutcome {
             changes: crate::registry::Changes {
                 updated: vec![backend.to_string()],

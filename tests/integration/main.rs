@@ -18,6 +18,7 @@ mod native;
 mod ops;
 mod plugins;
 mod rates;
+mod restart;
 mod reload;
 mod rpcs;
 mod sandbox;

@@ -284,6 +284,36 @@ impl Session {
         }
     }
 
+    /// Replaces the session's instance with a fresh one (`RestartSession`),
+    /// restored from its last state snapshot when `from_snapshot` and the
+    /// backend keeps state. The id, lease and event sequence stay.
+    pub async fn restart(&self, from_snapshot: bool) -> Result<SessionInfo, Error> {
+        Ok(self
+            .gateway
+            .raw()
+            .restart_session(pb::RestartSessionRequest {
+                session_id: self.id.clone(),
+                from_snapshot: Some(from_snapshot),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Moves the session to another loaded version of its backend
+    /// (`UpgradeSession`): "1.4.0", "sha256:<prefix>", or "" for the
+    /// current one. A refused upgrade leaves it on its version.
+    pub async fn upgrade(&self, version: impl Into<String>) -> Result<SessionInfo, Error> {
+        Ok(self
+            .gateway
+            .raw()
+            .upgrade_session(pb::UpgradeSessionRequest {
+                session_id: self.id.clone(),
+                version: version.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// Closes the session (idempotent while the gateway still knows it) and
     /// stops the background renewal.
     pub async fn close(&self) -> Result<Closed, Error> {

@@ -303,6 +303,11 @@ impl Catalog {
         Ok((name.to_string(), found))
     }
 
+    /// `name`'s current version (never its canary).
+    pub fn current(&self, name: &str) -> Option<Arc<Version>> {
+        self.lines.get(name).and_then(|l| l.current.clone())
+    }
+
     /// Every loaded version with its state, by name, current first.
     pub fn versions(&self) -> Vec<(Arc<Version>, VersionState)> {
         let mut out = Vec::new();

@@ -39,15 +39,17 @@ impl Registry {
     ) -> Result<Arc<Session>, GatewayError> {
         let session = self.owned(caller, id)?;
         let name = session.backend().name.clone();
-        let wanted = if version.is_empty() {
-            name.clone()
+        let to = if version.is_empty() {
+            self.catalog()
+                .current(&name)
+                .ok_or(GatewayError::BackendNotFound(name))?
         } else {
-            format!("{name}@{version}")
+            let wanted = format!("{name}@{version}");
+            self.catalog()
+                .resolve(&wanted)
+                .map_err(|_| GatewayError::BackendNotFound(wanted))?
+                .1
         };
-        let (_, to) = self
-            .catalog()
-            .resolve(&wanted)
-            .map_err(|_| GatewayError::BackendNotFound(wanted))?;
         self.upgrade_to(&session, &to).await?;
         Ok(session)
     }
@@ -145,7 +147,7 @@ impl Registry {
     /// first, stopping at the first failure.
     pub async fn upgrade_sessions(&self, name: &str) -> UpgradeReport {
         let mut report = UpgradeReport::default();
-        let Ok((_, current)) = self.catalog().resolve(name) else {
+        let Some(current) = self.catalog().current(name) else {
             return report;
         };
         let sessions: Vec<Arc<Session>> = {
@@ -173,5 +175,30 @@ impl Registry {
             }
         }
         report
+    }
+
+    /// Starts `upgrade_sessions` in the background for each of `names`
+    /// whose current version asks for it (`[backends.rollout]
+    /// upgrade_sessions`): after a reload replaced them, or a promotion
+    /// made a canary current. A rollout with a canary waits for its
+    /// promotion.
+    pub fn upgrade_in_background(&self, names: &[String], promoted: bool) {
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        for name in names {
+            let Some(current) = self.catalog().current(name) else {
+                continue;
+            };
+            let recovery = current.entry.recovery;
+            if !recovery.upgrade_sessions || (current.entry.rollout.is_some() && !promoted) {
+                continue;
+            }
+            let (this, name) = (Arc::clone(&this), name.clone());
+            tokio::spawn(async move {
+                let report = this.upgrade_sessions(&name).await;
+                tracing::info!(backend = %name, upgraded = report.upgraded, stopped = report.stopped_at.is_some(), "live sessions moved to the current version");
+            });
+        }
     }
 }
