@@ -27,3 +27,4 @@ mod shutdown;
 mod status;
 mod tenants;
 mod tls;
+mod upgrade;

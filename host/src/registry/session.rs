@@ -1,7 +1,6 @@
 //! One session: who owns it, its state, its lease, its events and its
 //! worker handle.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use crate::events::EventLog;
 use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
 use crate::registry::catalog::VersionPin;
+use crate::registry::restart::RestartWindow;
 use crate::registry::slots::Slot;
 use crate::registry::state::{CloseReason, SessionState};
 
@@ -52,8 +52,8 @@ struct Status {
     ended_at: Option<Instant>,
     /// Restarts so far, automatic and by hand.
     restarts: u32,
-    /// When the automatic restarts within the restart period happened.
-    recent_restarts: VecDeque<Instant>,
+    /// The automatic restarts within the restart period.
+    recent_restarts: RestartWindow,
     /// The fault that caused the last restart (or ended the session).
     last_fault: Option<Fault>,
     /// When a snapshot was last asked for (the interval policy).
@@ -170,7 +170,7 @@ impl Session {
                 close_reason: None,
                 ended_at: None,
                 restarts: 0,
-                recent_restarts: VecDeque::new(),
+                recent_restarts: RestartWindow::default(),
                 last_fault: None,
                 snapshot_asked: None,
             }),
@@ -279,19 +279,7 @@ impl Session {
     /// Returns the restart's number within the period (1 for the first),
     /// or `None` when the budget is spent.
     pub(super) fn count_restart(&self, max: u32, period: Duration, now: Instant) -> Option<u32> {
-        let mut st = self.status();
-        while st
-            .recent_restarts
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= period)
-        {
-            st.recent_restarts.pop_front();
-        }
-        if st.recent_restarts.len() >= max as usize {
-            return None;
-        }
-        st.recent_restarts.push_back(now);
-        u32::try_from(st.recent_restarts.len()).ok()
+        self.status().recent_restarts.admit(max, period, now)
     }
 
     /// Ends a restart: the new worker serves, the lease starts over.

@@ -1,0 +1,159 @@
+//! Moving live sessions between versions through the real binary:
+//! `UpgradeSession` carries the state through snapshot and restore (the
+//! plugin sees the version it came from) and keeps the id and event
+//! sequence; a refused restore and a plugin without state leave the
+//! session on its version, untouched; `[backends.rollout]
+//! upgrade_sessions` moves every live session after a reload.
+
+use gatehouse::proto::v1 as pb;
+use tonic::Code;
+
+use crate::fixtures::*;
+
+/// `chaos` at `version`, and `echo`, with extra backend lines.
+fn config(version: &str, lines: &str) -> String {
+    format!(
+        "[server]\nsweep_interval = \"50ms\"\n\
+         [[backends]]\nname = \"chaos\"\nmodule = \"builtin:chaos\"\nversion = \"{version}\"\n{lines}\n\
+         [[backends]]\nname = \"echo\"\nmodule = \"builtin:echo\"\nversion = \"{version}\"\n"
+    )
+}
+
+async fn reload_to(gw: &Gatehouse, text: &str, n: f64) {
+    std::fs::write(gw.dir().join("gatehouse.toml"), text).expect("writing the config");
+    gw.sighup();
+    gw.wait_metric("gatehouse_reloads_total", &[("result", "ok")], n)
+        .await;
+}
+
+async fn upgrade(
+    c: &mut Client,
+    id: &str,
+    version: &str,
+) -> Result<pb::SessionInfo, tonic::Status> {
+    bounded(
+        "UpgradeSession",
+        c.upgrade_session(pb::UpgradeSessionRequest {
+            session_id: id.to_string(),
+            version: version.to_string(),
+        }),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn an_upgrade_moves_the_state_to_the_new_version() {
+    let gw = Gatehouse::start(config("1.0.0", "")).await;
+    let mut c = gw.client().await;
+    let id = open(&mut c, "chaos").await.session_id;
+    let mut events = subscribe(&mut c, &id, None).await.expect("subscribe");
+    invoke_ok(&mut c, &id, "put", "colour blue").await;
+    invoke_ok(&mut c, &id, "flood", "1").await;
+    assert_eq!(next_event(&mut events).await.sequence, 1);
+
+    reload_to(&gw, &config("2.0.0", ""), 1.0).await;
+    // Without upgrade_sessions the session stays where it was.
+    let info = get(&mut c, &id).await;
+    assert_eq!(info.backend_version, "1.0.0");
+    let old_digest = info.backend_digest.clone();
+
+    let info = upgrade(&mut c, &id, "2.0.0").await.expect("UpgradeSession");
+    assert_eq!(info.session_id, id);
+    assert_eq!(info.backend_version, "2.0.0");
+    assert_eq!(state(&info), pb::SessionState::Ready);
+    assert_eq!(invoke_ok(&mut c, &id, "get", "colour").await, "blue");
+    assert_eq!(invoke_ok(&mut c, &id, "restored-from", "").await, "1.0.0");
+
+    // The old instance closed; the event sequence goes on.
+    assert_eq!(next_event(&mut events).await.name, "closed");
+    let upgraded = next_event(&mut events).await;
+    assert_eq!(upgraded.name, "gatehouse.upgraded");
+    assert_eq!(upgraded.sequence, 3);
+    let payload: serde_json::Value = serde_json::from_slice(&upgraded.payload).unwrap();
+    assert_eq!(payload["from"], "1.0.0");
+    assert_eq!(payload["to"], "2.0.0");
+
+    // The old version had only this session: it is unloaded.
+    eventually("the old version to be unloaded", PATIENCE, || {
+        let mut c = c.clone();
+        let old = old_digest.clone();
+        async move {
+            let backends = c
+                .list_backends(pb::ListBackendsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .backends;
+            (!backends.iter().any(|b| b.digest == old && b.version == "1.0.0")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        gw.metric("gatehouse_session_upgrades_total", &[("reason", "ok")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_refused_restore_leaves_the_old_version_serving() {
+    let gw = Gatehouse::start(config("1.0.0", "")).await;
+    let mut c = gw.client().await;
+    let mut request = open_request("chaos");
+    request.config.insert("fail_restore".into(), "yes".into());
+    let id = open_with(&mut c, request).await.session_id;
+    invoke_ok(&mut c, &id, "put", "k v").await;
+    reload_to(&gw, &config("2.0.0", ""), 1.0).await;
+
+    let status = expect_code(upgrade(&mut c, &id, "2.0.0").await, Code::FailedPrecondition);
+    assert!(status.message().contains("fail_restore"), "{status:?}");
+    let info = get(&mut c, &id).await;
+    assert_eq!(info.backend_version, "1.0.0");
+    assert_eq!(state(&info), pb::SessionState::Ready);
+    assert_eq!(invoke_ok(&mut c, &id, "get", "k").await, "v");
+    assert_eq!(invoke_ok(&mut c, &id, "restored-from", "").await, "");
+    assert_eq!(
+        gw.metric("gatehouse_session_upgrades_total", &[("reason", "failed")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_without_state_is_not_upgraded() {
+    let gw = Gatehouse::start(config("1.0.0", "")).await;
+    let mut c = gw.client().await;
+    let id = open(&mut c, "echo").await.session_id;
+    invoke_ok(&mut c, &id, "count", "").await;
+    reload_to(&gw, &config("2.0.0", ""), 1.0).await;
+    let status = expect_code(upgrade(&mut c, &id, "").await, Code::FailedPrecondition);
+    assert!(status.message().contains("keeps no state"), "{status:?}");
+    assert_eq!(get(&mut c, &id).await.backend_version, "1.0.0");
+    assert_eq!(invoke_ok(&mut c, &id, "count", "").await, "2");
+    expect_code(upgrade(&mut c, &id, "9.9.9").await, Code::NotFound);
+}
+
+#[tokio::test]
+async fn upgrade_sessions_moves_every_live_session_after_a_reload() {
+    let rollout = "[backends.rollout]\nupgrade_sessions = true";
+    let gw = Gatehouse::start(config("1.0.0", rollout)).await;
+    let mut c = gw.client().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = open(&mut c, "chaos").await.session_id;
+        invoke_ok(&mut c, &id, "put", format!("n {n}")).await;
+        ids.push(id);
+    }
+    reload_to(&gw, &config("2.0.0", rollout), 1.0).await;
+    for (n, id) in ids.iter().enumerate() {
+        eventually("the session to move to 2.0.0", PATIENCE, || {
+            let mut c = c.clone();
+            let id = id.clone();
+            async move { (get(&mut c, &id).await.backend_version == "2.0.0").then_some(()) }
+        })
+        .await;
+        assert_eq!(invoke_ok(&mut c, id, "get", "n").await, n.to_string());
+        assert_eq!(invoke_ok(&mut c, id, "restored-from", "").await, "1.0.0");
+    }
+}
