@@ -129,8 +129,7 @@ impl Reloader {
 
         // The swap: nothing below can fail.
         let changes = self.registry.install_backends(backends);
-        self.registry
-            .upgrade_in_background(&changes.updated, false);
+        self.registry.upgrade_in_background(&changes.updated, false);
         self.auth.reload(&next.tenants);
         for store in &self.tls {
             let store = Arc::clone(store);

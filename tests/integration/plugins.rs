@@ -66,7 +66,7 @@ async fn plugin_new_to_session() {
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "plugin check: {report} {check:?}");
     assert!(
-        report.contains("gatehouse:backend@0.1.0 component"),
+        report.contains("gatehouse:backend@0.2.0 component"),
         "{report}"
     );
 

@@ -11,8 +11,7 @@ use tonic::Code;
 use crate::fixtures::*;
 
 /// `[backends.restart]` lines for a quick, generous policy.
-const ON_FAULT: &str =
-    "[backends.restart]\npolicy = \"on-fault\"\nmax_restarts = 3\nperiod = \"1h\"\nbackoff = \"10ms\"";
+const ON_FAULT: &str = "[backends.restart]\npolicy = \"on-fault\"\nmax_restarts = 3\nperiod = \"1h\"\nbackoff = \"10ms\"";
 
 /// A config serving `chaos` (stateful) and `echo` (stateless) with
 /// `restart` lines on both.
@@ -116,14 +115,23 @@ async fn a_kv_session_past_its_memory_limit_comes_back_with_its_keys() {
     let mut c = gw.client().await;
     let id = open(&mut c, "kv").await.session_id;
     for k in ["a", "b", "c"] {
-        invoke_ok(&mut c, &id, "put", format!(r#"{{"key":"{k}","value":"{k}{k}"}}"#)).await;
+        invoke_ok(
+            &mut c,
+            &id,
+            "put",
+            format!(r#"{{"key":"{k}","value":"{k}{k}"}}"#),
+        )
+        .await;
     }
     let huge = format!(r#"{{"key":"big","value":"{}"}}"#, "x".repeat(1_500_000));
     expect_code(try_invoke(&mut c, &id, "put", huge).await, Code::Aborted);
     let info = ready_after(&mut c, &id, 1).await;
     assert_eq!(info.last_fault, "memory-limit", "{info:?}");
     assert_eq!(invoke_ok(&mut c, &id, "list", "").await, r#"["a","b","c"]"#);
-    assert_eq!(invoke_ok(&mut c, &id, "get", r#"{"key":"b"}"#).await, r#""bb""#);
+    assert_eq!(
+        invoke_ok(&mut c, &id, "get", r#"{"key":"b"}"#).await,
+        r#""bb""#
+    );
 }
 
 #[tokio::test]
@@ -216,9 +224,7 @@ async fn a_refused_restore_faults_the_session_with_restore_failed() {
     let gw = Gatehouse::start(config(ON_FAULT)).await;
     let mut c = gw.client().await;
     let mut request = open_request("chaos");
-    request
-        .config
-        .insert("fail_restore".into(), "yes".into());
+    request.config.insert("fail_restore".into(), "yes".into());
     let id = open_with(&mut c, request).await.session_id;
     invoke_ok(&mut c, &id, "put", "k v").await;
     expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
@@ -234,7 +240,9 @@ async fn a_refused_restore_faults_the_session_with_restore_failed() {
     assert_eq!(info.final_fault, "restore-failed", "{info:?}");
     assert!(info.final_fault_detail.contains("fail_restore"), "{info:?}");
     // A fresh start by hand still works.
-    restart(&mut c, &id, Some(false)).await.expect("fresh restart");
+    restart(&mut c, &id, Some(false))
+        .await
+        .expect("fresh restart");
     assert_eq!(invoke_ok(&mut c, &id, "echo", "hi").await, "hi");
 }
 
@@ -258,6 +266,8 @@ async fn a_native_worker_that_crashes_comes_back_with_its_tags() {
 
     // By hand, fresh: the tag is gone.
     restart(&mut c, &id, Some(false)).await.expect("restart");
-    let r = try_invoke(&mut c, &id, "read", "line.speed").await.expect("read");
+    let r = try_invoke(&mut c, &id, "read", "line.speed")
+        .await
+        .expect("read");
     assert!(r.error.is_some(), "{r:?}");
 }

@@ -85,7 +85,10 @@ async fn an_upgrade_moves_the_state_to_the_new_version() {
                 .ok()?
                 .into_inner()
                 .backends;
-            (!backends.iter().any(|b| b.digest == old && b.version == "1.0.0")).then_some(())
+            (!backends
+                .iter()
+                .any(|b| b.digest == old && b.version == "1.0.0"))
+            .then_some(())
         }
     })
     .await;
@@ -106,7 +109,10 @@ async fn a_refused_restore_leaves_the_old_version_serving() {
     invoke_ok(&mut c, &id, "put", "k v").await;
     reload_to(&gw, &config("2.0.0", ""), 1.0).await;
 
-    let status = expect_code(upgrade(&mut c, &id, "2.0.0").await, Code::FailedPrecondition);
+    let status = expect_code(
+        upgrade(&mut c, &id, "2.0.0").await,
+        Code::FailedPrecondition,
+    );
     assert!(status.message().contains("fail_restore"), "{status:?}");
     let info = get(&mut c, &id).await;
     assert_eq!(info.backend_version, "1.0.0");

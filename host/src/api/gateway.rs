@@ -330,7 +330,12 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::RestartSessionRequest>,
     ) -> Result<Response<pb::SessionInfo>, Status> {
-        let rpc = Rpc::start("RestartSession", &request, &request.get_ref().session_id, "");
+        let rpc = Rpc::start(
+            "RestartSession",
+            &request,
+            &request.get_ref().session_id,
+            "",
+        );
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
@@ -355,18 +360,24 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::UpgradeSessionRequest>,
     ) -> Result<Response<pb::SessionInfo>, Status> {
-        let rpc = Rpc::start("UpgradeSession", &request, &request.get_ref().session_id, "");
+        let rpc = Rpc::start(
+            "UpgradeSession",
+            &request,
+            &request.get_ref().session_id,
+            "",
+        );
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let registry = Arc::clone(&self.registry);
-            let session = tokio::spawn(async move {
-                registry.upgrade(&caller, &r.session_id, &r.version).await
-            })
-            .await
-            .map_err(|e| Status::internal(format!("upgrade failed: {e}")))?
-            .map_err(to_status)?;
+            let session =
+                tokio::spawn(
+                    async move { registry.upgrade(&caller, &r.session_id, &r.version).await },
+                )
+                .await
+                .map_err(|e| Status::internal(format!("upgrade failed: {e}")))?
+                .map_err(to_status)?;
             Ok(Response::new(self.info(&session)))
         })
         .await

@@ -148,15 +148,15 @@ mod units;
 mod warnings;
 
 pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Rollout, Runner};
-pub use self::recovery::{
-    Recovery, RestartOn, RestartPolicy, SnapshotEvery, SnapshotPolicy, DEFAULT_SNAPSHOT_BYTES,
-};
 pub use self::certs::{CertIdentity, DistinguishedName};
 pub use self::grants::{Grants, NetRule, Preopen};
 pub use self::native::NativeSpec;
 pub use self::policy::{
     DEFAULT_LOG_BURST, DEFAULT_LOG_LINES_PER_SEC, DEFAULT_MEMORY_LIMIT, LimitOverrides,
     MIN_MEMORY_LIMIT, OverflowPolicy, SessionPatch, SessionPolicy,
+};
+pub use self::recovery::{
+    DEFAULT_SNAPSHOT_BYTES, Recovery, RestartOn, RestartPolicy, SnapshotEvery, SnapshotPolicy,
 };
 pub use self::server::{ServerSettings, default_state_dir};
 pub use self::tenants::{CertSpec, KeySpec, TenantRates, TenantSpec};

@@ -379,16 +379,16 @@ impl Registry {
                 Ok(outcomes)
             }
             Err(fault) => {
-                if !session.runs_worker(number) {
-                    // A worker already replaced: its fault is this call's
-                    // answer but changes nothing about the session.
-                    return Err(GatewayError::Faulted(fault));
-                }
-                if !self.fault_session(&session, fault.clone()) {
+                // A worker already taken out (a close, a restart) faulted
+                // because of that; its fault changes nothing about the
+                // session.
+                if !session.runs_worker(number) || !self.fault_session(&session, fault.clone()) {
                     // A close got there first: the worker stopped because the
-                    // session is closing, not because it failed.
+                    // session is closing, not because it failed. (READY: a
+                    // restart already replaced the worker; the command
+                    // still failed.)
                     let state = session.state();
-                    if state != SessionState::Faulted {
+                    if !matches!(state, SessionState::Faulted | SessionState::Ready) {
                         return Err(session.not_ready(state));
                     }
                 }

@@ -105,7 +105,8 @@ impl Registry {
             tokio::time::sleep(policy.backoff_for(attempt)).await;
             let result = {
                 let _lifecycle = session.lifecycle.lock().await;
-                self.replace_worker(&session, true, Some(&fault), began).await
+                self.replace_worker(&session, true, Some(&fault), began)
+                    .await
             };
             match result {
                 Ok(_) | Err(Failed::Gone) => return,
@@ -173,7 +174,9 @@ impl Registry {
             }
             other => return Err(session.not_ready(other)),
         }
-        let old = session.begin_restart(None).map_err(|s| session.not_ready(s))?;
+        let old = session
+            .begin_restart(None)
+            .map_err(|s| session.not_ready(s))?;
         if let Some(worker) = old {
             // By hand the old worker is still alive: its close runs (a
             // native worker releases what it holds) before the new opens.

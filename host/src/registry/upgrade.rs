@@ -99,9 +99,7 @@ impl Registry {
         }
         let Some(snapshot) = session.snapshots.latest() else {
             outcome("failed");
-            return Err(GatewayError::UpgradeRefused(
-                "no snapshot was kept".into(),
-            ));
+            return Err(GatewayError::UpgradeRefused("no snapshot was kept".into()));
         };
         // 2. A worker of the new version that restores it.
         let (new, number) = match self

@@ -138,9 +138,9 @@ impl Guest for Chaos {
                 Ok(Vec::new())
             }
             "put" => {
-                let (k, v) = arg.split_once(' ').ok_or_else(|| {
-                    CommandError::InvalidPayload("usage: put KEY VALUE".into())
-                })?;
+                let (k, v) = arg
+                    .split_once(' ')
+                    .ok_or_else(|| CommandError::InvalidPayload("usage: put KEY VALUE".into()))?;
                 STATE.with_borrow_mut(|s| s.insert(k.to_string(), v.to_string()));
                 Ok(Vec::new())
             }
@@ -189,7 +189,9 @@ impl StateGuest for Chaos {
 
     fn restore(state: Vec<u8>, from_version: String) -> Result<(), String> {
         if config_is("fail_restore", "yes") {
-            return Err(format!("refused: fail_restore is set (state of {from_version})"));
+            return Err(format!(
+                "refused: fail_restore is set (state of {from_version})"
+            ));
         }
         let text = String::from_utf8(state).map_err(|_| "the state is not UTF-8".to_string())?;
         let map = text

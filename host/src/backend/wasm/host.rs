@@ -267,8 +267,9 @@ pub(super) fn add_v0_1_to_linker(
     )?;
     v1.func_wrap(
         "log",
-        |mut cx: StoreContextMut<'_, SessionData>,
-         (level, message): (types::LogLevel, String)| { cx.data_mut().log(level, message) },
+        |mut cx: StoreContextMut<'_, SessionData>, (level, message): (types::LogLevel, String)| {
+            cx.data_mut().log(level, message)
+        },
     )?;
     v1.func_wrap(
         "schedule-tick",

@@ -16,8 +16,8 @@ use crate::backend::handle::{
     CloseRequest, Inbox, InvokeRequest, Request, SnapshotRequest, WorkerHandle,
 };
 use crate::backend::{
-    CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome,
-    SnapshotRefused, StartRequest, TrapCode,
+    CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome, SnapshotRefused,
+    StartRequest, TrapCode,
 };
 
 /// How a session task ended.
@@ -200,7 +200,11 @@ impl SessionTask {
                 name: command.name,
                 payload: command.payload,
             };
-            let result = self.exports.handle.call_async(&mut self.store, (cmd,)).await;
+            let result = self
+                .exports
+                .handle
+                .call_async(&mut self.store, (cmd,))
+                .await;
             self.store.data_mut().deadline = None;
             let outcome = match result.map(|(r,)| r.map(|bytes| bytes.value)) {
                 Ok(Ok(Reply::TooLarge(size))) => Outcome::ReplyTooLarge {

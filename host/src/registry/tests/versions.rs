@@ -78,7 +78,10 @@ async fn sessions_keep_their_version_and_new_opens_get_the_new_one() {
     let f = fixture();
     let old = f.registry.open(&me(), open_req()).await.unwrap();
     assert_eq!(
-        (old.backend().version.as_str(), old.backend().digest.as_str()),
+        (
+            old.backend().version.as_str(),
+            old.backend().digest.as_str()
+        ),
         ("1", "sha256:0")
     );
 

@@ -35,7 +35,12 @@ impl Conversation {
         match &self.phase {
             Phase::Snapshotting { id, .. } if *id == state.id => {}
             Phase::Closing { .. } => return Ok(()),
-            _ => return Err(violation(&format!("a state for unknown snapshot {}", state.id))),
+            _ => {
+                return Err(violation(&format!(
+                    "a state for unknown snapshot {}",
+                    state.id
+                )));
+            }
         }
         let Phase::Snapshotting { request, .. } =
             std::mem::replace(&mut self.phase, Phase::Ready(None))
