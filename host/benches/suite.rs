@@ -281,6 +281,20 @@ impl Gateway for BareEcho {
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         Ok(Response::new(pb::CloseSessionResponse::default()))
     }
+
+    async fn restart_session(
+        &self,
+        _: Request<pb::RestartSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn upgrade_session(
+        &self,
+        _: Request<pb::UpgradeSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
 }
 
 async fn bare_server() -> SocketAddr {

@@ -54,13 +54,17 @@ fn message() -> impl Strategy<Value = pb::FromWorker> {
     let text = ".{0,40}";
     let bytes = proptest::collection::vec(any::<u8>(), 0..200);
     prop_oneof![
-        (text, any::<u32>(), any::<u32>()).prop_map(|(nonce, protocol_version, pid)| {
-            Msg::Hello(pb::Hello {
-                nonce,
-                protocol_version,
-                pid,
-            })
-        }),
+        (text, any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+            |(nonce, protocol_version, pid, stateful)| {
+                Msg::Hello(pb::Hello {
+                    nonce,
+                    protocol_version,
+                    pid,
+                    stateful,
+                })
+            }
+        ),
+        (any::<u64>(), bytes.clone()).prop_map(|(id, state)| Msg::State(pb::State { id, state })),
         any::<u64>().prop_map(|sequence| Msg::Heartbeat(pb::Heartbeat { sequence })),
         (text, bytes).prop_map(|(name, payload)| Msg::Event(pb::Event { name, payload })),
     ]

@@ -48,7 +48,7 @@ impl ExportIndices {
             .iter()
             .find_map(|v| {
                 component
-                    .get_export_index(None, &format!("gatehouse:backend/session@{v}"))
+                    .get_export_index(None, format!("gatehouse:backend/session@{v}").as_str())
                     .map(|i| (*v, i))
             })
             .ok_or_else(|| {
@@ -62,20 +62,21 @@ impl ExportIndices {
                 .get_export_index(Some(iface), name)
                 .ok_or_else(|| format!("no gatehouse:backend/session@{version}#{name} export"))
         };
-        let state =
-            match component.get_export_index(None, &format!("gatehouse:backend/state@{version}")) {
-                None => None,
-                Some(iface) => {
-                    let f = |name: &str| {
-                        component
-                            .get_export_index(Some(&iface), name)
-                            .ok_or_else(|| {
-                                format!("no gatehouse:backend/state@{version}#{name} export")
-                            })
-                    };
-                    Some((f("snapshot")?, f("restore")?))
-                }
-            };
+        let state = match component
+            .get_export_index(None, format!("gatehouse:backend/state@{version}").as_str())
+        {
+            None => None,
+            Some(iface) => {
+                let f = |name: &str| {
+                    component
+                        .get_export_index(Some(&iface), name)
+                        .ok_or_else(|| {
+                            format!("no gatehouse:backend/state@{version}#{name} export")
+                        })
+                };
+                Some((f("snapshot")?, f("restore")?))
+            }
+        };
         Ok(Self {
             version,
             open: func(&session, "open")?,

@@ -238,7 +238,7 @@ impl SessionTask {
     /// what it returns. A trap or an overrun faults the session like a
     /// command would; a snapshot over the cap is only refused.
     async fn snapshot(&mut self, request: SnapshotRequest) -> Result<(), Fault> {
-        let Some(snapshot) = self.exports.state.as_ref().map(|s| s.snapshot.clone()) else {
+        let Some(snapshot) = self.exports.state.as_ref().map(|s| s.snapshot) else {
             request.fail(&Fault::crashed(
                 FaultCode::Internal,
                 "the backend keeps no state",
