@@ -14,10 +14,14 @@
 //! - invokes/s at concurrency 1, 8 and 64; events/s on one stream;
 //! - density: RSS and open time with 1,000 and 10,000 idle sessions;
 //! - native: open of `sim-device`, cold and from the warm pool, vs a wasm
-//!   open in the same run.
+//!   open in the same run;
+//! - recovery: a snapshot after every command on a kv session of 1,000
+//!   keys vs none, and a restart (fault to READY) vs a fresh open, wasm and
+//!   native.
 //!
 //! `GATEHOUSE_BENCH_QUICK=1` runs a shorter version;
-//! `GATEHOUSE_BENCH_ONLY=open,native` (any of density, open, native, grpc, tls)
+//! `GATEHOUSE_BENCH_ONLY=open,native` (any of density, open, native,
+//! recovery, grpc, tls)
 //! runs only those sections, for profiling (`GATEHOUSE_BENCH_ROUNDS` sets
 //! the open section's rounds); `GATEHOUSE_BENCH_LOG=filter`
 //! logs the gateway's own events (spawn and handshake timings) to stderr.
@@ -36,6 +40,9 @@ use gatehouse::proto::v1::gateway_client::GatewayClient;
 use gatehouse::proto::v1::gateway_server::{Gateway, GatewayServer};
 use gatehouse::registry::{Caller, OpenRequest, Registry};
 use tonic::{Request, Response, Status};
+
+#[path = "suite/recovery.rs"]
+mod recovery;
 
 fn quick() -> bool {
     std::env::var_os("GATEHOUSE_BENCH_QUICK").is_some()
@@ -614,6 +621,9 @@ fn main() {
         }
         if selected("native") {
             native_section(if quick() { 50 } else { 300 }).await;
+        }
+        if selected("recovery") {
+            recovery::section(quick()).await;
         }
         if selected("grpc") {
             grpc_section().await;

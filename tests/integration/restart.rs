@@ -198,7 +198,8 @@ async fn restart_by_hand_from_the_snapshot_or_fresh() {
 
 #[tokio::test]
 async fn a_faulted_session_restarts_by_hand_and_takes_a_slot_again() {
-    let gw = Gatehouse::start(config("")).await;
+    // No automatic restarts, so snapshots are asked for explicitly.
+    let gw = Gatehouse::start(config("[backends.snapshot]\nevery = \"command\"")).await;
     let mut c = gw.client().await;
     let id = open(&mut c, "chaos").await.session_id;
     invoke_ok(&mut c, &id, "put", "k v").await;

@@ -214,15 +214,16 @@ impl BackendFile {
         let policy = self.sessions.over(defaults, &format!("{key}.sessions"))?;
         let grants = self.grants.resolve(&format!("{key}.grants"), base)?;
         let upgrade_sessions = self.rollout.as_ref().is_some_and(|r| r.upgrade_sessions);
+        let restart = self
+            .restart
+            .unwrap_or_default()
+            .resolve(&format!("{key}.restart"))?;
         let recovery = Recovery {
             snapshot: self
                 .snapshot
                 .unwrap_or_default()
-                .resolve(&format!("{key}.snapshot"))?,
-            restart: self
-                .restart
-                .unwrap_or_default()
-                .resolve(&format!("{key}.restart"))?,
+                .resolve(&format!("{key}.snapshot"), restart.on)?,
+            restart,
             upgrade_sessions,
         };
         Ok(BackendSpec {

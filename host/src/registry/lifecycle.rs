@@ -123,10 +123,10 @@ impl Registry {
                     self.count_fault(session, &fault);
                     return true;
                 }
-                Err(fault) => return self.fault_for_good(session, fault),
+                Err(fault) => return self.fault_for_good(session, fault, false),
             }
         }
-        self.fault_for_good(session, fault)
+        self.fault_for_good(session, fault, false)
     }
 
     fn count_fault(&self, session: &Session, fault: &Fault) {
@@ -150,9 +150,15 @@ impl Registry {
     }
 
     /// Faults a session: stops its worker and releases its slot, once.
-    /// Returns whether this call faulted it.
-    pub(super) fn fault_for_good(&self, session: &Arc<Session>, fault: Fault) -> bool {
-        let Some(released) = session.fault(fault.clone(), self.clock.now()) else {
+    /// Returns whether this call faulted it. `restarting`: a restart gives
+    /// up (see `Session::fault`).
+    pub(super) fn fault_for_good(
+        &self,
+        session: &Arc<Session>,
+        fault: Fault,
+        restarting: bool,
+    ) -> bool {
+        let Some(released) = session.fault(fault.clone(), self.clock.now(), restarting) else {
             return false;
         };
         let backend = session.backend().name.clone();

@@ -384,11 +384,14 @@ impl Registry {
                 // session.
                 if !session.runs_worker(number) || !self.fault_session(&session, fault.clone()) {
                     // A close got there first: the worker stopped because the
-                    // session is closing, not because it failed. (READY: a
-                    // restart already replaced the worker; the command
-                    // still failed.)
+                    // session is closing, not because it failed. (RESTARTING
+                    // or READY: the worker's own report of the same fault
+                    // started the restart first; the command still failed.)
                     let state = session.state();
-                    if !matches!(state, SessionState::Faulted | SessionState::Ready) {
+                    if !matches!(
+                        state,
+                        SessionState::Faulted | SessionState::Ready | SessionState::Restarting
+                    ) {
                         return Err(session.not_ready(state));
                     }
                 }

@@ -57,7 +57,7 @@ impl Drop for Rollback<'_> {
         };
         let (registry, session) = (self.registry, self.session);
         let code = fault.code;
-        let released = session.fault(fault, registry.clock.now());
+        let released = session.fault(fault, registry.clock.now(), false);
         registry.sessions().remove(&session.id);
         if let Some(released) = released {
             if let Some(worker) = released.worker {

@@ -102,7 +102,12 @@ impl Registry {
     ) {
         let began = Instant::now();
         loop {
-            tokio::time::sleep(policy.backoff_for(attempt)).await;
+            // A zero backoff must not wait for the timer's next
+            // millisecond tick.
+            let wait = policy.backoff_for(attempt);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             let result = {
                 let _lifecycle = session.lifecycle.lock().await;
                 self.replace_worker(&session, true, Some(&fault), began)
@@ -173,6 +178,23 @@ impl Registry {
                 });
             }
             other => return Err(session.not_ready(other)),
+        }
+        // A live worker's state now is newer than any stored snapshot.
+        if from_snapshot
+            && state == SessionState::Ready
+            && let (Ok(worker), Some(version)) = (session.ready_worker(), session.version())
+            && worker.stateful()
+        {
+            let taken = worker
+                .snapshot(
+                    &session.snapshots,
+                    &version.info.version,
+                    session.times.command_timeout,
+                )
+                .await;
+            if let Err(e) = taken {
+                tracing::warn!(session_id = %session.id, "restart by hand: no fresh snapshot ({e}); using the last one kept");
+            }
         }
         let old = session
             .begin_restart(None)
@@ -263,7 +285,7 @@ impl Registry {
     /// A restart that cannot bring the session back faults it for good.
     fn end_restart(&self, session: &Arc<Session>, fault: Fault) {
         tracing::warn!(session_id = %session.id, %fault, "session restart gave up");
-        self.fault_for_good(session, fault);
+        self.fault_for_good(session, fault, true);
     }
 }
 

@@ -229,12 +229,19 @@ impl Session {
 
     /// Faults the session unless it is already closing or ended. Returns the
     /// resources to release, once.
-    pub(super) fn fault(&self, fault: Fault, now: Instant) -> Option<Faulted> {
+    ///
+    /// A RESTARTING session faults only when its restart gives up
+    /// (`restarting`): a worker's fault then comes from the worker the
+    /// restart already took out, racing with it, and changes nothing.
+    pub(super) fn fault(&self, fault: Fault, now: Instant, restarting: bool) -> Option<Faulted> {
         {
             let mut st = self.status();
-            if !(st.state.is_starting()
-                || matches!(st.state, SessionState::Ready | SessionState::Restarting))
-            {
+            let faultable = if restarting {
+                st.state == SessionState::Restarting
+            } else {
+                st.state.is_starting() || st.state == SessionState::Ready
+            };
+            if !faultable {
                 return None;
             }
             st.state = SessionState::Faulted;

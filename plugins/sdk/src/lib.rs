@@ -104,8 +104,17 @@ pub mod state {
 
     /// `{"format": FORMAT, "state": value}` as bytes.
     pub fn save<T: Serialize + ?Sized>(format: u32, value: &T) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "format": format, "state": value }))
-            .unwrap_or_default()
+        // Serialized straight from the value: no intermediate JSON tree.
+        #[derive(Serialize)]
+        struct Envelope<'a, T: ?Sized> {
+            format: u32,
+            state: &'a T,
+        }
+        serde_json::to_vec(&Envelope {
+            format,
+            state: value,
+        })
+        .unwrap_or_default()
     }
 
     /// The value [`save`] wrote and the format it was written in, for
