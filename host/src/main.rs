@@ -152,6 +152,7 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         },
         // Dispatched before: to `worker` and to `client`.
         Cmd::Worker { .. }
+        | Cmd::Keys(_)
         | Cmd::Backends { .. }
         | Cmd::Reload { .. }
         | Cmd::Sessions { .. }
@@ -365,6 +366,15 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
             Cmd::Renew { session, .. } => c.renew(session).await,
             Cmd::Sessions { .. } => c.sessions().await,
             Cmd::Close { session, .. } => c.close(session).await,
+            Cmd::Keys(KeysCmd::Create {
+                tenant,
+                scopes,
+                name,
+                expires,
+                ..
+            }) => c.create_key(tenant, scopes, name, expires).await,
+            Cmd::Keys(KeysCmd::List { tenant, all, .. }) => c.list_keys(tenant, all).await,
+            Cmd::Keys(KeysCmd::Revoke { id, .. }) => c.revoke_key(id).await,
             Cmd::Bench {
                 backend,
                 mode,
