@@ -12,6 +12,7 @@ mod compat;
 mod connections;
 mod events;
 mod faults;
+mod keys;
 mod kill;
 mod leases;
 mod native;

@@ -26,6 +26,20 @@ use crate::registry::{Caller, Registry};
 
 type St = State<Arc<Console>>;
 
+/// Why a request was refused before it did anything.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum Refusal {
+    /// No live sign-in, or its key is no longer an admin key.
+    #[error("Your console sign-in has ended (or its key was revoked). Sign in again.")]
+    SignedOut,
+    /// A form whose CSRF token is not the sign-in's.
+    #[error("The form's CSRF token does not match this sign-in; nothing was changed.")]
+    BadCsrf,
+    /// The backends are still loading.
+    #[error("The gateway is still loading its backends.")]
+    Starting,
+}
+
 /// A request from a signed-in admin.
 struct Admin {
     caller: Caller,
@@ -59,34 +73,27 @@ impl Console {
         }
     }
 
-    /// The admin of a form post whose CSRF token matches, else the page
-    /// that refuses it.
-    fn form_admin(&self, headers: &HeaderMap, csrf: &str) -> Result<Admin, Response> {
-        let Some(admin) = self.admin(headers) else {
-            return Err(self.message(
-                StatusCode::UNAUTHORIZED,
-                "Signed out",
-                "Your console sign-in has ended (or its key was revoked). Sign in again.",
-            ));
-        };
+    /// The admin of a form post whose CSRF token matches.
+    fn form_admin(&self, headers: &HeaderMap, csrf: &str) -> Result<Admin, Refusal> {
+        let admin = self.admin(headers).ok_or(Refusal::SignedOut)?;
         if !same_token(csrf, &admin.sign_in.csrf) {
-            return Err(self.message(
-                StatusCode::FORBIDDEN,
-                "Form refused",
-                "The form's CSRF token does not match this sign-in; nothing was changed.",
-            ));
+            return Err(Refusal::BadCsrf);
         }
         Ok(admin)
     }
 
-    fn registry(&self) -> Result<&Arc<Registry>, Response> {
-        self.registry.get().ok_or_else(|| {
-            self.message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Starting",
-                "The gateway is still loading its backends.",
-            )
-        })
+    fn registry(&self) -> Result<&Arc<Registry>, Refusal> {
+        self.registry.get().ok_or(Refusal::Starting)
+    }
+
+    /// The page saying why a request was refused.
+    fn refuse(&self, why: Refusal) -> Response {
+        let (status, title) = match why {
+            Refusal::SignedOut => (StatusCode::UNAUTHORIZED, "Signed out"),
+            Refusal::BadCsrf => (StatusCode::FORBIDDEN, "Form refused"),
+            Refusal::Starting => (StatusCode::SERVICE_UNAVAILABLE, "Starting"),
+        };
+        self.message(status, title, &why.to_string())
     }
 
     fn message(&self, status: StatusCode, title: &str, text: &str) -> Response {
@@ -200,7 +207,7 @@ pub struct CsrfForm {
 pub async fn logout(State(c): St, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
     let admin = match c.form_admin(&headers, &form.csrf) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
         c.sign_ins.end(token);
@@ -272,7 +279,7 @@ pub async fn sessions(State(c): St, headers: HeaderMap, Query(f): Query<Filters>
     };
     let registry = match c.registry() {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     let (rows, choices) = filtered(registry, &admin.caller, &f);
     let live = rows.iter().filter(|r| r.live).count();
@@ -297,7 +304,7 @@ pub async fn session_rows(State(c): St, headers: HeaderMap, Query(f): Query<Filt
     };
     let registry = match c.registry() {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     let (rows, _) = filtered(registry, &admin.caller, &f);
     let live = rows.iter().filter(|r| r.live).count();
@@ -314,7 +321,7 @@ pub async fn session(State(c): St, headers: HeaderMap, Path(id): Path<String>) -
     };
     let registry = match c.registry() {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     match registry.lookup(&admin.caller, &id) {
         Ok(s) => {
@@ -334,11 +341,11 @@ pub async fn close_session(
 ) -> Response {
     let admin = match c.form_admin(&headers, &form.csrf) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     let registry = match c.registry() {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     match registry.close(&admin.caller, &id).await {
         Ok(result) => {
@@ -370,7 +377,7 @@ pub async fn backends(State(c): St, headers: HeaderMap) -> Response {
     };
     let registry = match c.registry() {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     let rows: Vec<BackendRow> = registry
         .backends_for(&admin.caller)
@@ -485,7 +492,7 @@ pub async fn create_key(
 ) -> Response {
     let admin = match c.form_admin(&headers, &form.csrf) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     let scopes: Vec<String> = [
         ("sessions:open", &form.sessions_open),
@@ -529,7 +536,7 @@ pub async fn revoke_key(
 ) -> Response {
     let admin = match c.form_admin(&headers, &form.csrf) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(why) => return c.refuse(why),
     };
     match c.keys.revoke(&admin.caller, Via::Console, &id).await {
         Ok(_) => Redirect::to("/console/keys").into_response(),
