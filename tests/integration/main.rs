@@ -10,6 +10,7 @@ mod budgets;
 mod cap;
 mod compat;
 mod connections;
+mod console;
 mod events;
 mod faults;
 mod keys;
