@@ -9,13 +9,19 @@
 //! extensions. Failures are typed ([`AuthError`]) and become gRPC statuses
 //! in `status.rs`.
 //!
+//! Keys come from the config file and, after them, from the key store
+//! (`crate::keystore`, looked up in memory): a store key resolves to the
+//! configured tenant it names, and is refused once revoked or expired
+//! ([`AuthError::Revoked`], [`AuthError::Expired`]).
+//!
 //! A call may carry a key, a certificate the config names, or both. With
 //! both they must name the same tenant, and the key's scopes apply: the key
 //! is what the call chose to present.
 //!
-//! With no keys or certificates configured the gateway is in local
-//! development mode: every call is the anonymous tenant `default` with
-//! every scope but `admin`, and any `authorization` header is ignored.
+//! With no keys or certificates configured (and none ever in the key
+//! store) the gateway is in local development mode: every call is the
+//! anonymous tenant `default` with every scope but `admin`, and any
+//! `authorization` header is ignored.
 //!
 //! With credentials, failed authentications are throttled per peer address
 //! ([`FailureThrottle`]): an address failing too often has its calls refused

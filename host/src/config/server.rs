@@ -438,6 +438,21 @@ mod tests {
     }
 
     #[test]
+    fn the_data_dir_resolves_against_the_config_and_can_be_off() {
+        let c = parse_at("[server]\ndata_dir = \"keys\"\nconsole = false\n").unwrap();
+        assert_eq!(
+            c.server.data_dir.as_deref(),
+            Some(Path::new("/etc/gatehouse/keys"))
+        );
+        assert!(!c.server.console);
+        let c = parse_at("[server]\ndata_dir = \"off\"\n").unwrap();
+        assert_eq!(c.server.data_dir, None);
+        assert!(c.server.console, "on by default");
+        let e = parse_at("[server]\ndata_dir = \"\"\n").unwrap_err();
+        assert!(e.starts_with("server.data_dir"), "{e}");
+    }
+
+    #[test]
     fn bad_auth_failure_settings_are_named() {
         let e = err("[server]\nmax_auth_failures_per_sec = 0\n");
         assert!(e.starts_with("server.max_auth_failures_per_sec"), "{e}");

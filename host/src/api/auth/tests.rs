@@ -254,3 +254,56 @@ fn certificates_resolve_to_their_tenant_and_must_agree_with_a_key() {
         AuthError::Missing
     );
 }
+
+#[tokio::test]
+async fn key_store_keys_resolve_to_configured_tenants_until_revoked() {
+    use crate::keystore::{Actor, KeyStore, NewKey};
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyStore::open(dir.path(), &crate::metrics::Metrics::new()).unwrap();
+    // A config without credentials: local mode, until the store has a key.
+    let auth = Authenticator::from_tenants(&[spec("acme", vec![])]).with_store(Arc::clone(&store));
+    assert!(auth.is_local());
+    let actor = Actor {
+        label: "test".into(),
+        tenant: "ops".into(),
+        via: "api",
+    };
+    let new = |tenant: &str| NewKey {
+        tenant: tenant.into(),
+        name: None,
+        scopes: scopes(&[Scope::SessionsRead]),
+        expires_in: None,
+    };
+    let (secret, key) = store.create(new("acme"), actor.clone()).await.unwrap();
+    assert!(!auth.is_local(), "a store key ends local mode");
+    let bearer = headers(Some(&format!("Bearer {secret}")));
+    let c = auth.authorize(&bearer, None, "ListSessions").unwrap();
+    assert_eq!(c.tenant_name(), "acme");
+    assert_eq!(c.key.as_deref(), Some(key.id.as_str()));
+    assert!(matches!(
+        auth.authorize(&bearer, None, "OpenSession"),
+        Err(AuthError::MissingScope { .. })
+    ));
+    assert_eq!(
+        auth.authorize(&headers(None), None, "ListSessions")
+            .unwrap_err(),
+        AuthError::Missing
+    );
+    // A key of a tenant the config does not have is refused.
+    let (orphan, _) = store.create(new("gone"), actor.clone()).await.unwrap();
+    assert_eq!(
+        auth.authorize(
+            &headers(Some(&format!("Bearer {orphan}"))),
+            None,
+            "ListSessions"
+        )
+        .unwrap_err(),
+        AuthError::UnknownKey
+    );
+    store.revoke(&key.id, actor).await.unwrap();
+    assert_eq!(
+        auth.authorize(&bearer, None, "ListSessions").unwrap_err(),
+        AuthError::Revoked
+    );
+    assert!(!auth.is_local(), "revoking keys does not reopen local mode");
+}
