@@ -295,7 +295,7 @@ pub async fn serve_from(
         .build_v1alpha()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gate = Gate::new();
-    let admin = api::AdminService::default();
+    let admin = api::AdminService::default().with_audit(api::KeyAdmin::new(auth.clone()));
 
     let server = &config.server;
     let grpc_server = tokio::spawn(

@@ -297,6 +297,20 @@ async fn the_admin_api_needs_the_admin_scope_and_names_bad_fields() {
             .unwrap_err(),
     );
     assert_eq!(e.code(), Code::PermissionDenied);
+    // A reload over the API is audited too.
+    admin.reload().await.expect("a reload");
+    let events = admin
+        .audit_events(admin::ListAuditEventsRequest::default())
+        .await
+        .unwrap();
+    let reload = events
+        .iter()
+        .find(|e| e.action == "config.reload")
+        .expect("the reload is audited");
+    assert_eq!(
+        (reload.actor.as_str(), reload.via.as_str()),
+        ("ops-admin", "api")
+    );
     // No key at all: the gateway is out of local mode.
     let anonymous = gatehouse::client::Gateway::connect(gw.url()).await.unwrap();
     assert_eq!(

@@ -223,8 +223,8 @@ pub struct ConfigKey {
     pub id: String,
     /// The tenant.
     pub tenant: String,
-    /// The key's label (its name, or a short hash).
-    pub label: String,
+    /// The key's name; empty for an unnamed key.
+    pub name: String,
     /// Its scopes.
     pub scopes: Scopes,
 }
@@ -320,7 +320,14 @@ impl Authenticator {
                 ConfigKey {
                     id: format!("config:{}:{n}", p.tenant.name()),
                     tenant: p.tenant.name().to_string(),
-                    label: p.key.as_deref().unwrap_or_default().to_string(),
+                    // An unnamed key's label is its short hash, which
+                    // the listing does not show (names cannot hold ':').
+                    name: p
+                        .key
+                        .as_deref()
+                        .filter(|l| !l.starts_with("sha256:"))
+                        .unwrap_or_default()
+                        .to_string(),
                     scopes: p.scopes,
                 }
             })

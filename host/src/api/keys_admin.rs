@@ -152,7 +152,7 @@ impl KeyAdmin {
             .map(|k| pb::KeyInfo {
                 id: k.id,
                 tenant: k.tenant,
-                name: k.label,
+                name: k.name,
                 scopes: scope_names(k.scopes),
                 source: pb::KeySource::Config as i32,
                 active: true,

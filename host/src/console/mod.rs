@@ -9,8 +9,12 @@
 //! [`Caller`], and [`KeyAdmin`] for keys and the audit log. See
 //! docs/console.md for the security model.
 
+mod guard;
+mod keys;
+mod login;
 mod pages;
 mod render;
+mod sessions;
 mod signin;
 mod views;
 
@@ -81,18 +85,21 @@ impl Console {
     /// The console's routes, all under `/console`.
     pub fn routes(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/console", get(pages::home))
-            .route("/console/", get(pages::home))
-            .route("/console/login", get(pages::login_form).post(pages::login))
-            .route("/console/logout", post(pages::logout))
-            .route("/console/sessions", get(pages::sessions))
-            .route("/console/sessions/rows", get(pages::session_rows))
-            .route("/console/sessions/{id}", get(pages::session))
-            .route("/console/sessions/{id}/close", post(pages::close_session))
+            .route("/console", get(login::home))
+            .route("/console/", get(login::home))
+            .route("/console/login", get(login::login_form).post(login::login))
+            .route("/console/logout", post(login::logout))
+            .route("/console/sessions", get(sessions::sessions))
+            .route("/console/sessions/rows", get(sessions::session_rows))
+            .route("/console/sessions/{id}", get(sessions::session))
+            .route(
+                "/console/sessions/{id}/close",
+                post(sessions::close_session),
+            )
             .route("/console/backends", get(pages::backends))
             .route("/console/tenants", get(pages::tenants))
-            .route("/console/keys", get(pages::keys).post(pages::create_key))
-            .route("/console/keys/{id}/revoke", post(pages::revoke_key))
+            .route("/console/keys", get(keys::keys).post(keys::create_key))
+            .route("/console/keys/{id}/revoke", post(keys::revoke_key))
             .route("/console/audit", get(pages::audit))
             .route("/console/static/console.css", get(render::css))
             .route("/console/static/console.js", get(render::script))
