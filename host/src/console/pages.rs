@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::guard::{St, to_login};
-use super::views::{AuditRow, BackendRow, TenantRow};
+use super::views::{AuditRow, BackendRow, TenantRow, mib, percent};
 use crate::api::backend_version;
 use crate::proto::admin::v1 as admin;
 
@@ -33,10 +33,15 @@ pub async fn backends(State(c): St, headers: HeaderMap) -> Response {
     )
 }
 
-/// Tenants' sessions against their quotas.
+/// Tenants' sessions and memory against their quotas, and the gateway's
+/// memory budget.
 pub async fn tenants(State(c): St, headers: HeaderMap) -> Response {
     let Some(admin) = c.admin(&headers) else {
         return to_login();
+    };
+    let registry = match c.registry() {
+        Ok(r) => r,
+        Err(why) => return c.refuse(why),
     };
     let keys = c
         .keys
@@ -44,17 +49,28 @@ pub async fn tenants(State(c): St, headers: HeaderMap) -> Response {
         .await
         .map(|r| r.keys)
         .unwrap_or_default();
+    let memory = registry.memory();
     let rows: Vec<TenantRow> = c
         .auth
         .tenants()
         .iter()
-        .map(|t| TenantRow::new(t, keys.iter().filter(|k| k.tenant == t.name()).count()))
+        .map(|t| {
+            let reserved = memory.tenant(t.name(), t.max_memory()).reserved();
+            let keys = keys.iter().filter(|k| k.tenant == t.name()).count();
+            TenantRow::new(t, keys, reserved)
+        })
         .collect();
+    let gateway = json!({
+        "sessions": registry.open_count(),
+        "memory": mib(memory.reserved()),
+        "budget": mib(memory.limit()),
+        "percent": percent(memory.reserved(), memory.limit()),
+    });
     c.page(
         &admin,
         "tenants.html",
         "tenants",
-        json!({ "tenants": rows }),
+        json!({ "tenants": rows, "gateway": gateway }),
     )
 }
 

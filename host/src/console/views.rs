@@ -164,6 +164,22 @@ impl BackendRow {
     }
 }
 
+/// `12.5 MiB`.
+pub fn mib(bytes: usize) -> String {
+    // Display only: f64 is exact far beyond any memory size shown here.
+    #[allow(clippy::cast_precision_loss)]
+    let m = bytes as f64 / f64::from(1u32 << 20);
+    format!("{m:.1} MiB")
+}
+
+/// `used` as a share of `of`, 0..=100, for a bar.
+pub fn percent(used: usize, of: usize) -> usize {
+    if of == 0 || of == usize::MAX {
+        return 0;
+    }
+    (used.saturating_mul(100) / of).min(100)
+}
+
 /// A tenant's use of its quotas.
 #[derive(Debug, Serialize)]
 pub struct TenantRow {
@@ -172,26 +188,26 @@ pub struct TenantRow {
     pub max_sessions: Option<usize>,
     /// 0..=100 of the session quota, for the bar.
     pub percent: usize,
-    pub max_memory: String,
+    pub memory: String,
+    pub max_memory: Option<String>,
+    /// 0..=100 of `max_memory`.
+    pub memory_percent: usize,
     pub keys: usize,
 }
 
 impl TenantRow {
-    /// The row for a tenant with `keys` keys.
-    pub fn new(t: &Tenant, keys: usize) -> Self {
+    /// The row for a tenant with `keys` keys whose sessions reserve
+    /// `memory` bytes.
+    pub fn new(t: &Tenant, keys: usize, memory: usize) -> Self {
         let sessions = t.open_sessions();
-        let percent = t
-            .max_sessions()
-            .filter(|m| *m > 0)
-            .map_or(0, |m| (sessions * 100 / m).min(100));
         TenantRow {
             name: t.name().to_string(),
             sessions,
             max_sessions: t.max_sessions(),
-            percent,
-            max_memory: t
-                .max_memory()
-                .map_or_else(|| "-".into(), |b| format!("{} MiB", b >> 20)),
+            percent: t.max_sessions().map_or(0, |m| percent(sessions, m)),
+            memory: mib(memory),
+            max_memory: t.max_memory().map(mib),
+            memory_percent: t.max_memory().map_or(0, |m| percent(memory, m)),
             keys,
         }
     }
