@@ -406,3 +406,29 @@ async fn a_corrupt_or_newer_database_is_refused_naming_the_file() {
         e.stderr()
     );
 }
+
+#[tokio::test]
+async fn gateways_sharing_a_key_store_see_each_others_keys_and_revocations() {
+    let data = tempfile::tempdir().unwrap();
+    let s = setup(data.path());
+    let one = Gatehouse::start(s.config.clone()).await;
+    let two = Gatehouse::start(s.config.clone()).await;
+    let (id, key) = create(&one, &s.admin_key, &["--scope", "sessions:read"]);
+    let on_two = connect(&two, &key).await;
+    eventually(
+        "the other gateway to accept the new key",
+        Duration::from_secs(15),
+        || async { list_code(&on_two).await.ok() },
+    )
+    .await;
+    let (code, _, err) = cli(&one, &s.admin_key, &["keys", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, message) = eventually(
+        "the other gateway to refuse the revoked key",
+        Duration::from_secs(15),
+        || async { list_code(&on_two).await.err() },
+    )
+    .await;
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(message.contains("revoked"), "{message}");
+}
