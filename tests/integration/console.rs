@@ -88,7 +88,10 @@ async fn the_console_refuses_requests_without_a_sign_in_or_with_a_forged_csrf_to
         .await;
     let http_addr = gw.metrics_addr.expect("the HTTP port");
     let client = gw.connect().await;
-    let session = client.open("echo").await.unwrap();
+    let session = client
+        .open_with(gatehouse::client::OpenOptions::new("echo").name("<b>bold</b>"))
+        .await
+        .unwrap();
     let id = session.info().session_id.clone();
 
     // No cookie: pages lead to sign-in, forms are refused.
@@ -166,6 +169,10 @@ async fn the_console_refuses_requests_without_a_sign_in_or_with_a_forged_csrf_to
     let (code, page) = http(http_addr, get("/console/sessions", Some(&signed_in))).await;
     assert_eq!(code, 200);
     assert!(page.contains(&id));
+    assert!(
+        page.contains("&lt;b&gt;bold&lt;") && !page.contains("<b>bold"),
+        "a client-chosen session name is escaped"
+    );
     let (code, text) = http(
         http_addr,
         post(
