@@ -169,6 +169,11 @@ async fn a_created_key_works_survives_a_restart_and_is_refused_once_revoked() {
     assert_eq!(code, 0);
     assert!(out.contains("already revoked"), "{out}");
     assert_eq!(gw.metric("gatehouse_store_keys_active", &[]).await, 0.0);
+    assert_eq!(
+        gw.metric("gatehouse_admin_actions_total", &[("action", "key.revoke")])
+            .await,
+        2.0
+    );
 
     // The audit log holds both actions, by the admin's key, through the API.
     let admin = connect(&gw, &s.admin_key).await;
