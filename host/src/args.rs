@@ -376,8 +376,8 @@ pub(crate) enum KeysCmd {
         output: OutputOpts,
     },
     /// Create a key in a running gateway's key store and print it (once).
-    /// Needs an admin key; the new key works at once, on every gateway
-    /// sharing the store.
+    /// Needs an admin key; the new key works at once (and within seconds
+    /// on other gateways sharing the store).
     ///
     /// Example: gatehouse keys create --tenant acme --scope sessions:open,sessions:use --expires 30d --key $ADMIN_KEY
     Create {
