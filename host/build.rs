@@ -71,8 +71,14 @@ fn pack_relocations(out_dir: &Path) {
 fn compile_protos(root: &Path, out_dir: &Path, server: bool) {
     let proto_dir = root.join("proto");
     println!("cargo:rerun-if-changed={}", proto_dir.display());
-    let fds = protox::compile(["gatehouse/v1/gateway.proto"], [&proto_dir])
-        .unwrap_or_else(|e| panic!("compiling protos: {e:?}"));
+    let fds = protox::compile(
+        [
+            "gatehouse/v1/gateway.proto",
+            "gatehouse/admin/v1/admin.proto",
+        ],
+        [&proto_dir],
+    )
+    .unwrap_or_else(|e| panic!("compiling protos: {e:?}"));
     // The server stubs are generated either way: they need nothing but
     // tonic, and the client's own tests serve a fake gateway with them.
     tonic_prost_build::configure()

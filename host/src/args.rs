@@ -297,7 +297,7 @@ pub(crate) enum Cmd {
     /// Write and check plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
-    /// Make API keys.
+    /// Make API keys, and manage a running gateway's key store.
     #[command(subcommand)]
     Keys(KeysCmd),
     /// Load a running gateway and report throughput and latency percentiles.
@@ -402,6 +402,52 @@ pub(crate) enum KeysCmd {
         #[command(flatten)]
         output: OutputOpts,
     },
+    /// Create a key in a running gateway's key store and print it (once).
+    /// Needs an admin key; the new key works at once (and within seconds
+    /// on other gateways sharing the store).
+    ///
+    /// Example: gatehouse keys create --tenant acme --scope sessions:open,sessions:use --expires 30d --key $ADMIN_KEY
+    Create {
+        /// A tenant of the gateway's config.
+        #[arg(long)]
+        tenant: String,
+        /// Scopes: sessions:open, sessions:use, sessions:read, backends:read,
+        /// admin (repeatable or comma-separated).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// A label for the key.
+        #[arg(long)]
+        name: Option<String>,
+        /// The key stops working this long from now, e.g. 30d, 12h.
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List a running gateway's keys: the key store's and the config file's
+    /// (never their hashes). Needs an admin key.
+    ///
+    /// Example: gatehouse keys list --all --key $ADMIN_KEY
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Also list revoked and expired keys.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a key of the key store: it is refused from the next call on.
+    /// Needs an admin key.
+    ///
+    /// Example: gatehouse keys revoke key_3f9a0c1d2e4b5a69 --key $ADMIN_KEY
+    Revoke {
+        /// The key's id, as `keys list` shows it.
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -481,11 +527,16 @@ impl Cmd {
             | Cmd::Close { client, .. }
             | Cmd::Restart { client, .. }
             | Cmd::Upgrade { client, .. }
-            | Cmd::Bench { client, .. } => Some(client),
-            Cmd::Serve { .. }
+            | Cmd::Bench { client, .. }
+            | Cmd::Keys(
+                KeysCmd::Create { client, .. }
+                | KeysCmd::List { client, .. }
+                | KeysCmd::Revoke { client, .. },
+            ) => Some(client),
+            Cmd::Keys(KeysCmd::New { .. })
+            | Cmd::Serve { .. }
             | Cmd::Config(_)
             | Cmd::Plugin(_)
-            | Cmd::Keys(_)
             | Cmd::Worker { .. }
             | Cmd::Completions { .. } => None,
         }
@@ -506,6 +557,7 @@ impl Cmd {
                 | Cmd::Restart { .. }
                 | Cmd::Upgrade { .. }
                 | Cmd::Bench { .. }
+                | Cmd::Keys(KeysCmd::Create { .. } | KeysCmd::List { .. } | KeysCmd::Revoke { .. })
         )
     }
 

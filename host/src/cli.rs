@@ -2,6 +2,10 @@
 //! API (through [`crate::client`]), readable by people by default and JSON
 //! with `--json`.
 
+mod keys;
+
+pub use self::keys::parse_expiry;
+
 use futures::StreamExt;
 use serde_json::{Value, json};
 

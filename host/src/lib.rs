@@ -35,6 +35,8 @@ pub mod clock;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod console;
+#[cfg(feature = "server")]
 pub mod events;
 #[cfg(all(test, feature = "server"))]
 mod fuzzing;
@@ -42,6 +44,8 @@ mod fuzzing;
 pub mod health;
 #[cfg(feature = "server")]
 pub mod keys;
+#[cfg(feature = "server")]
+pub mod keystore;
 #[cfg(feature = "server")]
 pub mod loader;
 #[cfg(feature = "server")]

@@ -152,6 +152,7 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         },
         // Dispatched before: to `worker` and to `client`.
         Cmd::Worker { .. }
+        | Cmd::Keys(_)
         | Cmd::Backends { .. }
         | Cmd::Reload { .. }
         | Cmd::Sessions { .. }
@@ -380,6 +381,15 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
             Cmd::Upgrade {
                 session, version, ..
             } => c.upgrade(session, version.unwrap_or_default()).await,
+            Cmd::Keys(KeysCmd::Create {
+                tenant,
+                scopes,
+                name,
+                expires,
+                ..
+            }) => c.create_key(tenant, scopes, name, expires).await,
+            Cmd::Keys(KeysCmd::List { tenant, all, .. }) => c.list_keys(tenant, all).await,
+            Cmd::Keys(KeysCmd::Revoke { id, .. }) => c.revoke_key(id).await,
             Cmd::Bench {
                 backend,
                 mode,

@@ -63,6 +63,13 @@ pub struct RateLabel {
     pub kind: String,
 }
 
+/// Labels: an admin action, e.g. `key.create`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// The audit log's action name.
+    pub action: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1us .. ~33s
     Histogram::new(exponential_buckets(1e-6, 2.0, 26))
@@ -126,6 +133,11 @@ pub struct Metrics {
     /// Calls refused `UNAUTHENTICATED` unchecked: their peer address was
     /// over its failed-authentication budget.
     pub auth_throttled: Counter,
+    /// Keys in the key store that authenticate calls (not revoked or
+    /// expired).
+    pub store_keys_active: Gauge,
+    /// Admin actions recorded in the audit log, by action.
+    pub admin_actions: Family<ActionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -164,6 +176,8 @@ impl Metrics {
             rate_limited: Family::default(),
             auth_failures: Counter::default(),
             auth_throttled: Counter::default(),
+            store_keys_active: Gauge::default(),
+            admin_actions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -286,6 +300,16 @@ impl Metrics {
             "auth_throttled",
             "Calls refused UNAUTHENTICATED unchecked: their address failed too often",
             m.auth_throttled.clone(),
+        );
+        registry.register(
+            "store_keys_active",
+            "Keys in the key store that authenticate calls (not revoked or expired)",
+            m.store_keys_active.clone(),
+        );
+        registry.register(
+            "admin_actions",
+            "Admin actions recorded in the audit log, by action",
+            m.admin_actions.clone(),
         );
         Self { registry, ..m }
     }

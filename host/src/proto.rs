@@ -8,6 +8,14 @@ pub mod v1 {
     tonic::include_proto!("gatehouse.v1");
 }
 
+/// `gatehouse.admin.v1`: the operator API (keys and the audit log).
+pub mod admin {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("gatehouse.admin.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.
 #[cfg(feature = "server")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -239,6 +239,8 @@ fn restart_required(running: &ServerSettings, next: &ServerSettings) -> Vec<Stri
         max_connections,
         memory_budget,
         auth_failures,
+        data_dir,
+        console,
     );
     keys
 }

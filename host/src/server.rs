@@ -51,6 +51,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The key store (`server.data_dir`) cannot be used.
+    #[error("server.data_dir: {0}")]
+    KeyStore(#[from] crate::keystore::StoreError),
     /// A port's certificate files cannot be used.
     #[error("{key}: {source}")]
     Tls {
@@ -202,9 +205,16 @@ pub async fn serve_from(
     on_bound: impl FnOnce(BoundAddrs),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let auth = Authenticator::from_tenants(&config.tenants);
-    preflight::check_exposure(&config, &auth)?;
     let metrics = Arc::new(Metrics::new());
+    let store = open_key_store(&config, &metrics)?;
+    let mut auth = Authenticator::from_tenants(&config.tenants);
+    if let Some(store) = &store {
+        auth = auth.with_store(Arc::clone(store));
+    }
+    preflight::check_exposure(&config, &auth)?;
+    let upkeep = store.as_ref().map(|s| s.spawn_upkeep());
+    let console = crate::console::enabled(&config)
+        .then(|| crate::console::Console::new(auth.clone(), config.server.http_tls.is_some()));
     let PortTls {
         grpc: grpc_tls,
         http: http_tls,
@@ -257,7 +267,10 @@ pub async fn serve_from(
             })?;
             let bound = l.local_addr();
             let m = Arc::clone(&metrics);
-            let routes = health.routes();
+            let mut routes = health.routes();
+            if let Some(console) = &console {
+                routes = routes.merge(console.routes());
+            }
             let stop = stopped(stop_rx.clone());
             tokio::spawn(async move {
                 if let Err(e) = metrics::serve(l, m, routes, stop).await {
@@ -282,7 +295,7 @@ pub async fn serve_from(
         .build_v1alpha()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gate = Gate::new();
-    let admin = api::AdminService::default();
+    let admin = api::AdminService::default().with_audit(api::KeyAdmin::new(auth.clone()));
 
     let server = &config.server;
     let grpc_server = tokio::spawn(
@@ -299,6 +312,7 @@ pub async fn serve_from(
             .add_service(reflection_v1alpha)
             .add_service(gate.clone())
             .add_service(api::admin_server(admin.clone(), auth.clone()))
+            .add_service(api::keys_admin_server(auth.clone()))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
     tracing::info!(%grpc, metrics = ?metrics_addr, tls = grpc_tls.is_some(), "listening; loading backends");
@@ -348,6 +362,9 @@ pub async fn serve_from(
         },
     ));
 
+    if let Some(console) = &console {
+        console.set_registry(Arc::clone(&registry));
+    }
     admin.set_reloader(Arc::new(Reloader::new(
         source,
         config.clone(),
@@ -398,6 +415,13 @@ pub async fn serve_from(
     let served = grpc_server.await;
     sweeper.abort();
     reloader.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    if let Some(store) = store {
+        // The last-used times noted since the last upkeep.
+        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+    }
     if let Some(n) = loader.native() {
         // Late stragglers (a pool refill racing the drain), then the state
         // directory: a clean exit leaves nothing to reap at the next start.
@@ -411,6 +435,20 @@ pub async fn serve_from(
             "the gRPC server task failed: {e}"
         ))),
     }
+}
+
+/// Opens the key store at `server.data_dir`, unless it is `"off"`.
+fn open_key_store(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<crate::keystore::KeyStore>>, ServeError> {
+    let Some(dir) = &config.server.data_dir else {
+        tracing::info!("key store off (server.data_dir = \"off\"): keys come from the config only");
+        return Ok(None);
+    };
+    let store = crate::keystore::KeyStore::open(dir, metrics)?;
+    tracing::info!(path = %store.path().display(), "key store open");
+    Ok(Some(store))
 }
 
 /// Reloads on each SIGHUP, which operators send out of habit to reload:

@@ -336,6 +336,7 @@ async fn reflection_lists_the_gateway_service() {
     };
     let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"gatehouse.v1.Gateway"), "{names:?}");
+    assert!(names.contains(&"gatehouse.admin.v1.Admin"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     let Some(MessageResponse::FileDescriptorResponse(files)) = &responses[1].message_response
     else {

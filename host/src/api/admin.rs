@@ -8,6 +8,8 @@ use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticated, Authenticator};
+use super::keys_admin::{KeyAdmin, Via};
+use crate::keystore::AuditEntry;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::{Admin, AdminServer};
 use crate::registry::Changes;
@@ -58,12 +60,19 @@ pub trait Reload: Send + Sync {
 #[derive(Clone, Default)]
 pub struct AdminService {
     reloader: Arc<OnceLock<Arc<dyn Reload>>>,
+    audit: Option<KeyAdmin>,
 }
 
 impl AdminService {
     /// The reloader, once the backends are loaded.
     pub fn reloader(&self) -> Option<Arc<dyn Reload>> {
         self.reloader.get().cloned()
+    }
+
+    /// Records each reload requested over the API in `keys`' audit log.
+    pub fn with_audit(mut self, keys: KeyAdmin) -> Self {
+        self.audit = Some(keys);
+        self
     }
 
     /// Makes `reloader` the one reloads go to.
@@ -101,7 +110,26 @@ impl Admin for AdminService {
             key = caller.key.as_deref().unwrap_or("-"),
             "reload requested"
         );
-        match reloader.reload().await {
+        let result = reloader.reload().await;
+        if let Some(audit) = &self.audit {
+            let detail = match &result {
+                Ok(o) => format!(
+                    "added={} updated={} removed={} tenants={}",
+                    o.changes.added.len(),
+                    o.changes.updated.len(),
+                    o.changes.removed.len(),
+                    o.tenants
+                ),
+                Err(e) => format!("failed: {e}"),
+            };
+            let entry = AuditEntry {
+                action: "config.reload",
+                target: String::new(),
+                detail,
+            };
+            audit.record(&caller, Via::Api, entry).await;
+        }
+        match result {
             Ok(outcome) => Ok(Response::new(pb::ReloadResponse {
                 added: outcome.changes.added,
                 updated: outcome.changes.updated,

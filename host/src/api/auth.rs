@@ -9,13 +9,19 @@
 //! extensions. Failures are typed ([`AuthError`]) and become gRPC statuses
 //! in `status.rs`.
 //!
+//! Keys come from the config file and, after them, from the key store
+//! (`crate::keystore`, looked up in memory): a store key resolves to the
+//! configured tenant it names, and is refused once revoked or expired
+//! ([`AuthError::Revoked`], [`AuthError::Expired`]).
+//!
 //! A call may carry a key, a certificate the config names, or both. With
 //! both they must name the same tenant, and the key's scopes apply: the key
 //! is what the call chose to present.
 //!
-//! With no keys or certificates configured the gateway is in local
-//! development mode: every call is the anonymous tenant `default` with
-//! every scope but `admin`, and any `authorization` header is ignored.
+//! With no keys or certificates configured (and none ever in the key
+//! store) the gateway is in local development mode: every call is the
+//! anonymous tenant `default` with every scope but `admin`, and any
+//! `authorization` header is ignored.
 //!
 //! With credentials, failed authentications are throttled per peer address
 //! ([`FailureThrottle`]): an address failing too often has its calls refused
@@ -36,6 +42,7 @@ use super::status::auth_status;
 use super::throttle::FailureThrottle;
 use crate::config::{CertIdentity, TenantSpec};
 use crate::keys::{KeyTable, Scope, Scopes};
+use crate::keystore::KeyStore;
 use crate::registry::{Caller, DEFAULT_TENANT, Tenant};
 use crate::transport::{Peer, PeerIdentity};
 
@@ -51,6 +58,12 @@ pub enum AuthError {
     /// A well-formed key that matches no configured key.
     #[error("unknown API key")]
     UnknownKey,
+    /// A key of the key store that was revoked.
+    #[error("this API key was revoked")]
+    Revoked,
+    /// A key of the key store past its expiry.
+    #[error("this API key has expired")]
+    Expired,
     /// A client certificate (signed by the client CA) that no
     /// `[[tenants.certs]]` entry names, and no key.
     #[error(
@@ -92,6 +105,8 @@ impl AuthError {
             AuthError::Missing
                 | AuthError::Malformed
                 | AuthError::UnknownKey
+                | AuthError::Revoked
+                | AuthError::Expired
                 | AuthError::UnknownCertificate { .. }
                 | AuthError::TenantMismatch
         )
@@ -131,31 +146,46 @@ enum Mode {
     },
 }
 
-impl Mode {
-    /// The mode for a config's tenants, each made by `tenant`. Without any
+/// The credentials of one config, and every tenant it names.
+#[derive(Debug)]
+struct Table {
+    mode: Mode,
+    /// Every configured tenant by name (and local mode's anonymous one):
+    /// what key store keys resolve to.
+    tenants: HashMap<String, Arc<Tenant>>,
+}
+
+impl Table {
+    /// The table for a config's tenants, each made by `tenant`. Without any
     /// key or certificate this is local development mode, where the
     /// anonymous tenant takes the quota, backends and limits of a
     /// `[[tenants]]` entry named `default` if there is one. Keys and
     /// certificates of one tenant share one quota.
     fn build(specs: &[TenantSpec], tenant: &dyn Fn(&TenantSpec) -> Arc<Tenant>) -> Self {
+        let mut tenants: HashMap<String, Arc<Tenant>> = specs
+            .iter()
+            .map(|spec| (spec.name.clone(), tenant(spec)))
+            .collect();
         if specs
             .iter()
             .all(|t| t.keys.is_empty() && t.certs.is_empty())
         {
-            let tenant = match specs.iter().find(|t| t.name == DEFAULT_TENANT) {
-                Some(spec) => tenant(spec),
+            let anonymous = match tenants.get(DEFAULT_TENANT) {
+                Some(t) => Arc::clone(t),
                 None => tenant(&TenantSpec::unrestricted(DEFAULT_TENANT)),
             };
-            return Mode::Local(Principal {
-                tenant,
+            tenants.insert(DEFAULT_TENANT.to_string(), Arc::clone(&anonymous));
+            let mode = Mode::Local(Principal {
+                tenant: anonymous,
                 key: None,
                 scopes: Scopes::all_but_admin(),
             });
+            return Self { mode, tenants };
         }
         let mut entries = Vec::new();
         let mut certs = Vec::new();
         for spec in specs {
-            let tenant = tenant(spec);
+            let tenant = Arc::clone(&tenants[&spec.name]);
             for key in &spec.keys {
                 entries.push((
                     key.hash,
@@ -177,43 +207,46 @@ impl Mode {
                 ));
             }
         }
-        Mode::Credentials {
+        let mode = Mode::Credentials {
             keys: KeyTable::new(entries),
             certs,
-        }
-    }
-
-    /// Every tenant a credential resolves to, by name.
-    fn tenants(&self) -> HashMap<String, Arc<Tenant>> {
-        let principals: Vec<&Principal> = match self {
-            Mode::Local(p) => vec![p],
-            Mode::Credentials { keys, certs } => {
-                keys.values().chain(certs.iter().map(|(_, p)| p)).collect()
-            }
         };
-        principals
-            .into_iter()
-            .map(|p| (p.tenant.name().to_string(), Arc::clone(&p.tenant)))
-            .collect()
+        Self { mode, tenants }
     }
+}
+
+/// A key of the config file, as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct ConfigKey {
+    /// `config:<tenant>:<n>`, n from 1 in file order within the tenant.
+    pub id: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The key's name; empty for an unnamed key.
+    pub name: String,
+    /// Its scopes.
+    pub scopes: Scopes,
 }
 
 /// Resolves the caller of each RPC from its metadata. Clones share one
-/// table, which [`Authenticator::reload`] replaces whole.
+/// table, which [`Authenticator::reload`] replaces whole, and one key
+/// store.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    mode: Arc<RwLock<Arc<Mode>>>,
+    table: Arc<RwLock<Arc<Table>>>,
+    store: Option<Arc<KeyStore>>,
 }
 
 impl Authenticator {
-    fn wrap(mode: Mode) -> Self {
+    fn wrap(table: Table) -> Self {
         Self {
-            mode: Arc::new(RwLock::new(Arc::new(mode))),
+            table: Arc::new(RwLock::new(Arc::new(table))),
+            store: None,
         }
     }
 
-    fn mode(&self) -> Arc<Mode> {
-        Arc::clone(&self.mode.read().unwrap_or_else(PoisonError::into_inner))
+    fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Local development mode: anonymous calls as tenant `default`, with no
@@ -222,9 +255,20 @@ impl Authenticator {
         Self::from_tenants(&[])
     }
 
-    /// The authenticator for a config's tenants: see [`Mode::build`].
+    /// The authenticator for a config's tenants: see [`Table::build`].
     pub fn from_tenants(specs: &[TenantSpec]) -> Self {
-        Self::wrap(Mode::build(specs, &Tenant::from_spec))
+        Self::wrap(Table::build(specs, &Tenant::from_spec))
+    }
+
+    /// Also accepts the keys of `store` (after the config's).
+    pub fn with_store(mut self, store: Arc<KeyStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The key store, if the gateway has one.
+    pub fn store(&self) -> Option<&Arc<KeyStore>> {
+        self.store.as_ref()
     }
 
     /// Replaces every key, certificate and tenant with `specs`'s, from the
@@ -233,17 +277,88 @@ impl Authenticator {
     /// of its quota, which takes the new size for new opens; a removed key
     /// is refused at once.
     pub fn reload(&self, specs: &[TenantSpec]) {
-        let known = self.mode().tenants();
-        let next = Mode::build(specs, &|spec| match known.get(&spec.name) {
+        let known = self.table().tenants.clone();
+        let next = Table::build(specs, &|spec| match known.get(&spec.name) {
             Some(previous) => Tenant::reloaded(previous, spec),
             None => Tenant::from_spec(spec),
         });
-        *self.mode.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
     }
 
-    /// Whether this is local development mode (no keys or certificates).
+    /// Whether this is local development mode: no keys or certificates in
+    /// the config, and none ever in the key store.
     pub fn is_local(&self) -> bool {
-        matches!(*self.mode(), Mode::Local(_))
+        matches!(self.table().mode, Mode::Local(_))
+            && !self.store.as_ref().is_some_and(|s| s.has_keys())
+    }
+
+    /// The configured tenant named `name`.
+    pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.table().tenants.get(name).cloned()
+    }
+
+    /// Every configured tenant, by name.
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        let mut out: Vec<Arc<Tenant>> = self.table().tenants.values().cloned().collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
+    }
+
+    /// The config file's keys, by tenant then file order.
+    pub fn config_keys(&self) -> Vec<ConfigKey> {
+        let table = self.table();
+        let Mode::Credentials { keys, .. } = &table.mode else {
+            return Vec::new();
+        };
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut out: Vec<ConfigKey> = keys
+            .values()
+            .map(|p| {
+                let n = counts.entry(p.tenant.name()).or_default();
+                *n += 1;
+                ConfigKey {
+                    id: format!("config:{}:{n}", p.tenant.name()),
+                    tenant: p.tenant.name().to_string(),
+                    // An unnamed key's label is its short hash, which
+                    // the listing does not show (names cannot hold ':').
+                    name: p
+                        .key
+                        .as_deref()
+                        .filter(|l| !l.starts_with("sha256:"))
+                        .unwrap_or_default()
+                        .to_string(),
+                    scopes: p.scopes,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        out
+    }
+
+    /// The principal of a key of the store: refused when revoked, expired,
+    /// or of a tenant the config no longer has.
+    fn stored(&self, table: &Table, key: &str) -> Result<Option<Principal>, AuthError> {
+        let Some(stored) = self.store.as_ref().and_then(|s| s.find(key)) else {
+            return Ok(None);
+        };
+        if stored.revoked.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        if stored.is_expired(crate::keystore::now()) {
+            return Err(AuthError::Expired);
+        }
+        let Some(tenant) = table.tenants.get(&stored.tenant) else {
+            tracing::warn!(key = %stored.id, tenant = %stored.tenant, "a key store key names a tenant the config does not have; refused");
+            return Err(AuthError::UnknownKey);
+        };
+        if let Some(store) = &self.store {
+            store.note_used(&stored.id);
+        }
+        Ok(Some(Principal {
+            tenant: Arc::clone(tenant),
+            key: Some(stored.id.as_str().into()),
+            scopes: stored.scopes,
+        }))
     }
 
     /// Authenticates a call to `method` (the RPC name, e.g. `OpenSession`)
@@ -255,55 +370,51 @@ impl Authenticator {
         cert: Option<&PeerIdentity>,
         method: &str,
     ) -> Result<Caller, AuthError> {
-        let mode = self.mode();
-        let principal = match &*mode {
-            Mode::Local(p) => {
+        let table = self.table();
+        let no_keys = KeyTable::default();
+        let (keys, certs): (&KeyTable<Principal>, &[(CertIdentity, Principal)]) = match &table.mode
+        {
+            Mode::Local(p) if !self.store.as_ref().is_some_and(|s| s.has_keys()) => {
                 if headers.contains_key(http::header::AUTHORIZATION) {
                     note_key_ignored();
                 }
-                p
+                return admit(p.clone(), method);
             }
-            Mode::Credentials { keys, certs } => {
-                let by_cert = cert.and_then(|id| {
-                    certs
-                        .iter()
-                        .find(|(identity, _)| id.matches(identity))
-                        .map(|(_, p)| p)
+            // Local config, but the key store has keys: they are the only
+            // credentials.
+            Mode::Local(_) => (&no_keys, &[]),
+            Mode::Credentials { keys, certs } => (keys, certs),
+        };
+        let by_cert = cert.and_then(|id| {
+            certs
+                .iter()
+                .find(|(identity, _)| id.matches(identity))
+                .map(|(_, p)| p.clone())
+        });
+        let by_key = match bearer(headers) {
+            Ok(key) => match keys.find(key) {
+                Some(p) => Some(p.clone()),
+                None => Some(self.stored(&table, key)?.ok_or(AuthError::UnknownKey)?),
+            },
+            Err(AuthError::Missing) => None,
+            Err(e) => return Err(e),
+        };
+        let principal = match (by_key, by_cert) {
+            (Some(k), Some(c)) if !Arc::ptr_eq(&k.tenant, &c.tenant) => {
+                return Err(AuthError::TenantMismatch);
+            }
+            (Some(k), _) => k,
+            (None, Some(c)) => c,
+            (None, None) => {
+                return Err(match cert {
+                    Some(id) => AuthError::UnknownCertificate {
+                        subject: id.to_string(),
+                    },
+                    None => AuthError::Missing,
                 });
-                let by_key = match bearer(headers) {
-                    Ok(key) => Some(keys.find(key).ok_or(AuthError::UnknownKey)?),
-                    Err(AuthError::Missing) => None,
-                    Err(e) => return Err(e),
-                };
-                match (by_key, by_cert) {
-                    (Some(k), Some(c)) if !Arc::ptr_eq(&k.tenant, &c.tenant) => {
-                        return Err(AuthError::TenantMismatch);
-                    }
-                    (Some(k), _) => k,
-                    (None, Some(c)) => c,
-                    (None, None) => {
-                        return Err(match cert {
-                            Some(id) => AuthError::UnknownCertificate {
-                                subject: id.to_string(),
-                            },
-                            None => AuthError::Missing,
-                        });
-                    }
-                }
             }
         };
-        let scope = required_scope(method);
-        if !principal.scopes.allows(scope) {
-            return Err(AuthError::MissingScope {
-                scope,
-                method: method.to_string(),
-            });
-        }
-        Ok(Caller::new(
-            Arc::clone(&principal.tenant),
-            principal.key.clone(),
-            principal.scopes.is_admin(),
-        ))
+        admit(principal, method)
     }
 
     /// The caller [`Authenticated`] resolved for this request.
@@ -315,6 +426,19 @@ impl Authenticator {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
     }
+}
+
+/// The caller `principal` is, if it has the scope `method` needs.
+fn admit(principal: Principal, method: &str) -> Result<Caller, AuthError> {
+    let scope = required_scope(method);
+    if !principal.scopes.allows(scope) {
+        return Err(AuthError::MissingScope {
+            scope,
+            method: method.to_string(),
+        });
+    }
+    let admin = principal.scopes.is_admin();
+    Ok(Caller::new(principal.tenant, principal.key, admin))
 }
 
 /// Logs, once per process, that a call carried a key the gateway ignores:
@@ -421,264 +545,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use http::HeaderMap;
-    use prost::Message;
-
-    use super::*;
-    use crate::config::{KeySpec, LimitOverrides};
-    use crate::keys::{KeyHash, generate};
-    use crate::transport::PeerIdentity;
-
-    fn headers(auth: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(v) = auth {
-            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
-        }
-        h
-    }
-
-    fn spec(name: &str, keys: Vec<(KeyHash, Scopes)>) -> TenantSpec {
-        TenantSpec {
-            name: name.into(),
-            max_sessions: None,
-            max_memory: None,
-            backends: None,
-            limits: LimitOverrides::default(),
-            keys: keys
-                .into_iter()
-                .map(|(hash, scopes)| KeySpec {
-                    name: None,
-                    hash,
-                    scopes,
-                })
-                .collect(),
-            certs: Vec::new(),
-            rates: Default::default(),
-        }
-    }
-
-    fn scopes(list: &[Scope]) -> Scopes {
-        list.iter().copied().collect()
-    }
-
-    #[test]
-    fn every_gateway_rpc_has_a_scope_that_is_not_admin() {
-        let fds =
-            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
-        let methods: Vec<String> = fds
-            .file
-            .iter()
-            .flat_map(|f| &f.service)
-            .filter(|s| s.name() == "Gateway")
-            .flat_map(|s| &s.method)
-            .map(|m| m.name().to_string())
-            .collect();
-        assert_eq!(methods.len(), 11, "{methods:?}");
-        for m in &methods {
-            assert_ne!(required_scope(m), Scope::Admin, "{m} has no scope");
-        }
-        assert_eq!(required_scope("SomethingNew"), Scope::Admin);
-    }
-
-    #[test]
-    fn scope_table() {
-        use Scope::*;
-        let table = [
-            ("ListBackends", BackendsRead),
-            ("OpenSession", SessionsOpen),
-            ("Invoke", SessionsUse),
-            ("InvokeBatch", SessionsUse),
-            ("StreamEvents", SessionsUse),
-            ("RenewLease", SessionsUse),
-            ("CloseSession", SessionsUse),
-            ("RestartSession", SessionsUse),
-            ("UpgradeSession", SessionsUse),
-            ("GetSession", SessionsRead),
-            ("ListSessions", SessionsRead),
-        ];
-        for (m, s) in table {
-            assert_eq!(required_scope(m), s, "{m}");
-        }
-    }
-
-    #[test]
-    fn keys_resolve_to_their_tenant_and_scopes() {
-        let (a_key, a_hash) = generate().unwrap();
-        let (b_key, b_hash) = generate().unwrap();
-        let (admin_key, admin_hash) = generate().unwrap();
-        let auth = Authenticator::from_tenants(&[
-            spec("a", vec![(a_hash, scopes(&[Scope::SessionsRead]))]),
-            spec(
-                "b",
-                vec![
-                    (b_hash, scopes(&[Scope::SessionsOpen])),
-                    (admin_hash, scopes(&[Scope::Admin])),
-                ],
-            ),
-        ]);
-        assert!(!auth.is_local());
-        let bearer = |k: &str| headers(Some(&format!("Bearer {k}")));
-
-        let a = auth
-            .authorize(&bearer(&a_key), None, "ListSessions")
-            .unwrap();
-        assert_eq!(a.tenant_name(), "a");
-        assert!(!a.admin);
-        assert_eq!(a.key.as_deref(), Some(a_hash.short().as_str()));
-        assert_eq!(
-            auth.authorize(&bearer(&a_key), None, "OpenSession")
-                .unwrap_err(),
-            AuthError::MissingScope {
-                scope: Scope::SessionsOpen,
-                method: "OpenSession".into()
-            }
-        );
-        let b = auth
-            .authorize(&bearer(&b_key), None, "OpenSession")
-            .unwrap();
-        assert_eq!(b.tenant_name(), "b");
-        let admin = auth.authorize(&bearer(&admin_key), None, "Invoke").unwrap();
-        assert!(admin.admin);
-        assert!(
-            Arc::ptr_eq(&b.tenant, &admin.tenant),
-            "keys of one tenant share its quota"
-        );
-        // The scheme is case-insensitive.
-        auth.authorize(
-            &headers(Some(&format!("bearer {b_key}"))),
-            None,
-            "OpenSession",
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn missing_malformed_and_unknown_keys_are_refused() {
-        let (_, hash) = generate().unwrap();
-        let auth = Authenticator::from_tenants(&[spec("a", vec![(hash, scopes(&[Scope::Admin]))])]);
-        let check = |h: Option<&str>| {
-            auth.authorize(&headers(h), None, "ListBackends")
-                .unwrap_err()
-        };
-        assert_eq!(check(None), AuthError::Missing);
-        assert_eq!(check(Some("Basic dXNlcjpwYXNz")), AuthError::Malformed);
-        assert_eq!(check(Some("Bearer")), AuthError::Malformed);
-        assert_eq!(check(Some("Bearer ")), AuthError::Malformed);
-        assert_eq!(check(Some("Bearer a b")), AuthError::Malformed);
-        assert_eq!(check(Some("Bearer ghk_00")), AuthError::UnknownKey);
-        let (other, _) = generate().unwrap();
-        assert_eq!(
-            check(Some(&format!("Bearer {other}"))),
-            AuthError::UnknownKey
-        );
-    }
-
-    #[test]
-    fn local_mode_is_anonymous_default_without_admin() {
-        for auth in [
-            Authenticator::local(),
-            Authenticator::from_tenants(&[]),
-            Authenticator::from_tenants(&[spec("default", vec![])]),
-        ] {
-            assert!(auth.is_local());
-            let c = auth.authorize(&headers(None), None, "OpenSession").unwrap();
-            assert_eq!(c.tenant_name(), DEFAULT_TENANT);
-            assert!(!c.admin && c.key.is_none());
-            // A stray header is ignored.
-            auth.authorize(&headers(Some("Bearer whatever")), None, "Invoke")
-                .unwrap();
-        }
-        let auth = Authenticator::from_tenants(&[TenantSpec {
-            max_sessions: Some(3),
-            ..spec("default", vec![])
-        }]);
-        let c = auth.authorize(&headers(None), None, "OpenSession").unwrap();
-        assert_eq!(c.tenant.max_sessions(), Some(3));
-    }
-
-    #[test]
-    fn certificates_resolve_to_their_tenant_and_must_agree_with_a_key() {
-        use crate::config::{CertIdentity, CertSpec, DistinguishedName};
-        let (b_key, b_hash) = generate().unwrap();
-        let cert = |identity, scopes| CertSpec {
-            name: None,
-            identity,
-            scopes,
-        };
-        let a = TenantSpec {
-            certs: vec![cert(
-                CertIdentity::Subject(DistinguishedName::parse("CN=ci, O=Acme").unwrap()),
-                scopes(&[Scope::SessionsRead]),
-            )],
-            ..spec("a", vec![])
-        };
-        let b = TenantSpec {
-            certs: vec![cert(
-                CertIdentity::Uri("spiffe://acme/b".into()),
-                scopes(&[Scope::SessionsOpen]),
-            )],
-            ..spec("b", vec![(b_hash, scopes(&[Scope::BackendsRead]))])
-        };
-        let auth = Authenticator::from_tenants(&[a, b]);
-        assert!(!auth.is_local(), "certificates alone are credentials");
-        let peer = |subject: &str, uri: Option<&str>| PeerIdentity {
-            subject: Some(DistinguishedName::parse(subject).unwrap()),
-            dns: Vec::new(),
-            uris: uri.into_iter().map(String::from).collect(),
-        };
-        let ci = peer("O=Acme, CN=ci", None);
-        let b_peer = peer("CN=runner", Some("spiffe://acme/b"));
-        let stranger = peer("CN=stranger", None);
-        let none = headers(None);
-        let b_bearer = headers(Some(&format!("Bearer {b_key}")));
-
-        let c = auth.authorize(&none, Some(&ci), "ListSessions").unwrap();
-        assert_eq!(c.tenant_name(), "a");
-        assert_eq!(c.key.as_deref(), Some("cert:subject CN=ci, O=Acme"));
-        assert_eq!(
-            auth.authorize(&none, Some(&ci), "OpenSession").unwrap_err(),
-            AuthError::MissingScope {
-                scope: Scope::SessionsOpen,
-                method: "OpenSession".into()
-            }
-        );
-        let c = auth.authorize(&none, Some(&b_peer), "OpenSession").unwrap();
-        assert_eq!(c.tenant_name(), "b");
-        // With a key of the same tenant the key's scopes apply.
-        assert!(matches!(
-            auth.authorize(&b_bearer, Some(&b_peer), "OpenSession"),
-            Err(AuthError::MissingScope { .. })
-        ));
-        auth.authorize(&b_bearer, Some(&b_peer), "ListBackends")
-            .unwrap();
-        // A key of another tenant than the certificate's.
-        assert_eq!(
-            auth.authorize(&b_bearer, Some(&ci), "ListBackends")
-                .unwrap_err(),
-            AuthError::TenantMismatch
-        );
-        // A certificate nobody named: refused alone, the key decides with one.
-        assert_eq!(
-            auth.authorize(&none, Some(&stranger), "ListBackends")
-                .unwrap_err(),
-            AuthError::UnknownCertificate {
-                subject: "CN=stranger".into()
-            }
-        );
-        let c = auth
-            .authorize(&b_bearer, Some(&stranger), "ListBackends")
-            .unwrap();
-        assert_eq!(c.tenant_name(), "b");
-        // A bad key is refused even with a good certificate.
-        assert_eq!(
-            auth.authorize(&headers(Some("Bearer ghk_nope")), Some(&ci), "ListSessions")
-                .unwrap_err(),
-            AuthError::UnknownKey
-        );
-        assert_eq!(
-            auth.authorize(&none, None, "ListSessions").unwrap_err(),
-            AuthError::Missing
-        );
-    }
-}
+mod tests;

@@ -83,6 +83,8 @@ pub fn backend_version(v: &Version, state: VersionState) -> pb::BackendInfo {
     }
 }
 
+/// A session as the API (and the console) shows it; `wall` turns the
+/// registry's instants into wall-clock times.
 pub fn session_info(
     s: &Session,
     wall: impl Fn(std::time::Instant) -> SystemTime,

@@ -1,5 +1,5 @@
-//! The gRPC API: the `gatehouse.v1.Gateway` and `gatehouse.v1.Admin`
-//! services, health and reflection. Errors are mapped to gRPC statuses here and nowhere else.
+//! The gRPC API: the `gatehouse.v1.Gateway`, `gatehouse.v1.Admin` and
+//! `gatehouse.admin.v1.Admin` services, health and reflection. Errors are mapped to gRPC statuses here and nowhere else.
 
 mod admin;
 mod auth;
@@ -7,6 +7,7 @@ mod convert;
 #[cfg(test)]
 mod fuzz;
 mod gateway;
+mod keys_admin;
 mod standard_status;
 mod status;
 mod throttle;
@@ -15,8 +16,10 @@ mod trace;
 use std::sync::Arc;
 
 pub use self::admin::{AdminService, Reload, ReloadFailure, ReloadOutcome, admin_server};
-pub use self::auth::{AuthError, Authenticated, Authenticator, required_scope};
+pub use self::auth::{AuthError, Authenticated, Authenticator, ConfigKey, required_scope};
+pub use self::convert::{backend_version, session_info};
 pub use self::gateway::GatewayService;
+pub use self::keys_admin::{KeyAdmin, KeysAdminService, Via, actor, keys_admin_server};
 pub use self::standard_status::StandardStatusLayer;
 pub use self::status::{auth_status, to_status};
 pub use self::throttle::{FailureThrottle, LOG_EVERY, MAX_PEERS};

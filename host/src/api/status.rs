@@ -5,6 +5,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::AuthError;
 use crate::backend::{FaultClass, StartError};
+use crate::keystore::StoreError;
 use crate::registry::{GatewayError, RETRY_AFTER};
 
 /// Maps a refused credential to `UNAUTHENTICATED` (no usable key or
@@ -16,10 +17,27 @@ pub fn auth_status(error: AuthError) -> Status {
         AuthError::Missing
         | AuthError::Malformed
         | AuthError::UnknownKey
+        | AuthError::Revoked
+        | AuthError::Expired
         | AuthError::UnknownCertificate { .. }
         | AuthError::TenantMismatch => Status::unauthenticated(message),
         AuthError::Throttled { .. } => Status::unauthenticated(message),
         AuthError::MissingScope { .. } => Status::permission_denied(message),
+    }
+}
+
+/// Maps a key store failure: a bad request is `INVALID_ARGUMENT`, an
+/// unknown key `NOT_FOUND`, a switched-off store `FAILED_PRECONDITION`, and
+/// the database itself failing `INTERNAL` (logged, not sent in full).
+pub fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Invalid(m) => Status::invalid_argument(m),
+        StoreError::NoSuchKey(_) => Status::not_found(error.to_string()),
+        StoreError::Off => Status::failed_precondition(error.to_string()),
+        e => {
+            tracing::error!("{e}");
+            Status::internal("the key store failed; see the gateway's log")
+        }
     }
 }
 

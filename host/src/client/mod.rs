@@ -64,6 +64,7 @@
 
 mod error;
 mod events;
+mod keys;
 mod session;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub use self::error::{CommandError, CommandErrorKind, Error, code_name};
 pub use self::events::{EventStream, ResumePolicy};
+pub use self::keys::NewKey;
 pub use self::session::{CallOptions, Closed, Reply, Session};
 use crate::proto::v1 as pb;
 use crate::proto::v1::gateway_client::GatewayClient;
@@ -141,8 +143,13 @@ impl Interceptor for BearerKey {
 pub struct Gateway {
     client: Inner,
     admin: pb::admin_client::AdminClient<InterceptedService<Channel, BearerKey>>,
+    keys: KeysClient,
     addr: Arc<str>,
 }
+
+/// The generated `gatehouse.admin.v1.Admin` client with the key interceptor.
+type KeysClient =
+    crate::proto::admin::v1::admin_client::AdminClient<InterceptedService<Channel, BearerKey>>;
 
 /// Settings for [`Gateway::connect`]; `.await` it to connect.
 #[derive(Debug, Clone)]
@@ -256,6 +263,10 @@ impl Connect {
         };
         Ok(Gateway {
             admin: pb::admin_client::AdminClient::with_interceptor(channel.clone(), bearer.clone()),
+            keys: crate::proto::admin::v1::admin_client::AdminClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
             client: GatewayClient::with_interceptor(channel, bearer)
                 .max_decoding_message_size(self.max_message_bytes)
                 .max_encoding_message_size(self.max_message_bytes),

@@ -33,6 +33,11 @@
 //! max_auth_failures_per_sec = 1     # failed authentications per peer address, after a
 //! auth_failures_burst = 10          # burst of this many; past them calls are refused
 //!                                   # UNAUTHENTICATED unchecked; "off" disables the throttle
+//! data_dir = "$XDG_DATA_HOME/gatehouse" # the key store (gatehouse.db: keys made at runtime,
+//!                                   # the audit log); without XDG_DATA_HOME,
+//!                                   # "~/.local/share/gatehouse"; "off": config keys only
+//! console = true                    # the web console at /console on the HTTP port (loopback
+//!                                   # or TLS only; see docs/console.md)
 //!
 //! [sessions]                        # defaults for every backend
 //! command_timeout = "30s"

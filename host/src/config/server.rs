@@ -67,6 +67,11 @@ pub struct ServerSettings {
     /// Bytes every session together may make the gateway hold: wasm
     /// memories and tables, undelivered events and replay buffers.
     pub memory_budget: usize,
+    /// Where the key store lives (`gatehouse.db`); `None` (`"off"`) keeps
+    /// keys in the config file only.
+    pub data_dir: Option<PathBuf>,
+    /// Serve the web console at `/console` on the HTTP port.
+    pub console: bool,
 }
 
 /// `server.memory_budget` when the machine's memory cannot be read.
@@ -93,6 +98,19 @@ fn default_cache_dir() -> Option<PathBuf> {
     };
     from("XDG_CACHE_HOME")
         .or_else(|| from("HOME").map(|h| h.join(".cache")))
+        .map(|d| d.join("gatehouse"))
+}
+
+/// `$XDG_DATA_HOME/gatehouse`, else `$HOME/.local/share/gatehouse`: kept
+/// across reboots, unlike the state directory.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|v| v.is_absolute())
+    };
+    from("XDG_DATA_HOME")
+        .or_else(|| from("HOME").map(|h| h.join(".local").join("share")))
         .map(|d| d.join("gatehouse"))
 }
 
@@ -133,6 +151,8 @@ impl Default for ServerSettings {
             allow_plaintext: false,
             max_connections: 4096,
             memory_budget: default_memory_budget(),
+            data_dir: default_data_dir(),
+            console: true,
             auth_failures: Rate::new(
                 DEFAULT_AUTH_FAILURES_PER_SEC,
                 Some(DEFAULT_AUTH_FAILURES_BURST),
@@ -182,6 +202,8 @@ pub(super) struct ServerFile {
     memory_budget: Option<Option<usize>>,
     max_auth_failures_per_sec: Option<NumberOrOff>,
     auth_failures_burst: Option<u32>,
+    data_dir: Option<String>,
+    console: Option<bool>,
 }
 
 /// A number, or the word `"off"`.
@@ -247,6 +269,18 @@ impl ServerFile {
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             memory_budget: self.memory_budget.flatten().unwrap_or(d.memory_budget),
             auth_failures: auth_failures(self.max_auth_failures_per_sec, self.auth_failures_burst)?,
+            data_dir: match self.data_dir.as_deref() {
+                Some("off") => None,
+                Some("") => {
+                    return Err(invalid(
+                        "server.data_dir",
+                        "is empty: give a directory or \"off\"",
+                    ));
+                }
+                Some(dir) => Some(base.join(dir)),
+                None => d.data_dir,
+            },
+            console: self.console.unwrap_or(d.console),
         };
         if s.memory_budget < super::MIN_MEMORY_LIMIT {
             return Err(invalid("server.memory_budget", "must be at least 1MiB"));
@@ -401,6 +435,21 @@ mod tests {
         assert_eq!((rate.per_sec(), rate.burst()), (0.5, 3));
         let off = parse("[server]\nmax_auth_failures_per_sec = \"off\"\n").unwrap();
         assert!(off.server.auth_failures.is_none());
+    }
+
+    #[test]
+    fn the_data_dir_resolves_against_the_config_and_can_be_off() {
+        let c = parse_at("[server]\ndata_dir = \"keys\"\nconsole = false\n").unwrap();
+        assert_eq!(
+            c.server.data_dir.as_deref(),
+            Some(Path::new("/etc/gatehouse/keys"))
+        );
+        assert!(!c.server.console);
+        let c = parse_at("[server]\ndata_dir = \"off\"\n").unwrap();
+        assert_eq!(c.server.data_dir, None);
+        assert!(c.server.console, "on by default");
+        let e = parse_at("[server]\ndata_dir = \"\"\n").unwrap_err();
+        assert!(e.starts_with("server.data_dir"), "{e}");
     }
 
     #[test]
