@@ -51,6 +51,8 @@ pub mod memory_budget;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod plugin_check;
+#[cfg(feature = "server")]
 pub mod preflight;
 pub mod proto;
 #[cfg(feature = "server")]
