@@ -856,7 +856,7 @@ fn the_python_client_package_passes() {
     if !probe.is_ok_and(|o| o.status.success()) {
         assert!(
             std::env::var_os("GATEHOUSE_REQUIRE_PYTHON_PLUGIN").is_none(),
-            "the Python client is required: pip install ./proto/clients/python pytest"
+            "the Python client is required: pip install \"./proto/clients/python[test]\""
         );
         eprintln!("skipped: python3 with gatehouse_client and pytest is not installed");
         return;
