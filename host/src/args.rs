@@ -363,20 +363,31 @@ pub(crate) enum PluginCmd {
     /// Write a ready-to-build plugin project in a new directory NAME.
     ///
     /// Example: gatehouse plugin new hello && cd hello && cargo build --release
+    /// (or --lang python, --lang js: the last line printed says how to build)
     New {
         /// Project and backend name.
         name: String,
-        /// Language of the template.
-        #[arg(long, default_value = "rust")]
+        /// Language of the template: rust, python (componentize-py) or js
+        /// (componentize-js).
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
         lang: String,
     },
     /// Check that a .wasm file is a gatehouse:backend component, list its
-    /// imports and the grants they need, and time its compilation.
+    /// imports and what each does here, say what to change when the gateway
+    /// cannot run it, and time its compilation (into the compile cache, so
+    /// the gateway then loads it without compiling).
     ///
     /// Example: gatehouse plugin check target/wasm32-wasip2/release/hello.wasm
     Check {
         /// The component file.
         file: PathBuf,
+        /// Compile with this gateway config's [server] settings and
+        /// cache_dir (default: the built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Compile afresh; neither read nor fill the compile cache.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         output: OutputOpts,
     },

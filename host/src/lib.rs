@@ -55,6 +55,8 @@ pub mod memory_budget;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod plugin_check;
+#[cfg(feature = "server")]
 pub mod preflight;
 pub mod proto;
 #[cfg(feature = "server")]

@@ -232,7 +232,9 @@ fn open_state_dir(config: &Config) -> Result<Option<NativeRuntime>, LoadError> {
 }
 
 /// One engine for every wasm backend, sized for the largest of them.
-fn runtime_options(config: &Config) -> RuntimeOptions {
+/// (`plugin check` compiles with the same, so its cached code is the code
+/// `serve` loads.)
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
     RuntimeOptions {
         max_sessions: config.server.max_sessions,
         max_memory_bytes: config

@@ -121,7 +121,11 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
             match gatehouse::scaffold::new_plugin(std::path::Path::new("."), &name, &lang) {
                 Ok(root) => {
                     println!("wrote {}", root.display());
-                    println!("next: cd {} && cargo build --release", root.display());
+                    println!(
+                        "next: cd {} && {}",
+                        root.display(),
+                        gatehouse::scaffold::next_step(&lang, &name)
+                    );
                     0
                 }
                 Err(e) => {
@@ -130,9 +134,19 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
                 }
             }
         }
-        Cmd::Plugin(PluginCmd::Check { file, output }) => {
-            plugin_check(&file, before.json || output.json)
-        }
+        Cmd::Plugin(PluginCmd::Check {
+            file,
+            config,
+            no_cache,
+            output,
+        }) => gatehouse::plugin_check::run(
+            &file,
+            &gatehouse::plugin_check::CheckSettings {
+                config: config.as_deref(),
+                no_cache,
+                json: before.json || output.json,
+            },
+        ),
         Cmd::Keys(KeysCmd::New {
             tenant,
             scopes,
@@ -166,66 +180,6 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         | Cmd::Upgrade { .. }
         | Cmd::Bench { .. } => 0,
     }
-}
-
-fn plugin_check(file: &std::path::Path, json: bool) -> i32 {
-    use gatehouse::backend::wasm::check::{ImportStatus, check_component};
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("{}: {e}", file.display());
-            return 1;
-        }
-    };
-    let report = match check_component(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": false, "error": e.to_string() })
-                );
-            } else {
-                eprintln!("{}: {e}", file.display());
-            }
-            return 1;
-        }
-    };
-    if json {
-        let mut value = serde_json::to_value(&report).unwrap_or_default();
-        value["ok"] = report.ok().into();
-        println!("{value}");
-    } else {
-        println!(
-            "{}: gatehouse:backend@{} component, {} bytes, compiled in {:.0} ms",
-            file.display(),
-            report.world_version,
-            report.size,
-            report.compile_time.as_secs_f64() * 1000.0
-        );
-        if report.stateful {
-            println!(
-                "state: exports gatehouse:backend/state; sessions keep their state across restarts and upgrades"
-            );
-        } else {
-            println!(
-                "state: none (no gatehouse:backend/state export); a restarted session starts fresh"
-            );
-        }
-        println!("imports:");
-        for i in &report.imports {
-            let mark = match i.status {
-                ImportStatus::Provided => "ok   ",
-                ImportStatus::NeedsGrant => "grant",
-                ImportStatus::Unsupported => "NO   ",
-            };
-            println!("  {mark} {:<44} {}", i.name, i.note);
-        }
-        for e in &report.link_errors {
-            println!("cannot run here: {e}");
-        }
-    }
-    if report.ok() { 0 } else { 1 }
 }
 
 /// Runs a native worker built into this binary, so the built-in

@@ -845,23 +845,27 @@ async fn empty_replies_close_reasons_and_ignored_keys() {
 
 // ---- a client written outside Rust ----------------------------------------------
 
-/// `tests/python/client.py` (grpcio, from the proto alone) against the real
-/// binary, when Python with grpcio is installed (CI installs it and also
-/// runs the script directly).
+/// The Python client package (`proto/clients/python`, installed with pip)
+/// and its pytest suite against this binary, when Python has it installed
+/// (CI installs it, and also runs the suite directly).
 #[test]
-fn the_python_client_passes() {
+fn the_python_client_package_passes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let probe = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
+        .args(["-c", "import gatehouse_client, pytest"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: python3 with grpcio and grpcio-tools is not installed");
+        assert!(
+            std::env::var_os("GATEHOUSE_REQUIRE_PYTHON_PLUGIN").is_none(),
+            "the Python client is required: pip install \"./proto/clients/python[test]\""
+        );
+        eprintln!("skipped: python3 with gatehouse_client and pytest is not installed");
         return;
     }
     let out = Command::new("python3")
-        .arg(root.join("tests/python/client.py"))
-        .arg("--spawn")
-        .arg(BIN)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(root.join("proto/clients/python/tests"))
+        .env("GATEHOUSE_BIN", BIN)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -870,7 +874,10 @@ fn the_python_client_passes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains(" passed") && !stdout.contains("failed"),
+        "{stdout}"
+    );
 }
 
 /// Output piped into a reader that went away (`gatehouse ... | head`) ends

@@ -274,3 +274,37 @@ async fn a_python_plugin_serves_sessions() {
     assert_eq!(next_event(&mut events).await.name, "added");
     assert!(!close(&mut c, &a.session_id).await.already_closed);
 }
+
+/// `plugin check` compiles into the compile cache with the serving
+/// engine's settings: a second check of the same file loads it, and
+/// `--no-cache` leaves the cache alone.
+#[test]
+fn plugin_check_uses_the_compile_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("echo.wasm");
+    std::fs::write(&wasm, gatehouse::builtin::component("echo").unwrap()).unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(&config, "[server]\ncache_dir = \"cache\"\n").unwrap();
+    let run = |extra: &[&str]| {
+        let out = gatehouse()
+            .args(["plugin", "check", "--config"])
+            .arg(&config)
+            .args(extra)
+            .arg(&wasm)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&["--no-cache"]).contains(", compiled in "));
+    assert!(
+        !dir.path().join("cache").exists(),
+        "--no-cache wrote the cache"
+    );
+    assert!(run(&[]).contains(", compiled in "));
+    let again = run(&[]);
+    assert!(again.contains("loaded from the compile cache"), "{again}");
+    let json: serde_json::Value = serde_json::from_str(run(&["--json"]).trim()).unwrap();
+    assert_eq!(json["cached"], true);
+    assert_eq!(json["ok"], true);
+}

@@ -1,14 +1,17 @@
 //! `gatehouse plugin check`: does a file fit the `gatehouse:backend` world,
-//! what does it import, and what grants would it need?
+//! what does it import, what does each import do here, and what to change
+//! when the gateway cannot run it?
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
+use super::cache::{ArtifactCache, Source};
 use super::exports::{ExportIndices, VERSIONS};
 use super::host::SessionData;
-use super::new_linker;
+use super::{RuntimeOptions, engine_config, new_linker};
 
 /// The WIT package version this gateway speaks (it loads older ones too).
 pub const WORLD_VERSION: &str = VERSIONS[0];
@@ -49,9 +52,12 @@ pub enum CheckError {
 pub enum ImportStatus {
     /// Always available.
     Provided,
-    /// Available, but useless without a grant.
+    /// Linked, so the component loads and runs; what it reaches (files,
+    /// the network, variables) is denied at run time unless the backend's
+    /// `[backends.grants]` grants it. (`needs-grant` in JSON, kept for
+    /// scripts that read it.)
     NeedsGrant,
-    /// gatehouse cannot satisfy it.
+    /// gatehouse never provides it: the component cannot be loaded.
     Unsupported,
 }
 
@@ -64,6 +70,9 @@ pub struct ImportInfo {
     pub status: ImportStatus,
     /// What it means for the plugin.
     pub note: String,
+    /// What to change, for an import gatehouse never provides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 /// What `plugin check` found.
@@ -71,9 +80,12 @@ pub struct ImportInfo {
 pub struct CheckReport {
     /// File size in bytes.
     pub size: usize,
-    /// Time to compile with this gateway's engine.
+    /// Time to compile with this gateway's engine (or, when `cached`, to
+    /// load the compiled code from the compile cache).
     #[serde(serialize_with = "millis")]
     pub compile_time: Duration,
+    /// Whether the compiled code came from the compile cache.
+    pub cached: bool,
     /// The `gatehouse:backend` version the component targets.
     pub world_version: String,
     /// Whether it exports `gatehouse:backend/state`: its sessions keep their
@@ -115,7 +127,7 @@ fn classify_import(name: &str) -> (ImportStatus, &'static str) {
         "wasi:cli/stdin" => (ImportStatus::Provided, "always empty"),
         "wasi:cli/environment" => (
             ImportStatus::NeedsGrant,
-            "empty unless [backends.grants] env grants variables",
+            "linked; empty at run time unless [backends.grants] env sets variables",
         ),
         "wasi:cli/exit" => (
             ImportStatus::Provided,
@@ -124,15 +136,21 @@ fn classify_import(name: &str) -> (ImportStatus, &'static str) {
         i if i.starts_with("wasi:cli/terminal") => (ImportStatus::Provided, "never a terminal"),
         i if i.starts_with("wasi:filesystem/") => (
             ImportStatus::NeedsGrant,
-            "no files unless [[backends.grants.preopens]] grants a directory",
+            "linked; every file access is denied at run time unless \
+             [[backends.grants.preopens]] grants a directory",
         ),
         "wasi:sockets/ip-name-lookup" => (
             ImportStatus::NeedsGrant,
-            "name lookup is never granted; connect by IP address",
+            "linked; name lookups are always denied: connect by IP address",
         ),
         i if i.starts_with("wasi:sockets/") => (
             ImportStatus::NeedsGrant,
-            "no network unless [backends.grants] network allows IP:PORT destinations",
+            "linked; connections are denied at run time unless [backends.grants] \
+             network allows IP:PORT destinations",
+        ),
+        i if i.starts_with("wasi:http/") => (
+            ImportStatus::Unsupported,
+            "HTTP: gatehouse never provides it to plugins",
         ),
         _ => (
             ImportStatus::Unsupported,
@@ -141,8 +159,74 @@ fn classify_import(name: &str) -> (ImportStatus, &'static str) {
     }
 }
 
-/// Checks a component file's bytes.
+/// What to change so an import gatehouse never provides goes away.
+fn fix_for(name: &str) -> String {
+    if name.starts_with("wasi:http/") {
+        "a JavaScript component from componentize-js imports wasi:http unless built \
+         with `-d http fetch-event` (as in `componentize-js app.js -w wit -n backend \
+         -d http fetch-event -o app.wasm`); in Rust, drop the crate that uses wasi:http"
+            .to_string()
+    } else {
+        format!(
+            "remove what imports {name}: a plugin may import gatehouse:backend/host and \
+             WASI 0.2 cli, clocks, random, io, filesystem and sockets"
+        )
+    }
+}
+
+/// Where [`check_component_with`] compiles.
+#[derive(Debug, Clone)]
+pub struct CheckOptions<'a> {
+    /// The serving engine's settings: compiled with them, the code in the
+    /// cache is the code `serve` loads.
+    pub runtime: RuntimeOptions,
+    /// The compile cache (`[server] cache_dir`); `None` compiles afresh.
+    pub cache_dir: Option<&'a Path>,
+}
+
+/// Checks a component file's bytes, compiling with a plain engine and no
+/// cache.
 pub fn check_component(bytes: &[u8]) -> Result<CheckReport, CheckError> {
+    validate(bytes)?;
+    let mut config = Config::new();
+    config.epoch_interruption(true).concurrency_support(false);
+    let engine = Engine::new(&config).map_err(|e| CheckError::Invalid(format!("{e:#}")))?;
+    let began = Instant::now();
+    let component =
+        Component::new(&engine, bytes).map_err(|e| CheckError::Invalid(format!("{e:#}")))?;
+    report(bytes, &engine, &component, began.elapsed(), false)
+}
+
+/// Checks a component file's bytes with the serving engine's settings,
+/// reading and filling the compile cache: a check then also warms the
+/// cache for the gateway, and a second check of the same file is quick.
+pub fn check_component_with(
+    bytes: &[u8],
+    options: &CheckOptions<'_>,
+) -> Result<CheckReport, CheckError> {
+    validate(bytes)?;
+    let engine = Engine::new(&engine_config(&options.runtime))
+        .map_err(|e| CheckError::Invalid(format!("{e:#}")))?;
+    let began = Instant::now();
+    let compiled = match options.cache_dir {
+        Some(dir) => {
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+            ArtifactCache::new(dir, &engine).load(&engine, bytes, &digest)
+        }
+        None => Component::new(&engine, bytes).map(|c| (c, Source::Compiled)),
+    };
+    let (component, source) = compiled.map_err(|e| CheckError::Invalid(format!("{e:#}")))?;
+    report(
+        bytes,
+        &engine,
+        &component,
+        began.elapsed(),
+        source == Source::Cached,
+    )
+}
+
+/// The checks that need no engine: magic, a component, valid.
+fn validate(bytes: &[u8]) -> Result<(), CheckError> {
     use wasmtime::wasmparser::{Parser, Validator, WasmFeatures};
 
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -159,17 +243,19 @@ pub fn check_component(bytes: &[u8]) -> Result<CheckReport, CheckError> {
             CheckError::Invalid(message)
         });
     }
+    Ok(())
+}
 
-    let mut config = Config::new();
-    config.epoch_interruption(true).concurrency_support(false);
-    let engine = Engine::new(&config).map_err(|e| CheckError::Invalid(format!("{e:#}")))?;
-    let began = Instant::now();
-    let component =
-        Component::new(&engine, bytes).map_err(|e| CheckError::Invalid(format!("{e:#}")))?;
-    let compile_time = began.elapsed();
-
+/// What a compiled component exports and imports, and whether it links.
+fn report(
+    bytes: &[u8],
+    engine: &Engine,
+    component: &Component,
+    compile_time: Duration,
+    cached: bool,
+) -> Result<CheckReport, CheckError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     let prefix = "gatehouse:backend/session";
     let world_version = match exports
         .iter()
@@ -191,24 +277,26 @@ pub fn check_component(bytes: &[u8]) -> Result<CheckReport, CheckError> {
             expected: VERSIONS.join(" or @"),
         });
     }
-    let stateful = ExportIndices::find(&component).is_ok_and(|e| e.stateful());
+    let stateful = ExportIndices::find(component).is_ok_and(|e| e.stateful());
 
     let imports = ty
-        .imports(&engine)
+        .imports(engine)
         .map(|(name, _)| {
             let (status, note) = classify_import(name);
+            let fix = (status == ImportStatus::Unsupported).then(|| fix_for(name));
             ImportInfo {
                 name: name.to_string(),
                 status,
                 note: note.to_string(),
+                fix,
             }
         })
         .collect();
     let mut link_errors = Vec::new();
-    match new_linker(&engine) {
+    match new_linker(engine) {
         Ok(linker) => {
             let linker: wasmtime::component::Linker<SessionData> = linker;
-            if let Err(e) = linker.instantiate_pre(&component) {
+            if let Err(e) = linker.instantiate_pre(component) {
                 link_errors.push(format!("{e:#}"));
             }
         }
@@ -217,6 +305,7 @@ pub fn check_component(bytes: &[u8]) -> Result<CheckReport, CheckError> {
     Ok(CheckReport {
         size: bytes.len(),
         compile_time,
+        cached,
         world_version,
         stateful,
         imports,

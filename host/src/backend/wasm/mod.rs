@@ -11,6 +11,7 @@ pub mod check;
 mod exports;
 mod host;
 mod reply;
+mod start_memory;
 mod stdio;
 mod ticker;
 mod worker;
@@ -75,6 +76,9 @@ pub enum LoadError {
     /// The bytes are not a valid component.
     #[error("compiling the component: {0}")]
     Compile(String),
+    /// The component's memory at start is over what the engine allows.
+    #[error("{0}")]
+    Memory(String),
     /// The component needs imports gatehouse does not provide, or does not
     /// export the `gatehouse:backend` world.
     #[error("the component does not fit the gatehouse:backend world: {0}")]
@@ -127,7 +131,13 @@ impl WasmRuntime {
             Some(cache) => cache.load(&self.engine, bytes, &digest),
             None => Component::new(&self.engine, bytes).map(|c| (c, cache::Source::Compiled)),
         }
-        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        .map_err(|e| {
+            let message = format!("{e:#}");
+            match start_memory::refused_at_load(&message, spec.policy.memory_limit) {
+                Some(plain) => LoadError::Memory(plain),
+                None => LoadError::Compile(message),
+            }
+        })?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -331,6 +341,9 @@ impl Backend for WasmBackend {
         let exports = match instantiated {
             Ok(i) => i,
             Err(e) => {
+                if let Some(fault) = start_memory::refused_at_start(&e) {
+                    return Err(StartError::Failed(fault));
+                }
                 let fault = worker::classify(&e);
                 // Both may pass: a session that closes frees pool slots and
                 // budget, so these are RESOURCE_EXHAUSTED with a retry hint.

@@ -1,14 +1,20 @@
-//! `gatehouse plugin new`: writes a ready-to-build plugin project.
+//! `gatehouse plugin new`: writes a ready-to-build plugin project in Rust,
+//! Python or JavaScript.
 //!
-//! The project vendors the `gatehouse-plugin` SDK and the WIT contract this
-//! gateway speaks, so it builds anywhere with `cargo build --release`
-//! without a gatehouse checkout.
+//! Each project vendors the WIT contract this gateway speaks (and, in Rust,
+//! the `gatehouse-plugin` SDK), so it builds without a gatehouse checkout.
+
+mod js;
+mod python;
+mod rust;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const SDK_LIB: &str = include_str!("../../plugins/sdk/src/lib.rs");
-const WIT: &str = include_str!("../../wit/backend.wit");
+const WIT: &str = include_str!("../../../wit/backend.wit");
+
+/// The languages `plugin new --lang` knows.
+pub const LANGUAGES: &[&str] = &["rust", "python", "js"];
 
 /// Why a project could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +25,7 @@ pub enum ScaffoldError {
     )]
     BadName(String),
     /// The language is not supported.
-    #[error("no template for language {0:?} (available: rust)")]
+    #[error("no template for language {0:?} (available: rust, python, js)")]
     BadLanguage(String),
     /// The directory exists.
     #[error("{0} already exists")]
@@ -45,25 +51,16 @@ pub fn new_plugin(dir: &Path, name: &str, lang: &str) -> Result<PathBuf, Scaffol
     if !valid {
         return Err(ScaffoldError::BadName(name.to_string()));
     }
-    if lang != "rust" {
-        return Err(ScaffoldError::BadLanguage(lang.to_string()));
-    }
+    let files = match lang {
+        "rust" => rust::files(name),
+        "python" => python::files(name),
+        "js" => js::files(name),
+        _ => return Err(ScaffoldError::BadLanguage(lang.to_string())),
+    };
     let root = dir.join(name);
     if root.exists() {
         return Err(ScaffoldError::Exists(root));
     }
-    let wasm = format!("{}.wasm", name.replace('-', "_"));
-    let files: Vec<(&str, String)> = vec![
-        ("Cargo.toml", cargo_toml(name)),
-        (".cargo/config.toml", CARGO_CONFIG.to_string()),
-        (".gitignore", "/target\n".to_string()),
-        ("src/lib.rs", lib_rs(name)),
-        ("README.md", readme(name, &wasm)),
-        ("gatehouse.toml", gatehouse_toml(name, &wasm)),
-        ("gatehouse-plugin/Cargo.toml", SDK_CARGO.to_string()),
-        ("gatehouse-plugin/src/lib.rs", SDK_LIB.to_string()),
-        ("gatehouse-plugin/wit/backend.wit", WIT.to_string()),
-    ];
     for (rel, text) in files {
         let path = root.join(rel);
         let write = || -> std::io::Result<()> {
@@ -80,130 +77,14 @@ pub fn new_plugin(dir: &Path, name: &str, lang: &str) -> Result<PathBuf, Scaffol
     Ok(root)
 }
 
-const CARGO_CONFIG: &str = r#"# Build components for gatehouse by default.
-[build]
-target = "wasm32-wasip2"
-"#;
-
-const SDK_CARGO: &str = r#"[package]
-name = "gatehouse-plugin"
-description = "Write gatehouse wasm backends as one trait implementation"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[features]
-default = ["json"]
-json = ["dep:serde", "dep:serde_json"]
-
-[dependencies]
-serde = { version = "1", optional = true }
-serde_json = { version = "1", optional = true }
-wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc", "std"] }
-"#;
-
-fn cargo_toml(name: &str) -> String {
-    format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-gatehouse-plugin = {{ path = "gatehouse-plugin" }}
-serde = {{ version = "1", features = ["derive"] }}
-
-# A standalone project, not part of any enclosing workspace.
-[workspace]
-
-[profile.release]
-opt-level = "s"
-lto = true
-codegen-units = 1
-strip = true
-"#
-    )
-}
-
-fn lib_rs(name: &str) -> String {
-    format!(
-        r#"//! `{name}`: a gatehouse backend. Every client session gets its own
-//! instance, so the `Plugin` value below is that session's state.
-
-use std::collections::BTreeMap;
-
-use gatehouse_plugin::{{Command, CommandError, Context, Plugin, emit, json_reply}};
-
-#[derive(Default)]
-struct Session {{
-    greeting: String,
-    calls: u64,
-}}
-
-#[derive(serde::Deserialize)]
-struct Hello {{
-    name: String,
-}}
-
-impl Plugin for Session {{
-    fn open(&mut self, ctx: &Context) -> Result<(), String> {{
-        self.greeting = ctx.config("greeting").unwrap_or("hello").to_string();
-        Ok(())
-    }}
-
-    fn handle(&mut self, cmd: Command) -> Result<Vec<u8>, CommandError> {{
-        self.calls += 1;
-        match cmd.name.as_str() {{
-            // hello {{"name": "ada"}} -> "hello, ada"
-            "hello" => {{
-                let Hello {{ name }} = cmd.json()?;
-                emit("greeted", name.clone());
-                Ok(format!("{{}}, {{name}}", self.greeting).into_bytes())
-            }}
-            // calls -> {{"calls": N}}
-            "calls" => json_reply(&BTreeMap::from([("calls", self.calls)])),
-            _ => Err(cmd.unknown()),
-        }}
-    }}
-}}
-
-gatehouse_plugin::export!(Session);
-"#
-    )
-}
-
-fn readme(name: &str, wasm: &str) -> String {
-    format!(
-        r#"# {name}
-
-A gatehouse backend.
-
-```sh
-rustup target add wasm32-wasip2          # once
-cargo build --release                    # -> target/wasm32-wasip2/release/{wasm}
-gatehouse plugin check target/wasm32-wasip2/release/{wasm}
-gatehouse serve --config gatehouse.toml  # serves it as backend "{name}" on {LISTEN}
-```
-
-Then, in another terminal (gatehouse.toml listens on its own port, so it
-does not collide with a gateway on the default 50051):
-
-```sh
-export GATEHOUSE_ADDR={LISTEN}           # or --addr {LISTEN} on each command
-SID=$(gatehouse open {name} --config greeting=hi)
-gatehouse invoke $SID hello '{{"name": "ada"}}'
-gatehouse events $SID
-gatehouse close $SID
-```
-
-`src/lib.rs` is the plugin; `gatehouse-plugin/` is the SDK and the WIT
-contract of the gateway that wrote this project.
-"#
-    )
+/// The command that builds a new project `name` of `lang`, run in its
+/// directory.
+pub fn next_step(lang: &str, name: &str) -> String {
+    match lang {
+        "python" => python::next(name),
+        "js" => js::NEXT.to_string(),
+        _ => rust::NEXT.to_string(),
+    }
 }
 
 /// The generated config's gRPC address: not the default 50051, so the
@@ -212,7 +93,9 @@ pub const LISTEN: &str = "127.0.0.1:50061";
 /// The generated config's metrics address: not the default 9464.
 pub const METRICS_LISTEN: &str = "127.0.0.1:9474";
 
-fn gatehouse_toml(name: &str, wasm: &str) -> String {
+/// The project's gateway config, serving the component at `module`
+/// (relative to the project) as backend `name`.
+fn gatehouse_toml(name: &str, module: &str) -> String {
     format!(
         r#"# Serves this plugin: gatehouse serve --config gatehouse.toml
 # Its own ports, so it runs next to a gateway on the defaults (50051 and
@@ -223,7 +106,7 @@ metrics_listen = "{METRICS_LISTEN}"
 
 [[backends]]
 name = "{name}"
-module = "target/wasm32-wasip2/release/{wasm}"
+module = "{module}"
 description = "{name}, built with gatehouse plugin new"
 version = "0.1.0"
 
@@ -287,5 +170,33 @@ mod tests {
             new_plugin(dir.path(), "x", "cobol"),
             Err(ScaffoldError::BadLanguage(_))
         ));
+    }
+
+    #[test]
+    fn python_and_js_projects_pin_the_toolchains_ci_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let py = new_plugin(dir.path(), "hello-py", "python").unwrap();
+        let app = fs::read_to_string(py.join("app.py")).unwrap();
+        assert!(app.contains("class Session(exports.Session)"), "{app}");
+        assert!(py.join("wit/backend.wit").is_file());
+        assert!(next_step("python", "hello-py").contains("-o hello-py.wasm"));
+        let config = fs::read_to_string(py.join("gatehouse.toml")).unwrap();
+        assert!(config.contains("module = \"hello-py.wasm\""), "{config}");
+
+        let js = new_plugin(dir.path(), "hello-js", "js").unwrap();
+        let package = fs::read_to_string(js.join("package.json")).unwrap();
+        let example = include_str!("../../../plugins/js-notes/package.json");
+        let pin = format!(
+            "\"@bytecodealliance/componentize-js\": \"{}\"",
+            js::COMPONENTIZE_JS
+        );
+        assert!(
+            package.contains(&pin) && example.contains(&pin),
+            "{package}"
+        );
+        assert!(package.contains("-d http fetch-event"), "{package}");
+        let app = fs::read_to_string(js.join("app.js")).unwrap();
+        assert!(app.contains("export const session"), "{app}");
+        assert_eq!(next_step("js", "hello-js"), "npm install && npm run build");
     }
 }
