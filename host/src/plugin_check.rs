@@ -83,7 +83,9 @@ pub fn run(file: &Path, settings: &CheckSettings<'_>) -> i32 {
             "state: exports gatehouse:backend/state; sessions keep their state across restarts and upgrades"
         );
     } else {
-        println!("state: none (no gatehouse:backend/state export); a restarted session starts fresh");
+        println!(
+            "state: none (no gatehouse:backend/state export); a restarted session starts fresh"
+        );
     }
     println!("imports:");
     for i in &report.imports {

@@ -163,3 +163,68 @@ async fn upgrade_sessions_moves_every_live_session_after_a_reload() {
         assert_eq!(invoke_ok(&mut c, id, "restored-from", "").await, "1.0.0");
     }
 }
+
+#[tokio::test]
+async fn promoting_a_canary_over_the_admin_rpc_makes_it_current_and_moves_sessions() {
+    use gatehouse::proto::v1::admin_client::AdminClient;
+    let rollout = "[backends.rollout]\npercent = 1\nupgrade_sessions = true";
+    let (key, hash) = gatehouse::keys::generate().unwrap();
+    let tenant = format!(
+        "[[tenants]]\nname = \"ops\"\n[[tenants.keys]]\nhash = \"{hash}\"\nscopes = [\"admin\"]\n"
+    );
+    let with_tenant = |version: &str| config(version, rollout) + &tenant;
+    let gw = Gatehouse::builder(with_tenant("1.0.0"))
+        .api_key(key.clone())
+        .start()
+        .await;
+    let mut c = gw.client().await;
+    let id = open_with(&mut c, {
+        let mut r = open_request("chaos@1.0.0");
+        r.client_session_name = "pinned".into();
+        r
+    })
+    .await
+    .session_id;
+    invoke_ok(&mut c, &id, "put", "k v").await;
+    reload_to(&gw, &with_tenant("2.0.0"), 1.0).await;
+    // A canary: the session stays until the promotion.
+    assert_eq!(get(&mut c, &id).await.backend_version, "1.0.0");
+
+    let mut admin = AdminClient::with_interceptor(
+        gw.channel().await,
+        gatehouse::client::BearerKey::new(Some(&key)).unwrap(),
+    );
+    let both = admin
+        .reload(pb::ReloadRequest {
+            promote: "chaos".into(),
+            rollback: "chaos".into(),
+        })
+        .await;
+    expect_code(both, Code::InvalidArgument);
+    let promoted = admin
+        .reload(pb::ReloadRequest {
+            promote: "chaos".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("promote")
+        .into_inner();
+    assert_eq!(promoted.updated, ["chaos"]);
+    let opened = open(&mut c, "chaos").await;
+    assert_eq!(opened.backend_version, "2.0.0", "the canary is current");
+    eventually("the session to move to 2.0.0", PATIENCE, || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move { (get(&mut c, &id).await.backend_version == "2.0.0").then_some(()) }
+    })
+    .await;
+    assert_eq!(invoke_ok(&mut c, &id, "get", "k").await, "v");
+    // Nothing left to promote.
+    let again = admin
+        .reload(pb::ReloadRequest {
+            promote: "chaos".into(),
+            ..Default::default()
+        })
+        .await;
+    expect_code(again, Code::FailedPrecondition);
+}

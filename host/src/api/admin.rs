@@ -110,7 +110,27 @@ impl Admin for AdminService {
             key = caller.key.as_deref().unwrap_or("-"),
             "reload requested"
         );
-        let result = reloader.reload().await;
+        // `promote` / `rollback` end a canary rollout instead of re-reading
+        // the config.
+        let r = request.get_ref();
+        let (result, action, target) = match (r.promote.as_str(), r.rollback.as_str()) {
+            ("", "") => (reloader.reload().await, "config.reload", String::new()),
+            (name, "") => (
+                reloader.end_rollout(name, true).await,
+                "rollout.promote",
+                name.to_string(),
+            ),
+            ("", name) => (
+                reloader.end_rollout(name, false).await,
+                "rollout.rollback",
+                name.to_string(),
+            ),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "set promote or rollback, not both",
+                ));
+            }
+        };
         if let Some(audit) = &self.audit {
             let detail = match &result {
                 Ok(o) => format!(
@@ -123,8 +143,8 @@ impl Admin for AdminService {
                 Err(e) => format!("failed: {e}"),
             };
             let entry = AuditEntry {
-                action: "config.reload",
-                target: String::new(),
+                action,
+                target,
                 detail,
             };
             audit.record(&caller, Via::Api, entry).await;
