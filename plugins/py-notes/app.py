@@ -5,6 +5,10 @@ Each session keeps its own list of notes:
   list             -> the notes as a JSON array of {"id", "text"}
   remove {"id": N} -> removes a note (a `failed` error if there is none)
   whoami           -> JSON with the session id, tenant and backend
+
+The notes are the session's state: the component targets the
+`stateful-backend` world, so they survive a restart or an upgrade
+(`State.snapshot` / `State.restore`, format 1 below).
 """
 
 import json
@@ -21,11 +25,20 @@ def _json(payload: bytes):
         raise Err(types.CommandError_InvalidPayload(f"bad JSON: {e}"))
 
 
+# The one session of this instance: `State` reads and replaces its notes.
+_session = None
+
+# The snapshot format; read every older one when it changes.
+STATE_FORMAT = 1
+
+
 class Session(exports.Session):
     def __init__(self):
+        global _session
         self.ctx = None
         self.notes = {}
         self.next_id = 1
+        _session = self
 
     def open(self, ctx: types.SessionContext) -> None:
         self.ctx = ctx
@@ -63,3 +76,24 @@ class Session(exports.Session):
 
     def close(self) -> None:
         pass
+
+
+class State(exports.State):
+    def snapshot(self) -> bytes:
+        notes = _session.notes if _session else {}
+        next_id = _session.next_id if _session else 1
+        return json.dumps({
+            "format": STATE_FORMAT,
+            "next_id": next_id,
+            "notes": [[i, t] for i, t in sorted(notes.items())],
+        }).encode()
+
+    def restore(self, state: bytes, from_version: str) -> None:
+        try:
+            data = json.loads(state)
+        except ValueError as e:
+            raise Err(f"unreadable state from version {from_version}: {e}")
+        if data.get("format") != STATE_FORMAT:
+            raise Err(f"state format {data.get('format')!r} from version {from_version} is not {STATE_FORMAT}")
+        _session.notes = {int(i): t for i, t in data["notes"]}
+        _session.next_id = int(data["next_id"])

@@ -220,7 +220,7 @@ async fn a_python_plugin_serves_sessions() {
             Command::new("componentize-py")
                 .arg("-d")
                 .arg(root.join("wit"))
-                .args(["-w", "backend", "componentize", "-p"])
+                .args(["-w", "stateful-backend", "componentize", "-p"])
                 .arg(root.join("plugins/py-notes"))
                 .arg("app")
                 .arg("-o")
@@ -272,6 +272,25 @@ async fn a_python_plugin_serves_sessions() {
     );
     let mut events = subscribe(&mut c, &a.session_id, None).await.unwrap();
     assert_eq!(next_event(&mut events).await.name, "added");
+
+    // The notes are its state: a restart brings them back.
+    let restarted = c
+        .restart_session(gatehouse::proto::v1::RestartSessionRequest {
+            session_id: a.session_id.clone(),
+            from_snapshot: Some(true),
+        })
+        .await
+        .expect("RestartSession")
+        .into_inner();
+    assert_eq!(restarted.restarts, 1);
+    assert_eq!(
+        invoke_ok(&mut c, &a.session_id, "list", b"").await,
+        r#"[{"id": 1, "text": "milk"}, {"id": 2, "text": "eggs"}]"#
+    );
+    assert_eq!(
+        invoke_ok(&mut c, &a.session_id, "add", br#"{"text": "tea"}"#).await,
+        "3"
+    );
     assert!(!close(&mut c, &a.session_id).await.already_closed);
 }
 
