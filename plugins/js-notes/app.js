@@ -9,7 +9,7 @@
 //
 // The gateway makes one component instance per session, so module-level
 // state is per session.
-import { emit, log, scheduleTick } from "gatehouse:backend/host@0.1.0";
+import { emit, log, scheduleTick } from "gatehouse:backend/host@0.2.0";
 
 // UTF-8 both ways. (QuickJS, the small runtime, has no TextEncoder.)
 const utf8 = (text) => Uint8Array.from(unescape(encodeURIComponent(text)), (c) => c.charCodeAt(0));

@@ -25,8 +25,10 @@ def _json(payload: bytes):
         raise Err(types.CommandError_InvalidPayload(f"bad JSON: {e}"))
 
 
-# The one session of this instance: `State` reads and replaces its notes.
-_session = None
+# The session's state, at module level: one instance serves one session,
+# and `Session` and `State` are separate export objects that both use it.
+_notes = {}
+_next = {"id": 1}
 
 # The snapshot format; read every older one when it changes.
 STATE_FORMAT = 1
@@ -34,11 +36,8 @@ STATE_FORMAT = 1
 
 class Session(exports.Session):
     def __init__(self):
-        global _session
         self.ctx = None
-        self.notes = {}
-        self.next_id = 1
-        _session = self
+        self.notes = _notes
 
     def open(self, ctx: types.SessionContext) -> None:
         self.ctx = ctx
@@ -48,8 +47,8 @@ class Session(exports.Session):
             body = _json(cmd.payload)
             if not isinstance(body, dict) or not isinstance(body.get("text"), str):
                 raise Err(types.CommandError_InvalidPayload('expected {"text": "..."}'))
-            note_id = self.next_id
-            self.next_id += 1
+            note_id = _next["id"]
+            _next["id"] += 1
             self.notes[note_id] = body["text"]
             host.emit(types.Event("added", str(note_id).encode()))
             return str(note_id).encode()
@@ -80,12 +79,10 @@ class Session(exports.Session):
 
 class State(exports.State):
     def snapshot(self) -> bytes:
-        notes = _session.notes if _session else {}
-        next_id = _session.next_id if _session else 1
         return json.dumps({
             "format": STATE_FORMAT,
-            "next_id": next_id,
-            "notes": [[i, t] for i, t in sorted(notes.items())],
+            "next_id": _next["id"],
+            "notes": [[i, t] for i, t in sorted(_notes.items())],
         }).encode()
 
     def restore(self, state: bytes, from_version: str) -> None:
@@ -95,5 +92,6 @@ class State(exports.State):
             raise Err(f"unreadable state from version {from_version}: {e}")
         if data.get("format") != STATE_FORMAT:
             raise Err(f"state format {data.get('format')!r} from version {from_version} is not {STATE_FORMAT}")
-        _session.notes = {int(i): t for i, t in data["notes"]}
-        _session.next_id = int(data["next_id"])
+        _notes.clear()
+        _notes.update({int(i): t for i, t in data["notes"]})
+        _next["id"] = int(data["next_id"])

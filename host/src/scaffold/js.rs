@@ -45,7 +45,7 @@ fn app_js(name: &str) -> String {
     format!(
         r#"// {name}: a gatehouse backend. Every client session gets its own
 // instance, so module-level state is that session's state.
-import {{ emit }} from "gatehouse:backend/host@0.1.0";
+import {{ emit }} from "gatehouse:backend/host@0.2.0";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
