@@ -340,17 +340,12 @@ impl Gateway for GatewayService {
             let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
-            // Runs to completion even if the caller goes away: a restart
-            // abandoned halfway would leave the session RESTARTING.
-            let registry = Arc::clone(&self.registry);
-            let session = tokio::spawn(async move {
+            let session = to_completion("restart", &self.registry, move |registry| async move {
                 registry
                     .restart(&caller, &r.session_id, r.from_snapshot.unwrap_or(true))
                     .await
             })
-            .await
-            .map_err(|e| Status::internal(format!("restart failed: {e}")))?
-            .map_err(to_status)?;
+            .await?;
             Ok(Response::new(self.info(&session)))
         })
         .await
@@ -370,18 +365,33 @@ impl Gateway for GatewayService {
             let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
-            let registry = Arc::clone(&self.registry);
-            let session =
-                tokio::spawn(
-                    async move { registry.upgrade(&caller, &r.session_id, &r.version).await },
-                )
-                .await
-                .map_err(|e| Status::internal(format!("upgrade failed: {e}")))?
-                .map_err(to_status)?;
+            let session = to_completion("upgrade", &self.registry, move |registry| async move {
+                registry.upgrade(&caller, &r.session_id, &r.version).await
+            })
+            .await?;
             Ok(Response::new(self.info(&session)))
         })
         .await
     }
+}
+
+/// Runs `call` on a task of its own, to completion even if the caller goes
+/// away: a restart or an upgrade abandoned halfway would leave the session
+/// between two workers.
+async fn to_completion<T, F, Fut>(
+    what: &str,
+    registry: &Arc<Registry>,
+    call: F,
+) -> Result<T, Status>
+where
+    F: FnOnce(Arc<Registry>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::registry::GatewayError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(call(Arc::clone(registry)))
+        .await
+        .map_err(|e| Status::internal(format!("{what} failed: {e}")))?
+        .map_err(to_status)
 }
 
 /// A subscription as a response stream. With a maximum age the stream ends

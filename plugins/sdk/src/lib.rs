@@ -352,37 +352,48 @@ pub mod __private {
     }
 }
 
+/// The session half of [`export!`] and [`export_stateful!`]: the plugin
+/// value's slot (`SESSION`), the `Export` type and its `session` exports.
+/// Expands inside their `const _` block, so both see the same items.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_session {
+    ($plugin:ty) => {
+        ::std::thread_local! {
+            static SESSION: ::std::cell::RefCell<::std::option::Option<$plugin>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+        struct Export;
+        impl $crate::__private::Guest for Export {
+            fn open(
+                ctx: $crate::__private::SessionContext,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__private::open(&SESSION, ctx)
+            }
+            fn handle(
+                cmd: $crate::__private::RawCommand,
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::RawCommandError>
+            {
+                $crate::__private::handle(&SESSION, cmd)
+            }
+            fn tick() {
+                $crate::__private::tick(&SESSION)
+            }
+            fn close() {
+                $crate::__private::close(&SESSION)
+            }
+        }
+        $crate::bindings::__export_backend!(Export);
+    };
+}
+
 /// Exports a [`Plugin`] type as the component's `gatehouse:backend` world.
 /// Use it once, at the top level of the crate.
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
         const _: () = {
-            ::std::thread_local! {
-                static SESSION: ::std::cell::RefCell<::std::option::Option<$plugin>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
-            struct Export;
-            impl $crate::__private::Guest for Export {
-                fn open(
-                    ctx: $crate::__private::SessionContext,
-                ) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::open(&SESSION, ctx)
-                }
-                fn handle(
-                    cmd: $crate::__private::RawCommand,
-                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::RawCommandError>
-                {
-                    $crate::__private::handle(&SESSION, cmd)
-                }
-                fn tick() {
-                    $crate::__private::tick(&SESSION)
-                }
-                fn close() {
-                    $crate::__private::close(&SESSION)
-                }
-            }
-            $crate::bindings::__export_backend!(Export);
+            $crate::__export_session!($plugin);
         };
     };
 }
@@ -394,31 +405,7 @@ macro_rules! export {
 macro_rules! export_stateful {
     ($plugin:ty) => {
         const _: () = {
-            ::std::thread_local! {
-                static SESSION: ::std::cell::RefCell<::std::option::Option<$plugin>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
-            struct Export;
-            impl $crate::__private::Guest for Export {
-                fn open(
-                    ctx: $crate::__private::SessionContext,
-                ) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::open(&SESSION, ctx)
-                }
-                fn handle(
-                    cmd: $crate::__private::RawCommand,
-                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::RawCommandError>
-                {
-                    $crate::__private::handle(&SESSION, cmd)
-                }
-                fn tick() {
-                    $crate::__private::tick(&SESSION)
-                }
-                fn close() {
-                    $crate::__private::close(&SESSION)
-                }
-            }
-            $crate::bindings::__export_backend!(Export);
+            $crate::__export_session!($plugin);
             mod __gatehouse_state {
                 $crate::__private::wit_bindgen::generate!({
                     // The state interface of wit/backend.wit, which the
