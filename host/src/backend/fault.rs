@@ -22,6 +22,8 @@ pub enum FaultCode {
     MemoryBudget,
     /// A table would grow past its limit.
     TableLimit,
+    /// A native worker tried to run more than `max_processes` processes.
+    ProcessLimit,
     /// The event queue was full under the `fault` overflow policy.
     EventOverflow,
     /// An event payload was over `max_event_bytes`.
@@ -107,6 +109,7 @@ impl FaultCode {
             MemoryLimit => "memory-limit",
             MemoryBudget => "memory-budget",
             TableLimit => "table-limit",
+            ProcessLimit => "process-limit",
             EventOverflow => "event-overflow",
             EventTooLarge => "event-too-large",
             TooManyTicks => "too-many-ticks",

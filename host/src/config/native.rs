@@ -25,6 +25,9 @@ pub struct NativeSpec {
     pub warm_pool: usize,
     /// The largest frame either side may send.
     pub max_frame_bytes: usize,
+    /// The most processes a worker and its descendants may be at once
+    /// (enforced where the gateway has a cgroup per worker).
+    pub max_processes: u32,
 }
 
 impl NativeSpec {
@@ -37,6 +40,7 @@ impl NativeSpec {
             heartbeat_grace: Duration::from_secs(5),
             warm_pool: 0,
             max_frame_bytes: 4 << 20,
+            max_processes: 64,
         }
     }
 }
@@ -55,6 +59,7 @@ pub(super) struct NativeFile {
     warm_pool: Option<usize>,
     #[serde(deserialize_with = "units::size")]
     max_frame_bytes: Option<usize>,
+    max_processes: Option<u32>,
 }
 
 impl NativeFile {
@@ -71,6 +76,7 @@ impl NativeFile {
             heartbeat_grace: self.heartbeat_grace.unwrap_or(d.heartbeat_grace),
             warm_pool: self.warm_pool.unwrap_or(d.warm_pool),
             max_frame_bytes: self.max_frame_bytes.unwrap_or(d.max_frame_bytes),
+            max_processes: self.max_processes.unwrap_or(d.max_processes),
             command: d.command,
         };
         let k = |name: &str| format!("{key}.{name}");
@@ -86,6 +92,9 @@ impl NativeFile {
         }
         if n.warm_pool > 1024 {
             return Err(invalid(k("warm_pool"), "must be 0..=1024"));
+        }
+        if !(1..=65536).contains(&n.max_processes) {
+            return Err(invalid(k("max_processes"), "must be 1..=65536"));
         }
         if !(1 << 10..=1 << 30).contains(&n.max_frame_bytes) {
             return Err(invalid(k("max_frame_bytes"), "must be 1KiB..=1GiB"));

@@ -43,6 +43,9 @@ pub(super) struct Launch {
     pub keep: RawFd,
     /// Memory limits set in the child before `exec`.
     pub rlimits: Option<Rlimits>,
+    /// `cgroup.procs` descriptors the child writes `0` to, first of all,
+    /// so that it and everything it starts are in the worker's cgroups.
+    pub join: Vec<RawFd>,
 }
 
 impl Launch {
@@ -83,6 +86,7 @@ impl Launch {
             output,
             keep,
             rlimits: None,
+            join: Vec::new(),
         })
     }
 
@@ -183,6 +187,11 @@ unsafe fn prepare(l: &Launch) -> Result<(), libc::c_int> {
     // SAFETY (whole body): raw system calls on descriptors the parent keeps
     // open across the clone; none allocates or locks.
     unsafe {
+        for &fd in &l.join {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(errno());
+            }
+        }
         // No gateway handler may run here: the defaults, then unblock.
         for sig in 1..=libc::SIGRTMAX() {
             let mut sa: libc::sigaction = std::mem::zeroed();

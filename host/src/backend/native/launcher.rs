@@ -9,6 +9,7 @@ use std::time::Instant;
 use rand::RngCore;
 use tokio::sync::mpsc;
 
+use super::contain::Containment;
 use super::env;
 use super::process::{self, LiveSet, Proc, SpawnSpec};
 use super::protocol::{self, FrameError, PROTOCOL_VERSION, pb};
@@ -37,6 +38,7 @@ pub(super) struct Launcher {
     pub(super) memory_limit: usize,
     pub(super) state: Arc<StateDir>,
     pub(super) live: Arc<LiveSet>,
+    pub(super) contain: Arc<Containment>,
 }
 
 /// Kills a process unless disarmed: start-up that is cancelled (its future
@@ -131,15 +133,22 @@ impl Launcher {
             backend: self.backend.clone(),
             log: Arc::new(LogLimiter::new(self.log_rate.0, self.log_rate.1)),
             memory_limit: Some(self.memory_limit),
+            max_processes: Some(self.native.max_processes),
+            marker: nonce.clone(),
         };
-        let proc = process::spawn(spec, Arc::clone(&self.state), Arc::clone(&self.live))
-            .await
-            .map_err(|e| {
-                failed(
-                    FaultCode::SpawnFailed,
-                    format!("starting {:?}: {e}", self.native.command[0]),
-                )
-            })?;
+        let proc = process::spawn(
+            spec,
+            Arc::clone(&self.state),
+            Arc::clone(&self.live),
+            Arc::clone(&self.contain),
+        )
+        .await
+        .map_err(|e| {
+            failed(
+                FaultCode::SpawnFailed,
+                format!("starting {:?}: {e}", self.native.command[0]),
+            )
+        })?;
         let mut guard = KillGuard(Some(Arc::clone(&proc)));
         report(StartPhase::WaitingForWorker);
 

@@ -34,6 +34,7 @@
 //! a command reach the registry through the session's `FaultReporter`.
 
 mod child;
+mod contain;
 mod launcher;
 mod memory_limit;
 mod pool;
@@ -50,6 +51,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use self::contain::Containment;
 use self::launcher::Launcher;
 use self::memory_limit::Rlimits;
 use self::pool::Pool;
@@ -79,6 +81,7 @@ pub enum NativeLoadError {
 pub struct NativeRuntime {
     state: Arc<StateDir>,
     live: Arc<LiveSet>,
+    contain: Arc<Containment>,
 }
 
 impl NativeRuntime {
@@ -94,12 +97,24 @@ impl NativeRuntime {
                 "killed leftover native workers of a previous gateway run"
             );
         }
-        tracing::debug!(
-            "native workers' memory_limit is enforced with RLIMIT_DATA and RLIMIT_AS; no cgroup is used"
+        let contain = Containment::probe();
+        tracing::info!(
+            containment = contain.name(),
+            "native workers are contained by {}",
+            contain.describe()
         );
+        let memory = match &contain {
+            Containment::Cgroup(_) => {
+                "RLIMIT_DATA and RLIMIT_AS per process, and the worker's cgroup"
+            }
+            Containment::Subreaper => "RLIMIT_DATA and RLIMIT_AS per process; no cgroup is used",
+        };
+        tracing::debug!("native workers' memory_limit is enforced with {memory}");
+        state.record_cgroups(&contain.dirs());
         Ok(Self {
             state: Arc::new(state),
             live: Arc::default(),
+            contain: Arc::new(contain),
         })
     }
 
@@ -122,6 +137,7 @@ impl NativeRuntime {
             memory_limit: spec.policy.memory_limit,
             state: Arc::clone(&self.state),
             live: Arc::clone(&self.live),
+            contain: Arc::clone(&self.contain),
         });
         let pool = (native.warm_pool > 0).then(|| Pool::start(Arc::clone(&launcher)));
         Ok(NativeBackend {
@@ -142,6 +158,11 @@ impl NativeRuntime {
         self.live.count()
     }
 
+    /// The containment in force: `cgroup` or `subreaper`.
+    pub fn containment(&self) -> &'static str {
+        self.contain.name()
+    }
+
     /// Kills every worker still alive: the last step of gateway shutdown,
     /// after sessions have been closed.
     pub fn shutdown(&self) {
@@ -153,6 +174,7 @@ impl NativeRuntime {
 
     /// Removes this gateway's state directory (after `shutdown`).
     pub fn remove_state(&self) {
+        self.contain.remove();
         self.state.remove();
     }
 }
@@ -243,7 +265,9 @@ impl Backend for NativeBackend {
         // Workers start with the backend's limit; a tenant's may be lower.
         if request.policy.memory_limit < self.launcher.memory_limit
             && let Some(pid) = worker.pid()
-            && let Err(e) = Rlimits::for_limit(request.policy.memory_limit).lower(pid)
+            && let Err(e) = Rlimits::for_limit(request.policy.memory_limit)
+                .lower(pid)
+                .and_then(|()| worker.lower_memory_limit(request.policy.memory_limit))
         {
             if from_pool && let Some(pool) = &self.pool {
                 pool.replenish();

@@ -33,6 +33,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::child::Launch;
+use super::contain::{Breach, Cell, Containment, Limits, subreaper};
 use super::memory_limit::{Rlimits, is_allocation_failure};
 use super::state_dir::StateDir;
 use crate::backend::guest_log::{LogLimiter, MAX_LINE, log_line};
@@ -80,6 +81,10 @@ pub struct Proc {
     allocation_failed: AtomicBool,
     /// Becomes true once its output reached end-of-file.
     output_closed: watch::Receiver<bool>,
+    /// Its containment: everything it starts ends with it.
+    cell: Cell,
+    /// The limit its cell ran into, which ended it.
+    breach: OnceLock<Breach>,
 }
 
 impl Proc {
@@ -95,6 +100,25 @@ impl Proc {
             return;
         }
         kill_group(self.pid);
+        self.cell.kill();
+    }
+
+    /// The limit (`max_processes`, the cgroup's memory limit) that ended
+    /// the worker, if one did.
+    pub fn breach(&self) -> Option<Breach> {
+        self.breach.get().copied()
+    }
+
+    /// Lowers the memory limit of the worker's cell (its rlimits are
+    /// lowered separately).
+    pub fn lower_memory_limit(&self, limit: usize) -> io::Result<()> {
+        self.cell.lower_memory(limit)
+    }
+
+    /// Records a breach and ends the worker for it.
+    fn breached(&self, breach: Breach) {
+        let _ = self.breach.set(breach);
+        self.kill();
     }
 
     /// Whether the worker has exited and been reaped.
@@ -199,44 +223,77 @@ pub struct SpawnSpec {
     pub log: Arc<LogLimiter>,
     /// The worker's `memory_limit`, set as resource limits before `exec`.
     pub memory_limit: Option<usize>,
+    /// `max_processes`.
+    pub max_processes: Option<u32>,
+    /// The worker's nonce: marks its descendants where only the subreaper
+    /// contains them.
+    pub marker: String,
 }
+
+/// How often a worker's cell is checked for a limit it ran into.
+const BREACH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Starts a worker from the spawner thread and sets up its reaping.
 pub async fn spawn(
     spec: SpawnSpec,
     state: Arc<StateDir>,
     live: Arc<LiveSet>,
+    contain: Arc<Containment>,
 ) -> io::Result<Arc<Proc>> {
     let (tx, rx) = oneshot::channel();
     let recorder = Arc::clone(&state);
     let job: Job = Box::new(move || {
         let began = std::time::Instant::now();
-        let result = spawn_here(&spec).inspect(|(pid, _)| {
-            tracing::debug!(
-                pid,
-                spawn_us = began.elapsed().as_micros() as u64,
-                "worker spawned"
-            );
-            recorder.record(*pid);
-        });
+        let limits = Limits {
+            max_processes: spec.max_processes,
+            memory_limit: spec.memory_limit,
+        };
+        let result = contain
+            .cell(limits, spec.marker.clone())
+            .and_then(|mut cell| {
+                let spawned = spawn_here(&spec, &cell);
+                cell.spawned();
+                match spawned {
+                    Ok(child) => Ok((child, cell)),
+                    Err(e) => {
+                        cell.release();
+                        Err(e)
+                    }
+                }
+            })
+            .inspect(|((pid, _), _)| {
+                subreaper::register_worker(*pid);
+                tracing::debug!(
+                    pid,
+                    spawn_us = began.elapsed().as_micros() as u64,
+                    "worker spawned"
+                );
+                recorder.record(*pid);
+            });
         drop(spec.child_end);
-        if let Err(Ok(((pid, _), _))) =
+        if let Err(Ok((((pid, _), cell), _))) =
             tx.send(result.map(|child| (child, (spec.backend, spec.log))))
         {
             // The open was abandoned while the worker started: nobody
             // will ever wait for it, so end it here.
-            end_unwatched(pid, &recorder);
+            end_unwatched(pid, &cell, &recorder);
         }
     });
     spawner()?
         .send(job)
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-    let ((pid, output), (backend, log)) = rx
+    let (((pid, output), cell), (backend, log)) = rx
         .await
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))??;
     // Until the waiter below owns it, a failure here must not leave the
     // child running unreaped.
-    let exit = ExitWatch::new(pid).inspect_err(|_| end_unwatched(pid, &state))?;
+    let exit = match ExitWatch::new(pid) {
+        Ok(exit) => exit,
+        Err(e) => {
+            end_unwatched(pid, &cell, &state);
+            return Err(e);
+        }
+    };
 
     let (exit_tx, exit_rx) = watch::channel(None);
     let (closed_tx, closed_rx) = watch::channel(false);
@@ -247,6 +304,8 @@ pub async fn spawn(
         session: OnceLock::new(),
         allocation_failed: AtomicBool::new(false),
         output_closed: closed_rx,
+        cell,
+        breach: OnceLock::new(),
     });
     match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
         Ok(pipe) => {
@@ -269,11 +328,34 @@ pub async fn spawn(
         .insert(pid, Arc::clone(&proc));
     let waiter = Arc::clone(&proc);
     tokio::spawn(async move {
-        let status = exit.wait().await;
+        let exited = exit.wait();
+        tokio::pin!(exited);
+        let mut poll = tokio::time::interval(BREACH_POLL);
+        let status = loop {
+            tokio::select! {
+                status = &mut exited => break status,
+                _ = poll.tick() => {
+                    if waiter.breach().is_none() && let Some(breach) = waiter.cell.breach() {
+                        tracing::info!(pid, ?breach, "the worker ran into a limit of its cell");
+                        waiter.breached(breach);
+                    }
+                }
+            }
+        };
         // Anything the worker started in its group goes with it. The group
         // id cannot have been reused yet: this runs right after the reap.
         kill_group(pid);
+        subreaper::forget_worker(pid);
+        // An OOM kill of the worker itself shows only now.
+        if waiter.breach().is_none()
+            && let Some(breach) = waiter.cell.breach()
+        {
+            let _ = waiter.breach.set(breach);
+        }
         waiter.reaped.store(true, Ordering::Release);
+        // Everything else in its cell goes too, and the cell with it.
+        let releaser = Arc::clone(&waiter);
+        let _ = tokio::task::spawn_blocking(move || releaser.cell.release()).await;
         state.forget(pid);
         live.procs
             .lock()
@@ -291,7 +373,7 @@ pub async fn spawn(
 
 /// Starts the worker, on the spawner thread. Returns its pid and the read
 /// end of the pipe that is its stdout and stderr.
-fn spawn_here(spec: &SpawnSpec) -> io::Result<(u32, OwnedFd)> {
+fn spawn_here(spec: &SpawnSpec, cell: &Cell) -> io::Result<(u32, OwnedFd)> {
     let (program, args) = spec
         .command
         .split_first()
@@ -317,6 +399,7 @@ fn spawn_here(spec: &SpawnSpec) -> io::Result<(u32, OwnedFd)> {
         ),
     )?;
     launch.rlimits = spec.memory_limit.map(Rlimits::for_limit);
+    launch.join = cell.join_fds();
     let pid = launch.spawn()?;
     // The gateway's copy of the write end closes here, so the read end
     // sees end-of-file when the worker (and its children) exit.
@@ -400,11 +483,14 @@ fn waitpid(pid: u32) -> io::Result<ExitStatus> {
     }
 }
 
-/// Ends a started worker nothing will watch: kills its group, reaps it
-/// on the calling thread and forgets its state-directory record.
-fn end_unwatched(pid: u32, state: &StateDir) {
+/// Ends a started worker nothing will watch: kills its group and cell,
+/// reaps it on the calling thread and forgets its state-directory record.
+fn end_unwatched(pid: u32, cell: &Cell, state: &StateDir) {
     kill_group(pid);
+    cell.kill();
     let _ = waitpid(pid);
+    subreaper::forget_worker(pid);
+    cell.release();
     state.forget(pid);
 }
 

@@ -67,6 +67,7 @@ impl StateDir {
                 continue;
             }
             killed += kill_recorded(&path);
+            killed += sweep_cgroups(&path);
             if let Err(e) = fs::remove_dir_all(&path) {
                 tracing::warn!("removing {}: {e}", path.display());
             }
@@ -92,6 +93,19 @@ impl StateDir {
         let path = self.dir.join(format!("worker-{pid}"));
         if let Err(e) = fs::write(&path, format!("{pid} {start}\n")) {
             tracing::warn!("recording worker {pid} in {}: {e}", path.display());
+        }
+    }
+
+    /// Records this gateway's parent cgroups, which the next gateway ends
+    /// and removes if this one dies without doing so.
+    pub fn record_cgroups(&self, dirs: &[PathBuf]) {
+        if dirs.is_empty() {
+            return;
+        }
+        let text: String = dirs.iter().map(|d| format!("{}\n", d.display())).collect();
+        let path = self.dir.join("cgroups");
+        if let Err(e) = fs::write(&path, text) {
+            tracing::warn!("recording the workers' cgroups in {}: {e}", path.display());
         }
     }
 
@@ -143,6 +157,28 @@ fn kill_recorded(dir: &Path) -> usize {
         killed += 1;
     }
     killed
+}
+
+/// Ends and removes the cgroups a dead gateway recorded (its workers'
+/// descendants, `setsid` or not); returns how many processes were killed.
+fn sweep_cgroups(dir: &Path) -> usize {
+    let Ok(text) = fs::read_to_string(dir.join("cgroups")) else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let killed = super::contain::sweep_cgroup(Path::new(l));
+            if killed > 0 {
+                tracing::warn!(
+                    cgroup = l,
+                    killed,
+                    "killed leftover processes of a previous gateway run's workers"
+                );
+            }
+            killed
+        })
+        .sum()
 }
 
 fn read_record(path: &Path) -> Option<(u32, u64)> {

@@ -15,6 +15,7 @@ use crate::backend::handle::{Process, WorkerHandle};
 
 /// An idle worker. Dropping it kills the process.
 pub struct IdleWorker {
+    proc: Arc<Proc>,
     handle: WorkerHandle,
     opens: mpsc::Sender<OpenRequest>,
 }
@@ -33,13 +34,24 @@ impl IdleWorker {
         let (opens, opens_rx) = mpsc::channel(1);
         let span = tracing::info_span!("worker", backend = %backend, pid = proc.pid);
         let process: Arc<dyn Process> = Arc::clone(&proc) as Arc<dyn Process>;
+        let kept = Arc::clone(&proc);
         let handle = WorkerHandle::spawn(Some(process), move |inbox| {
             Conversation::new(proc, writer, frames, inbox, opens_rx, timing)
                 .run()
                 .instrument(span)
         })
         .with_state(stateful);
-        Self { handle, opens }
+        Self {
+            proc: kept,
+            handle,
+            opens,
+        }
+    }
+
+    /// Lowers the memory limit of the worker's cell (a tenant's smaller
+    /// `memory_limit`).
+    pub(super) fn lower_memory_limit(&self, limit: usize) -> std::io::Result<()> {
+        self.proc.lower_memory_limit(limit)
     }
 
     /// The worker's pid.

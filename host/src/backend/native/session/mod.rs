@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod snapshot;
 
+use super::contain::Breach;
 use super::process::Proc;
 use super::protocol::{self, FrameError, pb};
 use crate::backend::budget::{Budget, CommandClock};
@@ -622,6 +623,25 @@ fn violation(what: &str) -> Fault {
 /// an allocation failed before it died, else `worker-exited`. `when` is
 /// added to the detail, as in " before its hello".
 pub(super) async fn exit_fault(proc: &Proc, status: std::process::ExitStatus, when: &str) -> Fault {
+    match proc.breach() {
+        Some(Breach::ProcessLimit) => {
+            return Fault::crashed(
+                FaultCode::ProcessLimit,
+                format!(
+                    "the worker ran more processes than its max_processes and was killed{when}: {status}"
+                ),
+            );
+        }
+        Some(Breach::MemoryLimit) => {
+            return Fault::crashed(
+                FaultCode::MemoryLimit,
+                format!(
+                    "the worker's cgroup ran out of its memory_limit (OOM kill){when}: {status}"
+                ),
+            );
+        }
+        None => {}
+    }
     if proc.ran_out_of_memory().await {
         Fault::crashed(
             FaultCode::MemoryLimit,
