@@ -12,6 +12,7 @@ mod cli_messages;
 mod compat;
 mod connections;
 mod console;
+mod contain;
 mod events;
 mod faults;
 mod js_plugins;
