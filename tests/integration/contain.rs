@@ -250,6 +250,53 @@ async fn a_fork_bomb_past_max_processes_faults_only_its_session() {
 }
 
 #[tokio::test]
+async fn a_worker_over_its_cgroup_memory_limit_is_faulted_with_memory_limit() {
+    if std::env::var_os("GATEHOUSE_REQUIRE_CGROUP_CONTAINMENT").is_none() {
+        return; // only a memory cgroup counts the children together
+    }
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::create_dir(dir.path().join("pids")).expect("the pid dir");
+    let tag = tag(31308);
+    let mut text = config(
+        &dir.path().join("state"),
+        &dir.path().join("pids"),
+        &tag,
+        64,
+    );
+    // Each child holds 40MiB, under its own RLIMIT_DATA of 96MiB; three
+    // are over the worker's 96MiB cgroup.
+    text = text.replace(
+        &format!("{tag:?}]\n"),
+        &format!("{tag:?}]\n[backends.sessions]\nmemory_limit = \"96MiB\"\n"),
+    );
+    assert!(text.contains("memory_limit"), "{text}");
+    let gw = Gatehouse::builder(text).start().await;
+    let mut c = gw.client().await;
+    let bystander = try_open(&mut c, open_request("spawner")).await.unwrap();
+    let hog = try_open(&mut c, open_request("spawner")).await.unwrap();
+    for _ in 0..3 {
+        let _ = try_invoke(&mut c, &hog.session_id, "hold", "40").await;
+    }
+    let until = std::time::Instant::now() + WORKER_PATIENCE;
+    loop {
+        let info = get(&mut c, &hog.session_id).await;
+        if info.state == pb::SessionState::Faulted as i32 {
+            assert_eq!(info.final_fault, "memory-limit", "{info:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the hog's session is not faulted: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = try_invoke(&mut c, &bystander.session_id, "ping", "")
+        .await
+        .unwrap();
+    assert_eq!(r.payload, b"pong");
+}
+
+#[tokio::test]
 async fn the_subreaper_fallback_ends_escaped_descendants_on_close() {
     let s = setup_with(31307, &[("GATEHOUSE_NATIVE_CONTAINMENT", "subreaper")], 64).await;
     let mut c = s.gw.client().await;

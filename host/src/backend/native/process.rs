@@ -106,7 +106,9 @@ impl Proc {
     /// The limit (`max_processes`, the cgroup's memory limit) that ended
     /// the worker, if one did.
     pub fn breach(&self) -> Option<Breach> {
-        self.breach.get().copied()
+        // The cell itself too: the socket may break before the waiter saw
+        // the worker's OOM kill.
+        self.breach.get().copied().or_else(|| self.cell.breach())
     }
 
     /// Lowers the memory limit of the worker's cell (its rlimits are
@@ -335,7 +337,7 @@ pub async fn spawn(
             tokio::select! {
                 status = &mut exited => break status,
                 _ = poll.tick() => {
-                    if waiter.breach().is_none() && let Some(breach) = waiter.cell.breach() {
+                    if waiter.breach.get().is_none() && let Some(breach) = waiter.cell.breach() {
                         tracing::info!(pid, ?breach, "the worker ran into a limit of its cell");
                         waiter.breached(breach);
                     }
@@ -347,7 +349,7 @@ pub async fn spawn(
         kill_group(pid);
         subreaper::forget_worker(pid);
         // An OOM kill of the worker itself shows only now.
-        if waiter.breach().is_none()
+        if waiter.breach.get().is_none()
             && let Some(breach) = waiter.cell.breach()
         {
             let _ = waiter.breach.set(breach);

@@ -180,7 +180,7 @@ impl Conversation {
                         self.last_heard = Instant::now();
                         self.on_frame(msg)
                     }
-                    Some(Err(e)) => Err(Fault::from(&e)),
+                    Some(Err(e)) => Err(breach_fault(&self.proc, "").unwrap_or_else(|| Fault::from(&e))),
                     None => {
                         self.eof_at = Some(Instant::now());
                         Ok(())
@@ -623,24 +623,8 @@ fn violation(what: &str) -> Fault {
 /// an allocation failed before it died, else `worker-exited`. `when` is
 /// added to the detail, as in " before its hello".
 pub(super) async fn exit_fault(proc: &Proc, status: std::process::ExitStatus, when: &str) -> Fault {
-    match proc.breach() {
-        Some(Breach::ProcessLimit) => {
-            return Fault::crashed(
-                FaultCode::ProcessLimit,
-                format!(
-                    "the worker ran more processes than its max_processes and was killed{when}: {status}"
-                ),
-            );
-        }
-        Some(Breach::MemoryLimit) => {
-            return Fault::crashed(
-                FaultCode::MemoryLimit,
-                format!(
-                    "the worker's cgroup ran out of its memory_limit (OOM kill){when}: {status}"
-                ),
-            );
-        }
-        None => {}
+    if let Some(fault) = breach_fault(proc, &format!("{when}: {status}")) {
+        return fault;
     }
     if proc.ran_out_of_memory().await {
         Fault::crashed(
@@ -653,4 +637,20 @@ pub(super) async fn exit_fault(proc: &Proc, status: std::process::ExitStatus, wh
             format!("the worker exited{when}: {status}"),
         )
     }
+}
+
+/// The fault of a worker whose cell ran into a limit (`max_processes`, the
+/// cgroup's memory limit), if it did: that explains an exit or a reset
+/// socket better than the exit itself.
+pub(super) fn breach_fault(proc: &Proc, detail: &str) -> Option<Fault> {
+    Some(match proc.breach()? {
+        Breach::ProcessLimit => Fault::crashed(
+            FaultCode::ProcessLimit,
+            format!("the worker ran more processes than its max_processes and was killed{detail}"),
+        ),
+        Breach::MemoryLimit => Fault::crashed(
+            FaultCode::MemoryLimit,
+            format!("the worker's cgroup ran out of its memory_limit (an OOM kill){detail}"),
+        ),
+    })
 }
