@@ -195,6 +195,10 @@ mod tests {
                 "backends[0].native.max_frame_bytes",
             ),
             (
+                format!("{native}command = [\"w\"]\n[backends.native]\nmax_processes = 0\n"),
+                "backends[0].native.max_processes",
+            ),
+            (
                 "[[backends]]\nname = \"a\"\nmodule = \"builtin:echo\"\ncommand = [\"w\"]\n".into(),
                 "backends[0].command",
             ),

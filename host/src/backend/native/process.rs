@@ -14,9 +14,13 @@
 //! - The child leads its own process group, so the gateway kills the worker
 //!   and anything it started with one `kill(-pgid, SIGKILL)`, and a Ctrl-C
 //!   in the gateway's terminal does not hit workers directly.
+//! - Each child is in its containment cell (contain/, a cgroup per worker
+//!   or the subreaper fallback), joined before `exec`; killing a worker
+//!   kills its cell, and a cell that ran into `max_processes` or its memory
+//!   cgroup's limit ends the worker with that as the reason.
 //! - A task per child waits for its exit on a pidfd and reaps it (no
-//!   zombies), sweeps its process group, and removes its state-directory
-//!   record.
+//!   zombies), sweeps its process group and cell, and removes its
+//!   state-directory record.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

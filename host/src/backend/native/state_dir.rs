@@ -7,6 +7,7 @@
 //! ```text
 //! gw-<pid>/gateway        "<pid> <start time>" of the gateway
 //! gw-<pid>/worker-<pid>   "<pid> <start time>" of one live worker
+//! gw-<pid>/cgroups        the gateway's parent cgroups, one path a line
 //! ```
 //!
 //! The start time is field 22 of `/proc/<pid>/stat` (clock ticks since
@@ -14,7 +15,8 @@
 //! so a leftover record never kills an unrelated process. At start-up every
 //! `gw-*` directory whose gateway is no longer alive is cleaned: each worker
 //! still alive with the recorded start time has its process group killed,
-//! and the directory is removed. Directories of gateways that are alive
+//! the recorded cgroups are ended (every process in them killed, `setsid`
+//! or not) and removed, and the directory is removed. Directories of gateways that are alive
 //! (another gateway sharing the state directory) are left alone.
 
 use std::fs;
