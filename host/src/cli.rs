@@ -517,6 +517,7 @@ fn session_json(s: &pb::SessionInfo) -> Value {
         "last_activity_at": ts(&s.last_activity_at),
         "lease_expires_at": ts(&s.lease_expires_at),
         "worker_pid": (s.worker_pid != 0).then_some(s.worker_pid),
+        "worker_processes": (s.worker_processes != 0).then_some(s.worker_processes),
         "final_fault": (!s.final_fault.is_empty()).then(|| s.final_fault.clone()),
         "final_fault_detail": (!s.final_fault_detail.is_empty()).then(|| s.final_fault_detail.clone()),
         "close_reason": close_reason_name(s.close_reason),

@@ -165,6 +165,11 @@ async fn a_close_ends_every_descendant() {
         .unwrap();
     assert_eq!(r.payload, b"3");
     assert!(sleepers(&s.tag) >= 4);
+    if std::env::var_os("GATEHOUSE_REQUIRE_CGROUP_CONTAINMENT").is_some() {
+        // The worker, its escaped sleeper and three more: its cgroup's count.
+        let n = get(&mut c, &info.session_id).await.worker_processes;
+        assert!(n >= 5, "worker_processes {n}");
+    }
     close(&mut c, &info.session_id).await;
     none_survive(&s, "a close").await;
 }

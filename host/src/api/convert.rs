@@ -105,6 +105,9 @@ pub fn session_info(
         last_activity_at: Some(timestamp(wall(snap.last_activity))),
         lease_expires_at: Some(timestamp(wall(snap.lease_expires))),
         worker_pid: snap.worker_pid.unwrap_or(0),
+        worker_processes: snap
+            .worker_processes
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
         final_fault: snap
             .fault
             .as_ref()

@@ -126,6 +126,11 @@ pub trait Process: Send + Sync {
     fn kill(&self);
     /// Whether the process is still running.
     fn is_running(&self) -> bool;
+    /// How many processes it and its descendants are, where the gateway
+    /// counts them (a cgroup per native worker).
+    fn processes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The task's side of a worker: the requests to serve and the place to
@@ -323,5 +328,9 @@ impl Worker for WorkerHandle {
 
     fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.pid())
+    }
+
+    fn processes(&self) -> Option<u64> {
+        self.process.as_ref().and_then(|p| p.processes())
     }
 }

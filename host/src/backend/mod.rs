@@ -193,6 +193,12 @@ pub trait Worker: Send + Sync {
     /// The worker's process id, for native workers.
     fn pid(&self) -> Option<u32>;
 
+    /// How many processes the worker and its descendants are, where that
+    /// is counted (native workers with a cgroup each).
+    fn processes(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether the worker's plugin keeps state across instances (it exports
     /// `gatehouse:backend/state`, or its native worker said so).
     fn stateful(&self) -> bool {

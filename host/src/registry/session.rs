@@ -499,6 +499,12 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .and_then(|w| w.pid());
+        let worker_processes = self
+            .worker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|w| w.processes());
         let (events_emitted, events_dropped) = self.events.counts();
         SessionSnapshot {
             restarts: st.restarts,
@@ -510,6 +516,7 @@ impl Session {
             fault: st.fault.clone(),
             close_reason: st.close_reason,
             worker_pid,
+            worker_processes,
             events_emitted,
             events_dropped,
         }
@@ -531,6 +538,8 @@ pub struct SessionSnapshot {
     pub close_reason: Option<CloseReason>,
     /// Native worker pid.
     pub worker_pid: Option<u32>,
+    /// Processes the native worker and its descendants are, where counted.
+    pub worker_processes: Option<u64>,
     /// Events emitted.
     pub events_emitted: u64,
     /// Events dropped by the overflow policy.

@@ -173,6 +173,10 @@ impl Process for Proc {
     fn is_running(&self) -> bool {
         self.exited_status().is_none()
     }
+
+    fn processes(&self) -> Option<u64> {
+        self.cell.processes()
+    }
 }
 
 fn kill_group(pid: u32) {

@@ -222,6 +222,11 @@ impl Cell {
         killed
     }
 
+    /// Processes in the cell now (`pids.current`).
+    pub fn processes(&self) -> Option<u64> {
+        read_counter(&self.pids.join("pids.current"), None)
+    }
+
     /// A limit the cell ran into, if any.
     pub fn breach(&self) -> Option<Breach> {
         if let Some(m) = &self.memory

@@ -150,6 +150,14 @@ impl Cell {
         }
     }
 
+    /// How many processes the cell holds, where that is counted.
+    pub fn processes(&self) -> Option<u64> {
+        match self {
+            Self::Cgroup(c) => c.processes(),
+            Self::Subreaper(_) => None,
+        }
+    }
+
     /// A limit the cell ran into.
     pub fn breach(&self) -> Option<Breach> {
         match self {
