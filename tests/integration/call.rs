@@ -236,6 +236,49 @@ async fn calls_in_flight_hold_slots_of_the_cap() {
 }
 
 #[tokio::test]
+async fn a_call_its_client_abandons_stops_its_worker_and_frees_its_slot() {
+    // The command would run for a minute; only a killed worker lets go of
+    // its memory within the harness's patience.
+    let config = Toml::new()
+        .backend("echo", "builtin:echo")
+        .backend_with(
+            "chaos",
+            "builtin:chaos",
+            &[],
+            &["command_timeout = \"90s\""],
+        )
+        .server("max_sessions = 1");
+    let gw = Gatehouse::start(config.render()).await;
+    let mut busy = gw.client().await;
+    let running =
+        tokio::spawn(async move { busy.call(call_request("chaos", "busy", "60000")).await });
+    gw.wait_metric("gatehouse_open_sessions", &[], 1.0).await;
+    assert!(
+        gw.metric("gatehouse_memory_budget_reserved_bytes", &[])
+            .await
+            > 0.0,
+        "a running instance holds memory"
+    );
+    // Dropping the client's future resets the stream: the handler's future
+    // is dropped mid-command.
+    running.abort();
+    let _ = running.await;
+    gw.wait_metric("gatehouse_open_sessions", &[], 0.0).await;
+    gw.wait_metric(
+        "gatehouse_calls_total",
+        &[("backend", "chaos"), ("outcome", "cancelled")],
+        1.0,
+    )
+    .await;
+    gw.wait_metric("gatehouse_memory_budget_reserved_bytes", &[], 0.0)
+        .await;
+    let mut c = gw.client().await;
+    // Long before the command would have ended, the slot is free.
+    assert_eq!(call_ok(&mut c, "echo", "echo", "next").await, "next");
+    assert_nothing_left(&gw, &mut c).await;
+}
+
+#[tokio::test]
 async fn a_call_counts_against_its_tenants_quota_and_needs_both_scopes() {
     let (full, secret_full) = key(&["sessions:open", "sessions:use", "sessions:read"]);
     let (open_only, secret_open) = key(&["sessions:open"]);
