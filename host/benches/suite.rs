@@ -302,6 +302,12 @@ impl Gateway for BareEcho {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         Err(Status::unimplemented("bare"))
     }
+    async fn call(
+        &self,
+        _: Request<pb::CallRequest>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
 }
 
 async fn bare_server() -> SocketAddr {

@@ -211,6 +211,29 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Run one command on a fresh instance of a backend, print its reply,
+    /// and leave nothing behind: no session, no id (the Call RPC).
+    ///
+    /// Exits 3 when the plugin answers with a command error. Events the
+    /// plugin emits are dropped.
+    ///
+    /// Example: gatehouse call echo echo hello; echo '{"key": "a"}' | gatehouse call kv get -
+    Call {
+        /// Backend name.
+        backend: String,
+        /// Command name.
+        command: String,
+        /// Payload text; "-" reads it from stdin.
+        payload: Option<String>,
+        /// Config entries, KEY=VALUE (repeatable).
+        #[arg(long = "config", value_parser = cli::parse_kv)]
+        config: Vec<(String, String)>,
+        /// Command timeout, e.g. 5s.
+        #[arg(long)]
+        command_timeout: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Print a session's events.
     ///
     /// Without --follow it stops once it has printed what was emitted so far.
@@ -532,6 +555,7 @@ impl Cmd {
             | Cmd::Sessions { client }
             | Cmd::Open { client, .. }
             | Cmd::Invoke { client, .. }
+            | Cmd::Call { client, .. }
             | Cmd::Events { client, .. }
             | Cmd::Session { client, .. }
             | Cmd::Renew { client, .. }
@@ -561,6 +585,7 @@ impl Cmd {
                 | Cmd::Sessions { .. }
                 | Cmd::Open { .. }
                 | Cmd::Invoke { .. }
+                | Cmd::Call { .. }
                 | Cmd::Events { .. }
                 | Cmd::Session { .. }
                 | Cmd::Renew { .. }

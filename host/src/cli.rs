@@ -239,7 +239,33 @@ impl Client {
         payload: Vec<u8>,
     ) -> Result<i32, CliError> {
         let session = self.gateway.session(session_id);
-        match session.invoke(command, payload).await {
+        let result = session.invoke(command, payload).await;
+        self.print_reply(result)
+    }
+
+    /// `gatehouse call BACKEND COMMAND [PAYLOAD]`
+    pub async fn call(
+        &mut self,
+        backend: String,
+        command: String,
+        payload: Vec<u8>,
+        config: Vec<(String, String)>,
+        command_timeout: Option<String>,
+    ) -> Result<i32, CliError> {
+        let mut call = client::OneShot::new(backend, command, payload);
+        call.config = config.into_iter().collect();
+        call.command_timeout = command_timeout
+            .map(|s| parse_duration(&s))
+            .transpose()
+            .map_err(CliError::Usage)?;
+        let result = self.gateway.call_with(call).await;
+        self.print_reply(result)
+    }
+
+    /// Prints an invoke's or a call's reply (or its command error, exiting
+    /// 3).
+    fn print_reply(&self, result: Result<client::Reply, client::Error>) -> Result<i32, CliError> {
+        match result {
             Ok(reply) => {
                 if self.json {
                     println!(

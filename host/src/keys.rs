@@ -23,7 +23,7 @@ pub const KEY_PREFIX: &str = "ghk_";
 /// tenant's sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
-    /// `sessions:open`: `OpenSession`.
+    /// `sessions:open`: `OpenSession`, and `Call` (with `sessions:use`).
     SessionsOpen,
     /// `sessions:use`: `Invoke`, `InvokeBatch`, `StreamEvents`,
     /// `RenewLease`, `CloseSession`, `RestartSession`, `UpgradeSession`.

@@ -1,9 +1,10 @@
 //! `gatehouse bench`: a load generator for a running gateway.
 //!
-//! Virtual users drive sessions in one of four modes:
+//! Virtual users drive sessions in one of five modes:
 //!
 //! - `reuse`: one session per virtual user for the whole run;
 //! - `per-request`: open, one command, close;
+//! - `call`: one `Call` RPC per command (a fresh instance each, no session);
 //! - `pool`: virtual users borrow sessions from a shared pool;
 //! - `churn`: like `reuse`, but each session is replaced after K commands.
 //!
@@ -32,6 +33,8 @@ pub enum Mode {
     Pool,
     /// Replace each session after `--churn-after` commands.
     Churn,
+    /// One `Call` per command: a fresh instance each, no session.
+    Call,
 }
 
 /// What to run.
@@ -91,7 +94,7 @@ struct Tally {
 impl Tally {
     fn new() -> Self {
         Self {
-            ops: ["open", "invoke", "close", "event"]
+            ops: ["open", "invoke", "close", "call", "event"]
                 .into_iter()
                 .map(|k| (k, Op::new()))
                 .collect(),
@@ -373,10 +376,35 @@ async fn invoke(c: &mut Client, id: &str, shared: &Shared, t: &mut Tally) -> Res
     }
 }
 
+/// One `Call`: a fresh instance, the command, and nothing left behind.
+async fn call(c: &mut Client, shared: &Shared, t: &mut Tally) {
+    let began = Instant::now();
+    let r = c
+        .call(pb::CallRequest {
+            backend: shared.options.backend.clone(),
+            config: Default::default(),
+            command: Some(pb::Command {
+                name: shared.options.command.clone(),
+                payload: shared.options.payload.clone(),
+            }),
+            command_timeout: None,
+        })
+        .await;
+    match r {
+        Ok(_) => t.op("call").record(began.elapsed()),
+        Err(s) => t.error(&s),
+    }
+}
+
 async fn user(mut c: Client, shared: Arc<Shared>) -> Tally {
     let mut t = Tally::new();
     let options = shared.options.clone();
     match options.mode {
+        Mode::Call => {
+            while shared.next() {
+                call(&mut c, &shared, &mut t).await;
+            }
+        }
         Mode::PerRequest => {
             while shared.next() {
                 if let Some(id) = open(&mut c, &shared, &mut t).await {

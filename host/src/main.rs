@@ -172,6 +172,7 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         | Cmd::Sessions { .. }
         | Cmd::Open { .. }
         | Cmd::Invoke { .. }
+        | Cmd::Call { .. }
         | Cmd::Events { .. }
         | Cmd::Session { .. }
         | Cmd::Renew { .. }
@@ -306,19 +307,18 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
                 command,
                 payload,
                 ..
+            } => c.invoke(session, command, read_payload(payload)?).await,
+            Cmd::Call {
+                backend,
+                command,
+                payload,
+                config,
+                command_timeout,
+                ..
             } => {
-                let payload = match payload.as_deref() {
-                    Some("-") => {
-                        let mut buf = Vec::new();
-                        std::io::stdin()
-                            .read_to_end(&mut buf)
-                            .map_err(|e| CliError::Usage(format!("reading stdin: {e}")))?;
-                        buf
-                    }
-                    Some(p) => p.as_bytes().to_vec(),
-                    None => Vec::new(),
-                };
-                c.invoke(session, command, payload).await
+                let payload = read_payload(payload)?;
+                c.call(backend, command, payload, config, command_timeout)
+                    .await
             }
             Cmd::Events {
                 session,
@@ -397,4 +397,19 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// A payload argument: its text, stdin for "-", empty when absent.
+fn read_payload(payload: Option<String>) -> Result<Vec<u8>, CliError> {
+    Ok(match payload.as_deref() {
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::Usage(format!("reading stdin: {e}")))?;
+            buf
+        }
+        Some(p) => p.as_bytes().to_vec(),
+        None => Vec::new(),
+    })
 }

@@ -40,6 +40,16 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// Labels: backend and how a one-shot `Call` ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// Backend name.
+    pub backend: String,
+    /// `ok`, `command-error`, `refused`, `start-failed`, `faulted` or
+    /// `cancelled`.
+    pub outcome: String,
+}
+
 /// Labels: tenant.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabel {
@@ -138,6 +148,13 @@ pub struct Metrics {
     pub store_keys_active: Gauge,
     /// Admin actions recorded in the audit log, by action.
     pub admin_actions: Family<ActionLabel, Counter>,
+    /// One-shot `Call`s, by backend and outcome.
+    pub calls: Family<OutcomeLabel, Counter>,
+    /// Time for one `Call`: start, command, close.
+    pub call_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// Events a `Call`'s plugin emitted, dropped unread (a call has no
+    /// stream).
+    pub call_events_dropped: Family<BackendLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,6 +195,9 @@ impl Metrics {
             auth_throttled: Counter::default(),
             store_keys_active: Gauge::default(),
             admin_actions: Family::default(),
+            calls: Family::default(),
+            call_seconds: Family::new_with_constructor(latency_histogram),
+            call_events_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -231,6 +251,17 @@ impl Metrics {
             m.tenant_open_sessions.clone(),
         );
         m.transport.register(&mut registry);
+        registry.register("calls", "One-shot Calls, by outcome", m.calls.clone());
+        registry.register(
+            "call_seconds",
+            "Call latency: start, command and close",
+            m.call_seconds.clone(),
+        );
+        registry.register(
+            "call_events_dropped",
+            "Events emitted during a Call, dropped unread",
+            m.call_events_dropped.clone(),
+        );
         registry.register(
             "reloads",
             "Config reloads (SIGHUP or the Admin Reload RPC), by result",

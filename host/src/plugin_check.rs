@@ -87,6 +87,11 @@ pub fn run(file: &Path, settings: &CheckSettings<'_>) -> i32 {
             "state: none (no gatehouse:backend/state export); a restarted session starts fresh"
         );
     }
+    // `emit` during a one-shot Call has nowhere to go: say so where a
+    // plugin author looks.
+    println!(
+        "calls: a one-shot Call (gatehouse call) runs open, one command and close on a fresh instance; events emitted meanwhile are counted (gatehouse_call_events_dropped_total) and dropped"
+    );
     println!("imports:");
     for i in &report.imports {
         let mark = match i.status {

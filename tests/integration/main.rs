@@ -7,6 +7,7 @@ mod fixtures;
 
 mod bench;
 mod budgets;
+mod call;
 mod cap;
 mod cli_messages;
 mod compat;

@@ -123,7 +123,18 @@ pub fn required_scope(method: &str) -> Scope {
         "Invoke" | "InvokeBatch" | "StreamEvents" | "RenewLease" | "CloseSession"
         | "RestartSession" | "UpgradeSession" => Scope::SessionsUse,
         "GetSession" | "ListSessions" => Scope::SessionsRead,
+        // A call opens an instance and uses it: it needs both scopes.
+        "Call" => Scope::SessionsOpen,
         _ => Scope::Admin,
+    }
+}
+
+/// A scope `method` needs beyond [`required_scope`]: `Call` opens and
+/// uses, so it needs `sessions:use` too.
+pub fn also_required_scope(method: &str) -> Option<Scope> {
+    match method {
+        "Call" => Some(Scope::SessionsUse),
+        _ => None,
     }
 }
 
@@ -430,12 +441,13 @@ impl Authenticator {
 
 /// The caller `principal` is, if it has the scope `method` needs.
 fn admit(principal: Principal, method: &str) -> Result<Caller, AuthError> {
-    let scope = required_scope(method);
-    if !principal.scopes.allows(scope) {
-        return Err(AuthError::MissingScope {
-            scope,
-            method: method.to_string(),
-        });
+    for scope in std::iter::once(required_scope(method)).chain(also_required_scope(method)) {
+        if !principal.scopes.allows(scope) {
+            return Err(AuthError::MissingScope {
+                scope,
+                method: method.to_string(),
+            });
+        }
     }
     let admin = principal.scopes.is_admin();
     Ok(Caller::new(principal.tenant, principal.key, admin))

@@ -16,7 +16,7 @@ use super::status::to_status;
 use super::trace::Rpc;
 use crate::proto::v1 as pb;
 use crate::proto::v1::gateway_server::Gateway;
-use crate::registry::{Caller, OpenRequest, Registry};
+use crate::registry::{CallRequest, Caller, OpenRequest, Registry};
 
 /// The Gateway service implementation.
 pub struct GatewayService {
@@ -370,6 +370,41 @@ impl Gateway for GatewayService {
             })
             .await?;
             Ok(Response::new(self.info(&session)))
+        })
+        .await
+    }
+
+    async fn call(
+        &self,
+        request: Request<pb::CallRequest>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let rpc = Rpc::start("Call", &request, "", "");
+        rpc.backend(&request.get_ref().backend);
+        rpc.run(async {
+            let caller = self.admit(&rpc, &request)?;
+            self.note(&rpc, &caller, None);
+            let deadline = grpc_deadline(&request, self.limits.deadline_margin);
+            let r = request.into_inner();
+            let command = r
+                .command
+                .ok_or_else(|| Status::invalid_argument("command is required"))?;
+            let call = CallRequest {
+                backend: r.backend,
+                config: r.config.into_iter().collect(),
+                command: convert::command(command),
+                command_timeout: convert::from_duration(r.command_timeout)
+                    .map_err(Status::invalid_argument)?,
+            };
+            let outcome = self
+                .registry
+                .call(&caller, call, deadline)
+                .await
+                .map_err(to_status)?;
+            let (payload, error) = convert::outcome(outcome);
+            fits(
+                pb::CallResponse { payload, error },
+                self.limits.max_message_bytes,
+            )
         })
         .await
     }

@@ -62,6 +62,7 @@
 //! # }
 //! ```
 
+mod call;
 mod error;
 mod events;
 mod keys;
@@ -81,6 +82,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+pub use self::call::OneShot;
 pub use self::error::{CommandError, CommandErrorKind, Error, code_name};
 pub use self::events::{EventStream, ResumePolicy};
 pub use self::keys::NewKey;

@@ -224,6 +224,21 @@ impl GatewayApi for Api {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         Ok(Response::new(info(&r.into_inner().session_id)))
     }
+
+    async fn call(
+        &self,
+        r: Request<pb::CallRequest>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let payload = r
+            .into_inner()
+            .command
+            .map(|c| c.payload)
+            .unwrap_or_default();
+        Ok(Response::new(pb::CallResponse {
+            payload,
+            error: None,
+        }))
+    }
 }
 
 async fn fake(plans: Vec<Plan>) -> (Arc<Fake>, String) {

@@ -8,11 +8,12 @@
 //! worker, release the slot, count the fault, log, return the error.
 //!
 //! This file holds the registry itself, finding sessions and invoking
-//! them; opening (open.rs), ending (lifecycle.rs), event streams
+//! them; opening (open.rs), one-shot calls (call.rs), ending (lifecycle.rs), event streams
 //! (stream.rs), state snapshots (snapshots.rs), restarts (restart.rs) and
 //! moving sessions between versions (upgrade.rs) live beside it.
 
 mod backend_metrics;
+mod call;
 pub mod catalog;
 mod error;
 mod lifecycle;
@@ -42,6 +43,7 @@ use crate::config::SessionPolicy;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::{Metrics, RateLabel};
 
+pub use self::call::CallRequest;
 use self::catalog::Catalog;
 pub use self::catalog::{Changes, Version, VersionState};
 pub use self::error::{GatewayError, RETRY_AFTER};

@@ -97,17 +97,10 @@ impl Registry {
     ) -> Result<Arc<Session>, GatewayError> {
         // Runs on the caller's task: a task of its own cost a hop to
         // another thread on most opens (about a tenth of an echo open).
-        if self.draining.load(Ordering::Acquire) {
-            return Err(GatewayError::ShuttingDown);
-        }
-        let loaded = self.openable(caller, &request.backend)?;
-        let loaded = &loaded;
-        // The backend's limits, lowered by the tenant's overrides.
-        let policy = &caller.tenant.policy(&loaded.entry.policy);
-        let times = session_times(policy, &request)?;
-        // Opens are the expensive call (a worker starts), with a rate of
-        // their own; a refused one takes no slot.
-        self.take_token(caller, RateKind::Opens)?;
+        let (loaded, policy) = self.admit_start(caller, &request.backend, |policy| {
+            session_times(policy, &request)
+        })?;
+        let (loaded, policy, times) = (&loaded, &policy.0, policy.1);
 
         // 1. Take a slot of the tenant's quota and one of the gateway's cap
         //    (both or neither), or refuse at once.
@@ -172,6 +165,29 @@ impl Registry {
         drop(rollback);
         tracing::warn!(session_id = %session.id, backend = %loaded.info.name, code = %code, "session open failed: {error}");
         Err(error)
+    }
+
+    /// Admits a start of a worker on `backend` (an open or a call): not
+    /// draining, a version the caller may open, its policy (the backend's
+    /// lowered by the tenant's overrides) and what `times` makes of it,
+    /// then a token of the tenant's opens rate. A refused start takes no
+    /// slot; the caller takes one next.
+    pub(super) fn admit_start<T>(
+        &self,
+        caller: &Caller,
+        backend: &str,
+        times: impl FnOnce(&SessionPolicy) -> Result<T, GatewayError>,
+    ) -> Result<(Arc<Version>, (SessionPolicy, T)), GatewayError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(GatewayError::ShuttingDown);
+        }
+        let loaded = self.openable(caller, backend)?;
+        let policy = caller.tenant.policy(&loaded.entry.policy);
+        let times = times(&policy)?;
+        // Starts are the expensive call (a worker starts), with a rate of
+        // their own.
+        self.take_token(caller, RateKind::Opens)?;
+        Ok((loaded, (policy, times)))
     }
 
     /// The version `backend` names (see [`OpenRequest::backend`]), if it
@@ -340,7 +356,7 @@ fn rollback_fault(error: &GatewayError) -> Fault {
 }
 
 /// The client's value, else the default; never above the cap.
-fn capped(
+pub(super) fn capped(
     requested: Option<Duration>,
     default: Duration,
     cap: Duration,

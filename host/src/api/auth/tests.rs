@@ -49,7 +49,7 @@ fn every_gateway_rpc_has_a_scope_that_is_not_admin() {
         .flat_map(|s| &s.method)
         .map(|m| m.name().to_string())
         .collect();
-    assert_eq!(methods.len(), 11, "{methods:?}");
+    assert_eq!(methods.len(), 12, "{methods:?}");
     for m in &methods {
         assert_ne!(required_scope(m), Scope::Admin, "{m} has no scope");
     }
@@ -71,10 +71,17 @@ fn scope_table() {
         ("UpgradeSession", SessionsUse),
         ("GetSession", SessionsRead),
         ("ListSessions", SessionsRead),
+        ("Call", SessionsOpen),
     ];
     for (m, s) in table {
         assert_eq!(required_scope(m), s, "{m}");
     }
+    assert_eq!(
+        also_required_scope("Call"),
+        Some(SessionsUse),
+        "a call opens and uses"
+    );
+    assert_eq!(also_required_scope("OpenSession"), None);
 }
 
 #[test]

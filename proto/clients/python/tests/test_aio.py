@@ -37,6 +37,17 @@ def test_open_invoke_batch_close(gateway):
     run(go())
 
 
+def test_a_call_runs_on_a_fresh_instance(gateway):
+    async def go():
+        async with aio.Client(gateway.addr, timeout=30) as c:
+            assert await c.call("echo", "count") == b"1"
+            assert await c.call("echo", "count") == b"1"
+            with pytest.raises(CommandError):
+                await c.call("echo", "nope", command_timeout=5)
+
+    run(go())
+
+
 def test_events_resume_across_streams_the_gateway_ends(gateway):
     async def go():
         async with aio.Client(gateway.addr, timeout=30) as c:

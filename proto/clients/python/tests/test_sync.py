@@ -48,6 +48,18 @@ def test_a_command_error_is_not_a_gateway_error(client):
         assert s.invoke("count") == b"1"
 
 
+def test_a_call_runs_on_a_fresh_instance_and_leaves_no_session(client):
+    assert client.call("echo", "echo", "hi") == b"hi"
+    # Each call has an instance of its own.
+    assert [client.call("echo", "count") for _ in range(3)] == [b"1", b"1", b"1"]
+    with pytest.raises(CommandError) as e:
+        client.call("echo", "nope")
+    assert e.value.kind is CommandErrorKind.UNKNOWN_COMMAND
+    with pytest.raises(gh.NotFound):
+        client.call("no-such-backend", "echo")
+    assert all(s.state == pb.SESSION_STATE_CLOSED for s in client.list_sessions())
+
+
 def test_batch_returns_each_outcome_in_order(client):
     with client.open("echo") as s:
         out = s.batch(["count", ("echo", b"x"), ("nope", b""), "count"])

@@ -46,6 +46,12 @@ export interface ClientOptions {
 }
 
 /** What to open a session with; unset durations take the backend's defaults. */
+/** Options of a one-shot `Client.call`. */
+export interface CallOptions {
+  commandTimeoutMs?: number;
+  config?: Record<string, string>;
+}
+
 export interface OpenOptions {
   name?: string;
   correlationId?: string;
@@ -102,7 +108,7 @@ export class Client {
   }
 
   /** Runs one unary call; a failure is a GatewayError. */
-  call<Req, Res>(method: Unary<Req, Res>, req: Req, sessionId?: string): Promise<Res> {
+  unary<Req, Res>(method: Unary<Req, Res>, req: Req, sessionId?: string): Promise<Res> {
     const timeout = this.options.timeoutMs;
     const opts = timeout === undefined ? {} : { deadline: new Date(Date.now() + timeout) };
     return new Promise((resolve, reject) => {
@@ -114,7 +120,7 @@ export class Client {
 
   /** The backends this caller may open, every loaded version. */
   async listBackends(): Promise<BackendInfo[]> {
-    return (await this.call(this.stub.listBackends, {})).backends;
+    return (await this.unary(this.stub.listBackends, {})).backends;
   }
 
   /** Opens a session and resolves once it is READY. */
@@ -127,11 +133,26 @@ export class Client {
       lease: opts.leaseMs === undefined ? undefined : duration(opts.leaseMs),
       config: opts.config ?? {},
     };
-    const info = (await this.call(this.stub.openSession, req)).session;
+    const info = (await this.unary(this.stub.openSession, req)).session;
     if (!info) throw new GatewayError(status.INTERNAL, "OpenSession returned no session", undefined);
     const session = new Session(this, info);
     if (opts.keepAlive) session.keepAlive(opts.keepAliveIntervalMs);
     return session;
+  }
+
+  /** Runs one command on a fresh instance of `backend` that is dropped
+   * afterwards: open, invoke and close in one round trip, with no session
+   * left behind (its events are dropped). Throws CommandError if the plugin
+   * refused the command. */
+  async call(backend: string, name: string, payload: Payload = "", opts: CallOptions = {}): Promise<Uint8Array> {
+    const reply = await this.unary(this.stub.call, {
+      backend,
+      config: opts.config ?? {},
+      command: { name, payload: bytes(payload) },
+      commandTimeout: opts.commandTimeoutMs === undefined ? undefined : duration(opts.commandTimeoutMs),
+    });
+    if (reply.error) throw CommandError.fromMessage(reply.error);
+    return reply.payload;
   }
 
   /** Opens a session, runs `body` with it and closes it, whatever `body` does
@@ -149,12 +170,12 @@ export class Client {
 
   /** A handle on an existing session (NOT_FOUND if there is none). */
   async session(sessionId: string): Promise<Session> {
-    return new Session(this, await this.call(this.stub.getSession, { sessionId }, sessionId));
+    return new Session(this, await this.unary(this.stub.getSession, { sessionId }, sessionId));
   }
 
   /** The caller's sessions (every session, for an admin key). */
   async listSessions(): Promise<SessionInfo[]> {
-    return (await this.call(this.stub.listSessions, {})).sessions;
+    return (await this.unary(this.stub.listSessions, {})).sessions;
   }
 
   /** Closes the channel (not the sessions: they live until their lease ends). */
@@ -181,7 +202,7 @@ export class Session {
   /** Runs one command; rejects with CommandError if the plugin refused it
    * (the session stays READY) or GatewayError. */
   async invoke(name: string, payload: Payload = "", correlationId = ""): Promise<Uint8Array> {
-    const reply = await this.client.call(
+    const reply = await this.client.unary(
       this.client.stub.invoke,
       { sessionId: this.id, command: { name, payload: bytes(payload) }, correlationId },
       this.id,
@@ -196,7 +217,7 @@ export class Session {
     const list: Command[] = commands.map((c) =>
       typeof c === "string" ? { name: c, payload: Buffer.alloc(0) } : { name: c[0], payload: bytes(c[1]) },
     );
-    const reply = await this.client.call(this.client.stub.invokeBatch, { sessionId: this.id, commands: list }, this.id);
+    const reply = await this.client.unary(this.client.stub.invokeBatch, { sessionId: this.id, commands: list }, this.id);
     return reply.results.map((r) => (r.error ? CommandError.fromMessage(r.error) : r.payload));
   }
 
@@ -209,13 +230,13 @@ export class Session {
 
   /** Extends the lease by its duration from now. */
   async renew(): Promise<SessionInfo> {
-    this.info = await this.client.call(this.client.stub.renewLease, { sessionId: this.id }, this.id);
+    this.info = await this.client.unary(this.client.stub.renewLease, { sessionId: this.id }, this.id);
     return this.info;
   }
 
   /** Describes the session anew. */
   async refresh(): Promise<SessionInfo> {
-    this.info = await this.client.call(this.client.stub.getSession, { sessionId: this.id }, this.id);
+    this.info = await this.client.unary(this.client.stub.getSession, { sessionId: this.id }, this.id);
     return this.info;
   }
 
@@ -248,7 +269,7 @@ export class Session {
   /** Closes the session (idempotent while the gateway still knows it). */
   async close(): Promise<CloseSessionResponse> {
     this.stopKeepAlive();
-    return this.client.call(this.client.stub.closeSession, { sessionId: this.id }, this.id);
+    return this.client.unary(this.client.stub.closeSession, { sessionId: this.id }, this.id);
   }
 }
 

@@ -8,7 +8,7 @@
 //
 // The generated messages and service are re-exported as `pb`.
 
-export { Client, ClientOptions, CommandLike, Events, OpenOptions, Payload, SESSION_HEADER, Session } from "./client";
+export { CallOptions, Client, ClientOptions, CommandLike, Events, OpenOptions, Payload, SESSION_HEADER, Session } from "./client";
 export { CommandError, CommandErrorKind, GatehouseError, GatewayError, retryDelayMs } from "./errors";
 export * as pb from "./gen/gatehouse/v1/gateway";
 export { status } from "@grpc/grpc-js";

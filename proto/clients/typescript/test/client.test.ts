@@ -26,6 +26,16 @@ describe("against a gateway", () => {
     for (const n of ["echo", "kv", "sim-device"]) assert.ok(names.includes(n), n);
   });
 
+  test("a call runs on a fresh instance and leaves no session", async () => {
+    assert.equal(text(await client.call("echo", "echo", "hi")), "hi");
+    // Each call has an instance of its own.
+    assert.deepEqual([text(await client.call("echo", "count")), text(await client.call("echo", "count"))], ["1", "1"]);
+    await assert.rejects(client.call("echo", "nope", "", { commandTimeoutMs: 5000 }), CommandError);
+    await assert.rejects(client.call("no-such-backend", "echo"), (e: GatewayError) => e.code === status.NOT_FOUND);
+    const live = (await client.listSessions()).filter((s) => s.state !== pb.SessionState.SESSION_STATE_CLOSED);
+    assert.equal(live.length, 0);
+  });
+
   test("open, invoke, close", async () => {
     const s = await client.open("echo", { name: "ts", correlationId: "row-7" });
     assert.equal(s.info.state, pb.SessionState.SESSION_STATE_READY);

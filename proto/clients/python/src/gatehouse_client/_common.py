@@ -87,6 +87,17 @@ def open_request(backend: str, name: str, correlation_id: str,
     return req
 
 
+def call_request(backend: str, name: str, payload: Union[bytes, str],
+                 command_timeout: Optional[Duration],
+                 config: Optional[Mapping[str, str]]) -> "pb.CallRequest":
+    """A CallRequest: one command on a fresh instance of `backend`."""
+    req = pb.CallRequest(backend=backend, config=dict(config or {}),
+                         command=pb.Command(name=name, payload=as_bytes(payload)))
+    if command_timeout is not None:
+        req.command_timeout.CopyFrom(to_duration(command_timeout))
+    return req
+
+
 def results(response: "pb.InvokeBatchResponse") -> List[Union[bytes, CommandError]]:
     """A batch's outcomes in order: a payload, or the command's error."""
     return [CommandError.from_proto(r.error) if r.HasField("error") else r.payload

@@ -61,6 +61,19 @@ class Client:
             session.keep_alive(keep_alive_interval)
         return session
 
+    async def call(self, backend: str, name: str, payload: Union[bytes, str] = b"", *,
+                   command_timeout: Optional[Duration] = None,
+                   config: Optional[Mapping[str, str]] = None) -> bytes:
+        """Runs one command on a fresh instance of `backend` that is dropped
+        afterwards (open, invoke and close in one round trip; no session is
+        left behind, and its events are dropped). Returns the reply; raises
+        `CommandError` if the plugin refused it, or `GatewayError`."""
+        req = _common.call_request(backend, name, payload, command_timeout, config)
+        reply = await self._call(self.gateway.Call, req)
+        if reply.HasField("error"):
+            raise CommandError.from_proto(reply.error)
+        return reply.payload
+
     async def session(self, session_id: str) -> "Session":
         """A handle on an existing session (NOT_FOUND if there is none)."""
         info = await self._call(self.gateway.GetSession,
