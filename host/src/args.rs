@@ -360,6 +360,10 @@ pub(crate) enum Cmd {
         /// Attach an event stream to every session and time event delivery.
         #[arg(long)]
         subscribe: bool,
+        /// Run this mode first, then --mode, and print the ratio of their
+        /// throughputs (e.g. `--mode per-request --compare reuse`).
+        #[arg(long, value_enum)]
+        compare: Option<gatehouse::loadgen::Mode>,
         #[command(flatten)]
         client: ClientOpts,
     },

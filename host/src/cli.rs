@@ -113,7 +113,20 @@ impl Client {
     }
 
     /// `gatehouse bench`
-    pub async fn bench(&mut self, options: crate::loadgen::BenchOptions) -> Result<i32, CliError> {
+    pub async fn bench(
+        &mut self,
+        options: crate::loadgen::BenchOptions,
+        compare: Option<crate::loadgen::Mode>,
+    ) -> Result<i32, CliError> {
+        if let Some(baseline) = compare {
+            let both = crate::loadgen::compare(self.gateway.raw(), options, baseline).await;
+            if self.json {
+                println!("{}", both.to_json());
+            } else {
+                print!("{}", both.to_text());
+            }
+            return Ok(0);
+        }
         let report = crate::loadgen::run(self.gateway.raw(), options).await;
         if self.json {
             println!("{}", report.to_json());

@@ -467,7 +467,108 @@ async fn user(mut c: Client, shared: Arc<Shared>) -> Tally {
     t
 }
 
+impl Mode {
+    /// What one unit of this mode's throughput is: the operation counted
+    /// and its name for people.
+    fn unit(self) -> (&'static str, &'static str) {
+        match self {
+            Mode::PerRequest => ("open", "sessions"),
+            Mode::Call => ("call", "calls"),
+            Mode::Reuse | Mode::Pool | Mode::Churn => ("invoke", "invokes"),
+        }
+    }
+
+    /// The mode's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Reuse => "reuse",
+            Mode::PerRequest => "per-request",
+            Mode::Pool => "pool",
+            Mode::Churn => "churn",
+            Mode::Call => "call",
+        }
+    }
+}
+
+/// Two runs against the same gateway, one after the other, and the ratio
+/// of their throughputs (`gatehouse bench --compare`): the figure this
+/// machine's noise leaves meaningful.
+pub struct Comparison {
+    /// The run of `--mode`.
+    pub run: Report,
+    /// The run of `--compare`, made first.
+    pub baseline: Report,
+}
+
+impl Comparison {
+    /// `run`'s units per second over `baseline`'s.
+    pub fn ratio(&self) -> f64 {
+        let base = self.baseline.units_per_sec();
+        if base > 0.0 {
+            self.run.units_per_sec() / base
+        } else {
+            0.0
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}: {:.1} {}/s = {:.2}x {} ({:.1} {}/s)",
+            self.run.options.mode.name(),
+            self.run.units_per_sec(),
+            self.run.options.mode.unit().1,
+            self.ratio(),
+            self.baseline.options.mode.name(),
+            self.baseline.units_per_sec(),
+            self.baseline.options.mode.unit().1,
+        )
+    }
+
+    /// Both reports and the ratio, as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "baseline": self.baseline.to_json(),
+            "run": self.run.to_json(),
+            "ratio": self.ratio(),
+            "summary": self.line(),
+        })
+    }
+
+    /// Both reports and the ratio, for people.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n",
+            self.baseline.to_text(),
+            self.run.to_text(),
+            self.line()
+        )
+    }
+}
+
+/// Runs `compare` and then `options`' own mode, with otherwise the same
+/// options, against the same gateway.
+pub async fn compare(client: Client, options: BenchOptions, compare: Mode) -> Comparison {
+    let baseline = run(
+        client.clone(),
+        BenchOptions {
+            mode: compare,
+            ..options.clone()
+        },
+    )
+    .await;
+    let run = run(client, options).await;
+    Comparison { run, baseline }
+}
+
 impl Report {
+    /// Completed units of the run's mode per second: sessions for
+    /// `per-request`, calls for `call`, invokes otherwise.
+    pub fn units_per_sec(&self) -> f64 {
+        let (op, _) = self.options.mode.unit();
+        let count = self.tally.ops.get(op).map_or(0, |o| o.hist.len());
+        count as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
     fn rows(&self) -> Vec<(&'static str, Value)> {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         self.tally

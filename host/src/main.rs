@@ -356,6 +356,7 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
                 churn_after,
                 pool_size,
                 subscribe,
+                compare,
                 ..
             } => {
                 let duration = duration
@@ -366,19 +367,22 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
                     .map(String::into_bytes)
                     .unwrap_or_else(|| vec![b'x'; payload_size]);
                 let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-                c.bench(gatehouse::loadgen::BenchOptions {
-                    backend,
-                    mode,
-                    concurrency,
-                    duration,
-                    count,
-                    command,
-                    payload,
-                    churn_after,
-                    pool_size,
-                    subscribe,
-                    progress,
-                })
+                c.bench(
+                    gatehouse::loadgen::BenchOptions {
+                        backend,
+                        mode,
+                        concurrency,
+                        duration,
+                        count,
+                        command,
+                        payload,
+                        churn_after,
+                        pool_size,
+                        subscribe,
+                        progress,
+                    },
+                    compare,
+                )
                 .await
             }
 

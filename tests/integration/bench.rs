@@ -176,3 +176,67 @@ async fn the_text_report_names_every_figure() {
     }
     nothing_left_open(&gw).await;
 }
+
+#[tokio::test]
+async fn compare_runs_both_modes_and_reports_their_throughput_ratio() {
+    let gw = Gatehouse::start(Toml::standard().render()).await;
+    let report = bench(
+        &gw,
+        &[
+            "--mode",
+            "per-request",
+            "--compare",
+            "reuse",
+            "-c",
+            "2",
+            "--count",
+            "30",
+        ],
+    )
+    .await;
+    assert_eq!(report["baseline"]["mode"], "reuse", "{report}");
+    assert_eq!(report["run"]["mode"], "perrequest", "{report}");
+    // Each run is its own: 30 commands each, the per-request run opening a
+    // session for every one.
+    assert_eq!(
+        n(&report["baseline"]["operations"]["invoke"]["count"]),
+        30,
+        "{report}"
+    );
+    assert_eq!(
+        n(&report["run"]["operations"]["open"]["count"]),
+        30,
+        "{report}"
+    );
+    let rate = |run: &str, op: &str| {
+        report[run]["operations"][op]["per_sec"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{run} {op} per_sec in {report}"))
+    };
+    let expected = rate("run", "open") / rate("baseline", "invoke");
+    let ratio = report["ratio"].as_f64().expect("a ratio");
+    assert!(
+        ratio > 0.0 && (ratio - expected).abs() < 0.01 * expected,
+        "ratio {ratio}, expected {expected}: {report}"
+    );
+    let summary = report["summary"].as_str().expect("a summary");
+    assert!(
+        summary.starts_with("per-request: ") && summary.contains("x reuse ("),
+        "{summary}"
+    );
+    let text = String::from_utf8(
+        run_bench(
+            &gw,
+            false,
+            &["--mode", "call", "--compare", "reuse", "--count", "10"],
+        )
+        .await,
+    )
+    .expect("utf-8");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("call: ") && l.contains("calls/s = ")),
+        "{text}"
+    );
+    nothing_left_open(&gw).await;
+}
