@@ -1,7 +1,6 @@
 //! One-shot `Call`s: one command on a fresh instance that is dropped
 //! afterwards, with no session left behind.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -386,21 +385,4 @@ async fn native_calls_use_the_warm_pool() {
         .unwrap_or_else(|| panic!("no pid in {info:?}"));
     assert!(pooled.contains(&pid), "{pid} is not one of {pooled:?}");
     assert_nothing_left(&gw, &mut c).await;
-}
-
-/// The worker pids a gateway has recorded in its state directory.
-fn recorded_workers(state_dir: &Path, gateway: u32) -> std::collections::HashSet<u32> {
-    std::fs::read_dir(state_dir.join(format!("gw-{gateway}")))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("worker-")?
-                        .parse()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -164,7 +164,14 @@ async fn a_close_ends_every_descendant() {
         .await
         .unwrap();
     assert_eq!(r.payload, b"3");
-    assert!(sleepers(&s.tag) >= 4);
+    // The escaped sleeper is started in the background before the hello,
+    // and may still be between its fork and its exec.
+    eventually(
+        "four sleepers",
+        WORKER_PATIENCE,
+        holds(|| sleepers(&s.tag) >= 4),
+    )
+    .await;
     if std::env::var_os("GATEHOUSE_REQUIRE_CGROUP_CONTAINMENT").is_some() {
         // The worker, its escaped sleeper and three more: its cgroup's count.
         let n = get(&mut c, &info.session_id).await.worker_processes;
@@ -216,6 +223,19 @@ async fn sigkill_of_the_gateway_then_a_restart_ends_every_descendant() {
     assert!(next.stderr().contains("leftover"), "{}", next.stderr());
 }
 
+/// Waits for session `id` to be FAULTED, and asserts its fault is `code`.
+async fn faulted_with(c: &mut Client, id: &str, code: &str) {
+    let info = eventually(&format!("session {id} FAULTED"), WORKER_PATIENCE, || {
+        let mut c = c.clone();
+        async move {
+            let info = get(&mut c, id).await;
+            (info.state == pb::SessionState::Faulted as i32).then_some(info)
+        }
+    })
+    .await;
+    assert_eq!(info.final_fault, code, "{info:?}");
+}
+
 #[tokio::test]
 async fn a_fork_bomb_past_max_processes_faults_only_its_session() {
     let s = setup_with(31306, &[], 16).await;
@@ -224,19 +244,7 @@ async fn a_fork_bomb_past_max_processes_faults_only_its_session() {
     let bomb = try_open(&mut c, open_request("spawner")).await.unwrap();
     // As many sleepers as it can: 16 processes in all, counting itself.
     let _ = try_invoke(&mut c, &bomb.session_id, "spawn", "100").await;
-    let until = std::time::Instant::now() + WORKER_PATIENCE;
-    loop {
-        let info = get(&mut c, &bomb.session_id).await;
-        if info.state == pb::SessionState::Faulted as i32 {
-            assert_eq!(info.final_fault, "process-limit", "{info:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the bomb's session is not faulted: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    faulted_with(&mut c, &bomb.session_id, "process-limit").await;
     let r = try_invoke(&mut c, &bystander.session_id, "ping", "")
         .await
         .unwrap();
@@ -282,19 +290,7 @@ async fn a_worker_over_its_cgroup_memory_limit_is_faulted_with_memory_limit() {
     for _ in 0..3 {
         let _ = try_invoke(&mut c, &hog.session_id, "hold", "40").await;
     }
-    let until = std::time::Instant::now() + WORKER_PATIENCE;
-    loop {
-        let info = get(&mut c, &hog.session_id).await;
-        if info.state == pb::SessionState::Faulted as i32 {
-            assert_eq!(info.final_fault, "memory-limit", "{info:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the hog's session is not faulted: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    faulted_with(&mut c, &hog.session_id, "memory-limit").await;
     let r = try_invoke(&mut c, &bystander.session_id, "ping", "")
         .await
         .unwrap();

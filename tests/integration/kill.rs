@@ -26,23 +26,6 @@ fn config(state: &Path) -> String {
     )
 }
 
-/// The worker pids a gateway has recorded in its state directory.
-fn recorded_workers(state: &Path, gateway: u32) -> HashSet<u32> {
-    std::fs::read_dir(state.join(format!("gw-{gateway}")))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("worker-")?
-                        .parse()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Opens `count` sessions of `backend` over four connections at once.
 async fn open_many(
     gw: &Gatehouse,

@@ -19,23 +19,6 @@ const FAKE_WORKER: &str = concat!(
 /// under the load of the whole suite.
 const WORKER_PATIENCE: Duration = Duration::from_secs(20);
 
-/// The worker pids a gateway has recorded in its state directory.
-fn recorded_workers(state_dir: &Path, gateway: u32) -> HashSet<u32> {
-    std::fs::read_dir(state_dir.join(format!("gw-{gateway}")))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("worker-")?
-                        .parse()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn pids_in(dir: &Path) -> Vec<u32> {
     std::fs::read_dir(dir)
         .map(|d| {
