@@ -341,10 +341,12 @@ pub async fn spawn(
         let exited = exit.wait();
         tokio::pin!(exited);
         let mut poll = tokio::time::interval(BREACH_POLL);
+        // No ticks for a cell with nothing to watch.
+        let watched = waiter.cell.has_limits();
         let status = loop {
             tokio::select! {
                 status = &mut exited => break status,
-                _ = poll.tick() => {
+                _ = poll.tick(), if watched => {
                     if waiter.breach.get().is_none() && let Some(breach) = waiter.cell.breach() {
                         tracing::info!(pid, ?breach, "the worker ran into a limit of its cell");
                         waiter.breached(breach);

@@ -103,15 +103,7 @@ impl Parent {
 
     /// The parent directories, for the state directory.
     pub fn dirs(&self) -> Vec<PathBuf> {
-        [
-            Some(&self.pids),
-            self.freezer.as_ref(),
-            self.memory.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
+        hierarchies(&self.pids, &self.freezer, &self.memory)
     }
 
     /// Which controllers are in use, for the start-up log.
@@ -188,15 +180,7 @@ impl Drop for Parent {
 
 impl Cell {
     fn dirs(&self) -> Vec<PathBuf> {
-        [
-            Some(&self.pids),
-            self.freezer.as_ref(),
-            self.memory.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
+        hierarchies(&self.pids, &self.freezer, &self.memory)
     }
 
     /// Descriptors the child writes `0` to before `exec`.
@@ -255,6 +239,15 @@ impl Cell {
             remove_tree(&dir);
         }
     }
+}
+
+/// One cgroup's directories in each hierarchy it is in: `pids` always,
+/// `freezer` and `memory` when mounted.
+fn hierarchies(pids: &Path, freezer: &Option<PathBuf>, memory: &Option<PathBuf>) -> Vec<PathBuf> {
+    std::iter::once(pids.to_path_buf())
+        .chain(freezer.iter().cloned())
+        .chain(memory.iter().cloned())
+        .collect()
 }
 
 /// Freezes or thaws a freezer cgroup; true once frozen (or thawed).

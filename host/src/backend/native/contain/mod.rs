@@ -158,6 +158,12 @@ impl Cell {
         }
     }
 
+    /// Whether the cell can run into a limit at all, so there is
+    /// something to watch (a cgroup; the subreaper enforces none).
+    pub fn has_limits(&self) -> bool {
+        matches!(self, Self::Cgroup(_))
+    }
+
     /// A limit the cell ran into.
     pub fn breach(&self) -> Option<Breach> {
         match self {
