@@ -124,24 +124,10 @@ impl Registry {
         let _pin = VersionPin::new(&loaded);
         outcomes.outcome = "cancelled";
 
-        let ran = match deadline {
-            None => {
-                self.run_call(caller, &loaded, policy, request, command_timeout, None)
-                    .await
-            }
-            // As for an invoke: answer on the dot, ahead of tonic's timer
-            // and of the worker's next epoch tick. Dropping the run kills
-            // its worker.
-            Some(at) => tokio::select! {
-                r = self.run_call(caller, &loaded, policy, request, command_timeout, Some(at)) => r,
-                _ = tokio::time::sleep_until(at.into()) => {
-                    let ms = at.saturating_duration_since(outcomes.began).as_millis();
-                    Err(GatewayError::Faulted(Fault::deadline(format!(
-                        "the call ran past the client's gRPC deadline, its {ms} ms deadline"
-                    ))))
-                }
-            },
-        };
+        // As for an invoke; dropping the run at the deadline kills its
+        // worker.
+        let run = self.run_call(caller, &loaded, policy, request, command_timeout, deadline);
+        let ran = super::deadline::by_deadline(run, deadline, outcomes.began, "call").await;
         outcomes.outcome = match &ran {
             Ok(Outcome::Error(_)) => "command-error",
             Ok(_) => "ok",

@@ -114,3 +114,10 @@ fn because(state: SessionState, reason: &Option<CloseReason>) -> String {
     };
     reason.map_or_else(String::new, |r| format!(" ({verb}: {r})"))
 }
+
+/// A worker's fault, where nothing more is known about the call.
+impl From<Fault> for GatewayError {
+    fn from(fault: Fault) -> Self {
+        GatewayError::Faulted(fault)
+    }
+}

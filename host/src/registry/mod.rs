@@ -15,6 +15,7 @@
 mod backend_metrics;
 mod call;
 pub mod catalog;
+mod deadline;
 mod error;
 mod lifecycle;
 mod open;
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, Command, Fault, FaultReport, Outcome};
+use crate::backend::{Backend, Command, FaultReport, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
 use crate::memory_budget::MemoryBudget;
@@ -345,22 +346,7 @@ impl Registry {
         session.touch(self.clock.now());
         let began = Instant::now();
         let invoked = worker.invoke(commands, session.times.command_timeout, deadline);
-        let result = match deadline {
-            None => invoked.await,
-            // The worker stops itself at the deadline too, but only at its
-            // next epoch tick; answering from here on the dot keeps the
-            // client's status DEADLINE_EXCEEDED even on a loaded machine,
-            // ahead of tonic's own timer.
-            Some(at) => tokio::select! {
-                r = invoked => r,
-                _ = tokio::time::sleep_until(at.into()) => {
-                    let ms = at.saturating_duration_since(began).as_millis();
-                    Err(Fault::deadline(format!(
-                        "the command ran past the client's gRPC deadline, its {ms} ms deadline"
-                    )))
-                }
-            },
-        };
+        let result = deadline::by_deadline(invoked, deadline, began, "command").await;
         session
             .metrics
             .invoke_seconds
