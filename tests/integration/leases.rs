@@ -34,7 +34,13 @@ async fn wait_until_ended(c: &Client, id: &str) -> pb::SessionInfo {
         let id = id.to_string();
         async move {
             let info = peek(&mut c, &id).await.expect("the session stays listed");
-            (state(&info) != pb::SessionState::Ready).then_some(info)
+            // CLOSING is on the way to the end, not the end: the plugin's
+            // close may still be running.
+            let ended = !matches!(
+                state(&info),
+                pb::SessionState::Ready | pb::SessionState::Closing
+            );
+            ended.then_some(info)
         }
     })
     .await
