@@ -238,6 +238,18 @@ pub trait Backend: Send + Sync {
         progress: Progress<'_>,
     ) -> Result<Box<dyn Worker>, StartError>;
 
+    /// Starts a worker for a one-shot call: one command, then a close, with
+    /// no ticks to serve and no second caller. A backend that can run such
+    /// a worker on its caller's task (wasm) does; by default it is the
+    /// worker a session gets.
+    async fn start_one_shot(
+        &self,
+        request: StartRequest,
+        progress: Progress<'_>,
+    ) -> Result<Box<dyn Worker>, StartError> {
+        self.start(request, progress).await
+    }
+
     /// A reload replaced or removed this backend: it keeps serving its
     /// sessions (and pinned opens) but should give back what it holds for
     /// opens that will now go elsewhere, such as a warm pool.

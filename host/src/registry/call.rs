@@ -194,7 +194,7 @@ impl Registry {
             restore: None,
         };
         let began = Instant::now();
-        let started = loaded.entry.backend.start(start, &|_| {}).await;
+        let started = loaded.entry.backend.start_one_shot(start, &|_| {}).await;
         loaded
             .metrics
             .instantiate_seconds

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod check;
 mod exports;
 mod host;
+mod inline;
 mod reply;
 mod start_memory;
 mod stdio;
@@ -278,6 +279,29 @@ impl Backend for WasmBackend {
         request: StartRequest,
         progress: Progress<'_>,
     ) -> Result<Box<dyn Worker>, StartError> {
+        let instance = self.instantiate(&request, progress).await?;
+        Ok(Box::new(worker::spawn(instance, &request)))
+    }
+
+    async fn start_one_shot(
+        &self,
+        request: StartRequest,
+        progress: Progress<'_>,
+    ) -> Result<Box<dyn Worker>, StartError> {
+        let instance = self.instantiate(&request, progress).await?;
+        Ok(Box::new(inline::InlineWorker::new(instance)))
+    }
+}
+
+impl WasmBackend {
+    /// Builds a session's store with its limits, instantiates the
+    /// component in it and runs the plugin's `open` (and `restore`), all
+    /// within the request's open timeout.
+    async fn instantiate(
+        &self,
+        request: &StartRequest,
+        progress: Progress<'_>,
+    ) -> Result<worker::Instance, StartError> {
         progress(StartPhase::StartingWorker);
         let log_limiter = Arc::new(LogLimiter::new(
             request.policy.log_burst,
@@ -385,7 +409,11 @@ impl Backend for WasmBackend {
             }
         }
         store.data_mut().deadline = None;
-        Ok(Box::new(worker::spawn(store, exports, request)))
+        Ok(worker::Instance {
+            store,
+            exports,
+            max_reply_bytes: policy.max_reply_bytes,
+        })
     }
 }
 

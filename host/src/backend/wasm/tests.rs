@@ -57,12 +57,42 @@ async fn open_charged(
     policy: SessionPolicy,
     memory: MemoryAccount,
 ) -> Result<Opened, StartError> {
-    let backend = rt
-        .load(
-            &spec(name, policy.clone()),
-            crate::builtin::component(name).unwrap(),
-        )
-        .unwrap();
+    let backend = load(rt, name, &policy);
+    let (request, events, faults) = request(name, &policy, memory);
+    let states = std::sync::Mutex::new(Vec::new());
+    let worker = backend
+        .start(request, &|s| states.lock().unwrap().push(s))
+        .await?;
+    assert_eq!(
+        *states.lock().unwrap(),
+        vec![StartPhase::StartingWorker, StartPhase::InitializingWorker]
+    );
+    Ok(Opened {
+        worker,
+        events,
+        faults,
+    })
+}
+
+fn load(rt: &WasmRuntime, name: &str, policy: &SessionPolicy) -> WasmBackend {
+    rt.load(
+        &spec(name, policy.clone()),
+        crate::builtin::component(name).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A start request for session `s1`, with its event log and where its
+/// out-of-band faults arrive.
+fn request(
+    name: &str,
+    policy: &SessionPolicy,
+    memory: MemoryAccount,
+) -> (
+    StartRequest,
+    Arc<EventLog>,
+    mpsc::UnboundedReceiver<crate::backend::FaultReport>,
+) {
     let events = Arc::new(EventLog::new(
         EventLimits {
             queue: 1000,
@@ -86,19 +116,7 @@ async fn open_charged(
         memory,
         restore: None,
     };
-    let states = std::sync::Mutex::new(Vec::new());
-    let worker = backend
-        .start(request, &|s| states.lock().unwrap().push(s))
-        .await?;
-    assert_eq!(
-        *states.lock().unwrap(),
-        vec![StartPhase::StartingWorker, StartPhase::InitializingWorker]
-    );
-    Ok(Opened {
-        worker,
-        events,
-        faults,
-    })
+    (request, events, faults)
 }
 
 fn c(name: &str, payload: &str) -> Vec<Command> {
@@ -202,6 +220,44 @@ async fn ticks_fire_on_the_session_task() {
             .unwrap()
             .unwrap();
         assert_eq!(d.event.payload, want.to_string().into_bytes());
+    }
+}
+
+/// A one-shot worker runs on its caller's task; however it ends (a close,
+/// a trap, a deadline, a kill) its instance goes back to the pool at once,
+/// while the worker itself is still held.
+#[tokio::test]
+async fn one_shot_workers_give_their_instance_back_however_they_end() {
+    // The pool holds 12 instances (8 sessions and headroom): 40 workers
+    // kept alive only fit if each ending frees its instance.
+    let rt = runtime();
+    let policy = SessionPolicy::default();
+    let backend = load(&rt, "chaos", &policy);
+    let mut ended = Vec::new();
+    for i in 0..40 {
+        let (request, _events, _faults) = request("chaos", &policy, MemoryAccount::unlimited());
+        let w = backend.start_one_shot(request, &|_| {}).await.unwrap();
+        match i % 4 {
+            0 => {
+                let reply = call(&*w, "echo", "x", LONG).await.unwrap();
+                assert_eq!(reply, Outcome::Reply("x".into()));
+                assert_eq!(w.close(LONG).await, CloseOutcome::Graceful);
+            }
+            1 => {
+                let fault = call(&*w, "trap", "", LONG).await.unwrap_err();
+                assert_eq!(fault.code.as_str(), "trap: unreachable");
+            }
+            2 => {
+                let fault = call(&*w, "spin", "", Duration::from_millis(30))
+                    .await
+                    .unwrap_err();
+                assert_eq!(fault.code.as_str(), "deadline");
+            }
+            _ => w.kill(),
+        }
+        // Whatever ended it, it serves nothing more.
+        assert!(call(&*w, "echo", "", LONG).await.is_err(), "worker {i}");
+        ended.push(w);
     }
 }
 

@@ -37,40 +37,41 @@ enum Exit {
 }
 
 /// Starts the task that owns a session's store and returns its handle.
-pub(super) fn spawn(
-    store: Store<SessionData>,
-    exports: Exports,
-    request: StartRequest,
-) -> WorkerHandle {
+pub(super) fn spawn(instance: Instance, request: &StartRequest) -> WorkerHandle {
     // A root span: the session outlives the OpenSession call that started
     // it, so that call is linked (follows-from) rather than a parent.
     let span = tracing::info_span!(parent: None, "session", session_id = %request.session_id, tenant = %request.tenant, backend = %request.backend);
     span.follows_from(tracing::Span::current());
     let command_timeout = request.policy.command_timeout;
-    let max_reply_bytes = request.policy.max_reply_bytes;
-    let reporter = request.faults;
-    let stateful = exports.state.is_some();
+    let reporter = request.faults.clone();
+    let stateful = instance.exports.state.is_some();
     WorkerHandle::spawn(None, move |inbox| {
         let task = SessionTask {
-            store,
-            exports,
+            instance,
             inbox,
             reporter,
             command_timeout,
-            max_reply_bytes,
         };
         task.run().instrument(span)
     })
     .with_state(stateful)
 }
 
+/// One live instance: its store and the functions it exports, with what
+/// running a command or a close on it takes. The session task and the
+/// inline worker of a one-shot call both drive an instance through these,
+/// so a command runs the same way wherever it runs.
+pub(super) struct Instance {
+    pub store: Store<SessionData>,
+    pub exports: Exports,
+    pub max_reply_bytes: usize,
+}
+
 struct SessionTask {
-    store: Store<SessionData>,
-    exports: Exports,
+    instance: Instance,
     inbox: Inbox,
     reporter: FaultReporter,
     command_timeout: Duration,
-    max_reply_bytes: usize,
 }
 
 impl SessionTask {
@@ -80,9 +81,9 @@ impl SessionTask {
     async fn run(mut self) {
         let exit = self.serve().await;
         let SessionTask {
-            store, reporter, ..
+            instance, reporter, ..
         } = self;
-        drop(store);
+        drop(instance);
         match exit {
             Exit::Quiet => {}
             Exit::Faulted { reply, fault } => {
@@ -101,7 +102,7 @@ impl SessionTask {
 
     async fn serve(&mut self) -> Exit {
         loop {
-            let next_tick = self.store.data().ticks.peek().map(|Reverse(t)| *t);
+            let next_tick = self.instance.store.data().ticks.peek().map(|Reverse(t)| *t);
             // Invokes before closes: a close waits for the commands the
             // registry queued before it. A running command is never
             // interrupted by a close; past the grace the handle aborts us.
@@ -119,7 +120,7 @@ impl SessionTask {
                     None => return Exit::Quiet,
                 },
                 _ = tokio::time::sleep_until(next_tick.unwrap_or_else(Instant::now).into()), if next_tick.is_some() => {
-                    self.store.data_mut().ticks.pop();
+                    self.instance.store.data_mut().ticks.pop();
                     if let Err(fault) = self.tick().await {
                         tracing::warn!(%fault, "session faulted in a timer tick");
                         self.inbox.fail(&fault);
@@ -145,7 +146,7 @@ impl SessionTask {
                         // The caller gave up while the request was queued.
                         continue;
                     }
-                    match self.invoke(commands, budget).await {
+                    match self.instance.invoke(commands, budget).await {
                         Ok(outcomes) => {
                             let _ = reply.send(Ok(outcomes));
                         }
@@ -161,32 +162,102 @@ impl SessionTask {
                 }
                 Err(CloseRequest { grace, reply }) => {
                     self.inbox.stop_accepting();
-                    self.arm(Instant::now() + grace);
-                    let closed = self.exports.close.call_async(&mut self.store, ()).await;
-                    let outcome = match closed {
-                        Ok(()) => CloseOutcome::Graceful,
-                        Err(e) => {
-                            let fault = classify(&e);
-                            tracing::debug!(%fault, "plugin close failed");
-                            if fault.code == FaultCode::Deadline {
-                                CloseOutcome::Killed
-                            } else {
-                                CloseOutcome::Graceful
-                            }
-                        }
-                    };
+                    let outcome = self.instance.close(grace).await;
                     return Exit::Closed { reply, outcome };
                 }
             }
         }
     }
 
+    async fn tick(&mut self) -> Result<(), Fault> {
+        let instance = &mut self.instance;
+        instance.arm(Instant::now() + self.command_timeout);
+        let result = instance
+            .exports
+            .tick
+            .call_async(&mut instance.store, ())
+            .await;
+        instance.store.data_mut().deadline = None;
+        result.map_err(|e| classify(&e))
+    }
+
+    /// Calls `state.snapshot` within the request's time limit and stores
+    /// what it returns. A trap or an overrun faults the session like a
+    /// command would; a snapshot over the cap is only refused.
+    async fn snapshot(&mut self, request: SnapshotRequest) -> Result<(), Fault> {
+        let instance = &mut self.instance;
+        let Some(snapshot) = instance.exports.state.as_ref().map(|s| s.snapshot) else {
+            request.fail(&Fault::crashed(
+                FaultCode::Internal,
+                "the backend keeps no state",
+            ));
+            return Ok(());
+        };
+        let clock = match request.budget.start(Instant::now()) {
+            Ok(clock) => clock,
+            Err(fault) => {
+                request.fail(&fault);
+                return Ok(());
+            }
+        };
+        instance.arm(clock.until);
+        let result = snapshot.call_async(&mut instance.store, ()).await;
+        instance.store.data_mut().deadline = None;
+        match result {
+            Ok((bytes,)) => {
+                match bytes.value {
+                    Reply::Bytes(bytes) => request.store(bytes),
+                    Reply::TooLarge(size) => {
+                        let limit = request.into.max_bytes();
+                        let refused = request
+                            .into
+                            .refused(SnapshotRefused::TooLarge { size, limit });
+                        request.refuse(refused);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let fault = classify(&e);
+                let fault = if fault.code == FaultCode::Deadline {
+                    clock.overrun("state.snapshot")
+                } else {
+                    fault
+                };
+                request.fail(&fault);
+                Err(fault)
+            }
+        }
+    }
+}
+
+impl Instance {
+    /// Arms the epoch deadline: past `deadline`, the next tick traps.
     fn arm(&mut self, deadline: Instant) {
         self.store.data_mut().deadline = Some(deadline);
         self.store.set_epoch_deadline(1);
     }
 
-    async fn invoke(
+    /// Runs the plugin's `close` within `grace`; an overrun is a kill.
+    pub async fn close(&mut self, grace: Duration) -> CloseOutcome {
+        self.arm(Instant::now() + grace);
+        match self.exports.close.call_async(&mut self.store, ()).await {
+            Ok(()) => CloseOutcome::Graceful,
+            Err(e) => {
+                let fault = classify(&e);
+                tracing::debug!(%fault, "plugin close failed");
+                if fault.code == FaultCode::Deadline {
+                    CloseOutcome::Killed
+                } else {
+                    CloseOutcome::Graceful
+                }
+            }
+        }
+    }
+
+    /// Runs `commands` in order, each within `budget`. A fault ends the
+    /// instance: the caller must not use it again.
+    pub async fn invoke(
         &mut self,
         commands: Vec<Command>,
         budget: Budget,
@@ -225,61 +296,6 @@ impl SessionTask {
             outcomes.push(outcome);
         }
         Ok(outcomes)
-    }
-
-    async fn tick(&mut self) -> Result<(), Fault> {
-        self.arm(Instant::now() + self.command_timeout);
-        let result = self.exports.tick.call_async(&mut self.store, ()).await;
-        self.store.data_mut().deadline = None;
-        result.map_err(|e| classify(&e))
-    }
-
-    /// Calls `state.snapshot` within the request's time limit and stores
-    /// what it returns. A trap or an overrun faults the session like a
-    /// command would; a snapshot over the cap is only refused.
-    async fn snapshot(&mut self, request: SnapshotRequest) -> Result<(), Fault> {
-        let Some(snapshot) = self.exports.state.as_ref().map(|s| s.snapshot) else {
-            request.fail(&Fault::crashed(
-                FaultCode::Internal,
-                "the backend keeps no state",
-            ));
-            return Ok(());
-        };
-        let clock = match request.budget.start(Instant::now()) {
-            Ok(clock) => clock,
-            Err(fault) => {
-                request.fail(&fault);
-                return Ok(());
-            }
-        };
-        self.arm(clock.until);
-        let result = snapshot.call_async(&mut self.store, ()).await;
-        self.store.data_mut().deadline = None;
-        match result {
-            Ok((bytes,)) => {
-                match bytes.value {
-                    Reply::Bytes(bytes) => request.store(bytes),
-                    Reply::TooLarge(size) => {
-                        let limit = request.into.max_bytes();
-                        let refused = request
-                            .into
-                            .refused(SnapshotRefused::TooLarge { size, limit });
-                        request.refuse(refused);
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let fault = classify(&e);
-                let fault = if fault.code == FaultCode::Deadline {
-                    clock.overrun("state.snapshot")
-                } else {
-                    fault
-                };
-                request.fail(&fault);
-                Err(fault)
-            }
-        }
     }
 }
 
