@@ -38,7 +38,7 @@ use gatehouse::metrics::Metrics;
 use gatehouse::proto::v1 as pb;
 use gatehouse::proto::v1::gateway_client::GatewayClient;
 use gatehouse::proto::v1::gateway_server::{Gateway, GatewayServer};
-use gatehouse::registry::{Caller, OpenRequest, Registry};
+use gatehouse::registry::{CallRequest, Caller, OpenRequest, Registry};
 use tonic::{Request, Response, Status};
 
 #[path = "suite/recovery.rs"]
@@ -132,8 +132,18 @@ async fn open_section(n: usize) {
     let me = Caller::local();
 
     let (mut bare_open, mut bare_cycle) = (Samples::new(), Samples::new());
-    let (mut gh_open, mut gh_cycle, mut gh_invoke_cycle) =
-        (Samples::new(), Samples::new(), Samples::new());
+    let (mut gh_open, mut gh_cycle, mut gh_invoke_cycle, mut gh_call) = (
+        Samples::new(),
+        Samples::new(),
+        Samples::new(),
+        Samples::new(),
+    );
+    let one_call = CallRequest {
+        backend: "echo".into(),
+        config: Default::default(),
+        command: cmd(),
+        command_timeout: None,
+    };
     for round in 0..n + n / 10 {
         let warm = round >= n / 10;
         let t = Instant::now();
@@ -161,10 +171,14 @@ async fn open_section(n: usize) {
             .expect("invoke");
         reg.close(&me, &s.id).await.expect("close");
         let invoke_cycle = t.elapsed();
+        let t = Instant::now();
+        reg.call(&me, one_call.clone(), None).await.expect("call");
+        let call = t.elapsed();
         if warm {
             gh_open.push(opened);
             gh_cycle.push(cycle);
             gh_invoke_cycle.push(invoke_cycle);
+            gh_call.push(call);
         }
     }
     println!("\n### Session open, host side ({n} rounds, p50 / p99 in us)\n");
@@ -174,6 +188,12 @@ async fn open_section(n: usize) {
     row(
         "open + one invoke + close, p50",
         gh_invoke_cycle.pct(0.5),
+        bare_cycle.pct(0.5),
+        "us",
+    );
+    row(
+        "one-shot `Call` (fresh instance, command, close), p50",
+        gh_call.pct(0.5),
         bare_cycle.pct(0.5),
         "us",
     );
