@@ -143,6 +143,9 @@ pub fn build_registry(
             closed_session_retention: config.server.closed_session_retention,
             retry_after: RETRY_AFTER,
             memory_budget: config.server.memory_budget,
+            node_id: config.cluster.node_id.as_deref().map(Arc::from),
+            ledger: crate::cluster::Ledger::start(&config.cluster, metrics.cluster.clone())
+                .map_err(|e| ServeError::Refused(e.to_string()))?,
         },
         Arc::new(SystemClock::new()),
         metrics,

@@ -83,6 +83,26 @@ fn grpc_deadline<T>(request: &Request<T>, margin: Duration) -> Option<Instant> {
     start.checked_add(timeout.saturating_sub(margin))
 }
 
+/// Refuses a call whose `x-gatehouse-session` header (what a proxy routes
+/// on) names another session than its body: the proxy would have sent it
+/// to one node and the gateway would act on another's session.
+fn same_session<T>(request: &Request<T>, body: &str) -> Result<(), Status> {
+    let Some(value) = request.metadata().get(crate::client::SESSION_HEADER) else {
+        return Ok(());
+    };
+    match value.to_str() {
+        Ok(header) if header == body => Ok(()),
+        Ok(header) => Err(Status::invalid_argument(format!(
+            "the {} header names session {header:?} but the request names {body:?}",
+            crate::client::SESSION_HEADER
+        ))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "the {} header is not printable ASCII",
+            crate::client::SESSION_HEADER
+        ))),
+    }
+}
+
 /// Refuses a response that would be over the message limit; tonic would
 /// otherwise fail it mid-stream with OUT_OF_RANGE.
 fn fits<M: prost::Message>(response: M, limit: usize) -> Result<Response<M>, Status> {
@@ -156,6 +176,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("Invoke", &request, &r.session_id, &r.correlation_id);
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
@@ -196,6 +217,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("InvokeBatch", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
@@ -236,6 +258,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("StreamEvents", &request, &request.get_ref().session_id, "");
         let subscribed = async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.get_ref();
             self.registry
@@ -259,6 +282,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("RenewLease", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             rpc.tenant(caller.tenant_name());
             let session = self
                 .registry
@@ -277,6 +301,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("GetSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             rpc.tenant(caller.tenant_name());
             let session = self
                 .registry
@@ -314,6 +339,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("CloseSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let id = request.into_inner().session_id;
             let result = self.registry.close(&caller, &id).await.map_err(to_status)?;
@@ -338,6 +364,7 @@ impl Gateway for GatewayService {
         );
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("restart", &self.registry, move |registry| async move {
@@ -363,6 +390,7 @@ impl Gateway for GatewayService {
         );
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("upgrade", &self.registry, move |registry| async move {

@@ -86,6 +86,11 @@ pub struct RegistrySettings {
     /// Bytes every session together may make the gateway hold
     /// (`server.memory_budget`).
     pub memory_budget: usize,
+    /// `cluster.node_id`: the prefix of this node's session ids.
+    pub node_id: Option<Arc<str>>,
+    /// The cluster's shared slots (`cluster.redis`), taken with this
+    /// gateway's at every open and call.
+    pub ledger: Option<Arc<crate::cluster::Ledger>>,
 }
 
 /// The session registry.

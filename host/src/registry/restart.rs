@@ -171,7 +171,7 @@ impl Registry {
                             session.backend().version
                         ))
                     })?;
-                let slot = self.take_slot(caller, &version)?;
+                let slot = self.take_slot(caller, &version, None).await?;
                 session.hold(Held {
                     slot,
                     version: crate::registry::catalog::VersionPin::new(&version),
