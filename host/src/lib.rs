@@ -39,6 +39,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod console;
 #[cfg(feature = "server")]
+pub mod drain;
+#[cfg(feature = "server")]
 pub mod events;
 #[cfg(all(test, feature = "server"))]
 mod fuzzing;

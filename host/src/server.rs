@@ -368,6 +368,13 @@ pub async fn serve_from(
     if let Some(console) = &console {
         console.set_registry(Arc::clone(&registry));
     }
+    admin.set_drainer(Arc::new(crate::drain::Drainer::new(
+        Arc::clone(&registry),
+        health.clone(),
+        config.cluster.drain_timeout,
+        config.server.shutdown_timeout,
+        metrics.cluster.clone(),
+    )));
     admin.set_reloader(Arc::new(Reloader::new(
         source,
         config.clone(),

@@ -303,10 +303,26 @@ impl Gateway for GatewayService {
             let caller = self.admit(&rpc, &request)?;
             same_session(&request, &request.get_ref().session_id)?;
             rpc.tenant(caller.tenant_name());
-            let session = self
-                .registry
-                .get(&caller, &request.get_ref().session_id)
-                .map_err(to_status)?;
+            let id = &request.get_ref().session_id;
+            let session = match self.registry.get(&caller, id) {
+                Ok(session) => session,
+                // An admin asking any node sees every node's sessions.
+                Err(e @ crate::registry::GatewayError::SessionNotFound(_)) => {
+                    let remote = self
+                        .registry
+                        .cluster_session(&caller, id)
+                        .await
+                        .map_err(to_status)?;
+                    return match remote {
+                        Some(r) => {
+                            rpc.backend(&r.backend);
+                            Ok(Response::new(convert::remote_session_info(&r)))
+                        }
+                        None => Err(to_status(e)),
+                    };
+                }
+                Err(e) => return Err(to_status(e)),
+            };
             rpc.backend(&session.backend().name);
             Ok(Response::new(self.info(&session)))
         })
@@ -321,12 +337,18 @@ impl Gateway for GatewayService {
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, None);
-            let sessions = self
+            let mut sessions: Vec<pb::SessionInfo> = self
                 .registry
                 .list(&caller)
                 .iter()
                 .map(|s| self.info(s))
                 .collect();
+            // An admin sees every node's; without Redis, this node's, and
+            // the log says why.
+            match self.registry.cluster_sessions(&caller).await {
+                Ok(remote) => sessions.extend(remote.iter().map(convert::remote_session_info)),
+                Err(e) => tracing::warn!("ListSessions: only this node's sessions: {e}"),
+            }
             Ok(Response::new(pb::ListSessionsResponse { sessions }))
         })
         .await

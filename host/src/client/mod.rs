@@ -374,6 +374,17 @@ impl Gateway {
         Ok(admin.reload(request).await?.into_inner())
     }
 
+    /// Drains the gateway (`Drain`, admin scope): NOT_SERVING, sessions go
+    /// on for `timeout` (else `[cluster] drain_timeout`), then the rest are
+    /// closed. Returns once the drain has begun.
+    pub async fn drain(&self, timeout: Option<Duration>) -> Result<pb::DrainResponse, Error> {
+        let mut admin = self.admin.clone();
+        let request = pb::DrainRequest {
+            timeout: timeout.and_then(|t| prost_types::Duration::try_from(t).ok()),
+        };
+        Ok(admin.drain(request).await?.into_inner())
+    }
+
     /// The backends sessions can be opened on.
     pub async fn backends(&self) -> Result<Vec<BackendInfo>, Error> {
         Ok(self

@@ -185,6 +185,9 @@ impl Registry {
         if self.draining.load(Ordering::Acquire) {
             return Err(GatewayError::ShuttingDown);
         }
+        if self.drain.load(Ordering::Acquire) {
+            return Err(GatewayError::Draining);
+        }
         let loaded = self.openable(caller, backend)?;
         let policy = caller.tenant.policy(&loaded.entry.policy);
         let times = times(&policy)?;
