@@ -281,7 +281,19 @@ impl Task {
                 if reply.is_closed() {
                     return;
                 }
-                let taken = self.take(&tenant, quota).await;
+                // After a failure Redis may have lost what this node holds
+                // (a restart without persistence): write it back before
+                // taking more, or the take would not count it.
+                if self.books.dirty {
+                    self.renew().await;
+                }
+                let taken = if self.books.dirty {
+                    Err(LedgerError::Unavailable(
+                        "Redis is unreachable: this node's slots could not be written back".into(),
+                    ))
+                } else {
+                    self.take(&tenant, quota).await
+                };
                 if taken.is_ok() {
                     self.held(&tenant, 1);
                 }
@@ -330,10 +342,12 @@ impl Task {
             },
             Ok(Err(e)) => {
                 failed(&self.metrics, "take");
+                self.books.dirty = true;
                 Err(LedgerError::Unavailable(e.to_string()))
             }
             Err(_) => {
                 failed(&self.metrics, "take");
+                self.books.dirty = true;
                 Err(LedgerError::Unavailable(format!(
                     "Redis did not answer within {REDIS_TIMEOUT:?}"
                 )))
