@@ -163,7 +163,7 @@ pub struct Metrics {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterMetrics {
     /// Redis operations of the shared slots that failed or timed out, by
-    /// operation (`take`, `release`, `renew`, `view`).
+    /// operation (`take`, `release`, `publish`, `renew`, `leave`, `view`).
     pub redis_errors: Family<OpLabel, Counter>,
     /// Node lease renewals, by result (`ok`, `error`).
     pub renewals: Family<ResultLabel, Counter>,
@@ -223,7 +223,7 @@ impl ClusterMetrics {
 /// Labels: op (a Redis operation of the cluster's shared state).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
-    /// `take`, `release`, `renew` or `view`.
+    /// `take`, `release`, `publish`, `renew`, `leave` or `view`.
     pub op: String,
 }
 

@@ -416,6 +416,10 @@ pub async fn serve_from(
     tracing::info!("shutting down: draining sessions");
     health.draining().await;
     registry.shutdown(config.server.shutdown_timeout).await;
+    // A clean stop gives the cluster's slots back now, not after the lease.
+    if let Some(ledger) = registry.ledger() {
+        ledger.leave().await;
+    }
     // Whatever is still alive after the drain (warm pools, stuck workers)
     // is killed; the state directory goes with a clean exit.
     if let Some(n) = loader.native() {

@@ -419,3 +419,78 @@ async fn the_session_header_must_agree_with_the_body() {
     assert_eq!(id.len(), 32);
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
 }
+
+/// A drain on one gateway (no HAProxy or Redis needed): NOT_SERVING at
+/// once, opens refused, live sessions answer until the drain's time is up,
+/// then they are closed `gateway-shutdown`.
+#[tokio::test]
+async fn a_drain_lets_sessions_go_on_then_closes_the_rest() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let keys = tenants();
+    let gw = Gatehouse::start(format!("[cluster]\nnode_id = \"d1\"\n{}", keys.config)).await;
+    let user = connect(&gw.url(), &keys.free).await;
+    let kept = user.open("echo").await.unwrap();
+    let ended = user.open("echo").await.unwrap();
+    let ops = connect(&gw.url(), &keys.ops).await;
+    let denied = user.drain(None).await;
+    assert_eq!(
+        code(denied),
+        Code::PermissionDenied,
+        "drain needs the admin scope"
+    );
+
+    let r = ops.drain(Some(Duration::from_secs(3))).await.unwrap();
+    assert_eq!((r.sessions, r.already_draining), (2, false));
+    let mut health = HealthClient::new(gw.channel().await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: "gatehouse.v1.Gateway".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    assert_eq!(code(user.open("echo").await), Code::Unavailable);
+    // Sessions go on, and one that ends by itself is simply gone.
+    kept.invoke("echo", "still here")
+        .await
+        .expect("drained sessions answer");
+    ended.close().await.unwrap();
+    assert!(ops.drain(None).await.unwrap().already_draining);
+
+    // When the time is up the rest are closed as at a shutdown.
+    let info = eventually("the drain to close the last session", PATIENCE, || async {
+        let info = kept.refresh().await.ok()?;
+        (info.state() == pb::SessionState::Closed).then_some(info)
+    })
+    .await;
+    assert_eq!(info.close_reason(), pb::CloseReason::GatewayShutdown);
+    assert_eq!(gw.metric("gatehouse_cluster_draining", &[]).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_node_gives_its_slots_back_at_once() {
+    if cluster_missing().is_some() {
+        return;
+    }
+    // A lease far longer than the test: only the clean stop can free them.
+    let mut c = Cluster::start("node_lease = \"5m\"").await;
+    let acme = c.client(&c.keys.acme).await;
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(acme.open("echo").await.unwrap());
+    }
+    assert_eq!(code(acme.open("echo").await), Code::ResourceExhausted);
+    let stopped = node_of(sessions[0].id()).to_string();
+    let i = c.index(&stopped);
+    c.nodes[i].terminate().await;
+    let reopened = eventually("the stopped node's slots to be free", PATIENCE, || async {
+        acme.open("echo").await.ok()
+    })
+    .await;
+    assert_ne!(node_of(reopened.id()), stopped);
+}

@@ -49,6 +49,7 @@ enum Op {
         session: Option<Arc<str>>,
     },
     Publish(SessionRecord),
+    Leave(oneshot::Sender<()>),
 }
 
 /// A node's handle on the shared slots.
@@ -172,6 +173,15 @@ impl Ledger {
         let _ = self.ops.send(Op::Publish(record));
     }
 
+    /// A clean stop: gives back whatever this node still holds in Redis at
+    /// once (instead of after `node_lease`) and stops renewing.
+    pub async fn leave(&self) {
+        let (done, left) = oneshot::channel();
+        if self.ops.send(Op::Leave(done)).is_ok() {
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, left).await;
+        }
+    }
+
     /// The live sessions of every other node, as of their open.
     pub async fn others(&self) -> Result<Vec<SessionRecord>, LedgerError> {
         let read = async {
@@ -233,6 +243,8 @@ struct Books {
     records: HashMap<String, String>,
     /// A write failed since the last renewal: rewrite the records too.
     dirty: bool,
+    /// The node has left (a clean stop): nothing is renewed any more.
+    left: bool,
 }
 
 /// The task that owns the node's Redis state.
@@ -303,6 +315,22 @@ impl Task {
                 }
             }
             Op::Release { tenant, session } => self.release(&tenant, session).await,
+            Op::Leave(done) => {
+                self.books.left = true;
+                let node = self.node.to_string();
+                let mut redis = self.redis.clone();
+                let leave = async move {
+                    redis::pipe()
+                        .atomic()
+                        .del(scripts::slots_key(&node))
+                        .del(scripts::sessions_key(&node))
+                        .srem(scripts::NODES, &node)
+                        .query_async::<()>(&mut redis)
+                        .await
+                };
+                self.ok(leave, "leave").await;
+                let _ = done.send(());
+            }
             Op::Publish(record) => {
                 let json = serde_json::to_string(&record).unwrap_or_default();
                 self.books.records.insert(record.id.clone(), json.clone());
@@ -388,6 +416,9 @@ impl Task {
     }
 
     async fn renew(&mut self) {
+        if self.books.left {
+            return;
+        }
         let script = redis::Script::new(scripts::RENEW);
         let mut redis = self.redis.clone();
         let mut invocation = script.prepare_invoke();

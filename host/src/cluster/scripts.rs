@@ -16,6 +16,11 @@
 /// The key of the node set.
 pub const NODES: &str = "gatehouse:nodes";
 
+/// The key of a node's slot counts.
+pub fn slots_key(node: &str) -> String {
+    format!("gatehouse:node:{node}")
+}
+
 /// The key of a node's session records.
 pub fn sessions_key(node: &str) -> String {
     format!("gatehouse:sessions:{node}")

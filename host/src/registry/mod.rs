@@ -230,6 +230,11 @@ impl Registry {
         changes
     }
 
+    /// The cluster's shared slots, in a cluster with Redis.
+    pub fn ledger(&self) -> Option<&Arc<crate::cluster::Ledger>> {
+        self.settings.ledger.as_ref()
+    }
+
     /// Sessions holding a slot.
     pub fn open_count(&self) -> usize {
         self.slots.used()

@@ -248,7 +248,7 @@ impl Registry {
     }
 
     /// What the other nodes see of a READY session.
-    fn record(&self, session: &Session, node: &str) -> SessionRecord {
+    pub(super) fn record(&self, session: &Session, node: &str) -> SessionRecord {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let opened = self
             .clock
