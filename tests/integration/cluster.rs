@@ -149,9 +149,11 @@ async fn sessions_stick_to_their_node_and_limits_hold_across_nodes() {
     // A slot given back on any node is free everywhere (once its node's
     // release has reached Redis, a round trip after the close).
     more.pop().unwrap().close().await.unwrap();
-    let again = eventually("the closed session's slot to come back", PATIENCE, || async {
-        free.open("echo").await.ok()
-    })
+    let again = eventually(
+        "the closed session's slot to come back",
+        PATIENCE,
+        || async { free.open("echo").await.ok() },
+    )
     .await;
     more.push(again);
 

@@ -119,6 +119,7 @@ impl Ledger {
             cap: settings.max_sessions,
             books: Books::default(),
             metrics: metrics.clone(),
+            scripts: Scripts::default(),
         };
         tokio::spawn(task.run(rx));
         Ok(Some(Arc::new(Self {
@@ -255,6 +256,25 @@ struct Task {
     cap: Option<usize>,
     books: Books,
     metrics: ClusterMetrics,
+    /// The scripts, hashed once (each call is an EVALSHA).
+    scripts: Scripts,
+}
+
+/// The ledger's Lua scripts.
+struct Scripts {
+    take: redis::Script,
+    release: redis::Script,
+    renew: redis::Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self {
+            take: redis::Script::new(scripts::TAKE),
+            release: redis::Script::new(scripts::RELEASE),
+            renew: redis::Script::new(scripts::RENEW),
+        }
+    }
 }
 
 /// A limit as the scripts take it: -1 for none.
@@ -352,9 +372,8 @@ impl Task {
     }
 
     async fn take(&mut self, tenant: &str, quota: Option<usize>) -> Result<(), LedgerError> {
-        let script = redis::Script::new(scripts::TAKE);
         let mut redis = self.redis.clone();
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.scripts.take.prepare_invoke();
         invocation
             .arg(&*self.node)
             .arg(tenant)
@@ -401,9 +420,8 @@ impl Task {
         if let Some(id) = &session {
             self.books.records.remove(&**id);
         }
-        let script = redis::Script::new(scripts::RELEASE);
         let mut redis = self.redis.clone();
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.scripts.release.prepare_invoke();
         invocation
             .arg(&*self.node)
             .arg(&**tenant)
@@ -419,9 +437,8 @@ impl Task {
         if self.books.left {
             return;
         }
-        let script = redis::Script::new(scripts::RENEW);
         let mut redis = self.redis.clone();
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.scripts.renew.prepare_invoke();
         invocation
             .arg(&*self.node)
             .arg(self.lease_ms())

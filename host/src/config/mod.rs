@@ -108,6 +108,13 @@
 //! heartbeat_grace = "5s"            # silence that faults the session; > interval
 //! warm_pool = 0                     # pre-started, handshaken workers kept ready
 //! max_frame_bytes = "4MiB"          # largest protocol frame either way
+//!
+//! [cluster]                         # several gateways behind a proxy: see `cluster`
+//! node_id = "n1"                    # session ids become "n1.<32 hex>"
+//! redis = "redis://127.0.0.1:6379"  # shared cap and quotas; needs node_id
+//! node_lease = "10s"                # a dead node's slots are free again after this
+//! max_sessions = "off"              # live sessions in the whole cluster
+//! drain_timeout = "5m"              # `gatehouse drain`: how long sessions may go on
 //! ```
 //!
 //! A native worker gets a clean environment: `PATH`, `HOME`, `LANG`, `LC_*`,
