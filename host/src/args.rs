@@ -172,6 +172,18 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Drain this gateway (needs an admin key): health turns NOT_SERVING so
+    /// a proxy sends new opens to other nodes, live sessions go on until
+    /// they end or the timeout passes, then the rest are closed.
+    ///
+    /// Example: gatehouse drain --addr http://10.0.0.5:50051 --timeout 2m
+    Drain {
+        /// How long sessions may go on (default: [cluster] drain_timeout).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Open a session and print its id.
     ///
     /// The session lives until it is closed or its lease runs out; every call
@@ -556,6 +568,7 @@ impl Cmd {
         match self {
             Cmd::Backends { client }
             | Cmd::Reload { client, .. }
+            | Cmd::Drain { client, .. }
             | Cmd::Sessions { client }
             | Cmd::Open { client, .. }
             | Cmd::Invoke { client, .. }
@@ -586,6 +599,7 @@ impl Cmd {
             self,
             Cmd::Backends { .. }
                 | Cmd::Reload { .. }
+                | Cmd::Drain { .. }
                 | Cmd::Sessions { .. }
                 | Cmd::Open { .. }
                 | Cmd::Invoke { .. }

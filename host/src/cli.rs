@@ -168,6 +168,35 @@ impl Client {
         Ok(0)
     }
 
+    /// `gatehouse drain`: how many sessions drain, and for how long.
+    pub async fn drain(&mut self, timeout: Option<String>) -> Result<i32, CliError> {
+        let timeout = timeout
+            .map(|t| parse_duration(&t).map_err(|e| CliError::Usage(format!("--timeout: {e}"))))
+            .transpose()?;
+        let r = self.gateway.drain(timeout).await?;
+        let secs = r
+            .timeout
+            .map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
+        if self.json {
+            println!(
+                "{}",
+                json!({
+                    "sessions": r.sessions,
+                    "timeout_seconds": secs,
+                    "already_draining": r.already_draining,
+                })
+            );
+        } else if r.already_draining {
+            println!("already draining ({} sessions left)", r.sessions);
+        } else {
+            println!(
+                "draining: {} sessions go on for up to {secs}s, then the rest are closed; new opens go elsewhere",
+                r.sessions
+            );
+        }
+        Ok(0)
+    }
+
     /// `gatehouse reload`: what the reload changed, or why it changed
     /// nothing.
     pub async fn reload(

@@ -33,9 +33,13 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod clock;
 #[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub mod console;
+#[cfg(feature = "server")]
+pub mod drain;
 #[cfg(feature = "server")]
 pub mod events;
 #[cfg(all(test, feature = "server"))]

@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::client::for_session;
 use crate::proto::v1 as pb;
 
 /// How sessions are used.
@@ -302,10 +303,10 @@ fn subscribe(mut c: Client, id: String, shared: &Arc<Shared>) {
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let Ok(r) = c
-            .stream_events(pb::StreamEventsRequest {
+            .stream_events(for_session(pb::StreamEventsRequest {
                 session_id: id,
                 resume_after_sequence: None,
-            })
+            }))
             .await
         else {
             return;
@@ -332,9 +333,9 @@ fn subscribe(mut c: Client, id: String, shared: &Arc<Shared>) {
 async fn close(c: &mut Client, id: &str, t: &mut Tally) {
     let began = Instant::now();
     match c
-        .close_session(pb::CloseSessionRequest {
+        .close_session(for_session(pb::CloseSessionRequest {
             session_id: id.to_string(),
-        })
+        }))
         .await
     {
         Ok(_) => {
@@ -349,14 +350,14 @@ async fn close(c: &mut Client, id: &str, t: &mut Tally) {
 async fn invoke(c: &mut Client, id: &str, shared: &Shared, t: &mut Tally) -> Result<(), bool> {
     let began = Instant::now();
     let r = c
-        .invoke(pb::InvokeRequest {
+        .invoke(for_session(pb::InvokeRequest {
             session_id: id.to_string(),
             command: Some(pb::Command {
                 name: shared.options.command.clone(),
                 payload: shared.options.payload.clone(),
             }),
             correlation_id: String::new(),
-        })
+        }))
         .await;
     match r {
         Ok(_) => {

@@ -169,6 +169,7 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         | Cmd::Keys(_)
         | Cmd::Backends { .. }
         | Cmd::Reload { .. }
+        | Cmd::Drain { .. }
         | Cmd::Sessions { .. }
         | Cmd::Open { .. }
         | Cmd::Invoke { .. }
@@ -294,6 +295,7 @@ fn client(opts: ClientOpts, command: Cmd) -> i32 {
             Cmd::Reload {
                 promote, rollback, ..
             } => c.reload(promote, rollback).await,
+            Cmd::Drain { timeout, .. } => c.drain(timeout).await,
             Cmd::Open {
                 backend,
                 config,

@@ -155,6 +155,76 @@ pub struct Metrics {
     /// Events a `Call`'s plugin emitted, dropped unread (a call has no
     /// stream).
     pub call_events_dropped: Family<BackendLabel, Counter>,
+    /// `[cluster]`: the shared state, leases and drain.
+    pub cluster: ClusterMetrics,
+}
+
+/// The metrics of `[cluster]` (docs/cluster.md).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    /// Redis operations of the shared slots that failed or timed out, by
+    /// operation (`take`, `release`, `publish`, `renew`, `leave`, `view`).
+    pub redis_errors: Family<OpLabel, Counter>,
+    /// Node lease renewals, by result (`ok`, `error`).
+    pub renewals: Family<ResultLabel, Counter>,
+    /// Slots this node holds in Redis.
+    pub slots_held: Gauge,
+    /// `cluster.node_lease`, in seconds (0 without Redis).
+    pub node_lease_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `cluster.max_sessions` (0: none).
+    pub max_sessions: Gauge,
+    /// `cluster.drain_timeout`, in seconds.
+    pub drain_timeout_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the node drains (`gatehouse drain`), else 0.
+    pub draining: Gauge,
+}
+
+impl ClusterMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let cluster = registry.sub_registry_with_prefix("cluster");
+        cluster.register(
+            "redis_errors",
+            "Redis operations of the shared slots that failed or timed out, by operation",
+            self.redis_errors.clone(),
+        );
+        cluster.register(
+            "renewals",
+            "Node lease renewals in Redis, by result",
+            self.renewals.clone(),
+        );
+        cluster.register(
+            "slots_held",
+            "Session slots this node holds in Redis",
+            self.slots_held.clone(),
+        );
+        cluster.register(
+            "node_lease_seconds",
+            "cluster.node_lease: how long a node's slots outlive its last renewal",
+            self.node_lease_seconds.clone(),
+        );
+        cluster.register(
+            "max_sessions",
+            "cluster.max_sessions: live sessions in the whole cluster (0: no cap)",
+            self.max_sessions.clone(),
+        );
+        cluster.register(
+            "drain_timeout_seconds",
+            "cluster.drain_timeout: how long a drain lets sessions go on",
+            self.drain_timeout_seconds.clone(),
+        );
+        cluster.register(
+            "draining",
+            "1 while this node drains",
+            self.draining.clone(),
+        );
+    }
+}
+
+/// Labels: op (a Redis operation of the cluster's shared state).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// `take`, `release`, `publish`, `renew`, `leave` or `view`.
+    pub op: String,
 }
 
 impl Default for Metrics {
@@ -198,6 +268,7 @@ impl Metrics {
             calls: Family::default(),
             call_seconds: Family::new_with_constructor(latency_histogram),
             call_events_dropped: Family::default(),
+            cluster: ClusterMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -251,6 +322,7 @@ impl Metrics {
             m.tenant_open_sessions.clone(),
         );
         m.transport.register(&mut registry);
+        m.cluster.register(&mut registry);
         registry.register("calls", "One-shot Calls, by outcome", m.calls.clone());
         registry.register(
             "call_seconds",

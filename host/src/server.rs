@@ -143,6 +143,9 @@ pub fn build_registry(
             closed_session_retention: config.server.closed_session_retention,
             retry_after: RETRY_AFTER,
             memory_budget: config.server.memory_budget,
+            node_id: config.cluster.node_id.as_deref().map(Arc::from),
+            ledger: crate::cluster::Ledger::start(&config.cluster, metrics.cluster.clone())
+                .map_err(|e| ServeError::Refused(e.to_string()))?,
         },
         Arc::new(SystemClock::new()),
         metrics,
@@ -365,6 +368,13 @@ pub async fn serve_from(
     if let Some(console) = &console {
         console.set_registry(Arc::clone(&registry));
     }
+    admin.set_drainer(Arc::new(crate::drain::Drainer::new(
+        Arc::clone(&registry),
+        health.clone(),
+        config.cluster.drain_timeout,
+        config.server.shutdown_timeout,
+        metrics.cluster.clone(),
+    )));
     admin.set_reloader(Arc::new(Reloader::new(
         source,
         config.clone(),
@@ -406,6 +416,10 @@ pub async fn serve_from(
     tracing::info!("shutting down: draining sessions");
     health.draining().await;
     registry.shutdown(config.server.shutdown_timeout).await;
+    // A clean stop gives the cluster's slots back now, not after the lease.
+    if let Some(ledger) = registry.ledger() {
+        ledger.leave().await;
+    }
     // Whatever is still alive after the drain (warm pools, stuck workers)
     // is killed; the state directory goes with a clean exit.
     if let Some(n) = loader.native() {

@@ -10,6 +10,7 @@ mod budgets;
 mod call;
 mod cap;
 mod cli_messages;
+mod cluster;
 mod compat;
 mod connections;
 mod console;

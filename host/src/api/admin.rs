@@ -4,6 +4,7 @@
 //! layer only authenticates, maps and reports.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -56,10 +57,31 @@ pub trait Reload: Send + Sync {
     ) -> Result<ReloadOutcome, ReloadFailure>;
 }
 
-/// The Admin service; its reloader is set once the backends are loaded.
+/// What a drain request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Sessions live when it began.
+    pub sessions: usize,
+    /// How long they may go on.
+    pub timeout: Duration,
+    /// A drain had begun already; nothing changed.
+    pub already_draining: bool,
+}
+
+/// Drains the gateway (`gatehouse drain`, docs/cluster.md).
+#[async_trait::async_trait]
+pub trait Drain: Send + Sync {
+    /// Begins a drain of at most `timeout` (else the configured one) and
+    /// returns once health says NOT_SERVING.
+    async fn drain(&self, timeout: Option<Duration>) -> DrainOutcome;
+}
+
+/// The Admin service; its reloader and drainer are set once the backends
+/// are loaded.
 #[derive(Clone, Default)]
 pub struct AdminService {
     reloader: Arc<OnceLock<Arc<dyn Reload>>>,
+    drainer: Arc<OnceLock<Arc<dyn Drain>>>,
     audit: Option<KeyAdmin>,
 }
 
@@ -73,6 +95,11 @@ impl AdminService {
     pub fn with_audit(mut self, keys: KeyAdmin) -> Self {
         self.audit = Some(keys);
         self
+    }
+
+    /// Makes `drainer` the one drains go to.
+    pub fn set_drainer(&self, drainer: Arc<dyn Drain>) {
+        let _ = self.drainer.set(drainer);
     }
 
     /// Makes `reloader` the one reloads go to.
@@ -91,6 +118,49 @@ pub fn admin_server(
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let caller = request
+            .extensions()
+            .get::<crate::registry::Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        let drainer = self
+            .drainer
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable(ReloadFailure::Starting.to_string()))?;
+        let timeout = super::convert::from_duration(request.into_inner().timeout)
+            .map_err(Status::invalid_argument)?;
+        let outcome = drainer.drain(timeout).await;
+        tracing::info!(
+            tenant = caller.tenant_name(),
+            key = caller.key.as_deref().unwrap_or("-"),
+            sessions = outcome.sessions,
+            timeout = ?outcome.timeout,
+            already = outcome.already_draining,
+            "drain requested"
+        );
+        if let Some(audit) = &self.audit {
+            let entry = AuditEntry {
+                action: "gateway.drain",
+                target: String::new(),
+                detail: format!(
+                    "sessions={} timeout={:?} already_draining={}",
+                    outcome.sessions, outcome.timeout, outcome.already_draining
+                ),
+            };
+            audit.record(&caller, Via::Api, entry).await;
+        }
+        Ok(Response::new(pb::DrainResponse {
+            sessions: u32::try_from(outcome.sessions).unwrap_or(u32::MAX),
+            timeout: prost_types::Duration::try_from(outcome.timeout).ok(),
+            already_draining: outcome.already_draining,
+        }))
+    }
+
     async fn reload(
         &self,
         request: Request<pb::ReloadRequest>,

@@ -85,6 +85,33 @@ pub fn backend_version(v: &Version, state: VersionState) -> pb::BackendInfo {
 
 /// A session as the API (and the console) shows it; `wall` turns the
 /// registry's instants into wall-clock times.
+/// Another node's session, from the cluster view: what was fixed at its
+/// open, as READY (it is listed while it holds its slot); the times and
+/// counters that change are only on its own node.
+pub fn remote_session_info(r: &crate::cluster::SessionRecord) -> pb::SessionInfo {
+    let ms = std::time::Duration::from_millis;
+    pb::SessionInfo {
+        session_id: r.id.clone(),
+        backend: r.backend.clone(),
+        backend_kind: if r.kind == "native" {
+            pb::BackendKind::Native
+        } else {
+            pb::BackendKind::Wasm
+        } as i32,
+        backend_version: r.version.clone(),
+        backend_digest: r.digest.clone(),
+        tenant: r.tenant.clone(),
+        state: pb::SessionState::Ready as i32,
+        client_session_name: r.client_session_name.clone(),
+        client_correlation_id: r.client_correlation_id.clone(),
+        opened_at: Some(timestamp(SystemTime::UNIX_EPOCH + ms(r.opened_at_ms))),
+        command_timeout: Some(crate::api_duration(ms(r.command_timeout_ms))),
+        lease: Some(crate::api_duration(ms(r.lease_ms))),
+        ..Default::default()
+    }
+}
+
+/// A session of this node as the API describes it.
 pub fn session_info(
     s: &Session,
     wall: impl Fn(std::time::Instant) -> SystemTime,

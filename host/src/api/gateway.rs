@@ -83,6 +83,26 @@ fn grpc_deadline<T>(request: &Request<T>, margin: Duration) -> Option<Instant> {
     start.checked_add(timeout.saturating_sub(margin))
 }
 
+/// Refuses a call whose `x-gatehouse-session` header (what a proxy routes
+/// on) names another session than its body: the proxy would have sent it
+/// to one node and the gateway would act on another's session.
+fn same_session<T>(request: &Request<T>, body: &str) -> Result<(), Status> {
+    let Some(value) = request.metadata().get(crate::client::SESSION_HEADER) else {
+        return Ok(());
+    };
+    match value.to_str() {
+        Ok(header) if header == body => Ok(()),
+        Ok(header) => Err(Status::invalid_argument(format!(
+            "the {} header names session {header:?} but the request names {body:?}",
+            crate::client::SESSION_HEADER
+        ))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "the {} header is not printable ASCII",
+            crate::client::SESSION_HEADER
+        ))),
+    }
+}
+
 /// Refuses a response that would be over the message limit; tonic would
 /// otherwise fail it mid-stream with OUT_OF_RANGE.
 fn fits<M: prost::Message>(response: M, limit: usize) -> Result<Response<M>, Status> {
@@ -156,6 +176,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("Invoke", &request, &r.session_id, &r.correlation_id);
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
@@ -196,6 +217,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("InvokeBatch", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
@@ -236,6 +258,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("StreamEvents", &request, &request.get_ref().session_id, "");
         let subscribed = async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.get_ref();
             self.registry
@@ -259,6 +282,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("RenewLease", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             rpc.tenant(caller.tenant_name());
             let session = self
                 .registry
@@ -277,11 +301,28 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("GetSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             rpc.tenant(caller.tenant_name());
-            let session = self
-                .registry
-                .get(&caller, &request.get_ref().session_id)
-                .map_err(to_status)?;
+            let id = &request.get_ref().session_id;
+            let session = match self.registry.get(&caller, id) {
+                Ok(session) => session,
+                // An admin asking any node sees every node's sessions.
+                Err(e @ crate::registry::GatewayError::SessionNotFound(_)) => {
+                    let remote = self
+                        .registry
+                        .cluster_session(&caller, id)
+                        .await
+                        .map_err(to_status)?;
+                    return match remote {
+                        Some(r) => {
+                            rpc.backend(&r.backend);
+                            Ok(Response::new(convert::remote_session_info(&r)))
+                        }
+                        None => Err(to_status(e)),
+                    };
+                }
+                Err(e) => return Err(to_status(e)),
+            };
             rpc.backend(&session.backend().name);
             Ok(Response::new(self.info(&session)))
         })
@@ -296,12 +337,18 @@ impl Gateway for GatewayService {
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
             self.note(&rpc, &caller, None);
-            let sessions = self
+            let mut sessions: Vec<pb::SessionInfo> = self
                 .registry
                 .list(&caller)
                 .iter()
                 .map(|s| self.info(s))
                 .collect();
+            // An admin sees every node's; without Redis, this node's, and
+            // the log says why.
+            match self.registry.cluster_sessions(&caller).await {
+                Ok(remote) => sessions.extend(remote.iter().map(convert::remote_session_info)),
+                Err(e) => tracing::warn!("ListSessions: only this node's sessions: {e}"),
+            }
             Ok(Response::new(pb::ListSessionsResponse { sessions }))
         })
         .await
@@ -314,6 +361,7 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("CloseSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let id = request.into_inner().session_id;
             let result = self.registry.close(&caller, &id).await.map_err(to_status)?;
@@ -338,6 +386,7 @@ impl Gateway for GatewayService {
         );
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("restart", &self.registry, move |registry| async move {
@@ -363,6 +412,7 @@ impl Gateway for GatewayService {
         );
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
+            same_session(&request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("upgrade", &self.registry, move |registry| async move {

@@ -15,7 +15,9 @@ mod trace;
 
 use std::sync::Arc;
 
-pub use self::admin::{AdminService, Reload, ReloadFailure, ReloadOutcome, admin_server};
+pub use self::admin::{
+    AdminService, Drain, DrainOutcome, Reload, ReloadFailure, ReloadOutcome, admin_server,
+};
 pub use self::auth::{AuthError, Authenticated, Authenticator, ConfigKey, required_scope};
 pub use self::convert::{backend_version, session_info};
 pub use self::gateway::GatewayService;

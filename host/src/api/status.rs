@@ -84,7 +84,9 @@ pub fn to_status(error: GatewayError) -> Status {
             ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
         ),
         GatewayError::StartFailed(StartError::Failed(_)) => Status::unavailable(message),
-        GatewayError::ShuttingDown => Status::unavailable(message),
+        GatewayError::ShuttingDown
+        | GatewayError::Draining
+        | GatewayError::ClusterUnavailable(_) => Status::unavailable(message),
     }
 }
 

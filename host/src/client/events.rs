@@ -183,10 +183,10 @@ impl Resumer {
             let stream = match self.streaming.as_mut() {
                 Some(s) => s,
                 None => {
-                    let request = pb::StreamEventsRequest {
+                    let request = super::for_session(pb::StreamEventsRequest {
                         session_id: self.session_id.clone(),
                         resume_after_sequence: self.resume_after,
-                    };
+                    });
                     match self.client.clone().stream_events(request).await {
                         Ok(response) => {
                             if self.subscribed {

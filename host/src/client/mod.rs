@@ -93,6 +93,52 @@ pub use crate::proto::v1::{
     BackendInfo, BackendKind, CloseReason, Event, SessionInfo, SessionState,
 };
 
+/// The metadata header that names the session a call is for, sent with
+/// every call that names one. A proxy in front of several gateways routes
+/// on it (docs/cluster.md); the gateway refuses a call whose header and
+/// body disagree (`INVALID_ARGUMENT`).
+pub const SESSION_HEADER: &str = "x-gatehouse-session";
+
+/// `message` as a request that carries [`SESSION_HEADER`]. Message types
+/// name their session in `session_id`.
+pub fn for_session<T: SessionMessage>(message: T) -> tonic::Request<T> {
+    let id = message.session_id().to_string();
+    let mut request = tonic::Request::new(message);
+    // A session id is hex and a node id: always a valid header value. One
+    // that is not (a hand-made id) is sent without the header, and the
+    // gateway answers it as it would any unknown id.
+    if let Ok(value) = id.parse::<MetadataValue<Ascii>>() {
+        request.metadata_mut().insert(SESSION_HEADER, value);
+    }
+    request
+}
+
+/// A request message that names a session.
+pub trait SessionMessage {
+    /// The session it names.
+    fn session_id(&self) -> &str;
+}
+
+macro_rules! session_messages {
+    ($($t:ident),*) => {$(
+        impl SessionMessage for pb::$t {
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+        }
+    )*};
+}
+session_messages!(
+    InvokeRequest,
+    InvokeBatchRequest,
+    StreamEventsRequest,
+    RenewLeaseRequest,
+    GetSessionRequest,
+    CloseSessionRequest,
+    RestartSessionRequest,
+    UpgradeSessionRequest
+);
+
 /// The generated client with the API key interceptor.
 pub type RawClient = GatewayClient<InterceptedService<Channel, BearerKey>>;
 type Inner = RawClient;
@@ -326,6 +372,17 @@ impl Gateway {
     ) -> Result<pb::ReloadResponse, Error> {
         let mut admin = self.admin.clone();
         Ok(admin.reload(request).await?.into_inner())
+    }
+
+    /// Drains the gateway (`Drain`, admin scope): NOT_SERVING, sessions go
+    /// on for `timeout` (else `[cluster] drain_timeout`), then the rest are
+    /// closed. Returns once the drain has begun.
+    pub async fn drain(&self, timeout: Option<Duration>) -> Result<pb::DrainResponse, Error> {
+        let mut admin = self.admin.clone();
+        let request = pb::DrainRequest {
+            timeout: timeout.and_then(|t| prost_types::Duration::try_from(t).ok()),
+        };
+        Ok(admin.drain(request).await?.into_inner())
     }
 
     /// The backends sessions can be opened on.

@@ -93,9 +93,9 @@ impl Session {
         let info = self
             .gateway
             .raw()
-            .get_session(pb::GetSessionRequest {
+            .get_session(super::for_session(pb::GetSessionRequest {
                 session_id: self.id.clone(),
-            })
+            }))
             .await?
             .into_inner();
         self.remember(&info);
@@ -120,7 +120,7 @@ impl Session {
         payload: impl Into<Vec<u8>>,
         options: &CallOptions,
     ) -> Result<Reply, Error> {
-        let mut request = tonic::Request::new(pb::InvokeRequest {
+        let mut request = super::for_session(pb::InvokeRequest {
             session_id: self.id.clone(),
             command: Some(pb::Command {
                 name: command.into(),
@@ -201,10 +201,10 @@ impl Session {
         let r = self
             .gateway
             .raw()
-            .invoke_batch(pb::InvokeBatchRequest {
+            .invoke_batch(super::for_session(pb::InvokeBatchRequest {
                 session_id: self.id.clone(),
                 commands,
-            })
+            }))
             .await?
             .into_inner();
         Ok(r.results
@@ -291,10 +291,10 @@ impl Session {
         Ok(self
             .gateway
             .raw()
-            .restart_session(pb::RestartSessionRequest {
+            .restart_session(super::for_session(pb::RestartSessionRequest {
                 session_id: self.id.clone(),
                 from_snapshot: Some(from_snapshot),
-            })
+            }))
             .await?
             .into_inner())
     }
@@ -306,10 +306,10 @@ impl Session {
         Ok(self
             .gateway
             .raw()
-            .upgrade_session(pb::UpgradeSessionRequest {
+            .upgrade_session(super::for_session(pb::UpgradeSessionRequest {
                 session_id: self.id.clone(),
                 version: version.into(),
-            })
+            }))
             .await?
             .into_inner())
     }
@@ -321,9 +321,9 @@ impl Session {
         let r = self
             .gateway
             .raw()
-            .close_session(pb::CloseSessionRequest {
+            .close_session(super::for_session(pb::CloseSessionRequest {
                 session_id: self.id.clone(),
-            })
+            }))
             .await?
             .into_inner();
         Ok(Closed {
@@ -343,9 +343,9 @@ impl Drop for Session {
 async fn renew(client: &Inner, id: &str) -> Result<SessionInfo, Error> {
     Ok(client
         .clone()
-        .renew_lease(pb::RenewLeaseRequest {
+        .renew_lease(super::for_session(pb::RenewLeaseRequest {
             session_id: id.to_string(),
-        })
+        }))
         .await?
         .into_inner())
 }

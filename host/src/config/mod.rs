@@ -108,6 +108,13 @@
 //! heartbeat_grace = "5s"            # silence that faults the session; > interval
 //! warm_pool = 0                     # pre-started, handshaken workers kept ready
 //! max_frame_bytes = "4MiB"          # largest protocol frame either way
+//!
+//! [cluster]                         # several gateways behind a proxy: see `cluster`
+//! node_id = "n1"                    # session ids become "n1.<32 hex>"
+//! redis = "redis://127.0.0.1:6379"  # shared cap and quotas; needs node_id
+//! node_lease = "10s"                # a dead node's slots are free again after this
+//! max_sessions = "off"              # live sessions in the whole cluster
+//! drain_timeout = "5m"              # `gatehouse drain`: how long sessions may go on
 //! ```
 //!
 //! A native worker gets a clean environment: `PATH`, `HOME`, `LANG`, `LC_*`,
@@ -126,7 +133,8 @@
 //!
 //! The module, by job: this file has the model's root, the entry points and
 //! the order of resolution; `server.rs` is `[server]`, `backends.rs`
-//! `[[backends]]` and `plugins_dir`, `native.rs` and `grants.rs` their
+//! `[[backends]]` and `plugins_dir`, `cluster.rs` `[cluster]` (several
+//! gateways behind a proxy), `native.rs` and `grants.rs` their
 //! `[backends.native]` and `[backends.grants]`, `policy.rs` the session
 //! policy and its patch, `tenants.rs` `[[tenants]]`, `builtins.rs` the
 //! backends of a config without any, and `units.rs` durations and sizes.
@@ -142,6 +150,7 @@ use serde::Deserialize;
 mod backends;
 mod builtins;
 pub mod certs;
+mod cluster;
 mod grants;
 mod native;
 mod policy;
@@ -154,6 +163,9 @@ mod warnings;
 
 pub use self::backends::{BackendKind, BackendSpec, ModuleSource, Rollout, Runner};
 pub use self::certs::{CertIdentity, DistinguishedName};
+pub use self::cluster::{
+    ClusterSettings, DEFAULT_DRAIN_TIMEOUT, DEFAULT_NODE_LEASE, valid_node_id,
+};
 pub use self::grants::{Grants, NetRule, Preopen};
 pub use self::native::NativeSpec;
 pub use self::policy::{
@@ -244,6 +256,8 @@ pub struct Config {
     pub backends: Vec<BackendSpec>,
     /// Every tenant (`[[tenants]]`); see [`tenants`].
     pub tenants: Vec<TenantSpec>,
+    /// `[cluster]`: node id, shared state, drain (docs/cluster.md).
+    pub cluster: ClusterSettings,
 }
 
 impl Config {
@@ -272,6 +286,7 @@ impl Config {
             server: ServerSettings::default(),
             backends: builtins::builtin_backends(&SessionPolicy::default()),
             tenants: Vec::new(),
+            cluster: ClusterSettings::default(),
         }
     }
 
@@ -294,6 +309,7 @@ struct ConfigFile {
     sessions: SessionPatch,
     backends: Vec<backends::BackendFile>,
     tenants: Vec<tenants::TenantFile>,
+    cluster: cluster::ClusterFile,
 }
 
 impl ConfigFile {
@@ -304,6 +320,7 @@ impl ConfigFile {
     fn resolve(self, base: &Path) -> Result<Config, ConfigError> {
         let plugins_dir = self.server.plugins_dir.clone();
         let server = self.server.resolve(base)?;
+        let cluster = self.cluster.resolve()?;
         let defaults = self.sessions.over(&SessionPolicy::default(), "sessions")?;
         let mut backends = Vec::with_capacity(self.backends.len());
         let mut names = HashSet::new();
@@ -348,6 +365,7 @@ impl ConfigFile {
             server,
             backends,
             tenants,
+            cluster,
         })
     }
 }

@@ -120,7 +120,7 @@ impl Registry {
         };
         // Held until this function returns or is dropped: the slot, the
         // version pin and the worker's memory go together.
-        let _slot = self.take_slot(caller, &loaded)?;
+        let _slot = self.take_slot(caller, &loaded, None).await?;
         let _pin = VersionPin::new(&loaded);
         outcomes.outcome = "cancelled";
 

@@ -92,6 +92,14 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The gateway is draining (`gatehouse drain`): its sessions go on,
+    /// new opens belong on another node.
+    #[error("the gateway is draining: open sessions on another node")]
+    Draining,
+    /// The cluster's shared state (`[cluster] redis`) cannot be reached,
+    /// so no slot can be counted; live sessions are not affected.
+    #[error("the cluster's shared state is unreachable: {0}")]
+    ClusterUnavailable(String),
     /// An upgrade the session cannot take (no state, or the new version
     /// refused it); the session is untouched.
     #[error("the session was not upgraded and stays on its version: {0}")]

@@ -16,6 +16,7 @@ mod backend_metrics;
 mod call;
 pub mod catalog;
 mod deadline;
+mod drain;
 mod error;
 mod lifecycle;
 mod open;
@@ -47,6 +48,7 @@ use crate::metrics::{Metrics, RateLabel};
 pub use self::call::CallRequest;
 use self::catalog::Catalog;
 pub use self::catalog::{Changes, Version, VersionState};
+pub use self::drain::{KeepUntilEnd, SessionMover};
 pub use self::error::{GatewayError, RETRY_AFTER};
 pub use self::lifecycle::CloseResult;
 pub use self::open::OpenRequest;
@@ -86,6 +88,16 @@ pub struct RegistrySettings {
     /// Bytes every session together may make the gateway hold
     /// (`server.memory_budget`).
     pub memory_budget: usize,
+    /// `cluster.node_id`: the prefix of this node's session ids.
+    pub node_id: Option<Arc<str>>,
+    /// The cluster's shared slots (`cluster.redis`), taken with this
+    /// gateway's at every open and call.
+    pub ledger: Option<Arc<crate::cluster::Ledger>>,
+}
+
+/// A cluster view that Redis could not give.
+fn cluster_error(e: crate::cluster::LedgerError) -> GatewayError {
+    GatewayError::ClusterUnavailable(e.to_string())
 }
 
 /// The session registry.
@@ -99,6 +111,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     faults: mpsc::UnboundedSender<FaultReport>,
     draining: AtomicBool,
+    /// `gatehouse drain` began: opens are refused as `Draining`.
+    drain: AtomicBool,
     /// Itself, for the restart tasks a fault starts; they end with it.
     this: Weak<Self>,
 }
@@ -126,6 +140,7 @@ impl Registry {
             metrics,
             faults: tx,
             draining: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
             this: Weak::clone(this),
         });
         let weak: Weak<Self> = Arc::downgrade(&registry);
@@ -213,6 +228,11 @@ impl Registry {
         let (next, changes) = catalog.reloaded(backends, &self.metrics, self.clock.now());
         *catalog = Arc::new(next);
         changes
+    }
+
+    /// The cluster's shared slots, in a cluster with Redis.
+    pub fn ledger(&self) -> Option<&Arc<crate::cluster::Ledger>> {
+        self.settings.ledger.as_ref()
     }
 
     /// Sessions holding a slot.
@@ -316,6 +336,32 @@ impl Registry {
             .collect();
         out.sort_by_key(|s| s.opened_at);
         out
+    }
+
+    /// The other nodes' live sessions, for an admin in a cluster with
+    /// Redis (each node publishes its own there: see docs/cluster.md for
+    /// why Redis and not asking the peers); nothing otherwise.
+    pub async fn cluster_sessions(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<crate::cluster::SessionRecord>, GatewayError> {
+        match &self.settings.ledger {
+            Some(ledger) if caller.admin => ledger.others().await.map_err(cluster_error),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Another node's live session `id`, for an admin in a cluster with
+    /// Redis.
+    pub async fn cluster_session(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Option<crate::cluster::SessionRecord>, GatewayError> {
+        match &self.settings.ledger {
+            Some(ledger) if caller.admin => ledger.other(id).await.map_err(cluster_error),
+            _ => Ok(None),
+        }
     }
 
     /// Renews a READY session's lease.

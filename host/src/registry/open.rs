@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
-
 use crate::backend::{
     Fault, FaultCode, FaultReporter, Restore, SnapshotStore, StartError, StartPhase, StartRequest,
     Worker,
 };
+use crate::cluster::{LedgerError, SessionRecord};
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
 use crate::memory_budget::{MemoryAccount, MemoryKind};
@@ -104,7 +103,8 @@ impl Registry {
 
         // 1. Take a slot of the tenant's quota and one of the gateway's cap
         //    (both or neither), or refuse at once.
-        let slot = self.take_slot(caller, loaded)?;
+        let id: Arc<str> = crate::cluster::session_id(self.settings.node_id.as_deref()).into();
+        let slot = self.take_slot(caller, loaded, Some(&id)).await?;
 
         // 2. Register. The lifecycle lock is taken before the session is
         //    visible, so a close that finds it waits for the open to end.
@@ -115,6 +115,7 @@ impl Registry {
                 .tenant(caller.tenant_name(), caller.tenant.max_memory()),
         );
         let session = new_session(
+            id,
             caller,
             loaded,
             policy,
@@ -148,6 +149,9 @@ impl Registry {
                 if session.transition(SessionState::Ready, self.clock.now()) {
                     rollback.fault = None;
                     session.metrics.sessions_opened.inc();
+                    if let Some(ledger) = &self.settings.ledger {
+                        ledger.publish(self.record(&session, ledger.node()));
+                    }
                     tracing::info!(session_id = %session.id, backend = %loaded.info.name, tenant = %caller.tenant_name(), key = caller.key.as_deref().unwrap_or("-"), "session opened");
                     return Ok(Arc::clone(&session));
                 }
@@ -181,6 +185,9 @@ impl Registry {
         if self.draining.load(Ordering::Acquire) {
             return Err(GatewayError::ShuttingDown);
         }
+        if self.drain.load(Ordering::Acquire) {
+            return Err(GatewayError::Draining);
+        }
         let loaded = self.openable(caller, backend)?;
         let policy = caller.tenant.policy(&loaded.entry.policy);
         let times = times(&policy)?;
@@ -204,12 +211,73 @@ impl Registry {
     }
 
     /// A slot of the caller's tenant's quota and of the gateway's cap, both
-    /// or neither.
-    pub(super) fn take_slot(
+    /// or neither; in a cluster with Redis, then one of the cluster's cap
+    /// and the tenant's cluster-wide quota too (`session`'s record goes
+    /// with it).
+    pub(super) async fn take_slot(
         &self,
         caller: &Caller,
         loaded: &Version,
+        session: Option<&Arc<str>>,
     ) -> Result<Slot, GatewayError> {
+        let local = self.take_local_slot(caller, loaded)?;
+        let Some(ledger) = &self.settings.ledger else {
+            return Ok(local);
+        };
+        let retry_after = self.settings.retry_after;
+        // The local slot is held meanwhile and dropped on a refusal.
+        let shared = ledger
+            .take(
+                caller.tenant_name(),
+                caller.tenant.max_sessions(),
+                session.cloned(),
+            )
+            .await
+            .map_err(|e| match e {
+                LedgerError::Refused(Refused::Cap(cap)) => {
+                    GatewayError::SessionCapReached { cap, retry_after }
+                }
+                LedgerError::Refused(Refused::Quota(quota)) => GatewayError::TenantQuotaReached {
+                    tenant: caller.tenant_name().to_string(),
+                    quota,
+                    retry_after,
+                },
+                LedgerError::Unavailable(m) => GatewayError::ClusterUnavailable(m),
+            })?;
+        Ok(local.with_shared(shared))
+    }
+
+    /// What the other nodes see of a READY session.
+    pub(super) fn record(&self, session: &Session, node: &str) -> SessionRecord {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let opened = self
+            .clock
+            .wall(session.opened_at)
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let backend = session.backend();
+        SessionRecord {
+            id: session.id.to_string(),
+            node: node.to_string(),
+            tenant: session.tenant.clone(),
+            backend: backend.name.clone(),
+            kind: match backend.kind {
+                crate::config::BackendKind::Wasm => "wasm",
+                crate::config::BackendKind::Native => "native",
+            }
+            .to_string(),
+            version: backend.version.clone(),
+            digest: backend.digest.clone(),
+            client_session_name: session.client_session_name.clone(),
+            client_correlation_id: session.client_correlation_id.clone(),
+            opened_at_ms: ms(opened),
+            command_timeout_ms: ms(session.times.command_timeout),
+            lease_ms: ms(session.times.lease),
+        }
+    }
+
+    /// This gateway's slot alone.
+    fn take_local_slot(&self, caller: &Caller, loaded: &Version) -> Result<Slot, GatewayError> {
         let gauges = vec![
             loaded.metrics.open_sessions.clone(),
             self.metrics
@@ -292,10 +360,11 @@ fn session_times(
     })
 }
 
-/// A new session in CREATING, with a fresh id and its own event log and
+/// A new session in CREATING, with id `id` and its own event log and
 /// snapshot store, whose memory is charged to `memory`.
 #[allow(clippy::too_many_arguments)]
 fn new_session(
+    id: Arc<str>,
     caller: &Caller,
     loaded: &Arc<Version>,
     policy: &SessionPolicy,
@@ -316,7 +385,7 @@ fn new_session(
         memory.reservation(MemoryKind::Events),
     ));
     Arc::new(Session::new(
-        new_session_id(),
+        id,
         caller.tenant_name().to_string(),
         caller.key.clone(),
         Arc::clone(&loaded.info),
@@ -369,11 +438,4 @@ pub(super) fn capped(
         ))),
         Some(d) => Ok(d.min(cap)),
     }
-}
-
-/// 128 random bits from the OS-seeded CSPRNG, as 32 hex digits.
-fn new_session_id() -> Arc<str> {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes).into()
 }

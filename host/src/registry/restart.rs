@@ -171,7 +171,7 @@ impl Registry {
                             session.backend().version
                         ))
                     })?;
-                let slot = self.take_slot(caller, &version)?;
+                let slot = self.take_slot(caller, &version, Some(&session.id)).await?;
                 session.hold(Held {
                     slot,
                     version: crate::registry::catalog::VersionPin::new(&version),
@@ -211,7 +211,16 @@ impl Registry {
             .replace_worker(&session, from_snapshot, None, Instant::now())
             .await
         {
-            Ok(_) => Ok(Arc::clone(&session)),
+            Ok(_) => {
+                // Back from FAULTED it took its slot again, and its record
+                // went with the old one: the other nodes see it again.
+                if state == SessionState::Faulted
+                    && let Some(ledger) = &self.settings.ledger
+                {
+                    ledger.publish(self.record(&session, ledger.node()));
+                }
+                Ok(Arc::clone(&session))
+            }
             Err(Failed::Gone) => Err(session.not_ready(session.state())),
             Err(Failed::Start(fault)) => {
                 self.end_restart(&session, fault.clone());

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::cluster::SharedClaim;
+
 /// A pool of session slots.
 #[derive(Debug)]
 pub struct Slots {
@@ -105,11 +107,13 @@ impl Drop for Claim {
     }
 }
 
-/// A taken slot; dropping it gives it back to every pool it came from.
+/// A taken slot; dropping it gives it back to every pool it came from:
+/// this gateway's, and in a cluster with Redis the cluster's.
 #[derive(Debug)]
 pub struct Slot {
     _global: Claim,
     _tenant: Option<Claim>,
+    _shared: Option<SharedClaim>,
     gauges: Vec<Gauge>,
 }
 
@@ -121,8 +125,16 @@ impl Slot {
         Self {
             _global: global,
             _tenant: tenant,
+            _shared: None,
             gauges,
         }
+    }
+
+    /// The same slot, also holding one of the cluster's (given back with
+    /// the rest when the slot is dropped).
+    pub fn with_shared(mut self, shared: SharedClaim) -> Self {
+        self._shared = Some(shared);
+        self
     }
 }
 

@@ -149,6 +149,8 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
             closed_session_retention: Duration::from_secs(30),
             retry_after: RETRY_AFTER,
             memory_budget: usize::MAX,
+            node_id: None,
+            ledger: None,
         },
         Arc::clone(&clock) as Arc<dyn Clock>,
         Arc::clone(&metrics),
