@@ -20,7 +20,6 @@ use super::SessionRecord;
 use super::scripts;
 use crate::config::ClusterSettings;
 use crate::metrics::{ClusterMetrics, OpLabel, ResultLabel};
-use crate::registry::slots::Refused;
 
 /// How long one Redis operation may take before the open waiting for it
 /// fails `UNAVAILABLE`.
@@ -29,9 +28,12 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Why the ledger gave no slot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
-    /// The cluster is at a limit.
-    #[error("refused: {0:?}")]
-    Refused(Refused),
+    /// The cluster's session cap is reached.
+    #[error("the cluster's session cap ({0}) is reached")]
+    Cap(usize),
+    /// The tenant's cluster-wide quota is reached.
+    #[error("the tenant's cluster-wide quota ({0}) is reached")]
+    Quota(usize),
     /// Redis did not answer in time, or failed.
     #[error("{0}")]
     Unavailable(String),
@@ -384,8 +386,8 @@ impl Task {
         match tokio::time::timeout(REDIS_TIMEOUT, run).await {
             Ok(Ok(answer)) => match answer.first() {
                 Some(0) => Ok(()),
-                Some(1) => Err(LedgerError::Refused(Refused::Quota(quota.unwrap_or(0)))),
-                _ => Err(LedgerError::Refused(Refused::Cap(self.cap.unwrap_or(0)))),
+                Some(1) => Err(LedgerError::Quota(quota.unwrap_or(0))),
+                _ => Err(LedgerError::Cap(self.cap.unwrap_or(0))),
             },
             Ok(Err(e)) => {
                 failed(&self.metrics, "take");

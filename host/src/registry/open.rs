@@ -234,10 +234,8 @@ impl Registry {
             )
             .await
             .map_err(|e| match e {
-                LedgerError::Refused(Refused::Cap(cap)) => {
-                    GatewayError::SessionCapReached { cap, retry_after }
-                }
-                LedgerError::Refused(Refused::Quota(quota)) => GatewayError::TenantQuotaReached {
+                LedgerError::Cap(cap) => GatewayError::SessionCapReached { cap, retry_after },
+                LedgerError::Quota(quota) => GatewayError::TenantQuotaReached {
                     tenant: caller.tenant_name().to_string(),
                     quota,
                     retry_after,
