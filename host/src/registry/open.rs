@@ -234,12 +234,8 @@ impl Registry {
             )
             .await
             .map_err(|e| match e {
-                LedgerError::Cap(cap) => GatewayError::SessionCapReached { cap, retry_after },
-                LedgerError::Quota(quota) => GatewayError::TenantQuotaReached {
-                    tenant: caller.tenant_name().to_string(),
-                    quota,
-                    retry_after,
-                },
+                LedgerError::Cap(cap) => refused(caller, Refused::Cap(cap), retry_after),
+                LedgerError::Quota(quota) => refused(caller, Refused::Quota(quota), retry_after),
                 LedgerError::Unavailable(m) => GatewayError::ClusterUnavailable(m),
             })?;
         Ok(local.with_shared(shared))
@@ -288,14 +284,7 @@ impl Registry {
         let retry_after = self.settings.retry_after;
         self.slots
             .try_take_both(caller.tenant.quota(), gauges)
-            .map_err(|refused| match refused {
-                Refused::Cap(cap) => GatewayError::SessionCapReached { cap, retry_after },
-                Refused::Quota(quota) => GatewayError::TenantQuotaReached {
-                    tenant: caller.tenant_name().to_string(),
-                    quota,
-                    retry_after,
-                },
-            })
+            .map_err(|r| refused(caller, r, retry_after))
     }
 
     /// Starts a worker for the session on `loaded`, reporting start-up
@@ -356,6 +345,19 @@ fn session_times(
         max_lifetime: policy.max_lifetime,
         close_timeout: policy.close_timeout,
     })
+}
+
+/// The error of an open refused by a full pool, this gateway's or the
+/// cluster's.
+fn refused(caller: &Caller, refused: Refused, retry_after: Duration) -> GatewayError {
+    match refused {
+        Refused::Cap(cap) => GatewayError::SessionCapReached { cap, retry_after },
+        Refused::Quota(quota) => GatewayError::TenantQuotaReached {
+            tenant: caller.tenant_name().to_string(),
+            quota,
+            retry_after,
+        },
+    }
 }
 
 /// A new session in CREATING, with id `id` and its own event log and
