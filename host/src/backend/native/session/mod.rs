@@ -269,7 +269,9 @@ impl Conversation {
                 FaultCode::FrameTooLarge,
                 format!("a frame of {size} bytes is over the cap of {limit}"),
             )),
-            Ok(Err(e)) => Err(Fault::from(&e)),
+            // A worker its cell's limit killed breaks the socket too; the
+            // limit is the better explanation (as for a read).
+            Ok(Err(e)) => Err(breach_fault(&self.proc, "").unwrap_or_else(|| Fault::from(&e))),
             Err(_) => Err(Fault::crashed(
                 FaultCode::HeartbeatTimeout,
                 format!(
