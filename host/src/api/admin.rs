@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{Authenticated, Authenticator};
+use super::auth::{Authenticated, Authenticator, caller};
 use super::keys_admin::{KeyAdmin, Via};
 use crate::keystore::AuditEntry;
 use crate::proto::v1 as pb;
@@ -122,11 +122,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<crate::registry::Caller>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        let caller = caller(&request)?;
         let drainer = self
             .drainer
             .get()
@@ -165,11 +161,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<crate::registry::Caller>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        let caller = caller(&request)?;
         let reloader = self
             .reloader
             .get()

@@ -430,13 +430,19 @@ impl Authenticator {
 
     /// The caller [`Authenticated`] resolved for this request.
     pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        // Fail closed: a request that did not pass the layer has no caller.
-        request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
+        caller(request)
     }
+}
+
+/// The caller [`Authenticated`] resolved for `request`, for services
+/// that hold no [`Authenticator`].
+pub(super) fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    // Fail closed: a request that did not pass the layer has no caller.
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
 }
 
 /// The caller `principal` is, if it has the scope `method` needs.

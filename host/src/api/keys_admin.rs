@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{Authenticated, Authenticator};
+use super::auth::{Authenticated, Authenticator, caller};
 use super::status::store_status;
 use crate::config::tenants::valid_name;
 use crate::keys::{Scope, Scopes};
@@ -283,14 +283,6 @@ pub fn keys_admin_server(auth: Authenticator) -> Authenticated<AdminServer<KeysA
         keys: KeyAdmin::new(auth.clone()),
     };
     Authenticated::new(AdminServer::new(service), auth)
-}
-
-fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
 }
 
 #[tonic::async_trait]

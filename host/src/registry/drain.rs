@@ -47,10 +47,7 @@ impl Registry {
 
     /// Sessions not yet ended.
     pub fn live_count(&self) -> usize {
-        self.sessions()
-            .values()
-            .filter(|s| !s.state().is_terminal())
-            .count()
+        self.live_sessions().len()
     }
 
     /// Waits for the live sessions to end, for at most `timeout`; then
@@ -62,12 +59,7 @@ impl Registry {
         while self.live_count() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(DRAIN_POLL.min(until - tokio::time::Instant::now())).await;
         }
-        let left: Vec<Arc<Session>> = self
-            .sessions()
-            .values()
-            .filter(|s| !s.state().is_terminal())
-            .cloned()
-            .collect();
+        let left = self.live_sessions();
         let mut moved = 0;
         for session in &left {
             if mover.move_session(session).await {

@@ -244,16 +244,20 @@ impl Registry {
         n
     }
 
+    /// The sessions not yet ended.
+    pub(super) fn live_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions()
+            .values()
+            .filter(|s| !s.state().is_terminal())
+            .cloned()
+            .collect()
+    }
+
     /// Stops accepting sessions and closes every live one, killing what has
     /// not stopped within `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
         self.draining.store(true, Ordering::Release);
-        let live: Vec<Arc<Session>> = self
-            .sessions()
-            .values()
-            .filter(|s| !s.state().is_terminal())
-            .cloned()
-            .collect();
+        let live = self.live_sessions();
         if live.is_empty() {
             return;
         }
