@@ -98,6 +98,14 @@ def call_request(backend: str, name: str, payload: Union[bytes, str],
     return req
 
 
+def reply_payload(reply) -> bytes:
+    """The payload of an Invoke or Call reply; `CommandError` when the
+    plugin refused the command."""
+    if reply.HasField("error"):
+        raise CommandError.from_proto(reply.error)
+    return reply.payload
+
+
 def results(response: "pb.InvokeBatchResponse") -> List[Union[bytes, CommandError]]:
     """A batch's outcomes in order: a payload, or the command's error."""
     return [CommandError.from_proto(r.error) if r.HasField("error") else r.payload

@@ -72,9 +72,7 @@ class Client:
         `CommandError` if the plugin refused it, or `GatewayError`."""
         req = _common.call_request(backend, name, payload, command_timeout, config)
         reply = self._call(self.gateway.Call, req)
-        if reply.HasField("error"):
-            raise CommandError.from_proto(reply.error)
-        return reply.payload
+        return _common.reply_payload(reply)
 
     def session(self, session_id: str) -> "Session":
         """A handle on an existing session (NOT_FOUND if there is none)."""
@@ -124,9 +122,7 @@ class Session:
         reply = self._call(self.client.gateway.Invoke, pb.InvokeRequest(
             session_id=self.id, correlation_id=correlation_id,
             command=pb.Command(name=name, payload=_common.as_bytes(payload))))
-        if reply.HasField("error"):
-            raise CommandError.from_proto(reply.error)
-        return reply.payload
+        return _common.reply_payload(reply)
 
     def batch(self, commands: Iterable[CommandLike]) -> List[Union[bytes, CommandError]]:
         """Runs commands in order in one round trip: one reply or
