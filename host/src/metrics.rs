@@ -481,11 +481,16 @@ impl EventObserver for BackendEvents {
 pub async fn serve(
     listener: crate::transport::Acceptor,
     metrics: Arc<Metrics>,
+    http_hosts: &[String],
     extra: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
     tracing::info!(addr = %listener.local_addr(), "metrics listening");
+    let hosts = crate::transport::HostCheckLayer::new(
+        http_hosts,
+        metrics.transport.http_host_refused.clone(),
+    );
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -501,9 +506,18 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app.merge(extra))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = app
+        .merge(extra)
+        .layer(hosts)
+        .layer(crate::transport::ActivityLayer(
+            crate::transport::Protocol::Http,
+        ));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<crate::transport::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Labels: result (`ok` or `error`).
@@ -518,6 +532,15 @@ pub struct ResultLabel {
 pub struct PortLabel {
     /// Which listener.
     pub port: String,
+}
+
+/// Labels: port and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortReasonLabel {
+    /// Which listener.
+    pub port: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// Labels: port and result (`ok` or `error`).
@@ -536,6 +559,17 @@ pub struct TransportMetrics {
     pub connections_open: Family<PortLabel, Gauge>,
     /// Connections closed at accept because `server.max_connections` were open.
     pub connections_refused: Family<PortLabel, Counter>,
+    /// Connections closed at accept because their address held
+    /// `server.max_connections_per_address`.
+    pub connections_refused_per_address: Family<PortLabel, Counter>,
+    /// Connections admitted on the health reserve (`server.health_connections`)
+    /// while the port was full.
+    pub health_connections_admitted: Family<PortLabel, Counter>,
+    /// Connections closed by their deadlines, by port and reason
+    /// (`first-request`, `idle`).
+    pub connections_timed_out: Family<PortReasonLabel, Counter>,
+    /// HTTP-port requests refused for a `Host` it does not answer to.
+    pub http_host_refused: Counter,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: Family<PortLabel, Counter>,
     /// Certificate reloads (SIGHUP or a changed file), by result.
@@ -555,6 +589,26 @@ impl TransportMetrics {
             "connections_refused",
             "Connections closed at accept beyond server.max_connections, by port",
             self.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_refused_per_address",
+            "Connections closed at accept beyond server.max_connections_per_address, by port",
+            self.connections_refused_per_address.clone(),
+        );
+        registry.register(
+            "health_connections_admitted",
+            "Connections admitted on the health reserve of a full port, by port",
+            self.health_connections_admitted.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed without a request before server.first_request_timeout or idle past server.idle_timeout, by port and reason",
+            self.connections_timed_out.clone(),
+        );
+        registry.register(
+            "http_host_refused",
+            "HTTP-port requests refused 421 for a Host that is not an address, localhost or in server.http_hosts",
+            self.http_host_refused.clone(),
         );
         registry.register(
             "tls_handshake_failures",

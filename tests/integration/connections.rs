@@ -25,7 +25,9 @@ async fn closed_by_gateway(stream: &mut TcpStream) -> bool {
 async fn connections_past_the_cap_are_closed_at_accept() {
     let gw = Gatehouse::builder(
         Toml::new()
-            .server("max_connections = 3")
+            // Every connection comes from 127.0.0.1, and this test is
+            // about the cap alone: no per-address cap, no health reserve.
+            .server("max_connections = 3\nmax_connections_per_address = \"off\"\nhealth_connections = 0")
             .backend("echo", "builtin:echo")
             .render(),
     )

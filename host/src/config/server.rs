@@ -62,8 +62,26 @@ pub struct ServerSettings {
     /// a TLS-terminating proxy in front of the gateway.
     pub allow_plaintext: bool,
     /// Open connections per port (gRPC and HTTP each); beyond it a new
-    /// connection is closed as soon as it is accepted.
+    /// connection is closed as soon as it is accepted (or, while the
+    /// health reserve has room, kept for health checks only).
     pub max_connections: usize,
+    /// Open connections per port from one client address (an IPv6 client
+    /// by its /64); `None` (`"off"`) for no cap. Default: a quarter of
+    /// `max_connections`, at most 256, at least 1.
+    pub max_connections_per_address: Option<usize>,
+    /// Connections per port beyond `max_connections` that serve only
+    /// health checks, so a full port still answers its probes.
+    pub health_connections: usize,
+    /// How long a new connection (after its TLS handshake) may go without
+    /// starting a request before it is closed.
+    pub first_request_timeout: Duration,
+    /// How long a connection with no open request stays; `None` (`"off"`)
+    /// keeps it.
+    pub idle_timeout: Option<Duration>,
+    /// Host names the HTTP port answers to besides IP addresses and
+    /// `localhost` (`*.example.com` for any name under one); others get
+    /// 421, against DNS rebinding.
+    pub http_hosts: Vec<String>,
     /// Bytes every session together may make the gateway hold: wasm
     /// memories and tables, undelivered events and replay buffers.
     pub memory_budget: usize,
@@ -72,6 +90,13 @@ pub struct ServerSettings {
     pub data_dir: Option<PathBuf>,
     /// Serve the web console at `/console` on the HTTP port.
     pub console: bool,
+}
+
+/// `server.max_connections_per_address` when none is configured: a quarter
+/// of the port's connections, at most 256 (a client needs a handful; a
+/// proxy in front, whose clients all share its address, sets `"off"`).
+pub fn default_max_connections_per_address(max_connections: usize) -> usize {
+    (max_connections / 4).clamp(1, 256)
 }
 
 /// `server.memory_budget` when the machine's memory cannot be read.
@@ -150,6 +175,11 @@ impl Default for ServerSettings {
             http_tls: None,
             allow_plaintext: false,
             max_connections: 4096,
+            max_connections_per_address: Some(default_max_connections_per_address(4096)),
+            health_connections: 8,
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            http_hosts: Vec::new(),
             memory_budget: default_memory_budget(),
             data_dir: default_data_dir(),
             console: true,
@@ -198,6 +228,13 @@ pub(super) struct ServerFile {
     http_tls: Option<TlsFile>,
     allow_plaintext: Option<bool>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<NumberOrOff>,
+    health_connections: Option<usize>,
+    #[serde(deserialize_with = "units::duration")]
+    first_request_timeout: Option<Duration>,
+    #[serde(deserialize_with = "units::duration_or_off")]
+    idle_timeout: Option<Option<Duration>>,
+    http_hosts: Option<Vec<String>>,
     #[serde(deserialize_with = "units::size_or_auto")]
     memory_budget: Option<Option<usize>>,
     max_auth_failures_per_sec: Option<NumberOrOff>,
@@ -235,6 +272,7 @@ impl ServerFile {
             Some(t) => Some(t.resolve(base, "server.http_tls")?),
             None => tls.clone(),
         };
+        let max_connections = self.max_connections.unwrap_or(d.max_connections);
         let s = ServerSettings {
             listen,
             metrics_listen,
@@ -266,7 +304,17 @@ impl ServerFile {
             tls,
             http_tls,
             allow_plaintext: self.allow_plaintext.unwrap_or(d.allow_plaintext),
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections,
+            max_connections_per_address: per_address(
+                self.max_connections_per_address,
+                max_connections,
+            )?,
+            health_connections: self.health_connections.unwrap_or(d.health_connections),
+            first_request_timeout: self
+                .first_request_timeout
+                .unwrap_or(d.first_request_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+            http_hosts: http_hosts(self.http_hosts.unwrap_or_default())?,
             memory_budget: self.memory_budget.flatten().unwrap_or(d.memory_budget),
             auth_failures: auth_failures(self.max_auth_failures_per_sec, self.auth_failures_burst)?,
             data_dir: match self.data_dir.as_deref() {
@@ -319,6 +367,13 @@ impl ServerFile {
         if s.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
+        if s.health_connections > 1024 {
+            return Err(invalid("server.health_connections", "must be 0..=1024"));
+        }
+        nonzero(s.first_request_timeout, "server.first_request_timeout")?;
+        if let Some(idle) = s.idle_timeout {
+            nonzero(idle, "server.idle_timeout")?;
+        }
         if s.http_tls.is_some() && s.metrics_listen.is_none() {
             return Err(invalid(
                 "server.http_tls",
@@ -364,6 +419,63 @@ fn auth_failures(
     Rate::new(per_sec, Some(burst))
         .map(Some)
         .map_err(|m| invalid(RATE, m))
+}
+
+/// `server.http_hosts`: DNS names (lower-cased), each optionally `*.`
+/// followed by one.
+fn http_hosts(names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    names
+        .into_iter()
+        .map(|n| {
+            let name = n.trim().to_ascii_lowercase();
+            let bare = name.strip_prefix("*.").unwrap_or(&name);
+            let ok = !bare.is_empty()
+                && bare.len() <= 253
+                && bare.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if ok {
+                Ok(name)
+            } else {
+                Err(invalid(
+                    "server.http_hosts",
+                    format!("{n:?} is not a host name (like gateway.example.com or *.example.com)"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// `server.max_connections_per_address`: a count up to `max_connections`,
+/// or `"off"`.
+fn per_address(
+    value: Option<NumberOrOff>,
+    max_connections: usize,
+) -> Result<Option<usize>, ConfigError> {
+    const KEY: &str = "server.max_connections_per_address";
+    match value {
+        None => Ok(Some(default_max_connections_per_address(max_connections))),
+        Some(NumberOrOff::Word(w)) if w == "off" => Ok(None),
+        Some(NumberOrOff::Number(n))
+            if n.fract() == 0.0 && n >= 1.0 && n <= max_connections as f64 =>
+        {
+            Ok(Some(n as usize))
+        }
+        Some(NumberOrOff::Number(n)) => Err(invalid(
+            KEY,
+            format!(
+                "{n} must be a whole number from 1 to server.max_connections ({max_connections}), or \"off\""
+            ),
+        )),
+        Some(NumberOrOff::Word(w)) => Err(invalid(
+            KEY,
+            format!("{w:?} is neither a number nor \"off\""),
+        )),
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -421,6 +533,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.starts_with("server.http_tls"), "{e}");
+    }
+
+    #[test]
+    fn connection_budgets_have_defaults_and_named_errors() {
+        let c = parse("").unwrap().server;
+        assert_eq!(c.max_connections_per_address, Some(256));
+        assert_eq!(c.health_connections, 8);
+        assert_eq!(c.first_request_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Some(std::time::Duration::from_secs(300)));
+        let c = parse("[server]\nmax_connections = 20\n").unwrap().server;
+        assert_eq!(c.max_connections_per_address, Some(5));
+        let c = parse(
+            "[server]\nmax_connections_per_address = \"off\"\nidle_timeout = \"off\"\nfirst_request_timeout = \"2s\"\nhealth_connections = 0\n",
+        )
+        .unwrap()
+        .server;
+        assert_eq!(c.max_connections_per_address, None);
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.health_connections, 0);
+        for bad in [
+            "max_connections = 10\nmax_connections_per_address = 11",
+            "max_connections_per_address = 0",
+            "max_connections_per_address = 1.5",
+            "max_connections_per_address = \"some\"",
+        ] {
+            let e = err(&format!("[server]\n{bad}\n"));
+            assert!(e.starts_with("server.max_connections_per_address"), "{e}");
+        }
+        let e = err("[server]\nfirst_request_timeout = \"0s\"\n");
+        assert!(e.starts_with("server.first_request_timeout"), "{e}");
+        let e = err("[server]\nidle_timeout = \"0s\"\n");
+        assert!(e.starts_with("server.idle_timeout"), "{e}");
+        let c = parse("[server]\nhttp_hosts = [\"GW.example.com\", \"*.internal\"]\n").unwrap();
+        assert_eq!(c.server.http_hosts, ["gw.example.com", "*.internal"]);
+        let e = err("[server]\nhttp_hosts = [\"evil host\"]\n");
+        assert!(e.starts_with("server.http_hosts"), "{e}");
+        let e = err("[server]\nhealth_connections = 5000\n");
+        assert!(e.starts_with("server.health_connections"), "{e}");
     }
 
     #[test]

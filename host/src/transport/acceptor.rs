@@ -1,8 +1,8 @@
-//! A port's accept loop: every connection is counted against
-//! `server.max_connections` from the moment it is accepted, TLS handshakes
-//! run concurrently (one slow client cannot hold up the others) and end
-//! after [`HANDSHAKE_TIMEOUT`], and only finished connections reach the
-//! HTTP server.
+//! A port's accept loop: every connection is counted against the port's
+//! caps ([`Caps`]) from the moment it is accepted, TLS handshakes run
+//! concurrently (one slow client cannot hold up the others) and end after
+//! [`HANDSHAKE_TIMEOUT`], and only finished connections reach the HTTP
+//! server, each with its watchdog armed ([`Deadlines`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,14 +17,28 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::activity::Activity;
 use super::conn::Conn;
-use super::limit::{ConnectionLimit, Permit};
+use super::limit::{Caps, ConnectionLimit, Permit, Refused};
 use super::peer::{Peer, PeerIdentity};
 use super::tls::TlsStore;
-use crate::metrics::{PortLabel, TransportMetrics};
+use super::watchdog::{Deadlines, Watchdog};
+use crate::metrics::{PortLabel, PortReasonLabel, TransportMetrics};
 
 /// How long a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a port lets its connections hold: how many, and for how long
+/// without a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The connection caps.
+    pub caps: Caps,
+    /// `server.first_request_timeout`.
+    pub first_request: Duration,
+    /// `server.idle_timeout`; `None` keeps idle connections.
+    pub idle: Option<Duration>,
+}
 
 /// The connections of one port, as tonic's incoming stream or an axum
 /// listener. Dropping it stops the accept loop and closes the socket.
@@ -42,19 +56,47 @@ impl Acceptor {
         listener: TcpListener,
         port: &'static str,
         tls: Option<Arc<TlsStore>>,
-        max_connections: usize,
+        budget: Budget,
         metrics: &TransportMetrics,
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let label = PortLabel { port: port.into() };
         let limit = ConnectionLimit::new(
-            max_connections,
+            budget.caps,
             metrics.connections_open.get_or_create(&label).clone(),
         );
+        let reason = |reason: &str| PortReasonLabel {
+            port: port.into(),
+            reason: reason.into(),
+        };
+        // One statement each: a family's guard is held to the end of the
+        // statement, and a second `get_or_create` on it would deadlock.
+        let first_request_closed = metrics
+            .connections_timed_out
+            .get_or_create(&reason("first-request"))
+            .clone();
+        let idle_closed = metrics
+            .connections_timed_out
+            .get_or_create(&reason("idle"))
+            .clone();
         let counters = Counters {
             port,
             refused: metrics.connections_refused.get_or_create(&label).clone(),
+            refused_address: metrics
+                .connections_refused_per_address
+                .get_or_create(&label)
+                .clone(),
+            reserved: metrics
+                .health_connections_admitted
+                .get_or_create(&label)
+                .clone(),
             handshake_failures: metrics.tls_handshake_failures.get_or_create(&label).clone(),
+            deadlines: Deadlines {
+                first_request: budget.first_request,
+                idle: budget.idle,
+                first_request_closed,
+                idle_closed,
+            },
         };
         // Room for a burst of accepts while the server spawns their tasks.
         let (tx, rx) = mpsc::channel(64);
@@ -82,30 +124,45 @@ impl Stream for Acceptor {
     }
 }
 
+/// The "address" of an HTTP-port connection is its [`Peer`], so axum's
+/// `ConnectInfo<Peer>` carries the connection's activity to
+/// [`super::ActivityLayer`].
 impl axum::serve::Listener for Acceptor {
     type Io = Conn;
-    type Addr = Option<SocketAddr>;
+    type Addr = Peer;
 
-    async fn accept(&mut self) -> (Conn, Option<SocketAddr>) {
+    async fn accept(&mut self) -> (Conn, Peer) {
         match self.rx.recv().await {
             Some(conn) => {
-                let remote = conn.peer().remote;
-                (conn, remote)
+                let peer = conn.peer().clone();
+                (conn, peer)
             }
             // The loop only ends when this acceptor is dropped.
             None => std::future::pending().await,
         }
     }
 
-    fn local_addr(&self) -> io::Result<Option<SocketAddr>> {
-        Ok(Some(self.local))
+    fn local_addr(&self) -> io::Result<Peer> {
+        Ok(Peer {
+            remote: Some(self.local),
+            ..Peer::default()
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Acceptor>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Acceptor>) -> Self {
+        stream.remote_addr().clone()
     }
 }
 
 struct Counters {
     port: &'static str,
     refused: Counter,
+    refused_address: Counter,
+    reserved: Counter,
     handshake_failures: Counter,
+    deadlines: Deadlines,
 }
 
 async fn accept_loop(
@@ -130,21 +187,38 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(permit) = limit.try_acquire() else {
+        let permit = match limit.try_acquire(Some(remote.ip())) {
+            Ok(p) => p,
             // Closed at once: the client sees a reset, not a hang.
-            counters.refused.inc();
-            tracing::debug!(port = counters.port, %remote, "connection refused: server.max_connections reached");
-            continue;
+            Err(Refused::Full) => {
+                counters.refused.inc();
+                tracing::debug!(port = counters.port, %remote, "connection refused: server.max_connections reached");
+                continue;
+            }
+            Err(Refused::Address) => {
+                counters.refused_address.inc();
+                tracing::debug!(port = counters.port, %remote, "connection refused: server.max_connections_per_address reached");
+                continue;
+            }
         };
+        if permit.is_reserved() {
+            counters.reserved.inc();
+        }
         // Small gRPC frames must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         let peer = Peer {
             remote: Some(remote),
             identity: None,
+            activity: Arc::new(Activity::new(permit.is_reserved())),
         };
         match &tls {
             None => {
-                if tx.send(Conn::plain(tcp, peer, permit)).await.is_err() {
+                let watchdog = Watchdog::new(counters.deadlines.clone());
+                if tx
+                    .send(Conn::plain(tcp, peer, watchdog, permit))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -153,8 +227,9 @@ async fn accept_loop(
                 let tx = tx.clone();
                 let failures = counters.handshake_failures.clone();
                 let port = counters.port;
+                let deadlines = counters.deadlines.clone();
                 handshakes.spawn(async move {
-                    match handshake(acceptor, tcp, peer, permit).await {
+                    match handshake(acceptor, tcp, peer, deadlines, permit).await {
                         Ok(conn) => {
                             let _ = tx.send(conn).await;
                         }
@@ -173,6 +248,7 @@ async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     mut peer: Peer,
+    deadlines: Deadlines,
     permit: Permit,
 ) -> Result<Conn, String> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -187,7 +263,9 @@ async fn handshake(
             Err(e) => return Err(format!("unreadable client certificate: {e}")),
         }
     }
-    Ok(Conn::tls(tls, peer, permit))
+    // The first-request deadline counts from the end of the handshake,
+    // which had its own.
+    Ok(Conn::tls(tls, peer, Watchdog::new(deadlines), permit))
 }
 
 /// After a failed accept: connection-level errors are the client's and

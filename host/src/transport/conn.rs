@@ -1,5 +1,6 @@
 //! One accepted connection, plaintext or TLS, holding its place under
-//! `server.max_connections` until it closes.
+//! `server.max_connections` until it closes, and closed by its watchdog
+//! when it never sends a request or sits idle (`watchdog.rs`).
 
 use std::io;
 use std::pin::Pin;
@@ -12,12 +13,14 @@ use tonic::transport::server::Connected;
 
 use super::limit::Permit;
 use super::peer::Peer;
+use super::watchdog::Watchdog;
 
 /// An accepted connection, ready for HTTP.
 #[derive(Debug)]
 pub struct Conn {
     io: Io,
     peer: Peer,
+    watchdog: Watchdog,
     _permit: Permit,
 }
 
@@ -30,19 +33,26 @@ enum Io {
 
 impl Conn {
     /// A plaintext connection.
-    pub(super) fn plain(tcp: TcpStream, peer: Peer, permit: Permit) -> Self {
+    pub(super) fn plain(tcp: TcpStream, peer: Peer, watchdog: Watchdog, permit: Permit) -> Self {
         Self {
             io: Io::Plain(tcp),
             peer,
+            watchdog,
             _permit: permit,
         }
     }
 
     /// A connection after its TLS handshake.
-    pub(super) fn tls(tls: TlsStream<TcpStream>, peer: Peer, permit: Permit) -> Self {
+    pub(super) fn tls(
+        tls: TlsStream<TcpStream>,
+        peer: Peer,
+        watchdog: Watchdog,
+        permit: Permit,
+    ) -> Self {
         Self {
             io: Io::Tls(Box::new(tls)),
             peer,
+            watchdog,
             _permit: permit,
         }
     }
@@ -67,10 +77,21 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        let read = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        // What the client sent is delivered first (a request arriving at
+        // the deadline starts, and holds the connection); only a read that
+        // waits is ended by the watchdog.
+        if read.is_pending() && this.watchdog.expired(&this.peer.activity, cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request before server.first_request_timeout, or idle past server.idle_timeout",
+            )));
         }
+        read
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use super::activity::Activity;
 use crate::config::certs::ATTRIBUTE_NAMES;
 use crate::config::{CertIdentity, DistinguishedName};
 
@@ -18,6 +19,8 @@ pub struct Peer {
     pub remote: Option<SocketAddr>,
     /// The client certificate's names; `None` without mutual TLS.
     pub identity: Option<Arc<PeerIdentity>>,
+    /// The connection's requests (see `activity.rs`).
+    pub activity: Arc<Activity>,
 }
 
 /// The names of a verified client certificate that `[[tenants.certs]]`
