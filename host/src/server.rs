@@ -13,13 +13,14 @@ use tonic::transport::Server;
 use crate::api::{self, ApiLimits, Authenticator};
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::config::ServerSettings;
 use crate::health::{Gate, Health};
 use crate::loader::{LoadError, Loader};
 use crate::metrics::{self, Metrics};
 use crate::preflight::{self, PreflightError};
 use crate::registry::{RETRY_AFTER, Registry, RegistrySettings};
 use crate::reload::{ConfigSource, Reloader};
-use crate::transport::{Acceptor, TlsError, TlsStore};
+use crate::transport::{Acceptor, ActivityLayer, Budget, Caps, Protocol, TlsError, TlsStore};
 
 /// The gRPC name of the Gateway service, as health checks ask for it.
 pub const GATEWAY_SERVICE: &str = <crate::proto::v1::gateway_server::GatewayServer<
@@ -235,7 +236,7 @@ pub async fn serve_from(
         listener,
         "grpc",
         grpc_tls.clone(),
-        config.server.max_connections,
+        connection_budget(&config.server),
         &metrics.transport,
     )
     .map_err(|source| ServeError::Io {
@@ -261,7 +262,7 @@ pub async fn serve_from(
                 l,
                 "http",
                 http_tls.clone(),
-                config.server.max_connections,
+                connection_budget(&config.server),
                 &metrics.transport,
             )
             .map_err(|source| ServeError::Io {
@@ -275,8 +276,9 @@ pub async fn serve_from(
                 routes = routes.merge(console.routes());
             }
             let stop = stopped(stop_rx.clone());
+            let hosts = config.server.http_hosts.clone();
             tokio::spawn(async move {
-                if let Err(e) = metrics::serve(l, m, routes, stop).await {
+                if let Err(e) = metrics::serve(l, m, &hosts, routes, stop).await {
                     tracing::error!("metrics endpoint failed: {e}");
                 }
             });
@@ -298,6 +300,14 @@ pub async fn serve_from(
         .build_v1alpha()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gate = Gate::new();
+    // One failure throttle for every authenticated service.
+    let throttle = config.server.auth_failures.map(|rate| {
+        Arc::new(api::FailureThrottle::new(
+            rate,
+            Arc::new(SystemClock::new()),
+            &metrics,
+        ))
+    });
     let admin = api::AdminService::default().with_audit(api::KeyAdmin::new(auth.clone()));
 
     let server = &config.server;
@@ -309,13 +319,18 @@ pub async fn serve_from(
             .http2_max_pending_accept_reset_streams(Some(server.max_pending_resets))
             .concurrency_limit_per_connection(server.max_connection_concurrency)
             .load_shed(true)
+            .layer(ActivityLayer(Protocol::Grpc))
             .layer(api::StandardStatusLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
             .add_service(gate.clone())
-            .add_service(api::admin_server(admin.clone(), auth.clone()))
-            .add_service(api::keys_admin_server(auth.clone()))
+            .add_service(api::admin_server(
+                admin.clone(),
+                auth.clone(),
+                throttle.clone(),
+            ))
+            .add_service(api::keys_admin_server(auth.clone(), throttle.clone()))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
     tracing::info!(%grpc, metrics = ?metrics_addr, tls = grpc_tls.is_some(), "listening; loading backends");
@@ -361,8 +376,8 @@ pub async fn serve_from(
             max_batch_commands: config.server.max_batch_commands,
             max_event_stream_age: config.server.max_event_stream_age,
             deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
-            auth_failures: config.server.auth_failures,
         },
+        throttle,
     ));
 
     if let Some(console) = &console {
@@ -448,6 +463,19 @@ pub async fn serve_from(
         Err(e) => Err(ServeError::Refused(format!(
             "the gRPC server task failed: {e}"
         ))),
+    }
+}
+
+/// What each port lets its connections hold (`[server]`'s connection keys).
+fn connection_budget(server: &ServerSettings) -> Budget {
+    Budget {
+        caps: Caps {
+            max: server.max_connections,
+            per_address: server.max_connections_per_address,
+            health: server.health_connections,
+        },
+        first_request: server.first_request_timeout,
+        idle: server.idle_timeout,
     }
 }
 

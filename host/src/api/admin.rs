@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticated, Authenticator, caller};
 use super::keys_admin::{KeyAdmin, Via};
+use super::throttle::FailureThrottle;
 use crate::keystore::AuditEntry;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::{Admin, AdminServer};
@@ -112,8 +113,9 @@ impl AdminService {
 pub fn admin_server(
     admin: AdminService,
     auth: Authenticator,
+    throttle: Option<Arc<FailureThrottle>>,
 ) -> Authenticated<AdminServer<AdminService>> {
-    Authenticated::new(AdminServer::new(admin), auth)
+    Authenticated::new(AdminServer::new(admin), auth).with_throttle(throttle)
 }
 
 #[tonic::async_trait]

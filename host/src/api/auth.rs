@@ -26,6 +26,11 @@
 //! With credentials, failed authentications are throttled per peer address
 //! ([`FailureThrottle`]): an address failing too often has its calls refused
 //! unchecked for a while, and its failures are logged once per interval.
+//!
+//! A credential is checked again while its call runs (`revocation.rs`):
+//! when it is revoked, expires, or a reload removes its key or tenant, the
+//! call in flight ends `UNAUTHENTICATED` and an open stream ends with that
+//! status in its trailers, so a revoked key keeps nothing it opened.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,6 +43,7 @@ use tonic::Status;
 use tonic::server::NamedService;
 use tower::Service;
 
+use super::revocation::{Credential, Revocable};
 use super::status::auth_status;
 use super::throttle::FailureThrottle;
 use crate::config::{CertIdentity, TenantSpec};
@@ -93,6 +99,10 @@ pub enum AuthError {
         scope: Scope,
         /// The RPC, e.g. `OpenSession`.
         method: String,
+        /// The key's tenant, for the log and the audit (not the message).
+        tenant: String,
+        /// The key's id or label.
+        key: String,
     },
 }
 
@@ -144,6 +154,8 @@ struct Principal {
     tenant: Arc<Tenant>,
     key: Option<Arc<str>>,
     scopes: Scopes,
+    /// A key store key's expiry (Unix seconds).
+    expires: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -190,6 +202,7 @@ impl Table {
                 tenant: anonymous,
                 key: None,
                 scopes: Scopes::all_but_admin(),
+                expires: None,
             });
             return Self { mode, tenants };
         }
@@ -204,6 +217,7 @@ impl Table {
                         tenant: Arc::clone(&tenant),
                         key: Some(key.label().into()),
                         scopes: key.scopes,
+                        expires: None,
                     },
                 ));
             }
@@ -214,6 +228,7 @@ impl Table {
                         tenant: Arc::clone(&tenant),
                         key: Some(cert.label().into()),
                         scopes: cert.scopes,
+                        expires: None,
                     },
                 ));
             }
@@ -246,6 +261,8 @@ pub struct ConfigKey {
 pub struct Authenticator {
     table: Arc<RwLock<Arc<Table>>>,
     store: Option<Arc<KeyStore>>,
+    /// Bumped by every [`Authenticator::reload`].
+    reloads: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Authenticator {
@@ -253,6 +270,7 @@ impl Authenticator {
         Self {
             table: Arc::new(RwLock::new(Arc::new(table))),
             store: None,
+            reloads: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -294,6 +312,12 @@ impl Authenticator {
             None => Tenant::from_spec(spec),
         });
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        self.reloads.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes at every reload.
+    pub(super) fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// Whether this is local development mode: no keys or certificates in
@@ -369,6 +393,7 @@ impl Authenticator {
             tenant: Arc::clone(tenant),
             key: Some(stored.id.as_str().into()),
             scopes: stored.scopes,
+            expires: stored.expires,
         }))
     }
 
@@ -381,6 +406,17 @@ impl Authenticator {
         cert: Option<&PeerIdentity>,
         method: &str,
     ) -> Result<Caller, AuthError> {
+        self.resolve(headers, cert, method)
+            .map(|(caller, _)| caller)
+    }
+
+    /// [`Self::authorize`], with the expiry of the key that authorized.
+    pub(super) fn resolve(
+        &self,
+        headers: &http::HeaderMap,
+        cert: Option<&PeerIdentity>,
+        method: &str,
+    ) -> Result<(Caller, Option<i64>), AuthError> {
         let table = self.table();
         let no_keys = KeyTable::default();
         let (keys, certs): (&KeyTable<Principal>, &[(CertIdentity, Principal)]) = match &table.mode
@@ -445,18 +481,24 @@ pub(super) fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
 }
 
-/// The caller `principal` is, if it has the scope `method` needs.
-fn admit(principal: Principal, method: &str) -> Result<Caller, AuthError> {
+/// The caller `principal` is, if it has the scope `method` needs, and the
+/// expiry of its key.
+fn admit(principal: Principal, method: &str) -> Result<(Caller, Option<i64>), AuthError> {
     for scope in std::iter::once(required_scope(method)).chain(also_required_scope(method)) {
         if !principal.scopes.allows(scope) {
             return Err(AuthError::MissingScope {
                 scope,
                 method: method.to_string(),
+                tenant: principal.tenant.name().to_string(),
+                key: principal.key.as_deref().unwrap_or("-").to_string(),
             });
         }
     }
     let admin = principal.scopes.is_admin();
-    Ok(Caller::new(principal.tenant, principal.key, admin))
+    Ok((
+        Caller::new(principal.tenant, principal.key, admin),
+        principal.expires,
+    ))
 }
 
 /// Logs, once per process, that a call carried a key the gateway ignores:
@@ -506,9 +548,10 @@ impl<S> Authenticated<S> {
         }
     }
 
-    /// Throttles failed authentications per peer address.
-    pub fn with_throttle(mut self, throttle: Arc<FailureThrottle>) -> Self {
-        self.throttle = Some(throttle);
+    /// Throttles failed authentications per peer address with `throttle`
+    /// (`None`: not at all).
+    pub fn with_throttle(mut self, throttle: Option<Arc<FailureThrottle>>) -> Self {
+        self.throttle = throttle;
         self
     }
 }
@@ -517,13 +560,24 @@ impl<S: NamedService> NamedService for Authenticated<S> {
     const NAME: &'static str = S::NAME;
 }
 
+/// Whether `service` is one of the admin services, whose refusals of a
+/// known key are audited.
+fn is_admin_service(service: &str) -> bool {
+    service.ends_with(".Admin")
+}
+
 impl<S, B> Service<http::Request<B>> for Authenticated<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + NamedService,
+    S::Future: Unpin,
 {
     type Response = S::Response;
     type Error = Infallible;
-    type Future = Either<S::Future, std::future::Ready<Result<Self::Response, Infallible>>>;
+    type Future = Either<
+        Either<Revocable<S::Future>, S::Future>,
+        std::future::Ready<Result<Self::Response, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -537,27 +591,99 @@ where
         let peer = request.extensions().get::<Peer>().cloned();
         let remote = peer.as_ref().and_then(|p| p.remote).map(|a| a.ip());
         // Local mode has no credentials to fail.
-        let throttle = self.throttle.as_deref().filter(|_| !self.auth.is_local());
+        let local = self.auth.is_local();
+        let throttle = self.throttle.as_deref().filter(|_| !local);
         if let Some(t) = throttle
             && let Err(retry_after) = t.admit(remote)
         {
             return refuse(AuthError::Throttled { retry_after });
         }
         let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-        let cert = peer.as_ref().and_then(|p| p.identity.as_deref());
-        match self.auth.authorize(request.headers(), cert, method) {
-            Ok(caller) => {
+        let cert = peer.as_ref().and_then(|p| p.identity.clone());
+        match self
+            .auth
+            .resolve(request.headers(), cert.as_deref(), method)
+        {
+            // Local mode has no credential to revoke.
+            Ok((caller, _)) if local => {
                 request.extensions_mut().insert(caller);
-                Either::Left(self.inner.call(request))
+                Either::Left(Either::Right(self.inner.call(request)))
+            }
+            Ok((caller, expires)) => {
+                let credential = Credential {
+                    authorization: request.headers().get(http::header::AUTHORIZATION).cloned(),
+                    cert,
+                    method: method.to_string(),
+                    tenant: caller.tenant_name().to_string(),
+                    expires,
+                };
+                request.extensions_mut().insert(caller);
+                let revoked = self.auth.revoked(credential);
+                Either::Left(Either::Left(Revocable {
+                    inner: self.inner.call(request),
+                    revoked: Some(revoked),
+                }))
             }
             Err(e) => {
+                let admin_refusal =
+                    is_admin_service(S::NAME) && matches!(e, AuthError::MissingScope { .. });
                 match throttle {
                     // Logged by the throttle, once per interval per address.
-                    Some(t) if e.is_unauthenticated() => t.failed(remote, method, &e),
-                    _ => tracing::info!(method, ?remote, "call refused: {e}"),
+                    // A known key probing the admin services counts too:
+                    // it also bounds the audit entries it can write.
+                    Some(t) if e.is_unauthenticated() || admin_refusal => {
+                        t.failed(remote, method, &e)
+                    }
+                    _ => log_refusal(method, remote, &e),
+                }
+                if admin_refusal {
+                    self.audit_refusal(method, &e);
                 }
                 refuse(e)
             }
+        }
+    }
+}
+
+/// The log line of a refused call, naming the key and tenant when known.
+fn log_refusal(method: &str, remote: Option<std::net::IpAddr>, e: &AuthError) {
+    match e {
+        AuthError::MissingScope { tenant, key, .. } => {
+            tracing::info!(method, ?remote, tenant, key, "call refused: {e}")
+        }
+        _ => tracing::info!(method, ?remote, "call refused: {e}"),
+    }
+}
+
+impl<S> Authenticated<S> {
+    /// Records an admin call refused to a known key in the audit log.
+    fn audit_refusal(&self, method: &str, e: &AuthError) {
+        let AuthError::MissingScope {
+            tenant, key, scope, ..
+        } = e
+        else {
+            return;
+        };
+        let actor = crate::keystore::Actor {
+            label: key.clone(),
+            tenant: tenant.clone(),
+            via: "api",
+        };
+        let entry = crate::keystore::AuditEntry {
+            action: "admin.refused",
+            target: method.to_string(),
+            detail: format!("needs the {scope} scope"),
+        };
+        match self.auth.store() {
+            Some(store) => {
+                let store = Arc::clone(store);
+                tokio::spawn(async move {
+                    if let Err(e) = store.record(actor, entry).await {
+                        tracing::warn!("audit log: {e}");
+                    }
+                });
+            }
+            None => crate::keystore::log_action(&actor, &entry),
         }
     }
 }

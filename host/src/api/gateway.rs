@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::ApiLimits;
 use super::auth::Authenticator;
 use super::convert;
+use super::input;
 use super::standard_status::RequestStart;
 use super::status::to_status;
 use super::trace::Rpc;
@@ -83,18 +84,32 @@ fn grpc_deadline<T>(request: &Request<T>, margin: Duration) -> Option<Instant> {
     start.checked_add(timeout.saturating_sub(margin))
 }
 
-/// Refuses a call whose `x-gatehouse-session` header (what a proxy routes
-/// on) names another session than its body: the proxy would have sent it
-/// to one node and the gateway would act on another's session.
+/// Refuses a call whose session id cannot be one (before it is logged or
+/// looked up), or whose `x-gatehouse-session` header (what a proxy routes
+/// on) is repeated or names another session than its body: the proxy
+/// would have sent it to one node and the gateway would act on another's
+/// session.
 fn same_session<T>(request: &Request<T>, body: &str) -> Result<(), Status> {
-    let Some(value) = request.metadata().get(crate::client::SESSION_HEADER) else {
+    input::check_id("session_id", body)?;
+    let mut values = request
+        .metadata()
+        .get_all(crate::client::SESSION_HEADER)
+        .iter();
+    let Some(value) = values.next() else {
         return Ok(());
     };
+    if values.next().is_some() {
+        return Err(Status::invalid_argument(format!(
+            "the {} header is repeated: send it once",
+            crate::client::SESSION_HEADER
+        )));
+    }
     match value.to_str() {
         Ok(header) if header == body => Ok(()),
         Ok(header) => Err(Status::invalid_argument(format!(
-            "the {} header names session {header:?} but the request names {body:?}",
-            crate::client::SESSION_HEADER
+            "the {} header names session {:?} but the request names {body:?}",
+            crate::client::SESSION_HEADER,
+            input::loggable(header, input::MAX_ID),
         ))),
         Err(_) => Err(Status::invalid_argument(format!(
             "the {} header is not printable ASCII",

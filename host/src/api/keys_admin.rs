@@ -19,6 +19,11 @@ use crate::proto::admin::v1 as pb;
 use crate::proto::admin::v1::admin_server::{Admin, AdminServer};
 use crate::registry::Caller;
 
+/// The longest `expires_in` a key may be created with: ten years. Longer
+/// would be a key that never expires in all but name, and timestamps past
+/// the year 9999 break clients' date types.
+pub const MAX_KEY_LIFETIME_SECS: i64 = 3650 * 86_400;
+
 /// The audit log's default page, and its largest.
 const AUDIT_PAGE: u32 = 100;
 const AUDIT_PAGE_MAX: u32 = 1000;
@@ -91,7 +96,8 @@ impl KeyAdmin {
     /// A create request, checked: a configured tenant, known scopes, a
     /// usable name and expiry. Errors name the field.
     fn check(&self, r: pb::CreateKeyRequest) -> Result<NewKey, Status> {
-        let bad = |m: String| Status::invalid_argument(m);
+        // Messages quote the request: bounded.
+        let bad = |m: String| super::input::bounded(Status::invalid_argument(m));
         let tenant = r.tenant.trim().to_string();
         if tenant.is_empty() {
             return Err(bad("tenant: give the tenant the key belongs to".into()));
@@ -129,7 +135,15 @@ impl KeyAdmin {
         }
         let expires_in = match r.expires_in {
             None => None,
-            Some(d) if d.seconds > 0 && d.nanos >= 0 => Some(d.seconds.unsigned_abs()),
+            Some(d) if d.seconds > 0 && d.nanos >= 0 && d.seconds <= MAX_KEY_LIFETIME_SECS => {
+                Some(d.seconds.unsigned_abs())
+            }
+            Some(d) if d.seconds > MAX_KEY_LIFETIME_SECS => {
+                return Err(bad(format!(
+                    "expires_in: at most {} days (omit it for a key that never expires)",
+                    MAX_KEY_LIFETIME_SECS / 86_400
+                )));
+            }
             Some(_) => return Err(bad("expires_in: must be at least one second".into())),
         };
         Ok(NewKey {
@@ -278,11 +292,14 @@ pub struct KeysAdminService {
 }
 
 /// The `gatehouse.admin.v1.Admin` service behind authentication.
-pub fn keys_admin_server(auth: Authenticator) -> Authenticated<AdminServer<KeysAdminService>> {
+pub fn keys_admin_server(
+    auth: Authenticator,
+    throttle: Option<Arc<super::FailureThrottle>>,
+) -> Authenticated<AdminServer<KeysAdminService>> {
     let service = KeysAdminService {
         keys: KeyAdmin::new(auth.clone()),
     };
-    Authenticated::new(AdminServer::new(service), auth)
+    Authenticated::new(AdminServer::new(service), auth).with_throttle(throttle)
 }
 
 #[tonic::async_trait]

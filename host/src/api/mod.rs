@@ -7,7 +7,9 @@ mod convert;
 #[cfg(test)]
 mod fuzz;
 mod gateway;
+mod input;
 mod keys_admin;
+mod revocation;
 mod standard_status;
 mod status;
 mod throttle;
@@ -22,6 +24,7 @@ pub use self::auth::{AuthError, Authenticated, Authenticator, ConfigKey, require
 pub use self::convert::{backend_version, session_info};
 pub use self::gateway::GatewayService;
 pub use self::keys_admin::{KeyAdmin, KeysAdminService, Via, actor, keys_admin_server};
+pub use self::revocation::Revocable;
 pub use self::standard_status::StandardStatusLayer;
 pub use self::status::{auth_status, to_status};
 pub use self::throttle::{FailureThrottle, LOG_EVERY, MAX_PEERS};
@@ -44,31 +47,19 @@ pub struct ApiLimits {
     /// Event streams end with `UNAVAILABLE` this long after they start (the
     /// client resumes); `None` keeps them open.
     pub max_event_stream_age: Option<std::time::Duration>,
-    /// Failed authentications allowed per peer address
-    /// (`server.max_auth_failures_per_sec`); `None` does not throttle.
-    pub auth_failures: Option<crate::rate::Rate>,
 }
 
 /// The Gateway service wrapped with its message size limits and with
-/// authentication (and its failure throttle).
+/// authentication (and the failure throttle every service shares, so an
+/// address cannot guess keys on one service while throttled on another).
 pub fn gateway_server(
     registry: Arc<Registry>,
     auth: Authenticator,
     limits: ApiLimits,
+    throttle: Option<Arc<FailureThrottle>>,
 ) -> Authenticated<GatewayServer<GatewayService>> {
-    let throttle = limits.auth_failures.map(|rate| {
-        Arc::new(FailureThrottle::new(
-            rate,
-            Arc::clone(registry.clock()),
-            registry.metrics(),
-        ))
-    });
     let server = GatewayServer::new(GatewayService::new(registry, auth.clone(), limits))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
-    let authenticated = Authenticated::new(server, auth);
-    match throttle {
-        Some(t) => authenticated.with_throttle(t),
-        None => authenticated,
-    }
+    Authenticated::new(server, auth).with_throttle(throttle)
 }

@@ -41,8 +41,13 @@ pub fn store_status(error: StoreError) -> Status {
     }
 }
 
-/// Maps a gateway error to the status the spec names for it.
+/// Maps a gateway error to the status the spec names for it, its message
+/// bounded (it may quote the request).
 pub fn to_status(error: GatewayError) -> Status {
+    super::input::bounded(status_of(error))
+}
+
+fn status_of(error: GatewayError) -> Status {
     let message = error.to_string();
     match error {
         GatewayError::SessionNotFound(_) | GatewayError::BackendNotFound(_) => {

@@ -20,6 +20,8 @@ use tonic::{Code, Request, Status};
 use tracing::field::{Empty, display};
 use tracing::{Instrument, Span};
 
+use super::input::{MAX_LOGGED, loggable, plausible_id};
+
 /// The metadata a client may set to tie a call to its own records, used when
 /// the request has no correlation id field of its own.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -44,15 +46,16 @@ impl Rpc {
         session_id: &str,
         correlation_id: &str,
     ) -> Self {
+        // Client text: escaped and cut before it reaches a log line.
         let correlation_id: String = if correlation_id.is_empty() {
             request
                 .metadata()
                 .get(CORRELATION_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(128).collect())
+                .map(|s| loggable(s, MAX_LOGGED))
                 .unwrap_or_default()
         } else {
-            correlation_id.chars().take(128).collect()
+            loggable(correlation_id, MAX_LOGGED)
         };
         let span = tracing::info_span!(
             target: "gatehouse::rpc",
@@ -79,9 +82,10 @@ impl Rpc {
         rpc
     }
 
-    /// Records the session id (once).
+    /// Records the session id (once). An id that cannot be one is not
+    /// recorded: the handler refuses it.
     pub fn session(&self, id: &str) {
-        if !id.is_empty() && self.session_id.set(id.to_string()).is_ok() {
+        if !id.is_empty() && plausible_id(id) && self.session_id.set(id.to_string()).is_ok() {
             self.span.record("session_id", display(id));
         }
     }
@@ -93,11 +97,15 @@ impl Rpc {
         }
     }
 
-    /// Records the session's backend (once).
+    /// Records the session's backend (once), as the client named it
+    /// (escaped and cut) or as the registry resolved it.
     pub fn backend(&self, backend: &str) {
-        if self.backend.set(backend.to_string()).is_ok() {
-            self.span.record("backend", display(backend));
+        if self.backend.get().is_some() {
+            return;
         }
+        let backend = loggable(backend, MAX_LOGGED);
+        self.span.record("backend", display(&backend));
+        let _ = self.backend.set(backend);
     }
 
     /// Runs the handler body inside the span and logs its completion.

@@ -58,6 +58,9 @@ pub struct KeyStore {
     cache: RwLock<Arc<Cache>>,
     used: Mutex<HashMap<String, i64>>,
     data_version: AtomicI64,
+    /// Bumped whenever the keys table is read anew: credentials in use
+    /// (open streams) are checked again then.
+    changes: tokio::sync::watch::Sender<u64>,
     active: Gauge,
     actions: Family<ActionLabel, Counter>,
 }
@@ -96,6 +99,7 @@ impl KeyStore {
             cache: RwLock::new(Arc::default()),
             used: Mutex::new(HashMap::new()),
             data_version: AtomicI64::new(version),
+            changes: tokio::sync::watch::Sender::new(0),
             active: metrics.store_keys_active.clone(),
             actions: metrics.admin_actions.clone(),
         });
@@ -116,15 +120,33 @@ impl KeyStore {
         Arc::clone(&self.cache.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Reads the keys table into the cache.
+    /// Reads the keys table into the cache, and tells [`Self::changes`].
     fn reload(&self, conn: &Connection) -> Result<(), StoreError> {
         let keys = db::keys(conn)?;
-        let now = now();
-        let active = keys.iter().filter(|k| k.is_active(now)).count();
-        self.active.set(i64::try_from(active).unwrap_or(i64::MAX));
         let table = KeyTable::new(keys.into_iter().map(|k| (k.hash, Arc::new(k))).collect());
         *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Cache { table });
+        self.count_active();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// Sets the active-keys gauge from the cache.
+    fn count_active(&self) {
+        let now = now();
+        let active = self
+            .cache()
+            .table
+            .values()
+            .filter(|k| k.is_active(now))
+            .count();
+        self.active.set(i64::try_from(active).unwrap_or(i64::MAX));
+    }
+
+    /// Changes whenever the keys table changes (a key created or revoked
+    /// here, or any write by another process sharing the file, seen within
+    /// [`UPKEEP_INTERVAL`]).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The key whose hash is the hash of `secret`, revoked and expired ones
@@ -282,9 +304,11 @@ impl KeyStore {
         let version = db::data_version(&conn)?;
         if self.data_version.swap(version, Ordering::Relaxed) != version {
             tracing::info!(path = %self.path.display(), "key store changed by another process; reloading keys");
+            return self.reload(&conn);
         }
-        // Also refreshes the active-keys gauge as keys expire.
-        self.reload(&conn)
+        // The gauge follows keys as they expire.
+        self.count_active();
+        Ok(())
     }
 
     /// Starts the upkeep task (see the module docs); it ends with the

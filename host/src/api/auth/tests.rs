@@ -113,7 +113,9 @@ fn keys_resolve_to_their_tenant_and_scopes() {
             .unwrap_err(),
         AuthError::MissingScope {
             scope: Scope::SessionsOpen,
-            method: "OpenSession".into()
+            method: "OpenSession".into(),
+            tenant: "a".into(),
+            key: a_hash.short(),
         }
     );
     let b = auth
@@ -222,7 +224,9 @@ fn certificates_resolve_to_their_tenant_and_must_agree_with_a_key() {
         auth.authorize(&none, Some(&ci), "OpenSession").unwrap_err(),
         AuthError::MissingScope {
             scope: Scope::SessionsOpen,
-            method: "OpenSession".into()
+            method: "OpenSession".into(),
+            tenant: "a".into(),
+            key: "cert:subject CN=ci, O=Acme".into(),
         }
     );
     let c = auth.authorize(&none, Some(&b_peer), "OpenSession").unwrap();
