@@ -139,6 +139,27 @@ async fn sessions_stick_to_their_node_and_limits_hold_across_nodes() {
     let counted: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(counted, expected, "invokes counted per node");
 
+    // Two session headers: refused by the proxy, not routed on either.
+    let mut raw = acme.raw();
+    let id = sessions[0].id().to_string();
+    let mut request = tonic::Request::new(gatehouse::proto::v1::InvokeRequest {
+        session_id: id.clone(),
+        command: Some(gatehouse::proto::v1::Command {
+            name: "echo".into(),
+            payload: Vec::new(),
+        }),
+        correlation_id: String::new(),
+    });
+    let header = gatehouse::client::SESSION_HEADER;
+    request.metadata_mut().append(header, id.parse().unwrap());
+    request.metadata_mut().append(
+        header,
+        "n9.00000000000000000000000000000000".parse().unwrap(),
+    );
+    let e = raw.invoke(request).await.expect_err("a repeated header");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("repeated"), "{e:?}");
+
     // The cluster cap of 8 holds too: 5 of acme's and 3 more of free's.
     let free = c.client(&c.keys.free).await;
     let mut more = Vec::new();

@@ -48,7 +48,7 @@ fn post(path: &str, cookie: Option<&str>, body: &str) -> String {
         .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
     format!(
-        "POST {path} HTTP/1.0\r\nHost: gatehouse\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }
@@ -57,7 +57,7 @@ fn get(path: &str, cookie: Option<&str>) -> String {
     let cookie = cookie
         .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
-    format!("GET {path} HTTP/1.0\r\nHost: gatehouse\r\n{cookie}\r\n")
+    format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}\r\n")
 }
 
 /// The value of `name=` in the response's `Set-Cookie` headers.

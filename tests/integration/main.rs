@@ -17,6 +17,7 @@ mod console;
 mod contain;
 mod events;
 mod faults;
+mod hardening;
 mod js_plugins;
 mod keys;
 mod kill;
