@@ -501,9 +501,24 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app.merge(extra))
+    // Each request carries its connection's peer (`ConnectInfo<Peer>`): the
+    // console throttles failed sign-ins by address.
+    let app = app
+        .merge(extra)
+        .into_make_service_with_connect_info::<crate::transport::Peer>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::transport::Acceptor>,
+    > for crate::transport::Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::transport::Acceptor>) -> Self {
+        stream.io().peer().clone()
+    }
 }
 
 /// Labels: result (`ok` or `error`).

@@ -216,8 +216,22 @@ pub async fn serve_from(
     }
     preflight::check_exposure(&config, &auth)?;
     let upkeep = store.as_ref().map(|s| s.spawn_upkeep());
-    let console = crate::console::enabled(&config)
-        .then(|| crate::console::Console::new(auth.clone(), config.server.http_tls.is_some()));
+    // One throttle of failed authentications for gRPC calls and console
+    // sign-ins alike: an address guessing keys gets one budget.
+    let auth_throttle = config.server.auth_failures.map(|rate| {
+        Arc::new(api::FailureThrottle::new(
+            rate,
+            Arc::new(SystemClock::new()),
+            &metrics,
+        ))
+    });
+    let console = crate::console::enabled(&config).then(|| {
+        crate::console::Console::new(
+            auth.clone(),
+            config.server.http_tls.is_some(),
+            auth_throttle.clone(),
+        )
+    });
     let PortTls {
         grpc: grpc_tls,
         http: http_tls,
@@ -361,8 +375,8 @@ pub async fn serve_from(
             max_batch_commands: config.server.max_batch_commands,
             max_event_stream_age: config.server.max_event_stream_age,
             deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
-            auth_failures: config.server.auth_failures,
         },
+        auth_throttle,
     ));
 
     if let Some(console) = &console {

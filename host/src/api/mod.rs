@@ -44,25 +44,17 @@ pub struct ApiLimits {
     /// Event streams end with `UNAVAILABLE` this long after they start (the
     /// client resumes); `None` keeps them open.
     pub max_event_stream_age: Option<std::time::Duration>,
-    /// Failed authentications allowed per peer address
-    /// (`server.max_auth_failures_per_sec`); `None` does not throttle.
-    pub auth_failures: Option<crate::rate::Rate>,
 }
 
 /// The Gateway service wrapped with its message size limits and with
-/// authentication (and its failure throttle).
+/// authentication, failures counted by `throttle` (shared with the web
+/// console's sign-in, so one address gets one budget of guesses).
 pub fn gateway_server(
     registry: Arc<Registry>,
     auth: Authenticator,
     limits: ApiLimits,
+    throttle: Option<Arc<FailureThrottle>>,
 ) -> Authenticated<GatewayServer<GatewayService>> {
-    let throttle = limits.auth_failures.map(|rate| {
-        Arc::new(FailureThrottle::new(
-            rate,
-            Arc::clone(registry.clock()),
-            registry.metrics(),
-        ))
-    });
     let server = GatewayServer::new(GatewayService::new(registry, auth.clone(), limits))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
