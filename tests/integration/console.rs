@@ -431,6 +431,101 @@ async fn failed_sign_ins_are_counted_audited_and_throttled_with_grpc_failures() 
     );
 }
 
+/// Signs in from 127.0.0.1 with `key`; returns the session cookie.
+async fn sign_in(addr: std::net::SocketAddr, key: &str) -> String {
+    let (jar, token) = login_form([127, 0, 0, 1], addr).await;
+    let (code, text) = http(
+        addr,
+        post(
+            "/console/login",
+            Some(&jar),
+            &format!("csrf={token}&key={key}"),
+        ),
+    )
+    .await;
+    assert_eq!(code, 303, "{text}");
+    format!(
+        "gatehouse_console={}",
+        set_cookie(&text, "gatehouse_console").expect("the session cookie")
+    )
+}
+
+/// The text of the element with id `id` on `page`, tags stripped.
+fn element_text(page: &str, id: &str) -> String {
+    let Some(at) = page.find(&format!("id=\"{id}\"")) else {
+        return String::new();
+    };
+    let rest = &page[at..];
+    let start = rest.find('>').map_or(0, |i| i + 1);
+    let end = rest
+        .find("</dd>")
+        .or_else(|| rest.find("</pre>"))
+        .unwrap_or(rest.len());
+    let mut text = String::new();
+    let mut in_tag = false;
+    for ch in rest[start..end].chars() {
+        match ch {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.trim().to_string()
+}
+
+#[tokio::test]
+async fn the_session_page_keeps_the_fault_behind_a_failed_restore() {
+    let (config, admin_key) = config_with(Toml::new().backend_with(
+        "chaos",
+        "builtin:chaos",
+        &[
+            "[backends.restart]",
+            "policy = \"on-fault\"",
+            "backoff = \"10ms\"",
+        ],
+        &[],
+    ));
+    let gw = Gatehouse::builder(config)
+        .api_key(admin_key.clone())
+        .start()
+        .await;
+    let http_addr = gw.metrics_addr.expect("the HTTP port");
+    let mut c = gw.client().await;
+    let mut request = open_request("chaos");
+    request.config.insert("fail_restore".into(), "yes".into());
+    let id = open_with(&mut c, request).await.session_id;
+    invoke_ok(&mut c, &id, "put", "k v").await;
+    expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
+    eventually("the restart to give up", PATIENCE, || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            (state(&crate::fixtures::get(&mut c, &id).await) == pb::SessionState::Faulted)
+                .then_some(())
+        }
+    })
+    .await;
+
+    let cookie = sign_in(http_addr, &admin_key).await;
+    let (code, page) = http(
+        http_addr,
+        get(&format!("/console/sessions/{id}"), Some(&cookie)),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(element_text(&page, "fault"), "restore-failed", "{page}");
+    assert!(
+        element_text(&page, "fault-detail").contains("fail_restore"),
+        "{page}"
+    );
+    assert_eq!(
+        element_text(&page, "last-fault"),
+        "trap: unreachable",
+        "the fault that started the restart: {page}"
+    );
+}
+
 /// Whether the browser test can run here, or why not.
 fn browser_missing() -> Option<String> {
     let found = |cmd: &str, args: &[&str]| {

@@ -240,6 +240,9 @@ async fn a_refused_restore_faults_the_session_with_restore_failed() {
     .await;
     assert_eq!(info.final_fault, "restore-failed", "{info:?}");
     assert!(info.final_fault_detail.contains("fail_restore"), "{info:?}");
+    // The trap that started the restart is kept beside the failed recovery.
+    assert_eq!(info.last_fault, "trap: unreachable", "{info:?}");
+    assert!(!info.last_fault_detail.is_empty(), "{info:?}");
     // A fresh start by hand still works.
     restart(&mut c, &id, Some(false))
         .await

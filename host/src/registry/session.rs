@@ -245,7 +245,12 @@ impl Session {
                 return None;
             }
             st.state = SessionState::Faulted;
-            st.last_fault = Some(fault.clone());
+            // A restart that gave up keeps the fault that started it as the
+            // last fault; `fault` says why the recovery failed. Both are
+            // what an operator needs to see.
+            if !(restarting && st.last_fault.is_some()) {
+                st.last_fault = Some(fault.clone());
+            }
             st.fault = Some(fault);
             st.close_reason = Some(CloseReason::Fault);
             st.ended_at = Some(now);
