@@ -1,4 +1,5 @@
-//! Prometheus metrics, served as text on `/metrics` of a separate HTTP port.
+//! Prometheus metrics, served as text on `/metrics` of a separate HTTP port
+//! (which also serves health and the web console).
 //!
 //! Every gauge returns to its baseline once sessions close; the integration
 //! tests check that.

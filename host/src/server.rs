@@ -1,6 +1,8 @@
 //! `gatehouse serve`: loads the backends, builds the registry and serves
-//! gRPC (with health and reflection) and Prometheus metrics until Ctrl-C or
-//! SIGTERM, then drains every session. SIGHUP re-reads the TLS files.
+//! gRPC (with health and reflection) and the HTTP port (Prometheus
+//! metrics, health and the web console) until Ctrl-C or SIGTERM, then
+//! drains every session. SIGHUP reloads the config file and the TLS files
+//! (`crate::reload`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
