@@ -123,7 +123,6 @@ async fn a_tenant_flooding_past_its_request_rate_gets_retry_info_while_another_i
     // One token every 100 s after a burst of 3: no refill during the test,
     // so what is admitted is counted exactly, whatever the machine's speed.
     let (mut admitted, mut refused) = (0u32, 0u32);
-    let mut last_delay = Duration::ZERO;
     for _ in 0..40 {
         match bounded(
             "the flooder's ListBackends",
@@ -140,10 +139,10 @@ async fn a_tenant_flooding_past_its_request_rate_gets_retry_info_while_another_i
                     status.message()
                 );
                 // At 0.01 a second, the next token is at most 100 s off.
-                last_delay = retry_delay(&status);
+                let delay = retry_delay(&status);
                 assert!(
-                    last_delay > Duration::ZERO && last_delay <= Duration::from_secs(100),
-                    "{last_delay:?}"
+                    delay > Duration::ZERO && delay <= Duration::from_secs(100),
+                    "{delay:?}"
                 );
                 refused += 1;
             }
