@@ -54,7 +54,8 @@ struct Status {
     restarts: u32,
     /// The automatic restarts within the restart period.
     recent_restarts: RestartWindow,
-    /// The fault that caused the last restart (or ended the session).
+    /// The fault that caused the last restart (kept when that restart gave
+    /// up), or the one that ended a session that never restarted.
     last_fault: Option<Fault>,
     /// When a snapshot was last asked for (the interval policy).
     snapshot_asked: Option<Instant>,
@@ -551,7 +552,8 @@ pub struct SessionSnapshot {
     pub events_dropped: u64,
     /// Restarts so far.
     pub restarts: u32,
-    /// The fault behind the last restart, or the one that ended it.
+    /// The fault behind the last restart (kept when that restart gave up),
+    /// or the one that ended a session that never restarted.
     pub last_fault: Option<Fault>,
     /// The size of the latest state snapshot; 0 without one.
     pub snapshot_bytes: usize,
