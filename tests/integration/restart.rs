@@ -143,9 +143,11 @@ async fn past_the_restart_budget_the_session_is_faulted_for_good() {
     .await;
     let mut c = gw.client().await;
     let id = open(&mut c, "chaos").await.session_id;
+    // Two stack overflows spend the budget; a trap finds it spent.
     for n in 1..=2 {
-        expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
-        ready_after(&mut c, &id, n).await;
+        expect_code(try_invoke(&mut c, &id, "recurse", "").await, Code::Aborted);
+        let info = ready_after(&mut c, &id, n).await;
+        assert_eq!(info.last_fault, "stack-overflow", "{info:?}");
     }
     expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
     let info = get(&mut c, &id).await;
@@ -155,6 +157,9 @@ async fn past_the_restart_budget_the_session_is_faulted_for_good() {
         info.final_fault_detail.contains("trap: unreachable"),
         "{info:?}"
     );
+    // The fault that found the budget spent is kept as the cause, not the
+    // one behind the last restart.
+    assert_eq!(info.last_fault, "trap: unreachable", "{info:?}");
     assert_eq!(info.restarts, 2);
     gw.wait_metric("gatehouse_open_sessions", &[], 0.0).await;
 }

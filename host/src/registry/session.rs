@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendInfo, Fault, SnapshotStore, Worker};
+use crate::backend::{BackendInfo, Fault, FaultCode, SnapshotStore, Worker};
 use crate::events::EventLog;
 use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
@@ -246,10 +246,12 @@ impl Session {
                 return None;
             }
             st.state = SessionState::Faulted;
-            // A restart that gave up keeps the fault that started it as the
-            // last fault; `fault` says why the recovery failed. Both are
-            // what an operator needs to see.
-            if !(restarting && st.last_fault.is_some()) {
+            // A recovery that failed (a restart that gave up, or the restart
+            // budget spent) keeps the fault that called for it as the last
+            // fault; `fault` says why the recovery failed. Both are what an
+            // operator needs to see.
+            let recovery_failed = restarting || fault.code == FaultCode::RestartLimit;
+            if !(recovery_failed && st.last_fault.is_some()) {
                 st.last_fault = Some(fault.clone());
             }
             st.fault = Some(fault);
@@ -318,6 +320,12 @@ impl Session {
         self.set_worker(worker, number);
         drop(st);
         Some(restarts)
+    }
+
+    /// Records `fault` as the one behind the last restart, when it would
+    /// have restarted the session but the restart budget was spent.
+    pub(super) fn note_cause(&self, fault: Fault) {
+        self.status().last_fault = Some(fault);
     }
 
     /// The fault behind the last restart.
