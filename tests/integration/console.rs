@@ -425,6 +425,13 @@ async fn failed_sign_ins_are_counted_audited_and_throttled_with_grpc_failures() 
             .any(|l| l.contains("authentication failed") && l.contains("127.0.0.2")),
         "{log}"
     );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("console.sign_in_failed"))
+            .count(),
+        2,
+        "one audit line a failure:\n{log}"
+    );
     assert!(
         !log.contains(&wrong) && !log.contains(&admin_key),
         "a key in the log"

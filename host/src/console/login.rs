@@ -142,10 +142,13 @@ async fn sign_in_failed(
     ip: Option<IpAddr>,
     error: &AuthError,
 ) {
-    match throttle {
-        // Counted, and logged once per interval per address.
-        Some(t) if error.is_unauthenticated() => t.failed(ip, "console sign-in", error),
-        _ => tracing::info!(?ip, "console sign-in refused: {error}"),
+    // Counted (and summed up in the log once per interval per address) by
+    // the throttle; each failure is also one audit line, which names the
+    // address and why, never the key.
+    if let Some(t) = throttle
+        && error.is_unauthenticated()
+    {
+        t.failed(ip, "console sign-in", error);
     }
     let actor = Actor {
         label: "anonymous".into(),
