@@ -2,8 +2,10 @@
 //! client, a plugin, a worker or an operator chooses, run on stable Rust
 //! with `cargo test`.
 //!
-//! Each target runs 256 cases by default, a few seconds in CI. For a long
-//! run set `GATEHOUSE_FUZZ_CASES` (docs/security.md), e.g.
+//! Each target runs 256 cases by default ([`DEFAULT_CASES`]; the
+//! expensive ones fewer through [`config_with`]: 64 for the registry's open
+//! target, 16 for the native conversation target), a few seconds in CI.
+//! For a long run set `GATEHOUSE_FUZZ_CASES` (docs/security.md), e.g.
 //! `GATEHOUSE_FUZZ_CASES=1000000 cargo test -p gatehouse --lib fuzz`.
 //! A failure prints the smallest input found; it becomes a named
 //! regression test next to the target.

@@ -1,4 +1,5 @@
-//! Prometheus metrics, served as text on `/metrics` of a separate HTTP port.
+//! Prometheus metrics, served as text on `/metrics` of a separate HTTP port
+//! (which also serves health and the web console).
 //!
 //! Every gauge returns to its baseline once sessions close; the integration
 //! tests check that.
@@ -138,10 +139,12 @@ pub struct Metrics {
     pub memory_refusals: Family<KindLabel, Counter>,
     /// Calls refused for being over a tenant's rate, by tenant and rate.
     pub rate_limited: Family<RateLabel, Counter>,
-    /// Calls refused `UNAUTHENTICATED` after their credentials were checked.
+    /// Calls refused `UNAUTHENTICATED` (and console sign-ins refused) after
+    /// their credentials were checked.
     pub auth_failures: Counter,
-    /// Calls refused `UNAUTHENTICATED` unchecked: their peer address was
-    /// over its failed-authentication budget.
+    /// Calls refused `UNAUTHENTICATED` (and console sign-ins refused)
+    /// unchecked: their peer address was over its failed-authentication
+    /// budget.
     pub auth_throttled: Counter,
     /// Keys in the key store that authenticate calls (not revoked or
     /// expired).
@@ -396,12 +399,12 @@ impl Metrics {
         );
         registry.register(
             "auth_failures",
-            "Calls refused UNAUTHENTICATED after checking their key",
+            "Calls refused UNAUTHENTICATED, and console sign-ins refused, after checking their key",
             m.auth_failures.clone(),
         );
         registry.register(
             "auth_throttled",
-            "Calls refused UNAUTHENTICATED unchecked: their address failed too often",
+            "Calls (and console sign-ins) refused unchecked: their address failed too often",
             m.auth_throttled.clone(),
         );
         registry.register(

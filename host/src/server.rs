@@ -1,6 +1,8 @@
 //! `gatehouse serve`: loads the backends, builds the registry and serves
-//! gRPC (with health and reflection) and Prometheus metrics until Ctrl-C or
-//! SIGTERM, then drains every session. SIGHUP re-reads the TLS files.
+//! gRPC (with health and reflection) and the HTTP port (Prometheus
+//! metrics, health and the web console) until Ctrl-C or SIGTERM, then
+//! drains every session. SIGHUP reloads the config file and the TLS files
+//! (`crate::reload`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -217,8 +219,22 @@ pub async fn serve_from(
     }
     preflight::check_exposure(&config, &auth)?;
     let upkeep = store.as_ref().map(|s| s.spawn_upkeep());
-    let console = crate::console::enabled(&config)
-        .then(|| crate::console::Console::new(auth.clone(), config.server.http_tls.is_some()));
+    // One throttle of failed authentications for every gRPC service and
+    // console sign-ins alike: an address guessing keys gets one budget.
+    let auth_throttle = config.server.auth_failures.map(|rate| {
+        Arc::new(api::FailureThrottle::new(
+            rate,
+            Arc::new(SystemClock::new()),
+            &metrics,
+        ))
+    });
+    let console = crate::console::enabled(&config).then(|| {
+        crate::console::Console::new(
+            auth.clone(),
+            config.server.http_tls.is_some(),
+            auth_throttle.clone(),
+        )
+    });
     let PortTls {
         grpc: grpc_tls,
         http: http_tls,
@@ -300,14 +316,6 @@ pub async fn serve_from(
         .build_v1alpha()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
     let gate = Gate::new();
-    // One failure throttle for every authenticated service.
-    let throttle = config.server.auth_failures.map(|rate| {
-        Arc::new(api::FailureThrottle::new(
-            rate,
-            Arc::new(SystemClock::new()),
-            &metrics,
-        ))
-    });
     let admin = api::AdminService::default().with_audit(api::KeyAdmin::new(auth.clone()));
 
     let server = &config.server;
@@ -328,9 +336,9 @@ pub async fn serve_from(
             .add_service(api::admin_server(
                 admin.clone(),
                 auth.clone(),
-                throttle.clone(),
+                auth_throttle.clone(),
             ))
-            .add_service(api::keys_admin_server(auth.clone(), throttle.clone()))
+            .add_service(api::keys_admin_server(auth.clone(), auth_throttle.clone()))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
     tracing::info!(%grpc, metrics = ?metrics_addr, tls = grpc_tls.is_some(), "listening; loading backends");
@@ -377,7 +385,7 @@ pub async fn serve_from(
             max_event_stream_age: config.server.max_event_stream_age,
             deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
         },
-        throttle,
+        auth_throttle,
     ));
 
     if let Some(console) = &console {

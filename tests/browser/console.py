@@ -5,8 +5,8 @@ distribution's chromedriver), against a gateway the Rust test started.
 It signs in with an admin key, opens a session over gRPC (with the
 gatehouse CLI) and waits for it to appear in the sessions table without a
 reload, closes it from the page, creates a key and revokes it, and checks
-that a request without the cookie and a form with a forged CSRF token are
-refused. On success it prints one JSON line for the Rust test to check
+that a request without the cookie, a form without its CSRF token or with a
+forged one are refused (as console pages, with the console's headers). On success it prints one JSON line for the Rust test to check
 against the gRPC API: the session it closed and the key it revoked.
 
 Usage: console.py --console URL --grpc URL --key ADMIN_KEY --bin GATEHOUSE
@@ -113,6 +113,36 @@ def main():
         wait(EC.presence_of_element_located((By.ID, "sessions")), "the sessions page")
         cookie = driver.get_cookie("gatehouse_console")
         assert cookie and cookie["httpOnly"] and cookie.get("sameSite") == "Strict", cookie
+
+        # Refusals are console pages with the console's headers, whatever
+        # the form: without its token 403, without the sign-in 401.
+        for body, credentials, status in [
+            ("tenant=acme&name=no-token", "same-origin", 403),
+            ("", "same-origin", 403),
+            ("csrf=x", "omit", 401),
+            ("", "omit", 401),
+        ]:
+            got = driver.execute_async_script(
+                """
+                const [body, credentials, done] = arguments;
+                fetch("/console/keys", {
+                    method: "POST", body, credentials, redirect: "manual",
+                    headers: {"Content-Type": "application/x-www-form-urlencoded"},
+                }).then(async (r) => done({
+                    status: r.status,
+                    csp: r.headers.get("content-security-policy") || "",
+                    frame: r.headers.get("x-frame-options") || "",
+                    cache: r.headers.get("cache-control") || "",
+                    text: await r.text(),
+                })).catch((e) => done({error: String(e)}));
+                """,
+                body, credentials,
+            )
+            what = f"POST /console/keys {body!r} ({credentials})"
+            assert got.get("status") == status, f"{what}: {got}"
+            assert got["csp"].startswith("default-src 'none'"), f"{what}: {got}"
+            assert (got["frame"], got["cache"]) == ("DENY", "no-store"), f"{what}: {got}"
+            assert "<html" in got["text"], f"{what}: not a console page: {got}"
 
         # A session opened over gRPC appears without a reload.
         marker = driver.find_element(By.TAG_NAME, "h1")

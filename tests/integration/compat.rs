@@ -187,10 +187,20 @@ fn the_superset_check_sees_breaking_changes() {
     assert_eq!(found.len(), 3, "{found:#?}");
 }
 
+/// A WIT file's declarations: its lines without comments, blank lines and
+/// indentation.
+fn declarations(wit: &str) -> Vec<&str> {
+    wit.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .collect()
+}
+
 #[test]
 fn the_0_1_0_wit_world_is_frozen() {
     // Changing gatehouse:backend@0.1.0 in place would break every plugin
-    // built against it: a change to the world needs a new version.
+    // built against it: a change to the world needs a new version, and a
+    // new version only adds (a 0.1.0 plugin keeps loading, see below).
     let frozen =
         std::fs::read_to_string(root().join("tests/fixtures/wit-0.1.0/backend.wit")).unwrap();
     let current = std::fs::read_to_string(root().join("wit/backend.wit")).unwrap();
@@ -198,6 +208,19 @@ fn the_0_1_0_wit_world_is_frozen() {
         assert_eq!(
             current, frozen,
             "wit/backend.wit changed gatehouse:backend@0.1.0 in place"
+        );
+    }
+    // Every declaration of 0.1.0 (but its package line) is still there, in
+    // the same order, its types and signatures unchanged: later versions
+    // add interfaces, worlds and functions around them.
+    let mut current_lines = declarations(&current).into_iter();
+    for line in declarations(&frozen)
+        .into_iter()
+        .filter(|l| !l.starts_with("package "))
+    {
+        assert!(
+            current_lines.any(|c| c == line),
+            "wit/backend.wit dropped or changed `{line}` of gatehouse:backend@0.1.0 (or moved it)"
         );
     }
 }

@@ -19,8 +19,13 @@ use crate::fixtures::*;
 /// Tenants `ops` (an admin key in the file) and `acme`; returns (config,
 /// admin key).
 fn config() -> (String, String) {
+    config_with(Toml::new())
+}
+
+/// [`config`] over `toml`'s `[server]` lines.
+fn config_with(toml: Toml) -> (String, String) {
     let (admin_key, admin_hash) = generate().expect("a key");
-    let config = Toml::new().backend("echo", "builtin:echo").render()
+    let config = toml.backend("echo", "builtin:echo").render()
         + &format!(
             "\n[[tenants]]\nname = \"ops\"\n[[tenants.keys]]\nname = \"ops-admin\"\nhash = \"{admin_hash}\"\nscopes = [\"admin\"]\n\
              \n[[tenants]]\nname = \"acme\"\nmax_sessions = 5\n"
@@ -30,7 +35,15 @@ fn config() -> (String, String) {
 
 /// A raw HTTP/1.0 request: (status, headers and body).
 async fn http(addr: std::net::SocketAddr, request: String) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http_from([127, 0, 0, 1], addr, request).await
+}
+
+/// [`http`] from the loopback address `from` (127.0.0.0/8 is all
+/// loopback): the console throttles failed sign-ins by address.
+async fn http_from(from: [u8; 4], addr: std::net::SocketAddr, request: String) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
@@ -73,6 +86,31 @@ fn set_cookie(response: &str, name: &str) -> Option<String> {
         .next()
 }
 
+/// Asserts a refusal's status and that it is a console page with the
+/// console's security headers.
+#[track_caller]
+fn assert_refused(response: &(u16, String), status: u16, what: &str) {
+    let (code, text) = response;
+    assert_eq!(*code, status, "{what}: {text}");
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    for header in [
+        "content-security-policy: default-src 'none'",
+        "x-frame-options: deny",
+        "cache-control: no-store",
+        "content-type: text/html",
+    ] {
+        assert!(head.contains(header), "{what}: no `{header}`:\n{head}");
+    }
+    assert!(
+        text.contains("<html") || text.contains("<!doctype"),
+        "{what}: not a console page:\n{text}"
+    );
+}
+
 /// The first hidden CSRF field of a page.
 fn csrf(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
@@ -102,14 +140,22 @@ async fn the_console_refuses_requests_without_a_sign_in_or_with_a_forged_csrf_to
             .contains("location: /console/login"),
         "{text}"
     );
-    let (code, _) = http(
-        http_addr,
-        post(&format!("/console/sessions/{id}/close"), None, "csrf=x"),
-    )
-    .await;
-    assert_eq!(code, 401);
-    let (code, _) = http(http_addr, get("/console/sessions/rows", None)).await;
-    assert_eq!(code, 401, "the refresh script's endpoint answers 401");
+    // Every form, anonymous, is refused as anonymous whatever its body:
+    // the sign-in is checked before the form is read.
+    let forms = [
+        format!("/console/sessions/{id}/close"),
+        "/console/keys".to_string(),
+        "/console/keys/key_0123456789abcdef/revoke".to_string(),
+        "/console/logout".to_string(),
+    ];
+    for path in &forms {
+        for body in ["csrf=x", "", "tenant=acme", "%zz=&&"] {
+            let response = http(http_addr, post(path, None, body)).await;
+            assert_refused(&response, 401, &format!("anonymous POST {path} {body:?}"));
+        }
+    }
+    let response = http(http_addr, get("/console/sessions/rows", None)).await;
+    assert_refused(&response, 401, "the refresh script's endpoint, anonymous");
 
     // Sign-in needs the form's double-submitted token, and an admin key.
     let (code, page) = http(http_addr, get("/console/login", None)).await;
@@ -128,6 +174,17 @@ async fn the_console_refuses_requests_without_a_sign_in_or_with_a_forged_csrf_to
     )
     .await;
     assert_eq!(code, 403, "a forged sign-in token");
+    for (body, what) in [
+        (
+            format!("key={admin_key}"),
+            "a sign-in without its csrf field",
+        ),
+        (format!("csrf={token}"), "a sign-in without its key field"),
+        (String::new(), "an empty sign-in form"),
+    ] {
+        let response = http(http_addr, post("/console/login", Some(&jar), &body)).await;
+        assert_refused(&response, 403, what);
+    }
     let (user_key, _) = generate().unwrap();
     let (code, _) = http(
         http_addr,
@@ -183,9 +240,33 @@ async fn the_console_refuses_requests_without_a_sign_in_or_with_a_forged_csrf_to
     )
     .await;
     assert_eq!(code, 403, "{text}");
+    // Signed in, a form without its token, or not a form at all, is
+    // refused 403 as a console page, and changes nothing.
+    for path in &forms {
+        for body in ["", "tenant=acme&name=x", "csrf=0000"] {
+            let response = http(http_addr, post(path, Some(&signed_in), body)).await;
+            assert_refused(&response, 403, &format!("POST {path} {body:?}"));
+        }
+    }
+    let json = format!(
+        "POST /console/sessions/{id}/close HTTP/1.0\r\nHost: 127.0.0.1\r\nCookie: {signed_in}\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{{\"a\": 1}}"
+    );
+    assert_refused(&http(http_addr, json).await, 403, "a JSON body");
     assert_eq!(
         session.refresh().await.unwrap().state(),
         pb::SessionState::Ready
+    );
+    let keys = client
+        .keys(admin::ListKeysRequest {
+            tenant: String::new(),
+            include_inactive: true,
+        })
+        .await
+        .unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| k.source != admin::KeySource::Store as i32),
+        "a refused form created a key: {keys:?}"
     );
     let (code, _) = http(
         http_addr,
@@ -223,6 +304,232 @@ async fn the_console_refuses_requests_without_a_sign_in_or_with_a_forged_csrf_to
             close.actor.as_str()
         ),
         ("console", id.as_str(), "ops-admin")
+    );
+}
+
+/// The sign-in form as `from` gets it: (cookie jar, CSRF token).
+async fn login_form(from: [u8; 4], addr: std::net::SocketAddr) -> (String, String) {
+    let (code, page) = http_from(from, addr, get("/console/login", None)).await;
+    assert_eq!(code, 200, "{page}");
+    let cookie = set_cookie(&page, "gatehouse_console_login").expect("the sign-in cookie");
+    (format!("gatehouse_console_login={cookie}"), csrf(&page))
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_counted_audited_and_throttled_with_grpc_failures() {
+    // Two failures, then one more try every 100 s: the guesser stays
+    // throttled for the whole test, whatever the machine's speed.
+    let (config, admin_key) = config_with(
+        Toml::new()
+            .server("max_auth_failures_per_sec = 0.01")
+            .server("auth_failures_burst = 2"),
+    );
+    let gw = Gatehouse::builder(config)
+        .api_key(admin_key.clone())
+        .start()
+        .await;
+    let http_addr = gw.metrics_addr.expect("the HTTP port");
+    const GUESSER: [u8; 4] = [127, 0, 0, 2];
+    let (jar, token) = login_form(GUESSER, http_addr).await;
+    let (wrong, _) = generate().unwrap();
+    for n in 1..=2 {
+        let response = http_from(
+            GUESSER,
+            http_addr,
+            post(
+                "/console/login",
+                Some(&jar),
+                &format!("csrf={token}&key={wrong}"),
+            ),
+        )
+        .await;
+        assert_refused(&response, 401, &format!("wrong key {n}"));
+    }
+    // The budget is spent: even the right key is not checked.
+    let response = http_from(
+        GUESSER,
+        http_addr,
+        post(
+            "/console/login",
+            Some(&jar),
+            &format!("csrf={token}&key={admin_key}"),
+        ),
+    )
+    .await;
+    assert_refused(&response, 429, "a throttled sign-in");
+    assert!(
+        response.1.to_ascii_lowercase().contains("retry-after: "),
+        "{}",
+        response.1
+    );
+    assert!(set_cookie(&response.1, "gatehouse_console").is_none());
+    // One budget for the console and gRPC: the address's calls are refused
+    // unchecked too.
+    let channel = tonic::transport::Channel::from_shared(gw.url())
+        .unwrap()
+        .local_address(Some(std::net::IpAddr::from(GUESSER)))
+        .connect()
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(pb::ListBackendsRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {admin_key}").parse().unwrap(),
+    );
+    let status = pb::gateway_client::GatewayClient::new(channel)
+        .list_backends(request)
+        .await
+        .expect_err("throttled over gRPC");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("too many failed"),
+        "{}",
+        status.message()
+    );
+    // Another address signs in.
+    let (jar, token) = login_form([127, 0, 0, 1], http_addr).await;
+    let (code, text) = http(
+        http_addr,
+        post(
+            "/console/login",
+            Some(&jar),
+            &format!("csrf={token}&key={admin_key}"),
+        ),
+    )
+    .await;
+    assert_eq!(code, 303, "{text}");
+
+    // Counted, audited with the address and why, logged without the key.
+    assert_eq!(gw.metric("gatehouse_auth_failures_total", &[]).await, 2.0);
+    assert_eq!(gw.metric("gatehouse_auth_throttled_total", &[]).await, 2.0);
+    let client = gw.connect().await;
+    let events = client
+        .audit_events(admin::ListAuditEventsRequest::default())
+        .await
+        .unwrap();
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "console.sign_in_failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{events:?}");
+    for e in &failed {
+        assert_eq!(
+            (e.via.as_str(), e.target.as_str(), e.detail.as_str()),
+            ("console", "127.0.0.2", "unknown API key"),
+            "{e:?}"
+        );
+    }
+    let log = gw.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("authentication failed") && l.contains("127.0.0.2")),
+        "{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("console.sign_in_failed"))
+            .count(),
+        2,
+        "one audit line a failure:\n{log}"
+    );
+    assert!(
+        !log.contains(&wrong) && !log.contains(&admin_key),
+        "a key in the log"
+    );
+}
+
+/// Signs in from 127.0.0.1 with `key`; returns the session cookie.
+async fn sign_in(addr: std::net::SocketAddr, key: &str) -> String {
+    let (jar, token) = login_form([127, 0, 0, 1], addr).await;
+    let (code, text) = http(
+        addr,
+        post(
+            "/console/login",
+            Some(&jar),
+            &format!("csrf={token}&key={key}"),
+        ),
+    )
+    .await;
+    assert_eq!(code, 303, "{text}");
+    format!(
+        "gatehouse_console={}",
+        set_cookie(&text, "gatehouse_console").expect("the session cookie")
+    )
+}
+
+/// The text of the element with id `id` on `page`, tags stripped.
+fn element_text(page: &str, id: &str) -> String {
+    let Some(at) = page.find(&format!("id=\"{id}\"")) else {
+        return String::new();
+    };
+    let rest = &page[at..];
+    let start = rest.find('>').map_or(0, |i| i + 1);
+    let end = rest
+        .find("</dd>")
+        .or_else(|| rest.find("</pre>"))
+        .unwrap_or(rest.len());
+    let mut text = String::new();
+    let mut in_tag = false;
+    for ch in rest[start..end].chars() {
+        match ch {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.trim().to_string()
+}
+
+#[tokio::test]
+async fn the_session_page_keeps_the_fault_behind_a_failed_restore() {
+    let (config, admin_key) = config_with(Toml::new().backend_with(
+        "chaos",
+        "builtin:chaos",
+        &[
+            "[backends.restart]",
+            "policy = \"on-fault\"",
+            "backoff = \"10ms\"",
+        ],
+        &[],
+    ));
+    let gw = Gatehouse::builder(config)
+        .api_key(admin_key.clone())
+        .start()
+        .await;
+    let http_addr = gw.metrics_addr.expect("the HTTP port");
+    let mut c = gw.client().await;
+    let mut request = open_request("chaos");
+    request.config.insert("fail_restore".into(), "yes".into());
+    let id = open_with(&mut c, request).await.session_id;
+    invoke_ok(&mut c, &id, "put", "k v").await;
+    expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
+    eventually("the restart to give up", PATIENCE, || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            (state(&crate::fixtures::get(&mut c, &id).await) == pb::SessionState::Faulted)
+                .then_some(())
+        }
+    })
+    .await;
+
+    let cookie = sign_in(http_addr, &admin_key).await;
+    let (code, page) = http(
+        http_addr,
+        get(&format!("/console/sessions/{id}"), Some(&cookie)),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(element_text(&page, "fault"), "restore-failed", "{page}");
+    assert!(
+        element_text(&page, "fault-detail").contains("fail_restore"),
+        "{page}"
+    );
+    assert_eq!(
+        element_text(&page, "last-fault"),
+        "trap: unreachable",
+        "the fault that started the restart: {page}"
     );
 }
 

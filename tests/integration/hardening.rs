@@ -171,7 +171,7 @@ async fn silent_tls_connections_end_at_the_first_request_deadline() {
     let config = String::from(
         "[server]\nmax_connections = 10\nmax_connections_per_address = \"off\"\nhealth_connections = 0\nfirst_request_timeout = \"1s\"\n\
          [server.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-         [[backends]]\nname = \"echo\"\nmodule = \"builtin:echo\"\n"
+         [[backends]]\nname = \"echo\"\nmodule = \"builtin:echo\"\n",
     );
     let gw = Gatehouse::builder(config)
         .file("server.pem", server.cert.clone())

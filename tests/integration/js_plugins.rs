@@ -184,9 +184,6 @@ async fn plugin_check_explains_a_javascript_component_importing_wasi_http() {
 /// project's own build script's arguments and the pinned componentize-js.
 #[tokio::test]
 async fn plugin_new_js_to_session() {
-    let Some(tool) = componentize_js() else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["plugin", "new", "hello", "--lang", "js"])
@@ -195,10 +192,47 @@ async fn plugin_new_js_to_session() {
         .unwrap();
     assert!(out.status.success(), "plugin new: {out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("npm install && npm run build"), "{stdout}");
+    assert!(stdout.contains("npm ci && npm run build"), "{stdout}");
+    let js_notes = project;
     let project = dir.path().join("hello");
-    let package: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(project.join("package.json")).unwrap()).unwrap();
+    let read = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let package = read(&project.join("package.json"));
+    // The toolchain is pinned, checked whether or not it is installed
+    // here: exact versions, and a lock file that agrees with package.json
+    // (`npm ci` refuses one that does not) and resolves jco and
+    // preview2-shim to what plugins/js-notes, built below, resolves.
+    let lock = read(&project.join("package-lock.json"));
+    let notes = read(&js_notes().join("package-lock.json"));
+    let wanted = package["devDependencies"].as_object().unwrap();
+    for (name, version) in wanted {
+        let version = version.as_str().unwrap();
+        assert!(
+            version.chars().all(|c| c.is_ascii_digit() || c == '.'),
+            "{name} {version} is not an exact version"
+        );
+    }
+    assert_eq!(
+        lock["packages"][""]["devDependencies"], package["devDependencies"],
+        "package-lock.json and package.json disagree"
+    );
+    for dep in [
+        "@bytecodealliance/componentize-js",
+        "@bytecodealliance/jco",
+        "@bytecodealliance/preview2-shim",
+    ] {
+        let key = format!("node_modules/{dep}");
+        let pinned = &lock["packages"][&key];
+        assert!(pinned["integrity"].is_string(), "{dep} is not locked");
+        assert_eq!(
+            pinned["version"], notes["packages"][&key]["version"],
+            "{dep}"
+        );
+    }
+    let Some(tool) = componentize_js() else {
+        return;
+    };
     let script = package["scripts"]["build"].as_str().unwrap().to_string();
     // `componentize-js ARGS...`: run the pinned binary with the same ARGS.
     let args: Vec<String> = script

@@ -30,6 +30,12 @@ async fn plugin_new_to_session() {
         .unwrap();
     assert!(out.status.success(), "plugin new: {out:?}");
     let project = dir.path().join("hello");
+    // Pinned: the example plugins' lock file (the same SDK dependencies at
+    // the versions CI builds them with) and no registry, so a new release
+    // of wit-bindgen or serde cannot change what this builds. Cargo drops
+    // the lock's entries the project does not use.
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/Cargo.lock");
+    std::fs::copy(&lock, project.join("Cargo.lock")).unwrap();
 
     let target = shared_target("plugin-new");
     let built = tokio::task::spawn_blocking({
@@ -37,7 +43,7 @@ async fn plugin_new_to_session() {
         let target = target.clone();
         move || {
             Command::new(env!("CARGO"))
-                .args(["build", "--release"])
+                .args(["build", "--release", "--offline"])
                 .current_dir(&project)
                 .env("CARGO_TARGET_DIR", &target)
                 .env_remove("RUSTFLAGS")
@@ -53,6 +59,18 @@ async fn plugin_new_to_session() {
         "cargo build of the new plugin failed:\n{}",
         String::from_utf8_lossy(&built.stderr)
     );
+    // It built with the pinned versions.
+    let used = std::fs::read_to_string(project.join("Cargo.lock")).unwrap();
+    let pinned = std::fs::read_to_string(&lock).unwrap();
+    for name in ["wit-bindgen", "serde", "serde_json"] {
+        let version = |text: &str| {
+            let at = text
+                .find(&format!("name = \"{name}\"\nversion = "))
+                .unwrap_or_else(|| panic!("{name} is not in the lock file"));
+            text[at..].lines().nth(1).unwrap_or_default().to_string()
+        };
+        assert_eq!(version(&used), version(&pinned), "{name}");
+    }
     // Where the project's own target/ would have it.
     let wasm = project.join("target/wasm32-wasip2/release/hello.wasm");
     std::fs::create_dir_all(wasm.parent().unwrap()).unwrap();

@@ -112,7 +112,7 @@ async fn a_tenant_flooding_past_its_request_rate_gets_retry_info_while_another_i
     let gw = Gatehouse::start(config(
         &[],
         &format!(
-            "[[tenants]]\nname = \"flood\"\nmax_requests_per_sec = 2\nrequests_burst = 3\n{}[[tenants]]\nname = \"calm\"\n{}",
+            "[[tenants]]\nname = \"flood\"\nmax_requests_per_sec = 0.01\nrequests_burst = 3\n{}[[tenants]]\nname = \"calm\"\n{}",
             flood.entry, calm.entry
         ),
     ))
@@ -120,9 +120,9 @@ async fn a_tenant_flooding_past_its_request_rate_gets_retry_info_while_another_i
     let mut bystander = Bystander::open(keyed(gw.channel().await, &calm.secret)).await;
     let mut flooder = keyed(gw.channel().await, &flood.secret);
 
-    let began = Instant::now();
+    // One token every 100 s after a burst of 3: no refill during the test,
+    // so what is admitted is counted exactly, whatever the machine's speed.
     let (mut admitted, mut refused) = (0u32, 0u32);
-    let mut last_delay = Duration::ZERO;
     for _ in 0..40 {
         match bounded(
             "the flooder's ListBackends",
@@ -138,25 +138,18 @@ async fn a_tenant_flooding_past_its_request_rate_gets_retry_info_while_another_i
                     "{}",
                     status.message()
                 );
-                // At 2 a second, the next token is at most half a second off.
-                last_delay = retry_delay(&status);
+                // At 0.01 a second, the next token is at most 100 s off.
+                let delay = retry_delay(&status);
                 assert!(
-                    last_delay > Duration::ZERO && last_delay <= Duration::from_millis(500),
-                    "{last_delay:?}"
+                    delay > Duration::ZERO && delay <= Duration::from_secs(100),
+                    "{delay:?}"
                 );
                 refused += 1;
             }
         }
         bystander.answers().await;
     }
-    let elapsed = began.elapsed().as_secs_f64();
-    // The burst, plus what the rate refilled meanwhile.
-    let allowed = 3 + (2.0 * elapsed).ceil() as u32;
-    assert!(
-        admitted <= allowed,
-        "{admitted} admitted in {elapsed:.2}s, at most {allowed}"
-    );
-    assert!(refused > 0, "no call refused in {elapsed:.2}s");
+    assert_eq!((admitted, refused), (3, 37), "the burst, then nothing");
     let text = gw.metrics().await;
     let limited = |tenant| {
         metric_sum(
@@ -167,15 +160,8 @@ async fn a_tenant_flooding_past_its_request_rate_gets_retry_info_while_another_i
     };
     assert_eq!(limited("flood"), f64::from(refused));
     assert_eq!(limited("calm"), 0.0);
-
-    // Waiting as RetryInfo says is enough.
-    tokio::time::sleep(last_delay).await;
-    bounded(
-        "ListBackends after the retry delay",
-        flooder.list_backends(pb::ListBackendsRequest {}),
-    )
-    .await
-    .expect("a token is due after the retry delay");
+    // That waiting as RetryInfo says is enough is checked on a hand-moved
+    // clock (rate.rs, registry/tests/rates.rs), not by sleeping here.
     bystander.answers().await;
 }
 

@@ -399,6 +399,115 @@ async fn a_canary_that_faults_rolls_itself_back() {
     }
 }
 
+/// The versions of `name` with their states.
+async fn version_states(c: &mut Client, name: &str) -> Vec<(String, pb::BackendVersionState)> {
+    c.list_backends(pb::ListBackendsRequest {})
+        .await
+        .expect("ListBackends")
+        .into_inner()
+        .backends
+        .into_iter()
+        .filter(|b| b.name == name)
+        .map(|b| (b.version.clone(), b.state()))
+        .collect()
+}
+
+#[tokio::test]
+async fn gatehouse_reload_promotes_or_rolls_back_a_canary_by_hand() {
+    let (admin_key, hash) = gatehouse::keys::generate().unwrap();
+    let tail = format!(
+        "[[tenants]]\nname = \"ops\"\n[[tenants.keys]]\nhash = \"{hash}\"\nscopes = [\"admin\"]\n"
+    );
+    // No automatic rollback: only the operator ends these rollouts.
+    let rollout = "[backends.rollout]\npercent = 50\nmax_faults = 1000\nwindow = \"1m\"";
+    let gw = Gatehouse::builder(app_config("1.0.0", rollout, &tail))
+        .file("app.wasm", component("echo"))
+        .api_key(admin_key.clone())
+        .start()
+        .await;
+    let mut c = gw.client().await;
+    let reload = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--addr", &gw.url(), "--key", &admin_key, "reload"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let opens = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            let mut got = std::collections::BTreeSet::new();
+            for _ in 0..10 {
+                let s = open(&mut c, "app").await;
+                got.insert(s.backend_version.clone());
+                close(&mut c, &s.session_id).await;
+            }
+            got.into_iter().collect::<Vec<_>>()
+        }
+    };
+    // Nothing to promote yet.
+    let out = reload(&["--promote", "app"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no rollout in progress"),
+        "{out:?}"
+    );
+
+    // Version 2 as a canary, promoted by hand: every open gets it.
+    rewrite(&gw, &app_config("2.0.0", rollout, &tail));
+    let out = reload(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        version_states(&mut c, "app").await,
+        [
+            ("1.0.0".into(), pb::BackendVersionState::Current),
+            ("2.0.0".into(), pb::BackendVersionState::Canary)
+        ]
+    );
+    let out = reload(&["--promote", "app"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        version_states(&mut c, "app").await,
+        [("2.0.0".into(), pb::BackendVersionState::Current)],
+        "version 1 had no sessions left: it is gone"
+    );
+    assert_eq!(opens(&mut c).await, ["2.0.0"]);
+
+    // Version 3 as a canary, rolled back by hand: every open stays on 2.
+    rewrite(&gw, &app_config("3.0.0", rollout, &tail));
+    assert!(reload(&[]).status.success());
+    assert!(
+        version_states(&mut c, "app")
+            .await
+            .contains(&("3.0.0".into(), pb::BackendVersionState::Canary))
+    );
+    let out = reload(&["--rollback", "app"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        version_states(&mut c, "app").await,
+        [("2.0.0".into(), pb::BackendVersionState::Current)]
+    );
+    assert_eq!(opens(&mut c).await, ["2.0.0"]);
+    // Ended rollouts cannot be ended again.
+    let out = reload(&["--rollback", "app"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Both are audited as the admin's.
+    let events = gw
+        .connect()
+        .await
+        .audit_events(gatehouse::proto::admin::v1::ListAuditEventsRequest::default())
+        .await
+        .unwrap();
+    for action in ["rollout.promote", "rollout.rollback"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.action == action && e.target == "app"),
+            "{action}: {events:?}"
+        );
+    }
+}
+
 /// A native backend on `gatehouse worker sim-device` with `args` after it
 /// and one warm worker.
 fn native_config(args: &str) -> String {

@@ -7,6 +7,7 @@
 
 use gatehouse::proto::v1 as pb;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::fixtures::*;
 
@@ -142,9 +143,11 @@ async fn past_the_restart_budget_the_session_is_faulted_for_good() {
     .await;
     let mut c = gw.client().await;
     let id = open(&mut c, "chaos").await.session_id;
+    // Two stack overflows spend the budget; a trap finds it spent.
     for n in 1..=2 {
-        expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
-        ready_after(&mut c, &id, n).await;
+        expect_code(try_invoke(&mut c, &id, "recurse", "").await, Code::Aborted);
+        let info = ready_after(&mut c, &id, n).await;
+        assert_eq!(info.last_fault, "stack-overflow", "{info:?}");
     }
     expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
     let info = get(&mut c, &id).await;
@@ -154,6 +157,9 @@ async fn past_the_restart_budget_the_session_is_faulted_for_good() {
         info.final_fault_detail.contains("trap: unreachable"),
         "{info:?}"
     );
+    // The fault that found the budget spent is kept as the cause, not the
+    // one behind the last restart.
+    assert_eq!(info.last_fault, "trap: unreachable", "{info:?}");
     assert_eq!(info.restarts, 2);
     gw.wait_metric("gatehouse_open_sessions", &[], 0.0).await;
 }
@@ -240,11 +246,100 @@ async fn a_refused_restore_faults_the_session_with_restore_failed() {
     .await;
     assert_eq!(info.final_fault, "restore-failed", "{info:?}");
     assert!(info.final_fault_detail.contains("fail_restore"), "{info:?}");
+    // The trap that started the restart is kept beside the failed recovery.
+    assert_eq!(info.last_fault, "trap: unreachable", "{info:?}");
+    assert!(!info.last_fault_detail.is_empty(), "{info:?}");
     // A fresh start by hand still works.
     restart(&mut c, &id, Some(false))
         .await
         .expect("fresh restart");
     assert_eq!(invoke_ok(&mut c, &id, "echo", "hi").await, "hi");
+}
+
+#[tokio::test]
+async fn calls_while_a_session_restarts_are_unavailable_with_a_retry_delay() {
+    // A backoff no test outlasts: the session stays RESTARTING throughout.
+    let gw = Gatehouse::start(config(
+        "[backends.restart]\npolicy = \"on-fault\"\nmax_restarts = 3\nperiod = \"1h\"\nbackoff = \"1h\"",
+    ))
+    .await;
+    let mut c = gw.client().await;
+    let id = open(&mut c, "chaos").await.session_id;
+    expect_code(try_invoke(&mut c, &id, "trap", "").await, Code::Aborted);
+    eventually("the session to be RESTARTING", PATIENCE, || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move { (state(&get(&mut c, &id).await) == pb::SessionState::Restarting).then_some(()) }
+    })
+    .await;
+    let unavailable = |what: &str, status: tonic::Status| {
+        assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+        assert!(
+            status.message().contains("RESTARTING"),
+            "{what}: {status:?}"
+        );
+        let delay = status
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .unwrap_or_else(|| panic!("{what}: no retry delay: {status:?}"));
+        assert!(!delay.is_zero(), "{what}: {status:?}");
+    };
+    unavailable(
+        "Invoke",
+        try_invoke(&mut c, &id, "echo", "x").await.unwrap_err(),
+    );
+    unavailable(
+        "InvokeBatch",
+        c.invoke_batch(pb::InvokeBatchRequest {
+            session_id: id.clone(),
+            commands: vec![cmd("echo", b"x")],
+        })
+        .await
+        .unwrap_err(),
+    );
+    // Still restarting, and it closes like any session.
+    assert_eq!(state(&get(&mut c, &id).await), pb::SessionState::Restarting);
+    close(&mut c, &id).await;
+    assert_eq!(state(&get(&mut c, &id).await), pb::SessionState::Closed);
+}
+
+#[tokio::test]
+async fn a_snapshot_over_max_bytes_is_refused_counted_and_the_previous_one_kept() {
+    let gw = Gatehouse::start(config(
+        "[backends.snapshot]\nevery = \"command\"\nmax_bytes = 64",
+    ))
+    .await;
+    let mut c = gw.client().await;
+    let id = open(&mut c, "chaos").await.session_id;
+    invoke_ok(&mut c, &id, "put", "k v").await;
+    // Snapshots are taken behind the reply: wait for this one, `k v\n`.
+    let snapshot_bytes = |want: u64| {
+        let c = c.clone();
+        let id = id.clone();
+        eventually("the snapshot", PATIENCE, move || {
+            let (mut c, id) = (c.clone(), id.clone());
+            async move { (get(&mut c, &id).await.snapshot_bytes == want).then_some(()) }
+        })
+    };
+    snapshot_bytes(4).await;
+    let refused = [("backend", "chaos"), ("reason", "too-large")];
+    assert_eq!(
+        gw.metric("gatehouse_snapshots_refused_total", &refused)
+            .await,
+        0.0
+    );
+    // 100 bytes of state: its snapshot is over the cap, refused and
+    // counted, and the previous one stays.
+    let big = format!("big {}", "x".repeat(100));
+    invoke_ok(&mut c, &id, "put", &big).await;
+    gw.wait_metric("gatehouse_snapshots_refused_total", &refused, 1.0)
+        .await;
+    assert_eq!(get(&mut c, &id).await.snapshot_bytes, 4);
+    // A restart from the snapshot gets the state it holds, without `big`.
+    restart(&mut c, &id, None).await.expect("RestartSession");
+    assert_eq!(invoke_ok(&mut c, &id, "get", "k").await, "v");
+    let missing = try_invoke(&mut c, &id, "get", "big").await.unwrap();
+    assert!(missing.error.is_some(), "`big` came back: {missing:?}");
 }
 
 #[tokio::test]

@@ -40,6 +40,22 @@ async fn unknown_session_is_not_found_for_every_rpc() {
             Code::NotFound,
         );
         expect_code(
+            c.restart_session(pb::RestartSessionRequest {
+                session_id: id.into(),
+                from_snapshot: None,
+            })
+            .await,
+            Code::NotFound,
+        );
+        expect_code(
+            c.upgrade_session(pb::UpgradeSessionRequest {
+                session_id: id.into(),
+                version: String::new(),
+            })
+            .await,
+            Code::NotFound,
+        );
+        expect_code(
             c.close_session(pb::CloseSessionRequest {
                 session_id: id.into(),
             })

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use gatehouse::keys;
 use gatehouse::proto::v1 as pb;
+use gatehouse::proto::v1::admin_client::AdminClient;
 use gatehouse::proto::v1::gateway_client::GatewayClient;
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -26,7 +27,11 @@ use crate::fixtures::*;
 /// A client sending `authorization: <auth>` verbatim, or nothing.
 async fn raw(gw: &Gatehouse, auth: Option<&str>) -> Client {
     let header = auth.map(|a| a.parse::<MetadataValue<Ascii>>().expect("a header value"));
-    GatewayClient::with_interceptor(gw.channel().await, Auth(header))
+    let channel = gw.channel().await;
+    Client {
+        gateway: GatewayClient::with_interceptor(channel.clone(), Auth(header.clone())),
+        admin: AdminClient::with_interceptor(channel, Auth(header)),
+    }
 }
 
 /// A client sending `authorization: Bearer <key>`.
@@ -63,8 +68,25 @@ impl Interceptor for Auth {
     }
 }
 
-/// The generated client with a verbatim `authorization` header.
-type Client = GatewayClient<InterceptedService<Channel, Auth>>;
+/// The generated Gateway and Admin clients with a verbatim
+/// `authorization` header; Gateway calls go straight to it.
+struct Client {
+    gateway: GatewayClient<InterceptedService<Channel, Auth>>,
+    admin: AdminClient<InterceptedService<Channel, Auth>>,
+}
+
+impl std::ops::Deref for Client {
+    type Target = GatewayClient<InterceptedService<Channel, Auth>>;
+    fn deref(&self) -> &Self::Target {
+        &self.gateway
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.gateway
+    }
+}
 
 /// A key made for a test: the secret and its config entry.
 struct Key {
@@ -108,10 +130,18 @@ enum Rpc {
     RenewLease,
     GetSession,
     ListSessions,
+    RestartSession,
+    UpgradeSession,
+    Call,
+    Drain,
+    Reload,
     CloseSession,
 }
 
-const ALL_RPCS: [Rpc; 9] = [
+/// Every RPC of `gatehouse.v1` (`the_rpc_lists_name_every_rpc_of_the_proto`
+/// checks it has no other); CloseSession last, as it ends the session the
+/// others use.
+const ALL_RPCS: [Rpc; 14] = [
     Rpc::ListBackends,
     Rpc::OpenSession,
     Rpc::Invoke,
@@ -120,27 +150,65 @@ const ALL_RPCS: [Rpc; 9] = [
     Rpc::RenewLease,
     Rpc::GetSession,
     Rpc::ListSessions,
+    Rpc::RestartSession,
+    Rpc::UpgradeSession,
+    Rpc::Call,
+    Rpc::Drain,
+    Rpc::Reload,
     Rpc::CloseSession,
 ];
 
 /// The RPCs that name a session.
-const SESSION_RPCS: [Rpc; 6] = [
+const SESSION_RPCS: [Rpc; 8] = [
     Rpc::Invoke,
     Rpc::InvokeBatch,
     Rpc::StreamEvents,
     Rpc::RenewLease,
     Rpc::GetSession,
+    Rpc::RestartSession,
+    Rpc::UpgradeSession,
     Rpc::CloseSession,
 ];
 
 impl Rpc {
-    fn scope(self) -> &'static str {
+    /// The scopes the RPC needs, all of them.
+    fn scopes(self) -> &'static [&'static str] {
         match self {
-            Rpc::ListBackends => "backends:read",
-            Rpc::OpenSession => "sessions:open",
-            Rpc::GetSession | Rpc::ListSessions => "sessions:read",
-            _ => "sessions:use",
+            Rpc::ListBackends => &["backends:read"],
+            Rpc::OpenSession => &["sessions:open"],
+            Rpc::GetSession | Rpc::ListSessions => &["sessions:read"],
+            // A call opens an instance and uses it.
+            Rpc::Call => &["sessions:open", "sessions:use"],
+            Rpc::Drain | Rpc::Reload => &["admin"],
+            _ => &["sessions:use"],
         }
+    }
+}
+
+#[test]
+fn the_rpc_lists_name_every_rpc_of_the_proto() {
+    let proto = include_str!("../../proto/gatehouse/v1/gateway.proto");
+    let mut in_proto: Vec<String> = proto
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rpc "))
+        .filter_map(|l| l.split('(').next())
+        .map(|name| name.trim().to_string())
+        .collect();
+    in_proto.sort();
+    let mut listed: Vec<String> = ALL_RPCS.iter().map(|r| format!("{r:?}")).collect();
+    listed.sort();
+    assert_eq!(
+        listed, in_proto,
+        "a new RPC belongs in ALL_RPCS (and SESSION_RPCS if it names a session)"
+    );
+    // The RPCs that name a session are those whose request has a session_id.
+    for rpc in ALL_RPCS {
+        let request = format!("message {rpc:?}Request {{\n  string session_id = 1;");
+        assert_eq!(
+            SESSION_RPCS.contains(&rpc),
+            proto.contains(&request),
+            "{rpc:?}: SESSION_RPCS disagrees with the proto"
+        );
     }
 }
 
@@ -189,6 +257,39 @@ async fn call(c: &mut Client, rpc: Rpc, session: &str) -> Result<Option<String>,
             .map(|_| None),
         Rpc::ListSessions => c
             .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .map(|_| None),
+        Rpc::RestartSession => c
+            .restart_session(pb::RestartSessionRequest {
+                session_id: sid,
+                from_snapshot: None,
+            })
+            .await
+            .map(|_| None),
+        Rpc::UpgradeSession => c
+            .upgrade_session(pb::UpgradeSessionRequest {
+                session_id: sid,
+                version: String::new(),
+            })
+            .await
+            .map(|_| None),
+        Rpc::Call => c
+            .call(pb::CallRequest {
+                backend: "echo".into(),
+                config: Default::default(),
+                command: Some(command("echo")),
+                command_timeout: None,
+            })
+            .await
+            .map(|_| None),
+        Rpc::Drain => c
+            .admin
+            .drain(pb::DrainRequest { timeout: None })
+            .await
+            .map(|_| None),
+        Rpc::Reload => c
+            .admin
+            .reload(pb::ReloadRequest::default())
             .await
             .map(|_| None),
         Rpc::CloseSession => c
@@ -270,7 +371,7 @@ fn state(s: i32) -> pb::SessionState {
 #[tokio::test]
 async fn calls_without_a_valid_key_are_unauthenticated_but_health_and_reflection_are_open() {
     let key = new_key();
-    // 54 failures in a row from one address, then the right key: past the
+    // 84 failures in a row from one address, then the right key: past the
     // failed-authentication throttle's burst (tested in rates.rs).
     let config = format!(
         "[server]\nauth_failures_burst = 100\n[[tenants]]\nname = \"a\"\n{}",
@@ -377,53 +478,56 @@ async fn every_rpc_needs_its_scope() {
     let sid = open_id(&mut owner, "echo").await;
     let mut opened = Vec::new();
 
-    // CloseSession last: it ends the session the others use.
+    // CloseSession last: it ends the session the others use. Each key is
+    // refused exactly when it lacks a scope the RPC needs (every RPC here
+    // but Drain and Reload, which need `admin`, is allowed to some key).
+    let keys = all_but
+        .iter()
+        .map(|(missing, key)| {
+            let scopes: Vec<&str> = ALL_SCOPES.into_iter().filter(|s| s != missing).collect();
+            (format!("all but {missing}"), scopes, key)
+        })
+        .chain(
+            single
+                .iter()
+                .map(|(scope, key)| (format!("only {scope}"), vec![*scope], key)),
+        )
+        .collect::<Vec<_>>();
     for rpc in ALL_RPCS {
-        let needed = rpc.scope();
-        for (missing, key) in &all_but {
+        let needed = rpc.scopes();
+        let mut allowed = 0;
+        for (what, scopes, key) in &keys {
             let mut c = client(&gw, &key.secret).await;
             let result = call(&mut c, rpc, &sid).await;
-            if *missing == needed {
-                let e = result.expect_err("refused");
-                assert_eq!(
-                    e.code(),
-                    Code::PermissionDenied,
-                    "{rpc:?} without {missing}"
-                );
-                assert!(e.message().contains(needed), "{}", e.message());
-            } else if rpc != Rpc::CloseSession {
-                // Only the missing scope matters. (StreamEvents may meet the
-                // previous stream still attached: that is not an auth error.)
-                match result {
-                    Ok(id) => opened.extend(id),
-                    Err(e) => assert_eq!(
-                        (rpc, e.code()),
-                        (Rpc::StreamEvents, Code::AlreadyExists),
-                        "{rpc:?} with all but {missing}: {e:?}"
-                    ),
+            match needed.iter().find(|s| !scopes.contains(s)) {
+                Some(lacking) => {
+                    let e = result.expect_err("refused");
+                    assert_eq!(e.code(), Code::PermissionDenied, "{rpc:?} with {what}");
+                    assert!(e.message().contains(lacking), "{}", e.message());
+                }
+                None if rpc == Rpc::CloseSession => {
+                    result.expect("a close with sessions:use");
+                }
+                None => {
+                    allowed += 1;
+                    // (StreamEvents may meet the previous stream still
+                    // attached: that is not an auth error.)
+                    match result {
+                        Ok(id) => opened.extend(id),
+                        Err(e) => assert_eq!(
+                            (rpc, e.code()),
+                            (Rpc::StreamEvents, Code::AlreadyExists),
+                            "{rpc:?} with {what}: {e:?}"
+                        ),
+                    }
                 }
             }
         }
-        for (scope, key) in &single {
-            let mut c = client(&gw, &key.secret).await;
-            let result = call(&mut c, rpc, &sid).await;
-            if *scope == needed {
-                match result {
-                    Ok(id) => opened.extend(id),
-                    Err(e) => assert_eq!(
-                        (rpc, e.code()),
-                        (Rpc::StreamEvents, Code::AlreadyExists),
-                        "{rpc:?} with {scope}: {e:?}"
-                    ),
-                }
-            } else {
-                let e = result.expect_err("refused");
-                assert_eq!(
-                    e.code(),
-                    Code::PermissionDenied,
-                    "{rpc:?} with only {scope}"
-                );
-            }
+        if !matches!(rpc, Rpc::Drain | Rpc::Reload | Rpc::CloseSession) {
+            assert!(
+                allowed > 0,
+                "no key was allowed {rpc:?}: the test checks nothing"
+            );
         }
     }
     assert_eq!(
@@ -645,8 +749,10 @@ async fn a_removed_key_is_refused_after_restart() {
     }
     drop(gw);
 
+    // A failure per RPC from one address, then the kept key: past the
+    // failed-authentication throttle's burst (tested in rates.rs).
     let config = format!(
-        "[[tenants]]\nname = \"a\"\n{}",
+        "[server]\nauth_failures_burst = 100\n[[tenants]]\nname = \"a\"\n{}",
         key_entry(&kept, &ALL_SCOPES)
     );
     let gw = Gatehouse::builder(config)

@@ -164,32 +164,66 @@ async fn plaintext_clients_are_refused_on_a_tls_port() {
         .expect("TLS call");
 }
 
+/// Waits until the gRPC port has counted more failed TLS handshakes than
+/// `before`; returns the count.
+async fn handshake_failures(gw: &Gatehouse, before: f64) -> f64 {
+    eventually("a failed handshake to be counted", PATIENCE, || async {
+        let n = gw
+            .metric(
+                "gatehouse_tls_handshake_failures_total",
+                &[("port", "grpc")],
+            )
+            .await;
+        (n > before).then_some(n)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn mutual_tls_refuses_missing_and_foreign_client_certificates() {
     let pki = Pki::new();
+    let good = TlsClient::trusting(&pki.ca).with_identity(pki.ca.client("alpha", "Acme", None));
     let gw = pki
         .gateway(
             "",
             "client_ca = \"ca.pem\"",
             &cert_tenant("alpha", "subject = \"CN=alpha, O=Acme\""),
         )
+        // The fixture's own calls (metrics) carry the good certificate.
+        .tls_client(good.clone())
         .start()
         .await;
+    // Refused at the handshake, before any RPC: the client's status is a
+    // transport error of its own (the connection closed or a TLS alert,
+    // whose code varies with when TLS 1.3 reports it), never an answer of
+    // the gateway's such as UNAUTHENTICATED; and the gateway counts a
+    // failed handshake.
+    let refused_at_handshake = |what: &str, result: Result<(), tonic::Status>| {
+        let status = result.expect_err(what);
+        assert!(
+            matches!(
+                status.code(),
+                Code::Cancelled | Code::Unavailable | Code::Unknown
+            ) && std::error::Error::source(&status).is_some(),
+            "{what}: not refused by the transport: {status:?}"
+        );
+    };
     let trusting = TlsClient::trusting(&pki.ca);
-    assert!(
-        list_backends(&gw, Some(&trusting)).await.is_err(),
-        "a call without a client certificate succeeded"
+    refused_at_handshake(
+        "a call without a client certificate",
+        list_backends(&gw, Some(&trusting)).await,
     );
+    let failed = handshake_failures(&gw, 0.0).await;
     // The same subject, signed by a CA the gateway does not trust.
     let other = Ca::new("another CA");
     let foreign = trusting
         .clone()
         .with_identity(other.client("alpha", "Acme", None));
-    assert!(
-        list_backends(&gw, Some(&foreign)).await.is_err(),
-        "a certificate of a foreign CA was accepted"
+    refused_at_handshake(
+        "a certificate of a foreign CA",
+        list_backends(&gw, Some(&foreign)).await,
     );
-    let good = trusting.with_identity(pki.ca.client("alpha", "Acme", None));
+    handshake_failures(&gw, failed).await;
     list_backends(&gw, Some(&good))
         .await
         .expect("the CA's certificate is accepted");

@@ -165,6 +165,60 @@ async fn upgrade_sessions_moves_every_live_session_after_a_reload() {
 }
 
 #[tokio::test]
+async fn upgrade_sessions_stops_at_the_first_failure() {
+    let rollout = "[backends.rollout]\nupgrade_sessions = true";
+    let gw = Gatehouse::start(config("1.0.0", rollout)).await;
+    let mut c = gw.client().await;
+    // Oldest first: one that moves, one whose restore is refused, one the
+    // failure leaves where it is.
+    let first = open(&mut c, "chaos").await.session_id;
+    let mut refusing = open_request("chaos");
+    refusing.config.insert("fail_restore".into(), "yes".into());
+    let second = open_with(&mut c, refusing).await.session_id;
+    let third = open(&mut c, "chaos").await.session_id;
+    for id in [&first, &second, &third] {
+        invoke_ok(&mut c, id, "put", "k v").await;
+    }
+    reload_to(&gw, &config("2.0.0", rollout), 1.0).await;
+    eventually("upgrade_sessions to finish", PATIENCE, || async {
+        gw.stderr()
+            .contains("live sessions moved to the current version")
+            .then_some(())
+    })
+    .await;
+    let text = gw.metrics().await;
+    let upgrades = |reason: &str| {
+        metric_sum(
+            &text,
+            "gatehouse_session_upgrades_total",
+            &[("backend", "chaos"), ("reason", reason)],
+        )
+    };
+    assert_eq!((upgrades("ok"), upgrades("failed")), (1.0, 1.0), "{text}");
+    assert!(
+        gw.stderr()
+            .contains("upgrade_sessions stopped at the first failure")
+    );
+    let version = |id: &String| {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move { get(&mut c, &id).await.backend_version }
+    };
+    assert_eq!(version(&first).await, "2.0.0");
+    assert_eq!(version(&second).await, "1.0.0", "its restore was refused");
+    assert_eq!(
+        version(&third).await,
+        "1.0.0",
+        "not tried after the failure"
+    );
+    // Both left behind are untouched and READY.
+    for id in [&second, &third] {
+        assert_eq!(state(&get(&mut c, id).await), pb::SessionState::Ready);
+        assert_eq!(invoke_ok(&mut c, id, "get", "k").await, "v");
+    }
+}
+
+#[tokio::test]
 async fn promoting_a_canary_over_the_admin_rpc_makes_it_current_and_moves_sessions() {
     use gatehouse::proto::v1::admin_client::AdminClient;
     let rollout = "[backends.rollout]\npercent = 1\nupgrade_sessions = true";

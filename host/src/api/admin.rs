@@ -1,7 +1,7 @@
 //! The `gatehouse.v1.Admin` service: operating the gateway. Every call
 //! needs the `admin` scope (the auth layer's default for RPCs outside the
-//! Gateway table). The work itself is the server's, behind [`Reload`]: this
-//! layer only authenticates, maps and reports.
+//! Gateway table). The work itself is the server's, behind [`Reload`] and
+//! [`Drain`]: this layer only authenticates, maps and reports.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

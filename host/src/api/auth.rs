@@ -1,7 +1,7 @@
 //! Who is calling, and may they make this call.
 //!
-//! [`Authenticated`] wraps the Gateway service (and only it: health and
-//! reflection need no credentials). For every RPC it reads
+//! [`Authenticated`] wraps the Gateway service and both Admin services
+//! (health and reflection need no credentials). For every RPC it reads
 //! `authorization: Bearer <key>` and, over mutual TLS, the names of the
 //! connection's client certificate ([`Peer`]); finds the tenant and scopes
 //! they belong to, checks the scope the RPC needs ([`required_scope`]) and

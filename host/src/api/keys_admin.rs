@@ -45,7 +45,8 @@ pub enum Via {
 }
 
 impl Via {
-    fn as_str(self) -> &'static str {
+    /// How the audit log names it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Via::Api => "api",
             Via::Console => "console",
@@ -249,7 +250,12 @@ impl KeyAdmin {
     /// Records an admin action that is not about keys (a session closed, a
     /// console sign-in). Without a key store it is only logged.
     pub async fn record(&self, caller: &Caller, via: Via, entry: AuditEntry) {
-        let actor = actor(caller, via);
+        self.record_as(actor(caller, via), entry).await;
+    }
+
+    /// Records an action of someone who is not a caller, such as a refused
+    /// console sign-in: `actor` is how the log names them.
+    pub async fn record_as(&self, actor: Actor, entry: AuditEntry) {
         match self.auth.store() {
             Some(store) => {
                 if let Err(e) = store.record(actor, entry).await {

@@ -50,8 +50,9 @@ pub struct ApiLimits {
 }
 
 /// The Gateway service wrapped with its message size limits and with
-/// authentication (and the failure throttle every service shares, so an
-/// address cannot guess keys on one service while throttled on another).
+/// authentication, failures counted by `throttle`: the one every
+/// authenticated service and the console's sign-in share, so an address
+/// gets one budget of guesses.
 pub fn gateway_server(
     registry: Arc<Registry>,
     auth: Authenticator,

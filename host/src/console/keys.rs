@@ -1,6 +1,5 @@
 //! The keys page: listing, creating (the new key shown once) and revoking.
 
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -8,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Console;
-use super::guard::{Admin, CsrfForm, St, to_login};
+use super::guard::{Admin, CsrfField, CsrfForm, Posted, St, to_login};
 use super::views::KeyRow;
 use crate::api::Via;
 use crate::proto::admin::v1 as admin;
@@ -80,16 +79,14 @@ pub struct CreateKeyForm {
     admin: Option<String>,
 }
 
+impl CsrfField for CreateKeyForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// Creates a key and shows it, once.
-pub async fn create_key(
-    State(c): St,
-    headers: HeaderMap,
-    Form(form): Form<CreateKeyForm>,
-) -> Response {
-    let admin = match c.form_admin(&headers, &form.csrf) {
-        Ok(a) => a,
-        Err(why) => return c.refuse(why),
-    };
+pub async fn create_key(State(c): St, Posted { admin, form }: Posted<CreateKeyForm>) -> Response {
     let scopes: Vec<String> = [
         ("sessions:open", &form.sessions_open),
         ("sessions:use", &form.sessions_use),
@@ -126,14 +123,9 @@ pub async fn create_key(
 /// Revokes a key.
 pub async fn revoke_key(
     State(c): St,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { admin, .. }: Posted<CsrfForm>,
 ) -> Response {
-    let admin = match c.form_admin(&headers, &form.csrf) {
-        Ok(a) => a,
-        Err(why) => return c.refuse(why),
-    };
     match c.keys.revoke(&admin.caller, Via::Console, &id).await {
         Ok(_) => Redirect::to("/console/keys").into_response(),
         Err(s) => keys_page(&c, &admin, None, Some(s.message().to_string())).await,

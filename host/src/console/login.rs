@@ -1,22 +1,30 @@
 //! Signing in and out.
+//!
+//! A failed sign-in is a failed authentication like a gRPC call's: counted
+//! in `gatehouse_auth_failures_total` and throttled per address by the
+//! same [`FailureThrottle`](crate::api::FailureThrottle) (one budget of
+//! guesses for both), logged without the key, and audited
+//! (`console.sign_in_failed`, the address as its target).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::Form;
 use axum::extract::State;
+use axum::extract::rejection::FormRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Console;
-use super::guard::{CsrfForm, St};
+use super::guard::{ClientIp, CsrfForm, Posted, St};
 use super::signin::{
     LOGIN_CSRF_COOKIE, SESSION_COOKIE, SIGN_IN_LIFETIME, cookie, random_token, same_token,
     set_cookie,
 };
-use crate::api::Via;
-use crate::keystore::AuditEntry;
+use crate::api::{AuthError, FailureThrottle, Via};
+use crate::keystore::{Actor, AuditEntry};
 
 /// `/console`: the sessions page.
 pub async fn home() -> Redirect {
@@ -55,21 +63,51 @@ pub struct LoginForm {
 }
 
 /// Signs in with an admin key.
-pub async fn login(State(c): St, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(c): St,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !same_token(&form.csrf, expected) {
-        return login_page(
+    let form = match form {
+        Ok(Form(form)) if !expected.is_empty() && same_token(&form.csrf, expected) => form,
+        _ => {
+            return login_page(
+                &c,
+                StatusCode::FORBIDDEN,
+                Some("The sign-in form expired or was not sent by this console. Try again."),
+            );
+        }
+    };
+    // Local mode has no credentials to guess, as for gRPC calls.
+    let throttle = c.throttle.as_deref().filter(|_| !c.auth.is_local());
+    if let Some(t) = throttle
+        && let Err(wait) = t.admit(ip)
+    {
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        let mut r = login_page(
             &c,
-            StatusCode::FORBIDDEN,
-            Some("The sign-in form expired or was not sent by this console. Try again."),
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "Too many failed sign-ins from this address: the key was not checked. Try again in {secs}s."
+            )),
         );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
     }
-    let Some(caller) = c.check_key(&form.key) else {
-        return login_page(
-            &c,
-            StatusCode::UNAUTHORIZED,
-            Some("That is not an admin key of this gateway (or it was revoked or expired)."),
-        );
+    let caller = match c.check_key(&form.key) {
+        Ok(caller) => caller,
+        Err(e) => {
+            sign_in_failed(&c, throttle, ip, &e).await;
+            return login_page(
+                &c,
+                StatusCode::UNAUTHORIZED,
+                Some("That is not an admin key of this gateway (or it was revoked or expired)."),
+            );
+        }
     };
     let Some(token) = c.sign_ins.start(form.key.trim().to_string()) else {
         return c.message(StatusCode::INTERNAL_SERVER_ERROR, "Error", "No randomness.");
@@ -97,12 +135,40 @@ pub async fn login(State(c): St, headers: HeaderMap, Form(form): Form<LoginForm>
     r
 }
 
-/// Signs out.
-pub async fn logout(State(c): St, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    let admin = match c.form_admin(&headers, &form.csrf) {
-        Ok(a) => a,
-        Err(why) => return c.refuse(why),
+/// Counts, logs and audits a refused sign-in; the key is never written.
+async fn sign_in_failed(
+    c: &Console,
+    throttle: Option<&FailureThrottle>,
+    ip: Option<IpAddr>,
+    error: &AuthError,
+) {
+    // Counted (and summed up in the log once per interval per address) by
+    // the throttle; each failure is also one audit line, which names the
+    // address and why, never the key.
+    if let Some(t) = throttle
+        && error.is_unauthenticated()
+    {
+        t.failed(ip, "console sign-in", error);
+    }
+    let actor = Actor {
+        label: "anonymous".into(),
+        tenant: String::new(),
+        via: Via::Console.as_str(),
     };
+    let entry = AuditEntry {
+        action: "console.sign_in_failed",
+        target: ip.map_or_else(|| "unknown address".into(), |ip| ip.to_string()),
+        detail: error.to_string(),
+    };
+    c.keys.record_as(actor, entry).await;
+}
+
+/// Signs out.
+pub async fn logout(
+    State(c): St,
+    headers: HeaderMap,
+    Posted { admin, .. }: Posted<CsrfForm>,
+) -> Response {
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
         c.sign_ins.end(token);
     }

@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::api::{Authenticator, KeyAdmin};
+use crate::api::{Authenticator, FailureThrottle, KeyAdmin};
 use crate::registry::Registry;
 
 use self::signin::SignIns;
@@ -58,20 +58,30 @@ pub struct Console {
     keys: KeyAdmin,
     registry: OnceLock<Arc<Registry>>,
     sign_ins: SignIns,
+    /// Failed sign-ins per address, shared with the gRPC API's failed
+    /// authentications; `None` when `server.max_auth_failures_per_sec` is
+    /// off.
+    throttle: Option<Arc<FailureThrottle>>,
     /// Whether the HTTP port serves TLS: cookies are then `Secure`.
     tls: bool,
     templates: render::Templates,
 }
 
 impl Console {
-    /// A console over `auth`'s tenants and key store; pages that need the
-    /// registry answer 503 until [`Console::set_registry`].
-    pub fn new(auth: Authenticator, tls: bool) -> Arc<Self> {
+    /// A console over `auth`'s tenants and key store, its failed sign-ins
+    /// counted by `throttle`; pages that need the registry answer 503 until
+    /// [`Console::set_registry`].
+    pub fn new(
+        auth: Authenticator,
+        tls: bool,
+        throttle: Option<Arc<FailureThrottle>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             keys: KeyAdmin::new(auth.clone()),
             auth,
             registry: OnceLock::new(),
             sign_ins: SignIns::default(),
+            throttle,
             tls,
             templates: render::Templates::new(),
         })

@@ -3,14 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::guard::{CsrfForm, St, to_login};
+use super::guard::{CsrfForm, Posted, Refusal, St, to_login};
 use super::views::SessionRow;
 use crate::api::{Via, session_info};
 use crate::keystore::AuditEntry;
@@ -86,7 +85,7 @@ pub async fn sessions(State(c): St, headers: HeaderMap, Query(f): Query<Filters>
 /// sign-in has ended, so the script can go to the sign-in page.
 pub async fn session_rows(State(c): St, headers: HeaderMap, Query(f): Query<Filters>) -> Response {
     let Some(admin) = c.admin(&headers) else {
-        return StatusCode::UNAUTHORIZED.into_response();
+        return c.refuse(Refusal::SignedOut);
     };
     let registry = match c.registry() {
         Ok(r) => r,
@@ -121,14 +120,9 @@ pub async fn session(State(c): St, headers: HeaderMap, Path(id): Path<String>) -
 /// Closes a session, as `CloseSession` would for an admin.
 pub async fn close_session(
     State(c): St,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { admin, .. }: Posted<CsrfForm>,
 ) -> Response {
-    let admin = match c.form_admin(&headers, &form.csrf) {
-        Ok(a) => a,
-        Err(why) => return c.refuse(why),
-    };
     let registry = match c.registry() {
         Ok(r) => r,
         Err(why) => return c.refuse(why),

@@ -29,6 +29,12 @@ pub struct SessionRow {
     pub dropped: u64,
     pub fault: String,
     pub fault_detail: String,
+    /// Times the instance was replaced.
+    pub restarts: u32,
+    /// The fault behind the last restart: after a restart that gave up,
+    /// the cause, while `fault` is the failed recovery.
+    pub last_fault: String,
+    pub last_fault_detail: String,
     pub close_reason: String,
     pub opened: String,
     pub last_activity: String,
@@ -121,6 +127,9 @@ impl SessionRow {
             dropped: s.events_dropped,
             fault: s.final_fault.clone(),
             fault_detail: s.final_fault_detail.clone(),
+            restarts: s.restarts,
+            last_fault: s.last_fault.clone(),
+            last_fault_detail: s.last_fault_detail.clone(),
             close_reason: close_reason(s.close_reason),
             opened: when(secs(s.opened_at.as_ref())),
             last_activity: when(secs(s.last_activity_at.as_ref())),

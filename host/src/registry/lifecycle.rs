@@ -123,7 +123,13 @@ impl Registry {
                     self.count_fault(session, &fault);
                     return true;
                 }
-                Err(fault) => return self.fault_for_good(session, fault, false),
+                Err(ending) => {
+                    if ending.code == FaultCode::RestartLimit {
+                        // The fault that found the budget spent is the cause.
+                        session.note_cause(fault);
+                    }
+                    return self.fault_for_good(session, ending, false);
+                }
             }
         }
         self.fault_for_good(session, fault, false)

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendInfo, Fault, SnapshotStore, Worker};
+use crate::backend::{BackendInfo, Fault, FaultCode, SnapshotStore, Worker};
 use crate::events::EventLog;
 use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
@@ -54,7 +54,8 @@ struct Status {
     restarts: u32,
     /// The automatic restarts within the restart period.
     recent_restarts: RestartWindow,
-    /// The fault that caused the last restart (or ended the session).
+    /// The fault that caused the last restart (kept when that restart gave
+    /// up), or the one that ended a session that never restarted.
     last_fault: Option<Fault>,
     /// When a snapshot was last asked for (the interval policy).
     snapshot_asked: Option<Instant>,
@@ -245,7 +246,14 @@ impl Session {
                 return None;
             }
             st.state = SessionState::Faulted;
-            st.last_fault = Some(fault.clone());
+            // A recovery that failed (a restart that gave up, or the restart
+            // budget spent) keeps the fault that called for it as the last
+            // fault; `fault` says why the recovery failed. Both are what an
+            // operator needs to see.
+            let recovery_failed = restarting || fault.code == FaultCode::RestartLimit;
+            if !(recovery_failed && st.last_fault.is_some()) {
+                st.last_fault = Some(fault.clone());
+            }
             st.fault = Some(fault);
             st.close_reason = Some(CloseReason::Fault);
             st.ended_at = Some(now);
@@ -312,6 +320,12 @@ impl Session {
         self.set_worker(worker, number);
         drop(st);
         Some(restarts)
+    }
+
+    /// Records `fault` as the one behind the last restart, when it would
+    /// have restarted the session but the restart budget was spent.
+    pub(super) fn note_cause(&self, fault: Fault) {
+        self.status().last_fault = Some(fault);
     }
 
     /// The fault behind the last restart.
@@ -546,7 +560,8 @@ pub struct SessionSnapshot {
     pub events_dropped: u64,
     /// Restarts so far.
     pub restarts: u32,
-    /// The fault behind the last restart, or the one that ended it.
+    /// The fault behind the last restart (kept when that restart gave up),
+    /// or the one that ended a session that never restarted.
     pub last_fault: Option<Fault>,
     /// The size of the latest state snapshot; 0 without one.
     pub snapshot_bytes: usize,

@@ -5,12 +5,21 @@ use super::{LISTEN, WIT, gatehouse_toml};
 /// The componentize-js release CI builds `plugins/js-notes` with.
 pub(super) const COMPONENTIZE_JS: &str = "0.23.0";
 
+/// The preview2-shim release `plugins/js-notes` pins.
+pub(super) const PREVIEW2_SHIM: &str = "0.25.0";
+
+/// `plugins/js-notes`'s lock file: a new project resolves exactly the
+/// toolchain CI builds js-notes with (jco, preview2-shim and everything
+/// under them), not whatever is newest on the registry that day.
+const JS_NOTES_LOCK: &str = include_str!("../../../plugins/js-notes/package-lock.json");
+
 /// The project's files, relative to its root.
 pub(super) fn files(name: &str) -> Vec<(&'static str, String)> {
     let wasm = format!("{name}.wasm");
     vec![
         ("app.js", app_js(name)),
         ("package.json", package_json(name, &wasm)),
+        ("package-lock.json", package_lock(name)),
         ("wit/backend.wit", WIT.to_string()),
         (".gitignore", "node_modules/\n*.wasm\n".to_string()),
         ("README.md", readme(name, &wasm)),
@@ -18,8 +27,18 @@ pub(super) fn files(name: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// What to run next.
-pub(super) const NEXT: &str = "npm install && npm run build";
+/// What to run next: `npm ci` installs exactly what the lock file says.
+pub(super) const NEXT: &str = "npm ci && npm run build";
+
+/// js-notes's lock under the project's name (the file names it twice: the
+/// lock and its root package).
+fn package_lock(name: &str) -> String {
+    JS_NOTES_LOCK.replacen(
+        "\"name\": \"gatehouse-js-notes\"",
+        &format!("\"name\": \"{name}\""),
+        2,
+    )
+}
 
 fn package_json(name: &str, wasm: &str) -> String {
     // `-d http fetch-event`: the default runtime build imports wasi:http,
@@ -34,7 +53,8 @@ fn package_json(name: &str, wasm: &str) -> String {
     "build": "componentize-js app.js -w wit -n backend -d http fetch-event -o {wasm}"
   }},
   "devDependencies": {{
-    "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}"
+    "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}",
+    "@bytecodealliance/preview2-shim": "{PREVIEW2_SHIM}"
   }}
 }}
 "#
@@ -104,10 +124,11 @@ fn readme(name: &str, wasm: &str) -> String {
         r#"# {name}
 
 A gatehouse backend in JavaScript, built with componentize-js
-({COMPONENTIZE_JS}, pinned in package.json).
+({COMPONENTIZE_JS}, pinned in package.json; package-lock.json pins jco,
+preview2-shim and the rest of the toolchain).
 
 ```sh
-npm install
+npm ci                                   # installs exactly what package-lock.json says
 npm run build                            # -> {wasm}
 gatehouse plugin check {wasm}
 gatehouse serve --config gatehouse.toml  # serves it as backend "{name}" on {LISTEN}

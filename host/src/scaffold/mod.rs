@@ -195,8 +195,27 @@ mod tests {
             "{package}"
         );
         assert!(package.contains("-d http fetch-event"), "{package}");
+        // The lock file pins the whole toolchain, and agrees with
+        // package.json (else `npm ci` refuses it).
+        let package: serde_json::Value = serde_json::from_str(&package).unwrap();
+        let lock: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(js.join("package-lock.json")).unwrap())
+                .unwrap();
+        assert_eq!(lock["name"], "hello-js");
+        assert_eq!(lock["packages"][""]["name"], "hello-js");
+        assert_eq!(
+            lock["packages"][""]["devDependencies"],
+            package["devDependencies"]
+        );
+        for dep in ["jco", "preview2-shim", "componentize-js"] {
+            let entry = &lock["packages"][format!("node_modules/@bytecodealliance/{dep}")];
+            assert!(
+                entry["version"].is_string() && entry["integrity"].is_string(),
+                "{dep} is not pinned: {entry}"
+            );
+        }
         let app = fs::read_to_string(js.join("app.js")).unwrap();
         assert!(app.contains("export const session"), "{app}");
-        assert_eq!(next_step("js", "hello-js"), "npm install && npm run build");
+        assert_eq!(next_step("js", "hello-js"), "npm ci && npm run build");
     }
 }

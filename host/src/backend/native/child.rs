@@ -6,7 +6,7 @@
 //! `clone(CLONE_VM | CLONE_VFORK)` on a small stack of its own: it shares
 //! the gateway's memory until `execve`, and the calling thread sleeps until
 //! then. `posix_spawn` itself cannot be used because the child must set
-//! its parent-death signal before `execve` (see spawn.rs), which no spawn
+//! its parent-death signal before `execve` (see `prepare`), which no spawn
 //! attribute does.
 //!
 //! Everything the child needs (paths, argv, envp) is prepared before the

@@ -8,7 +8,7 @@
 //! walks the wire-visible states:
 //!
 //! ```text
-//! STARTING_WORKER     starting the process (spawn.rs, launch.rs)
+//! STARTING_WORKER     starting the process (launcher.rs, process.rs, child.rs)
 //! WAITING_FOR_WORKER  the process runs; waiting for its first frame
 //! HANDSHAKING         checking the hello: nonce, protocol version
 //! INITIALIZING_WORKER the worker's open

@@ -272,8 +272,13 @@ async fn a_spinning_command_hits_its_deadline() {
     let took = began.elapsed();
     assert_eq!(fault.class, FaultClass::Deadline);
     assert_eq!(fault.code.as_str(), "deadline");
+    // Its own 100 ms stopped it (the fault names the deadline that fired),
+    // not before; no upper bound on a loaded machine's clock.
+    assert!(
+        fault.detail.contains("ran past its 100 ms deadline"),
+        "{fault}"
+    );
     assert!(took >= Duration::from_millis(100), "{took:?}");
-    assert!(took < Duration::from_millis(1000), "{took:?}");
     // The worker is gone for good.
     assert!(call(&*s.worker, "echo", "", LONG).await.is_err());
 }
@@ -293,7 +298,17 @@ async fn the_grpc_deadline_bounds_the_command() {
         .await
         .unwrap_err();
     assert_eq!(fault.code.as_str(), "deadline");
-    assert!(began.elapsed() < Duration::from_millis(1000));
+    // The client's 80 ms bounded it, not the command's LONG timeout: the
+    // fault names the deadline that fired.
+    let ms: u64 = fault
+        .detail
+        .split("ran past its ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no deadline in {fault}"));
+    assert!(ms <= 80, "{fault}");
+    assert!(began.elapsed() < LONG);
 }
 
 #[tokio::test]

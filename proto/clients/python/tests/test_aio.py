@@ -40,10 +40,13 @@ def test_open_invoke_batch_close(gateway):
 def test_a_call_runs_on_a_fresh_instance(gateway):
     async def go():
         async with aio.Client(gateway.addr, timeout=30) as c:
+            before = {s.session_id for s in await c.list_sessions()}
             assert await c.call("echo", "count") == b"1"
             assert await c.call("echo", "count") == b"1"
             with pytest.raises(CommandError):
                 await c.call("echo", "nope", command_timeout=5)
+            # No session was created, not even a closed one.
+            assert {s.session_id for s in await c.list_sessions()} == before
 
     run(go())
 
