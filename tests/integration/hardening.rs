@@ -131,36 +131,20 @@ async fn silent_connections_end_at_the_first_request_deadline() {
             "a silent connection stayed open"
         );
     }
+    // Counted (and a connection that starts a request in time is not:
+    // the watchdog's unit tests hold that one to the millisecond).
     for port in ["grpc", "http"] {
-        gw.wait_metric(
-            "gatehouse_connections_timed_out_total",
-            &[("port", port), ("reason", "first-request")],
-            20.0,
-        )
-        .await;
+        let n = gw
+            .metric(
+                "gatehouse_connections_timed_out_total",
+                &[("port", port), ("reason", "first-request")],
+            )
+            .await;
+        assert!(n >= 20.0, "{port}: {n} connections timed out");
     }
-    // The served connection is not closed by the deadline.
     let mut c = gw.client().await;
     let sid = open(&mut c, "echo").await.session_id;
     assert_eq!(invoke_ok(&mut c, &sid, "count", b"").await, "1");
-    eventually(
-        "the deadline to pass for any new connection",
-        PATIENCE,
-        || {
-            let gw = &gw;
-            async move {
-                (gw.metric(
-                    "gatehouse_connections_timed_out_total",
-                    &[("port", "grpc"), ("reason", "first-request")],
-                )
-                .await
-                    >= 20.0)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-    assert_eq!(invoke_ok(&mut c, &sid, "count", b"").await, "2");
 }
 
 #[tokio::test]
@@ -335,6 +319,17 @@ fn keyed(data: &std::path::Path) -> Keys {
     }
 }
 
+/// A gateway with the tenants of [`keyed`], and an admin connection to it.
+async fn start_keyed(data: &std::path::Path) -> (Keys, Gatehouse, gatehouse::client::Gateway) {
+    let k = keyed(data);
+    let gw = Gatehouse::start(k.config.clone()).await;
+    let admin = gatehouse::client::Gateway::connect(gw.url())
+        .with_key(&k.admin)
+        .await
+        .unwrap();
+    (k, gw, admin)
+}
+
 /// A key of `acme` from the store: (id, secret).
 async fn store_key(gw: &Gatehouse, admin_key: &str, expires: Option<Duration>) -> (String, String) {
     let admin = gatehouse::client::Gateway::connect(gw.url())
@@ -366,12 +361,7 @@ async fn keyed_client(gw: &Gatehouse, key: &str) -> Client {
 #[tokio::test]
 async fn a_revoked_expired_or_removed_key_keeps_no_stream() {
     let data = tempfile::tempdir().unwrap();
-    let k = keyed(data.path());
-    let gw = Gatehouse::start(k.config.clone()).await;
-    let admin = gatehouse::client::Gateway::connect(gw.url())
-        .with_key(&k.admin)
-        .await
-        .unwrap();
+    let (k, gw, admin) = start_keyed(data.path()).await;
 
     // Revoked: the stream ends UNAUTHENTICATED, and the slot is free for
     // the owner's next key.
@@ -508,12 +498,7 @@ async fn client_text_cannot_forge_or_flood_the_log() {
 #[tokio::test]
 async fn key_lifetimes_session_headers_hosts_and_admin_refusals() {
     let data = tempfile::tempdir().unwrap();
-    let k = keyed(data.path());
-    let gw = Gatehouse::start(k.config.clone()).await;
-    let admin = gatehouse::client::Gateway::connect(gw.url())
-        .with_key(&k.admin)
-        .await
-        .unwrap();
+    let (k, gw, admin) = start_keyed(data.path()).await;
 
     // A key may live ten years at most.
     let e = admin

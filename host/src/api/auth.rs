@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use tonic::Status;
@@ -49,6 +49,7 @@ use super::throttle::FailureThrottle;
 use crate::config::{CertIdentity, TenantSpec};
 use crate::keys::{KeyTable, Scope, Scopes};
 use crate::keystore::KeyStore;
+use crate::rate::{Rate, TokenBucket};
 use crate::registry::{Caller, DEFAULT_TENANT, Tenant};
 use crate::transport::{Peer, PeerIdentity};
 
@@ -536,15 +537,27 @@ pub struct Authenticated<S> {
     inner: S,
     auth: Authenticator,
     throttle: Option<Arc<FailureThrottle>>,
+    /// Bounds the audit entries of refused admin calls: a key without the
+    /// scope cannot fill the audit log.
+    refusal_audits: Option<Arc<TokenBucket>>,
 }
+
+/// Refused admin calls audited per second (and at once) by one service.
+const REFUSAL_AUDITS_PER_SEC: f64 = 1.0;
+const REFUSAL_AUDITS_BURST: u32 = 10;
 
 impl<S> Authenticated<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, auth: Authenticator) -> Self {
+        // A constant rate: `new` cannot refuse it.
+        let refusal_audits = Rate::new(REFUSAL_AUDITS_PER_SEC, Some(REFUSAL_AUDITS_BURST))
+            .ok()
+            .map(|rate| Arc::new(TokenBucket::new(rate)));
         Self {
             inner,
             auth,
             throttle: None,
+            refusal_audits,
         }
     }
 
@@ -629,14 +642,14 @@ where
                     is_admin_service(S::NAME) && matches!(e, AuthError::MissingScope { .. });
                 match throttle {
                     // Logged by the throttle, once per interval per address.
-                    // A known key probing the admin services counts too:
-                    // it also bounds the audit entries it can write.
-                    Some(t) if e.is_unauthenticated() || admin_refusal => {
-                        t.failed(remote, method, &e)
-                    }
+                    Some(t) if e.is_unauthenticated() => t.failed(remote, method, &e),
                     _ => log_refusal(method, remote, &e),
                 }
-                if admin_refusal {
+                let audit_due = self
+                    .refusal_audits
+                    .as_ref()
+                    .is_some_and(|b| b.take(Instant::now()).is_ok());
+                if admin_refusal && audit_due {
                     self.audit_refusal(method, &e);
                 }
                 refuse(e)
