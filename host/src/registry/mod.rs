@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, Command, FaultReport, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
+use crate::backend::cpu::{CpuAccount, CpuScheduler};
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::{Metrics, RateLabel};
 
@@ -106,6 +107,7 @@ pub struct Registry {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     slots: Arc<Slots>,
     memory: Arc<MemoryBudget>,
+    cpu: Arc<CpuScheduler>,
     settings: RegistrySettings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -135,6 +137,7 @@ impl Registry {
                 settings.memory_budget,
                 metrics.budget_gauges(settings.memory_budget),
             ),
+            cpu: CpuScheduler::new(CpuScheduler::runtime_threads(), metrics.cpu_metrics()),
             settings,
             clock,
             metrics,
@@ -238,6 +241,15 @@ impl Registry {
     /// Sessions holding a slot.
     pub fn open_count(&self) -> usize {
         self.slots.used()
+    }
+
+    /// A CPU account for a new session (or call) of the caller's tenant on
+    /// `backend`.
+    fn cpu_account(&self, caller: &Caller, backend: &str) -> CpuAccount {
+        self.cpu.account(
+            self.cpu.tenant(caller.tenant_name(), caller.tenant.cpu()),
+            backend,
+        )
     }
 
     /// The gateway's memory budget and what sessions reserve of it.
@@ -391,6 +403,17 @@ impl Registry {
         let (worker, number) = session.ready_worker_numbered()?;
         session.touch(self.clock.now());
         let began = Instant::now();
+        // Over its CPU budget, the tenant's command waits for the refill,
+        // up to when the command would have to have answered.
+        let until = deadline.map_or(began + session.times.command_timeout, |d| {
+            d.min(began + session.times.command_timeout)
+        });
+        session
+            .start
+            .cpu
+            .admit(until)
+            .await
+            .map_err(GatewayError::CpuThrottled)?;
         let invoked = worker.invoke(commands, session.times.command_timeout, deadline);
         let result = deadline::by_deadline(invoked, deadline, began, "command").await;
         session

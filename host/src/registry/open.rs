@@ -13,6 +13,7 @@ use crate::backend::{
 use crate::cluster::{LedgerError, SessionRecord};
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
+use crate::backend::cpu::CpuAccount;
 use crate::memory_budget::{MemoryAccount, MemoryKind};
 use crate::metrics::{CodeLabel, TenantLabel};
 use crate::registry::catalog::{Version, VersionPin};
@@ -114,6 +115,7 @@ impl Registry {
             self.memory
                 .tenant(caller.tenant_name(), caller.tenant.max_memory()),
         );
+        let cpu = self.cpu_account(caller, &loaded.info.name);
         let session = new_session(
             id,
             caller,
@@ -122,7 +124,7 @@ impl Registry {
             &request,
             times,
             slot,
-            memory,
+            (memory, cpu),
             self.clock.now(),
         );
         let _lifecycle = session.lifecycle.lock().await;
@@ -312,6 +314,7 @@ impl Registry {
             faults: FaultReporter::new(Arc::clone(&session.id), self.faults.clone())
                 .for_worker(number),
             memory: session.start.memory.clone(),
+            cpu: session.start.cpu.clone(),
             restore,
         };
         let clock = Arc::clone(&self.clock);
@@ -371,7 +374,7 @@ fn new_session(
     request: &OpenRequest,
     times: SessionTimes,
     slot: Slot,
-    memory: MemoryAccount,
+    (memory, cpu): (MemoryAccount, CpuAccount),
     now: Instant,
 ) -> Arc<Session> {
     let events = Arc::new(EventLog::budgeted(
@@ -407,6 +410,7 @@ fn new_session(
             config: request.config.clone(),
             policy: policy.clone(),
             memory,
+            cpu,
         },
         now,
     ))

@@ -114,6 +114,7 @@ fn request(
         open_timeout: Duration::from_secs(5),
         faults: FaultReporter::new(id, tx),
         memory,
+        cpu: crate::backend::cpu::CpuAccount::unlimited(),
         restore: None,
     };
     (request, events, faults)
@@ -412,6 +413,7 @@ async fn a_refused_open_is_reported_as_refused() {
         open_timeout: LONG,
         faults: FaultReporter::new("s".into(), tx),
         memory: MemoryAccount::unlimited(),
+        cpu: crate::backend::cpu::CpuAccount::unlimited(),
         restore: None,
     };
     let err = backend.start(request, &|_| {}).await.err().unwrap();

@@ -208,6 +208,7 @@ pub(super) fn tenant(
         keys: Vec::new(),
         certs: Vec::new(),
         rates: Default::default(),
+        cpu: Default::default(),
     })
 }
 
