@@ -465,3 +465,36 @@ fn a_non_component_is_rejected() {
         .unwrap();
     assert!(matches!(err, LoadError::Compile(_)), "{err}");
 }
+
+#[tokio::test]
+async fn compute_is_metered_as_its_wasm_time() {
+    let rt = runtime();
+    let policy = SessionPolicy::default();
+    let backend = load(&rt, "chaos", &policy);
+    let (mut req, _events, _faults) = request("chaos", &policy, MemoryAccount::unlimited());
+    let cpu = crate::backend::cpu::CpuAccount::unlimited();
+    req.cpu = cpu.clone();
+    let worker = backend.start(req, &|_| {}).await.unwrap();
+    let metered = |commands| {
+        let (worker, cpu) = (&worker, &cpu);
+        async move {
+            let (before, began) = (cpu.used(), Instant::now());
+            let out = worker
+                .invoke(commands, Duration::from_secs(20), None)
+                .await
+                .unwrap();
+            assert!(matches!(out[0], Outcome::Reply(_)), "{out:?}");
+            (cpu.used() - before, began.elapsed())
+        }
+    };
+    // Pure wasm: nearly all of the time between the call and its return.
+    let (used, wall) = metered(c("work", "100")).await;
+    eprintln!("work: metered {used:?} of {wall:?}");
+    assert!(used <= wall, "metered {used:?} over the wall time {wall:?}");
+    assert!(used * 2 >= wall, "metered only {used:?} of {wall:?}");
+    // `busy` reads the clock in a loop: those host calls are not wasm time.
+    let (used, wall) = metered(c("busy", "200")).await;
+    eprintln!("busy: metered {used:?} of {wall:?}");
+    assert!(used < wall, "metered {used:?} over the wall time {wall:?}");
+    assert!(used > Duration::ZERO);
+}
