@@ -34,6 +34,8 @@ pub struct SessionRow {
     pub last_activity: String,
     pub pid: u32,
     pub correlation: String,
+    /// The guest's CPU time, as `gatehouse sessions` shows it.
+    pub cpu: String,
 }
 
 fn secs(t: Option<&prost_types::Timestamp>) -> Option<i64> {
@@ -126,6 +128,7 @@ impl SessionRow {
             last_activity: when(secs(s.last_activity_at.as_ref())),
             pid: s.worker_pid,
             correlation: s.client_correlation_id.clone(),
+            cpu: crate::cli::cpu_text(&s.cpu_time),
         }
     }
 }
