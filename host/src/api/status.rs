@@ -65,9 +65,9 @@ pub fn to_status(error: GatewayError) -> Status {
         | GatewayError::RateLimited { retry_after, .. }
         | GatewayError::CpuThrottled(crate::backend::cpu::Throttled { retry_after, .. }) => {
             Status::with_error_details(
-            Code::ResourceExhausted,
-            message,
-            ErrorDetails::with_retry_info(Some(retry_after)),
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
             )
         }
         GatewayError::SubscriberExists(_) => Status::already_exists(message),

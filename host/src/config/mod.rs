@@ -176,9 +176,7 @@ pub use self::recovery::{
     DEFAULT_SNAPSHOT_BYTES, Recovery, RestartOn, RestartPolicy, SnapshotEvery, SnapshotPolicy,
 };
 pub use self::server::{ServerSettings, default_state_dir};
-pub use self::tenants::{
-    CertSpec, CpuBudgetSpec, KeySpec, TenantCpuSpec, TenantRates, TenantSpec,
-};
+pub use self::tenants::{CertSpec, CpuBudgetSpec, KeySpec, TenantCpuSpec, TenantRates, TenantSpec};
 pub use self::tls::TlsFiles;
 
 pub use self::units::{MAX_DURATION, parse_duration};

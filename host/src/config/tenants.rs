@@ -411,7 +411,9 @@ fn cpu_spec(t: &TenantFile, key: &str) -> Result<TenantCpuSpec, ConfigError> {
         } else {
             Err(invalid(
                 format!("{key}.{name}"),
-                format!("must be CPU-milliseconds greater than 0 and at most {MAX_CPU_MS}, not {v}"),
+                format!(
+                    "must be CPU-milliseconds greater than 0 and at most {MAX_CPU_MS}, not {v}"
+                ),
             ))
         }
     };

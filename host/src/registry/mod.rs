@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::backend::cpu::{CpuAccount, CpuScheduler};
 use crate::backend::{Backend, Command, FaultReport, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
-use crate::backend::cpu::{CpuAccount, CpuScheduler};
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::{Metrics, RateLabel};
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::backend::cpu::CpuAccount;
 use crate::backend::{
     Fault, FaultCode, FaultReporter, Restore, SnapshotStore, StartError, StartPhase, StartRequest,
     Worker,
@@ -13,7 +14,6 @@ use crate::backend::{
 use crate::cluster::{LedgerError, SessionRecord};
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
-use crate::backend::cpu::CpuAccount;
 use crate::memory_budget::{MemoryAccount, MemoryKind};
 use crate::metrics::{CodeLabel, TenantLabel};
 use crate::registry::catalog::{Version, VersionPin};

@@ -127,11 +127,8 @@ impl CpuScheduler {
                 })
             }))
         };
-        self.turns.configure(
-            &tenant.name,
-            spec.weight,
-            spec.max_concurrent_commands,
-        );
+        self.turns
+            .configure(&tenant.name, spec.weight, spec.max_concurrent_commands);
         {
             let mut budget = tenant.budget.lock().unwrap_or_else(|e| e.into_inner());
             let unchanged = budget.as_ref().map(CpuBucket::spec) == spec.budget;

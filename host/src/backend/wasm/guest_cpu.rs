@@ -100,21 +100,16 @@ impl GuestCpu {
     /// `UpdateDeadline::Yield`, which tokio runs again at once from its
     /// LIFO slot), then the next turn, if the guest held one.
     pub fn slice_end(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let held = self
-            .turn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if !held {
-            self.flush();
+        self.flush();
+        let turn = self.turn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(turn) = turn else {
             return Box::pin(tokio::task::yield_now());
-        }
-        self.release();
-        let account = self.account.clone();
+        };
+        let next = turn.renew(std::mem::take(&mut self.this_turn));
         let slot = Arc::clone(&self.turn);
         Box::pin(async move {
             tokio::task::yield_now().await;
-            let turn = account.turn().await;
+            let turn = next.wait().await;
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(turn);
         })
     }

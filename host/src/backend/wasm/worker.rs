@@ -8,8 +8,8 @@ use tracing::Instrument;
 use wasmtime::Store;
 
 use super::bindings::gatehouse::backend::types;
-use super::guest_cpu;
 use super::exports::Exports;
+use super::guest_cpu;
 use super::host::{LimitHit, SessionData};
 use super::reply::Reply;
 use crate::backend::budget::Budget;
