@@ -156,6 +156,8 @@ pub struct Metrics {
     pub cpu_throttled: Family<TenantLabel, Counter>,
     /// Time commands, calls and ticks waited for a tenant's CPU budget.
     pub cpu_wait_seconds: Family<TenantLabel, SecondsCounter>,
+    /// wasm guests that may run at once (`server.guest_threads`).
+    pub guest_threads: Gauge,
     /// Calls refused `UNAUTHENTICATED` after their credentials were checked.
     pub auth_failures: Counter,
     /// Calls refused `UNAUTHENTICATED` unchecked: their peer address was
@@ -282,6 +284,7 @@ impl Metrics {
             guest_cpu_seconds: Family::default(),
             cpu_throttled: Family::default(),
             cpu_wait_seconds: Family::default(),
+            guest_threads: Gauge::default(),
             auth_failures: Counter::default(),
             auth_throttled: Counter::default(),
             store_keys_active: Gauge::default(),
@@ -419,6 +422,11 @@ impl Metrics {
             "guest_cpu_seconds",
             "CPU time guests used, by tenant and backend (wasm time excluding host calls; a native worker's process CPU)",
             m.guest_cpu_seconds.clone(),
+        );
+        registry.register(
+            "guest_threads",
+            "wasm guests that may run at once: server.guest_threads, or the runtime's threads",
+            m.guest_threads.clone(),
         );
         registry.register(
             "cpu_throttled",

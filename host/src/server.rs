@@ -146,6 +146,7 @@ pub fn build_registry(
             node_id: config.cluster.node_id.as_deref().map(Arc::from),
             ledger: crate::cluster::Ledger::start(&config.cluster, metrics.cluster.clone())
                 .map_err(|e| ServeError::Refused(e.to_string()))?,
+            guest_threads: config.server.guest_threads,
         },
         Arc::new(SystemClock::new()),
         metrics,

@@ -94,6 +94,9 @@ pub struct RegistrySettings {
     /// The cluster's shared slots (`cluster.redis`), taken with this
     /// gateway's at every open and call.
     pub ledger: Option<Arc<crate::cluster::Ledger>>,
+    /// wasm guests running at once (`server.guest_threads`); `None`: one
+    /// per thread of the runtime the registry is created on.
+    pub guest_threads: Option<usize>,
 }
 
 /// A cluster view that Redis could not give.
@@ -137,7 +140,15 @@ impl Registry {
                 settings.memory_budget,
                 metrics.budget_gauges(settings.memory_budget),
             ),
-            cpu: CpuScheduler::new(CpuScheduler::runtime_threads(), metrics.cpu_metrics()),
+            cpu: {
+                let turns = settings
+                    .guest_threads
+                    .unwrap_or_else(CpuScheduler::runtime_threads);
+                metrics
+                    .guest_threads
+                    .set(i64::try_from(turns).unwrap_or(i64::MAX));
+                CpuScheduler::new(turns, metrics.cpu_metrics())
+            },
             settings,
             clock,
             metrics,
