@@ -110,12 +110,15 @@ async fn metering_matches_the_gateways_own_cpu_on_a_cpu_bound_run() {
         .lines()
         .find(|l| l.starts_with(&sessions[0].session_id))
         .unwrap_or_else(|| panic!("{table}"));
-    // About a CPU-second each, shown in seconds.
-    assert!(
-        row.split_whitespace()
-            .any(|w| w.ends_with('s') && w[..w.len() - 1].parse::<f64>().is_ok()),
-        "{row}"
-    );
+    // Most of a CPU-second each, as `854.4ms` or `1.02s`.
+    let shown = row
+        .split_whitespace()
+        .find_map(|w| match w.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().ok().map(|ms| ms / 1e3),
+            None => w.strip_suffix('s')?.parse::<f64>().ok(),
+        })
+        .unwrap_or_else(|| panic!("no CPU time in {row}"));
+    assert!(shown > 0.1, "{row}");
 }
 
 #[tokio::test]
@@ -247,5 +250,43 @@ async fn weights_three_to_one_share_contended_cpu_about_three_to_one() {
     assert!(
         (2.0..=4.5).contains(&ratio),
         "weights 3:1 gave {ratio:.2}:1 (heavy {h:.3}s, light {l:.3}s)"
+    );
+}
+
+#[tokio::test]
+async fn a_native_workers_cpu_is_metered_from_its_process() {
+    let gw = Gatehouse::start(format!(
+        "[server]\n\n[[backends]]\nname = \"sim\"\nkind = \"native\"\ncommand = [{BIN:?}, \"worker\", \"sim-device\"]\n"
+    ))
+    .await;
+    let mut c = gw.client().await;
+    let opened = open(&mut c, "sim").await;
+    let session = opened.session_id;
+    let began = Instant::now();
+    assert_eq!(invoke_ok(&mut c, &session, "spin", "300").await, "spun 300");
+    let wall = began.elapsed().as_secs_f64();
+    let info = get(&mut c, &session).await;
+    let used = seconds(&info.cpu_time);
+    let worker = process_cpu(info.worker_pid).as_secs_f64();
+    eprintln!("native: metered {used:.3}s in {wall:.3}s; the worker's CPU {worker:.3}s");
+    // What the worker used since the session's open: its spin, not its
+    // start-up; never more than the wall time (one thread), to /proc's
+    // 10 ms ticks.
+    assert!(used >= 0.03, "metered only {used:.3}s");
+    assert!(used <= wall + 0.02, "metered {used:.3}s in {wall:.3}s");
+    assert!(used <= worker + 0.011, "metered {used:.3}s of {worker:.3}s");
+    assert!(
+        used >= worker - 0.1,
+        "metered {used:.3}s of the worker's {worker:.3}s"
+    );
+    let metric = gw
+        .metric(
+            "gatehouse_guest_cpu_seconds_total",
+            &[("backend", "sim"), ("tenant", "default")],
+        )
+        .await;
+    assert!(
+        (metric - used).abs() < 1e-6,
+        "metric {metric}, session {used}"
     );
 }

@@ -300,9 +300,7 @@ impl ServerFile {
             guest_threads: match self.guest_threads {
                 None => d.guest_threads,
                 Some(CountOrAuto::Word(w)) if w == "auto" => None,
-                Some(CountOrAuto::Count(n))
-                    if (1..=MAX_GUEST_THREADS as i64).contains(&n) =>
-                {
+                Some(CountOrAuto::Count(n)) if (1..=MAX_GUEST_THREADS as i64).contains(&n) => {
                     Some(n as usize)
                 }
                 Some(_) => {

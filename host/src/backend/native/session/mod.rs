@@ -25,6 +25,11 @@ use crate::backend::{
     CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome, StartError,
 };
 
+/// How often a reply reads the worker's CPU time from `/proc` at most; the
+/// heartbeat, a close and a fault read it too. A read costs a file read,
+/// not to be paid on every command of a fast worker.
+const CPU_READ_INTERVAL: Duration = Duration::from_millis(50);
+
 /// How long to wait for an exit status after the worker closed its socket.
 const EXIT_AFTER_EOF: Duration = Duration::from_millis(500);
 
@@ -132,6 +137,8 @@ pub struct Conversation {
     /// The worker's CPU time when it was last charged; from the session's
     /// open on, so a pooled worker's start-up is not the session's.
     cpu_seen: Option<Duration>,
+    /// When `cpu_seen` was read.
+    cpu_read_at: Instant,
 }
 
 /// How the loop goes on after handling something.
@@ -163,6 +170,7 @@ impl Conversation {
             phase: Phase::Idle,
             eof_at: None,
             cpu_seen: None,
+            cpu_read_at: now,
         }
     }
 
@@ -294,6 +302,7 @@ impl Conversation {
         let open = attach.open.clone();
         self.proc.serve_session(open.session_id.as_str().into());
         self.cpu_seen = self.proc.cpu_time();
+        self.cpu_read_at = Instant::now();
         self.attach = Some(attach);
         self.phase = Phase::Opening { reply, until };
         self.send(pb::to_worker::Msg::Open(open)).await
@@ -458,7 +467,9 @@ impl Conversation {
     }
 
     fn on_reply(&mut self, reply: pb::Reply) -> Step {
-        self.meter_cpu();
+        if self.cpu_read_at.elapsed() >= CPU_READ_INTERVAL {
+            self.meter_cpu();
+        }
         let Phase::Ready(Some(pending)) = &mut self.phase else {
             if matches!(self.phase, Phase::Closing { .. }) {
                 return Ok(());
@@ -580,12 +591,14 @@ impl Conversation {
     }
 
     /// Charges the CPU the worker used since the last reading to the
-    /// session. Read at each reply and heartbeat: what a worker uses
-    /// after its last reading before it exits goes uncounted.
+    /// session. Read at replies (at most every [`CPU_READ_INTERVAL`]),
+    /// heartbeats, a close and a fault: what a worker uses after its last
+    /// reading before it exits goes uncounted.
     fn meter_cpu(&mut self) {
         let (Some(attach), Some(seen)) = (&self.attach, self.cpu_seen) else {
             return;
         };
+        self.cpu_read_at = Instant::now();
         if let Some(now) = self.proc.cpu_time() {
             attach.cpu.charge(now.saturating_sub(seen));
             self.cpu_seen = Some(now.max(seen));
