@@ -229,6 +229,8 @@ pub struct KeyRow {
     pub last_used: String,
     pub revoked: String,
     pub active: bool,
+    /// Guest CPU of what the key opened; `-` for config keys.
+    pub cpu: String,
 }
 
 impl KeyRow {
@@ -245,6 +247,7 @@ impl KeyRow {
             last_used: when(secs(k.last_used.as_ref())),
             revoked: when(secs(k.revoked.as_ref())),
             active: k.active,
+            cpu: crate::cli::cpu_text(&k.cpu_time),
         }
     }
 }

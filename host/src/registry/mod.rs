@@ -260,7 +260,14 @@ impl Registry {
         self.cpu.account(
             self.cpu.tenant(caller.tenant_name(), caller.tenant.cpu()),
             backend,
+            caller.key.as_ref(),
         )
+    }
+
+    /// Guest CPU charged to each API key (by label: a store key's id)
+    /// since the last call; for the key store's per-key totals.
+    pub fn take_cpu_by_key(&self) -> Vec<(String, std::time::Duration)> {
+        self.cpu.take_key_usage()
     }
 
     /// The gateway's memory budget and what sessions reserve of it.

@@ -75,6 +75,9 @@ pub struct Throttled {
 pub struct CpuScheduler {
     turns: Arc<Turns>,
     tenants: Mutex<HashMap<String, Arc<TenantCpu>>>,
+    /// CPU-ns charged per API key label since it was last taken
+    /// ([`take_key_usage`](Self::take_key_usage)).
+    keys: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
     metrics: CpuMetrics,
 }
 
@@ -90,6 +93,7 @@ impl CpuScheduler {
         Arc::new(Self {
             turns: Turns::new(threads),
             tenants: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             metrics,
         })
     }
@@ -139,19 +143,42 @@ impl CpuScheduler {
         tenant
     }
 
-    /// An account for one session of `tenant` on `backend`.
-    pub fn account(&self, tenant: Arc<TenantCpu>, backend: &str) -> CpuAccount {
+    /// An account for one session of `tenant` on `backend`, opened with
+    /// the API key labelled `key` (its CPU is counted for the key too).
+    pub fn account(
+        &self,
+        tenant: Arc<TenantCpu>,
+        backend: &str,
+        key: Option<&Arc<str>>,
+    ) -> CpuAccount {
         let guest_seconds = self
             .metrics
             .guest_seconds
             .as_ref()
             .map_or_else(SecondsCounter::default, |f| f(&tenant.name, backend));
+        let key = key.map(|k| {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(keys.entry(Arc::clone(k)).or_default())
+        });
         CpuAccount {
             tenant,
             session: Arc::new(AtomicU64::new(0)),
+            key,
             turns: Arc::clone(&self.turns),
             guest_seconds,
         }
+    }
+
+    /// The CPU charged to each API key (by label) since the last call, for
+    /// the key store's per-key totals; keys with nothing new are left out.
+    pub fn take_key_usage(&self) -> Vec<(String, Duration)> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .filter_map(|(k, ns)| match ns.swap(0, Ordering::Relaxed) {
+                0 => None,
+                ns => Some((k.to_string(), Duration::from_nanos(ns))),
+            })
+            .collect()
     }
 }
 
@@ -188,6 +215,8 @@ impl TenantCpu {
 pub struct CpuAccount {
     tenant: Arc<TenantCpu>,
     session: Arc<AtomicU64>,
+    /// The opening key's CPU since the key store last took it.
+    key: Option<Arc<AtomicU64>>,
     turns: Arc<Turns>,
     guest_seconds: SecondsCounter,
 }
@@ -200,6 +229,7 @@ impl CpuAccount {
         scheduler.account(
             scheduler.tenant("unlimited", &TenantCpuSpec::default()),
             "unlimited",
+            None,
         )
     }
 
@@ -221,6 +251,9 @@ impl CpuAccount {
         let ns = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
         self.session.fetch_add(ns, Ordering::Relaxed);
         self.tenant.used_ns.fetch_add(ns, Ordering::Relaxed);
+        if let Some(key) = &self.key {
+            key.fetch_add(ns, Ordering::Relaxed);
+        }
         self.guest_seconds.inc_by(used.as_secs_f64());
         let mut budget = self.tenant.budget.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = budget.as_mut() {
@@ -318,7 +351,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let account = s.account(s.tenant("t", &spec), "b");
+        let key: Arc<str> = "k".into();
+        let account = s.account(s.tenant("t", &spec), "b", Some(&key));
         (s, account)
     }
 
@@ -334,6 +368,12 @@ mod tests {
             s.tenant("t", &TenantCpuSpec::default()).used(),
             Duration::from_millis(7)
         );
+        // The opening key's share, taken once.
+        assert_eq!(
+            s.take_key_usage(),
+            vec![("k".to_string(), Duration::from_millis(7))]
+        );
+        assert_eq!(s.take_key_usage(), vec![]);
     }
 
     #[tokio::test]
