@@ -474,7 +474,7 @@ async fn a_store_keys_guest_cpu_is_totalled_and_listed() {
                     .await
                     .unwrap();
                 let mine = keys.iter().find(|k| &k.id == id)?;
-                let cpu = mine.cpu_time.clone()?;
+                let cpu = mine.cpu_time?;
                 (cpu.seconds > 0 || cpu.nanos > 0).then_some(cpu)
             }
         },
