@@ -15,7 +15,8 @@
 //!   and the tenant's budget.
 //! - **Budgets** ([`bucket`]): a tenant over `max_cpu_per_sec` has its next
 //!   commands wait for the refill ([`admit`](CpuAccount::admit)), up to
-//!   their deadline, and its ticks wait ([`refilled`](CpuAccount::refilled));
+//!   their deadline, and its ticks are put off until the refill
+//!   ([`tick_delay`](CpuAccount::tick_delay));
 //!   nothing running is stopped.
 
 pub mod bucket;
@@ -297,13 +298,12 @@ impl CpuAccount {
         Ok(())
     }
 
-    /// Waits until the tenant's budget lets work start (a timer tick).
-    pub async fn refilled(&self) {
-        let began = Instant::now();
-        while let Err((wait, _)) = self.tenant.ready(Instant::now()) {
-            tokio::time::sleep(wait).await;
-        }
-        self.waited(began);
+    /// How long a timer tick due now must be put off for the tenant's
+    /// budget to refill; `None` when it may run. The delay counts as a wait.
+    pub fn tick_delay(&self) -> Option<Duration> {
+        let (wait, _) = self.tenant.ready(Instant::now()).err()?;
+        self.tenant.wait_seconds.inc_by(wait.as_secs_f64());
+        Some(wait)
     }
 
     fn waited(&self, began: Instant) {
@@ -396,6 +396,9 @@ mod tests {
         a.admit(Instant::now() + Duration::from_secs(1))
             .await
             .unwrap();
-        a.refilled().await;
+        assert_eq!(a.tick_delay(), None, "refilled");
+        a.charge(Duration::from_millis(11));
+        let delay = a.tick_delay().expect("over the budget again");
+        assert!(delay <= Duration::from_millis(11), "{delay:?}");
     }
 }

@@ -114,8 +114,7 @@ impl GuestCpu {
         })
     }
 
-    /// What the tenant's budget says about starting work: waits for the
-    /// refill (timer ticks).
+    /// The session's CPU account (a timer tick waits on its budget).
     pub fn account(&self) -> &CpuAccount {
         &self.account
     }

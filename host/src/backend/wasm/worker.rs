@@ -121,7 +121,15 @@ impl SessionTask {
                     None => return Exit::Quiet,
                 },
                 _ = tokio::time::sleep_until(next_tick.unwrap_or_else(Instant::now).into()), if next_tick.is_some() => {
-                    self.instance.store.data_mut().ticks.pop();
+                    let data = self.instance.store.data_mut();
+                    let due = data.ticks.pop();
+                    // Over its tenant's CPU budget, the tick is put off
+                    // until the refill; the task goes on serving closes
+                    // (and invokes, which wait for the budget themselves).
+                    if let (Some(Reverse(due)), Some(wait)) = (due, data.cpu.account().tick_delay()) {
+                        data.ticks.push(Reverse(due.max(Instant::now() + wait)));
+                        continue;
+                    }
                     if let Err(fault) = self.tick().await {
                         tracing::warn!(%fault, "session faulted in a timer tick");
                         self.inbox.fail(&fault);
@@ -172,10 +180,6 @@ impl SessionTask {
 
     async fn tick(&mut self) -> Result<(), Fault> {
         let instance = &mut self.instance;
-        // Over its tenant's CPU budget, a tick waits for the refill as a
-        // command does.
-        let account = instance.store.data().cpu.account().clone();
-        account.refilled().await;
         guest_cpu::enter(&mut instance.store).await;
         instance.arm(Instant::now() + self.command_timeout);
         let result = instance
