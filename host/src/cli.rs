@@ -451,16 +451,17 @@ impl Client {
             println!("{}", json!({ "sessions": list }));
         } else {
             println!(
-                "{:<34} {:<12} {:<10} {:<10} {:<16} FAULT",
-                "SESSION", "BACKEND", "TENANT", "STATE", "CLOSE-REASON"
+                "{:<34} {:<12} {:<10} {:<10} {:>10} {:<16} FAULT",
+                "SESSION", "BACKEND", "TENANT", "STATE", "CPU", "CLOSE-REASON"
             );
             for s in &sessions {
                 println!(
-                    "{:<34} {:<12} {:<10} {:<10} {:<16} {}",
+                    "{:<34} {:<12} {:<10} {:<10} {:>10} {:<16} {}",
                     s.session_id,
                     s.backend,
                     s.tenant,
                     state_name(s.state),
+                    cpu_text(&s.cpu_time),
                     close_reason_name(s.close_reason).unwrap_or_else(|| "-".into()),
                     s.final_fault
                 );
@@ -571,6 +572,20 @@ fn dur(d: &Option<prost_types::Duration>) -> Value {
     })
 }
 
+/// A session's CPU time for the table: `12.3ms`, `4.56s`; `-` from a
+/// gateway that does not report it.
+pub fn cpu_text(d: &Option<prost_types::Duration>) -> String {
+    let Some(d) = d else {
+        return "-".into();
+    };
+    let secs = d.seconds as f64 + f64::from(d.nanos) / 1e9;
+    if secs < 1.0 {
+        format!("{:.1}ms", secs * 1e3)
+    } else {
+        format!("{secs:.2}s")
+    }
+}
+
 fn session_json(s: &pb::SessionInfo) -> Value {
     json!({
         "session_id": s.session_id,
@@ -598,6 +613,7 @@ fn session_json(s: &pb::SessionInfo) -> Value {
         "last_fault": (!s.last_fault.is_empty()).then(|| s.last_fault.clone()),
         "last_fault_detail": (!s.last_fault_detail.is_empty()).then(|| s.last_fault_detail.clone()),
         "snapshot_bytes": s.snapshot_bytes,
+        "cpu_time": dur(&s.cpu_time),
     })
 }
 

@@ -58,6 +58,18 @@ pub struct TenantLabel {
     pub tenant: String,
 }
 
+/// Labels: tenant and backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantBackendLabel {
+    /// Tenant name.
+    pub tenant: String,
+    /// Backend name.
+    pub backend: String,
+}
+
+/// A counter of seconds.
+pub type SecondsCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
 /// Labels: what memory is reserved for.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -139,6 +151,14 @@ pub struct Metrics {
     pub memory_refusals: Family<KindLabel, Counter>,
     /// Calls refused for being over a tenant's rate, by tenant and rate.
     pub rate_limited: Family<RateLabel, Counter>,
+    /// CPU time guests used (wasm time, or a native worker's process CPU).
+    pub guest_cpu_seconds: Family<TenantBackendLabel, SecondsCounter>,
+    /// Commands and calls refused over a tenant's `max_cpu_per_sec`.
+    pub cpu_throttled: Family<TenantLabel, Counter>,
+    /// Time commands, calls and ticks waited for a tenant's CPU budget.
+    pub cpu_wait_seconds: Family<TenantLabel, SecondsCounter>,
+    /// wasm guests that may run at once (`server.guest_threads`).
+    pub guest_threads: Gauge,
     /// Calls refused `UNAUTHENTICATED` (and console sign-ins refused) after
     /// their credentials were checked.
     pub auth_failures: Counter,
@@ -264,6 +284,10 @@ impl Metrics {
             tenant_memory_reserved: Family::default(),
             memory_refusals: Family::default(),
             rate_limited: Family::default(),
+            guest_cpu_seconds: Family::default(),
+            cpu_throttled: Family::default(),
+            cpu_wait_seconds: Family::default(),
+            guest_threads: Gauge::default(),
             auth_failures: Counter::default(),
             auth_throttled: Counter::default(),
             store_keys_active: Gauge::default(),
@@ -398,6 +422,26 @@ impl Metrics {
             m.rate_limited.clone(),
         );
         registry.register(
+            "guest_cpu_seconds",
+            "CPU time guests used, by tenant and backend (wasm time excluding host calls; a native worker's process CPU)",
+            m.guest_cpu_seconds.clone(),
+        );
+        registry.register(
+            "guest_threads",
+            "wasm guests that may run at once: server.guest_threads, or the runtime's threads",
+            m.guest_threads.clone(),
+        );
+        registry.register(
+            "cpu_throttled",
+            "Commands and calls refused RESOURCE_EXHAUSTED over a tenant's max_cpu_per_sec",
+            m.cpu_throttled.clone(),
+        );
+        registry.register(
+            "cpu_wait_seconds",
+            "Time commands, calls and ticks waited for a tenant's CPU budget to refill",
+            m.cpu_wait_seconds.clone(),
+        );
+        registry.register(
             "auth_failures",
             "Calls refused UNAUTHENTICATED, and console sign-ins refused, after checking their key",
             m.auth_failures.clone(),
@@ -439,6 +483,32 @@ impl Metrics {
                         tenant: name.to_string(),
                     })
                     .clone()
+            })),
+        }
+    }
+
+    /// The counters the CPU scheduler reports into.
+    pub fn cpu_metrics(&self) -> crate::backend::cpu::CpuMetrics {
+        let guest = self.guest_cpu_seconds.clone();
+        let throttled = self.cpu_throttled.clone();
+        let waited = self.cpu_wait_seconds.clone();
+        let tenant = |name: &str| TenantLabel {
+            tenant: name.to_string(),
+        };
+        crate::backend::cpu::CpuMetrics {
+            guest_seconds: Some(Box::new(move |t: &str, b: &str| {
+                guest
+                    .get_or_create(&TenantBackendLabel {
+                        tenant: t.to_string(),
+                        backend: b.to_string(),
+                    })
+                    .clone()
+            })),
+            throttled: Some(Box::new(move |t: &str| {
+                throttled.get_or_create(&tenant(t)).clone()
+            })),
+            wait_seconds: Some(Box::new(move |t: &str| {
+                waited.get_or_create(&tenant(t)).clone()
             })),
         }
     }

@@ -246,6 +246,7 @@ fn restart_required(running: &ServerSettings, next: &ServerSettings) -> Vec<Stri
         auth_failures,
         data_dir,
         console,
+        guest_threads,
     );
     keys
 }

@@ -149,6 +149,7 @@ pub fn build_registry(
             node_id: config.cluster.node_id.as_deref().map(Arc::from),
             ledger: crate::cluster::Ledger::start(&config.cluster, metrics.cluster.clone())
                 .map_err(|e| ServeError::Refused(e.to_string()))?,
+            guest_threads: config.server.guest_threads,
         },
         Arc::new(SystemClock::new()),
         metrics,
@@ -408,6 +409,25 @@ pub async fn serve_from(
         Arc::clone(&metrics),
     )));
 
+    // Per-key CPU totals: what the registry charged to each key goes to
+    // the key store, which writes it with its upkeep.
+    let key_cpu = store.as_ref().map(|store| {
+        let (registry, store) = (Arc::downgrade(&registry), Arc::downgrade(store));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::keystore::UPKEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Some(registry), Some(store)) = (registry.upgrade(), store.upgrade()) else {
+                    return;
+                };
+                for (key, cpu) in registry.take_cpu_by_key() {
+                    store.note_cpu(&key, cpu);
+                }
+            }
+        })
+    });
+
     // The sweeper: leases, idle timeouts, lifetimes, retention, retired
     // backend versions.
     let sweeper = {
@@ -455,8 +475,14 @@ pub async fn serve_from(
     if let Some(upkeep) = upkeep {
         upkeep.abort();
     }
+    if let Some(key_cpu) = key_cpu {
+        key_cpu.abort();
+    }
     if let Some(store) = store {
-        // The last-used times noted since the last upkeep.
+        for (key, cpu) in registry.take_cpu_by_key() {
+            store.note_cpu(&key, cpu);
+        }
+        // The last-used times and CPU noted since the last upkeep.
         let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     }
     if let Some(n) = loader.native() {

@@ -370,7 +370,11 @@ async fn a_version_1_database_is_migrated_and_its_keys_work() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    let cpu: i64 = conn
+        .query_row("SELECT cpu_ns FROM keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(cpu, 0, "the CPU column's default for old rows");
     assert_eq!(KeyHash::of(&secret), hash);
 }
 
@@ -436,4 +440,53 @@ async fn gateways_sharing_a_key_store_see_each_others_keys_and_revocations() {
     .await;
     assert_eq!(code, Code::Unauthenticated);
     assert!(message.contains("revoked"), "{message}");
+}
+
+#[tokio::test]
+async fn a_store_keys_guest_cpu_is_totalled_and_listed() {
+    let data = tempfile::tempdir().unwrap();
+    let s = setup(data.path());
+    let gw = Gatehouse::start(s.config.clone()).await;
+    let (id, key) = create(
+        &gw,
+        &s.admin_key,
+        &["--scope", "sessions:open,sessions:use,sessions:read"],
+    );
+    let user = connect(&gw, &key).await;
+    let session = user.open("echo").await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(reply(&session, "echo", "hi").await, "hi");
+    }
+    let info = session.refresh().await.unwrap();
+    let metered = info.cpu_time.expect("SessionInfo.cpu_time");
+    assert!(metered.nanos > 0 || metered.seconds > 0, "{metered:?}");
+    // The key's total reaches the store within a few upkeeps.
+    let admin_conn = connect(&gw, &s.admin_key).await;
+    let total = eventually(
+        "the key's CPU in the store",
+        Duration::from_secs(15),
+        || {
+            let admin_conn = &admin_conn;
+            let id = &id;
+            async move {
+                let keys = admin_conn
+                    .keys(admin::ListKeysRequest::default())
+                    .await
+                    .unwrap();
+                let mine = keys.iter().find(|k| &k.id == id)?;
+                let cpu = mine.cpu_time?;
+                (cpu.seconds > 0 || cpu.nanos > 0).then_some(cpu)
+            }
+        },
+    )
+    .await;
+    // What the key's one session used, as the session says (the total
+    // may trail it by the last upkeep).
+    assert!(
+        (total.seconds, total.nanos) <= (metered.seconds, metered.nanos),
+        "key {total:?}, session {metered:?}"
+    );
+    let (code, out, _) = cli(&gw, &s.admin_key, &["keys", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().contains("CPU"), "{out}");
 }

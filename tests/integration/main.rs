@@ -15,6 +15,7 @@ mod compat;
 mod connections;
 mod console;
 mod contain;
+mod cpu;
 mod events;
 mod faults;
 mod hardening;

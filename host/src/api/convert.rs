@@ -148,6 +148,7 @@ pub fn session_info(
         lease: Some(crate::api_duration(s.times.lease)),
         events_emitted: snap.events_emitted,
         events_dropped: snap.events_dropped,
+        cpu_time: Some(crate::api_duration(snap.cpu_time)),
         restarts: snap.restarts,
         last_fault: snap
             .last_fault

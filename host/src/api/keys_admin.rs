@@ -288,6 +288,9 @@ fn stored_info(k: &StoredKey, now: i64) -> pb::KeyInfo {
         last_used: k.last_used.map(timestamp),
         revoked: k.revoked.map(timestamp),
         active: k.is_active(now),
+        cpu_time: Some(crate::api_duration(std::time::Duration::from_nanos(
+            u64::try_from(k.cpu_ns).unwrap_or(0),
+        ))),
     }
 }
 

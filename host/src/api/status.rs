@@ -67,11 +67,14 @@ fn status_of(error: GatewayError) -> Status {
         GatewayError::UpgradeRefused(_) => Status::failed_precondition(message),
         GatewayError::SessionCapReached { retry_after, .. }
         | GatewayError::TenantQuotaReached { retry_after, .. }
-        | GatewayError::RateLimited { retry_after, .. } => Status::with_error_details(
-            Code::ResourceExhausted,
-            message,
-            ErrorDetails::with_retry_info(Some(retry_after)),
-        ),
+        | GatewayError::RateLimited { retry_after, .. }
+        | GatewayError::CpuThrottled(crate::backend::cpu::Throttled { retry_after, .. }) => {
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            )
+        }
         GatewayError::SubscriberExists(_) => Status::already_exists(message),
         GatewayError::InvalidArgument(_) => Status::invalid_argument(message),
         GatewayError::OutOfRange(_) => Status::out_of_range(message),

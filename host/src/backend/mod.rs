@@ -4,6 +4,7 @@
 //! runs in a wasm instance or in a native process.
 
 pub mod budget;
+pub mod cpu;
 pub mod event_sink;
 pub mod fault;
 pub mod guest_log;
@@ -165,6 +166,9 @@ pub struct StartRequest {
     /// What the session's memory is charged to (the gateway's budget and
     /// the tenant's `max_memory`).
     pub memory: MemoryAccount,
+    /// What the session's CPU is charged to, and where its wasm guest
+    /// takes its turns.
+    pub cpu: cpu::CpuAccount,
     /// State to restore right after `open` (a restart or an upgrade); a
     /// worker whose plugin keeps no state ignores it.
     pub restore: Option<Restore>,

@@ -67,6 +67,7 @@ fn key_json(k: &pb::KeyInfo) -> Value {
         "expires": when(&k.expires),
         "last_used": when(&k.last_used),
         "revoked": when(&k.revoked),
+        "cpu_time": k.cpu_time.as_ref().map(|d| d.to_string()),
     })
 }
 
@@ -128,12 +129,12 @@ impl Client {
             return Ok(0);
         }
         println!(
-            "{:<24} {:<12} {:<14} {:<8} {:<8} {:<20} {:<20} SCOPES",
-            "ID", "TENANT", "NAME", "SOURCE", "STATUS", "EXPIRES (UTC)", "LAST USED (UTC)"
+            "{:<24} {:<12} {:<14} {:<8} {:<8} {:<20} {:<20} {:>10} SCOPES",
+            "ID", "TENANT", "NAME", "SOURCE", "STATUS", "EXPIRES (UTC)", "LAST USED (UTC)", "CPU"
         );
         for k in &keys {
             println!(
-                "{:<24} {:<12} {:<14} {:<8} {:<8} {:<20} {:<20} {}",
+                "{:<24} {:<12} {:<14} {:<8} {:<8} {:<20} {:<20} {:>10} {}",
                 k.id,
                 k.tenant,
                 if k.name.is_empty() { "-" } else { &k.name },
@@ -141,6 +142,7 @@ impl Client {
                 status(k),
                 when(&k.expires).unwrap_or_else(|| "never".into()),
                 when(&k.last_used).unwrap_or_else(|| "-".into()),
+                crate::cli::cpu_text(&k.cpu_time),
                 k.scopes.join(",")
             );
         }

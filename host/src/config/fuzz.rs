@@ -57,6 +57,7 @@ const SERVER_KEYS: &[&str] = &[
     "memory_budget",
     "max_auth_failures_per_sec",
     "auth_failures_burst",
+    "guest_threads",
     "no_such_key",
 ];
 
@@ -107,6 +108,10 @@ const TENANT_KEYS: &[&str] = &[
     "requests_burst",
     "max_opens_per_sec",
     "opens_burst",
+    "cpu_weight",
+    "max_concurrent_commands",
+    "max_cpu_per_sec",
+    "cpu_burst",
 ];
 
 /// A table of some of `keys`, with random values.

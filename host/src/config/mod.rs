@@ -10,7 +10,9 @@
 //! sweep_interval = "1s"             # how often leases and timeouts are checked
 //! shutdown_timeout = "10s"          # drain time before workers are killed
 //! closed_session_retention = "60s"  # how long closed/faulted sessions stay visible
-//! epoch_tick = "10ms"               # wasm interruption granularity
+//! epoch_tick = "10ms"               # wasm interruption granularity: a guest's CPU slice
+//! guest_threads = "auto"            # wasm guests running at once; "auto": one per runtime
+//!                                   # thread (a core); fewer keeps threads free for I/O
 //! max_concurrent_streams = 1024     # HTTP/2 streams per connection
 //! max_connection_concurrency = 256  # requests in flight per connection; more are shed
 //! keepalive_interval = "30s"        # HTTP/2 pings to idle clients
@@ -176,7 +178,7 @@ pub use self::recovery::{
     DEFAULT_SNAPSHOT_BYTES, Recovery, RestartOn, RestartPolicy, SnapshotEvery, SnapshotPolicy,
 };
 pub use self::server::{ServerSettings, default_state_dir};
-pub use self::tenants::{CertSpec, KeySpec, TenantRates, TenantSpec};
+pub use self::tenants::{CertSpec, CpuBudgetSpec, KeySpec, TenantCpuSpec, TenantRates, TenantSpec};
 pub use self::tls::TlsFiles;
 
 pub use self::units::{MAX_DURATION, parse_duration};
@@ -392,6 +394,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn guest_threads_is_auto_or_a_count() {
+        assert_eq!(parse("").unwrap().server.guest_threads, None);
+        let c = parse("[server]\nguest_threads = \"auto\"\n").unwrap();
+        assert_eq!(c.server.guest_threads, None);
+        let c = parse("[server]\nguest_threads = 3\n").unwrap();
+        assert_eq!(c.server.guest_threads, Some(3));
+        for bad in ["0", "-1", "\"all\"", "5000"] {
+            let e = parse(&format!("[server]\nguest_threads = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("server.guest_threads"), "{bad}: {e}");
+        }
     }
 
     #[test]

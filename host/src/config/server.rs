@@ -90,6 +90,9 @@ pub struct ServerSettings {
     pub data_dir: Option<PathBuf>,
     /// Serve the web console at `/console` on the HTTP port.
     pub console: bool,
+    /// wasm guests running at once (`guest_threads`): their turns of the
+    /// runtime's threads. `None` (`"auto"`): one per runtime thread.
+    pub guest_threads: Option<usize>,
 }
 
 /// `server.max_connections_per_address` when none is configured: a quarter
@@ -98,6 +101,9 @@ pub struct ServerSettings {
 pub fn default_max_connections_per_address(max_connections: usize) -> usize {
     (max_connections / 4).clamp(1, 256)
 }
+
+/// Largest `server.guest_threads`.
+pub const MAX_GUEST_THREADS: usize = 1024;
 
 /// `server.memory_budget` when the machine's memory cannot be read.
 pub const FALLBACK_MEMORY_BUDGET: usize = 4 << 30;
@@ -183,6 +189,7 @@ impl Default for ServerSettings {
             memory_budget: default_memory_budget(),
             data_dir: default_data_dir(),
             console: true,
+            guest_threads: None,
             auth_failures: Rate::new(
                 DEFAULT_AUTH_FAILURES_PER_SEC,
                 Some(DEFAULT_AUTH_FAILURES_BURST),
@@ -241,6 +248,15 @@ pub(super) struct ServerFile {
     auth_failures_burst: Option<u32>,
     data_dir: Option<String>,
     console: Option<bool>,
+    guest_threads: Option<CountOrAuto>,
+}
+
+/// A count, or the word `"auto"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CountOrAuto {
+    Count(i64),
+    Word(String),
 }
 
 /// A number, or the word `"off"`.
@@ -329,6 +345,19 @@ impl ServerFile {
                 None => d.data_dir,
             },
             console: self.console.unwrap_or(d.console),
+            guest_threads: match self.guest_threads {
+                None => d.guest_threads,
+                Some(CountOrAuto::Word(w)) if w == "auto" => None,
+                Some(CountOrAuto::Count(n)) if (1..=MAX_GUEST_THREADS as i64).contains(&n) => {
+                    Some(n as usize)
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        "server.guest_threads",
+                        format!("must be \"auto\" or 1..={MAX_GUEST_THREADS}"),
+                    ));
+                }
+            },
         };
         if s.memory_budget < super::MIN_MEMORY_LIMIT {
             return Err(invalid("server.memory_budget", "must be at least 1MiB"));

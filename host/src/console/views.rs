@@ -40,6 +40,8 @@ pub struct SessionRow {
     pub last_activity: String,
     pub pid: u32,
     pub correlation: String,
+    /// The guest's CPU time, as `gatehouse sessions` shows it.
+    pub cpu: String,
 }
 
 fn secs(t: Option<&prost_types::Timestamp>) -> Option<i64> {
@@ -135,6 +137,7 @@ impl SessionRow {
             last_activity: when(secs(s.last_activity_at.as_ref())),
             pid: s.worker_pid,
             correlation: s.client_correlation_id.clone(),
+            cpu: crate::cli::cpu_text(&s.cpu_time),
         }
     }
 }
@@ -235,6 +238,8 @@ pub struct KeyRow {
     pub last_used: String,
     pub revoked: String,
     pub active: bool,
+    /// Guest CPU of what the key opened; `-` for config keys.
+    pub cpu: String,
 }
 
 impl KeyRow {
@@ -251,6 +256,7 @@ impl KeyRow {
             last_used: when(secs(k.last_used.as_ref())),
             revoked: when(secs(k.revoked.as_ref())),
             active: k.active,
+            cpu: crate::cli::cpu_text(&k.cpu_time),
         }
     }
 }

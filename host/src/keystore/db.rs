@@ -7,7 +7,8 @@ use super::error::StoreError;
 use super::record::{Actor, AuditEntry, AuditEvent, NewKey, StoredKey, parse_scopes, scopes_text};
 use crate::keys::KeyHash;
 
-const KEY_COLUMNS: &str = "id, tenant, name, scopes, hash, created, expires, last_used, revoked";
+const KEY_COLUMNS: &str =
+    "id, tenant, name, scopes, hash, created, expires, last_used, revoked, cpu_ns";
 
 fn key_row(row: &Row<'_>) -> rusqlite::Result<StoredKey> {
     let hash: String = row.get(4)?;
@@ -24,6 +25,7 @@ fn key_row(row: &Row<'_>) -> rusqlite::Result<StoredKey> {
         expires: row.get(6)?,
         last_used: row.get(7)?,
         revoked: row.get(8)?,
+        cpu_ns: row.get(9)?,
     })
 }
 
@@ -98,6 +100,7 @@ pub fn insert_key(
         expires,
         last_used: None,
         revoked: None,
+        cpu_ns: 0,
     })
 }
 
@@ -147,6 +150,19 @@ pub fn touch(conn: &mut Connection, used: &[(String, i64)]) -> Result<(), StoreE
         )?;
         for (id, at) in used {
             stmt.execute(params![id, at])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Adds guest CPU (id, nanoseconds) to keys' totals.
+pub fn add_cpu(conn: &mut Connection, cpu: &[(String, i64)]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("UPDATE keys SET cpu_ns = cpu_ns + ?2 WHERE id = ?1")?;
+        for (id, ns) in cpu {
+            stmt.execute(params![id, ns])?;
         }
     }
     tx.commit()?;

@@ -57,6 +57,8 @@ pub struct KeyStore {
     conn: Mutex<Connection>,
     cache: RwLock<Arc<Cache>>,
     used: Mutex<HashMap<String, i64>>,
+    /// Guest CPU (ns) per key id, not yet written.
+    cpu: Mutex<HashMap<String, i64>>,
     data_version: AtomicI64,
     /// Bumped whenever the keys table is read anew: credentials in use
     /// (open streams) are checked again then.
@@ -98,6 +100,7 @@ impl KeyStore {
             conn: Mutex::new(conn),
             cache: RwLock::new(Arc::default()),
             used: Mutex::new(HashMap::new()),
+            cpu: Mutex::new(HashMap::new()),
             data_version: AtomicI64::new(version),
             changes: tokio::sync::watch::Sender::new(0),
             active: metrics.store_keys_active.clone(),
@@ -170,6 +173,15 @@ impl KeyStore {
                 used.insert(id.to_string(), now);
             }
         }
+    }
+
+    /// Adds guest CPU to key `id`'s total (a label that is not a store
+    /// key, a config key's, is ignored); written by the upkeep.
+    pub fn note_cpu(&self, id: &str, cpu: Duration) {
+        let ns = i64::try_from(cpu.as_nanos()).unwrap_or(i64::MAX);
+        let mut pending = self.cpu.lock().unwrap_or_else(PoisonError::into_inner);
+        let total = pending.entry(id.to_string()).or_insert(0);
+        *total = total.saturating_add(ns);
     }
 
     /// Runs `f` on the blocking thread pool.
@@ -297,9 +309,16 @@ impl KeyStore {
             std::mem::take(&mut *self.used.lock().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()
                 .collect();
+        let cpu: Vec<(String, i64)> =
+            std::mem::take(&mut *self.cpu.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
         let mut conn = self.conn();
         if !used.is_empty() {
             db::touch(&mut conn, &used)?;
+        }
+        if !cpu.is_empty() {
+            db::add_cpu(&mut conn, &cpu)?;
         }
         let version = db::data_version(&conn)?;
         if self.data_version.swap(version, Ordering::Relaxed) != version {

@@ -24,6 +24,9 @@ pub struct StoredKey {
     pub last_used: Option<i64>,
     /// Unix seconds of the revocation.
     pub revoked: Option<i64>,
+    /// Guest CPU, in nanoseconds, of the sessions and calls the key
+    /// opened, as last written.
+    pub cpu_ns: i64,
 }
 
 impl StoredKey {

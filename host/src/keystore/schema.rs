@@ -13,7 +13,7 @@ use rusqlite::{Connection, ErrorCode};
 use super::error::StoreError;
 
 /// The schema version this build writes.
-pub const LATEST: i64 = 2;
+pub const LATEST: i64 = 3;
 
 /// Migration `i` takes a file from version `i` to `i + 1`.
 const MIGRATIONS: [&str; LATEST as usize] = [
@@ -42,6 +42,9 @@ const MIGRATIONS: [&str; LATEST as usize] = [
     // tenant for the console's listing.
     "ALTER TABLE audit ADD COLUMN via TEXT NOT NULL DEFAULT 'api';
      CREATE INDEX keys_by_tenant ON keys (tenant);",
+    // 3: the guest CPU (nanoseconds) of the sessions and calls each key
+    // opened.
+    "ALTER TABLE keys ADD COLUMN cpu_ns INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Checks the file and brings its schema to [`LATEST`].

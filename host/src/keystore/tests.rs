@@ -139,3 +139,22 @@ fn schema_v1() -> &'static str {
         target TEXT NOT NULL, detail TEXT NOT NULL);
      PRAGMA user_version = 1;"
 }
+
+#[tokio::test]
+async fn guest_cpu_adds_up_per_key_across_upkeeps_and_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let store = KeyStore::open(dir.path(), &metrics).unwrap();
+    let (secret, key) = store.create(new_key("acme", None), actor()).await.unwrap();
+    assert_eq!(store.find(&secret).unwrap().cpu_ns, 0);
+    store.note_cpu(&key.id, Duration::from_millis(2));
+    store.note_cpu(&key.id, Duration::from_millis(3));
+    // A config key's label is not a store key: nothing to add it to.
+    store.note_cpu("ci", Duration::from_secs(1));
+    store.flush();
+    store.note_cpu(&key.id, Duration::from_millis(5));
+    store.flush();
+    drop(store);
+    let again = KeyStore::open(dir.path(), &metrics).unwrap();
+    assert_eq!(again.find(&secret).unwrap().cpu_ns, 10_000_000);
+}

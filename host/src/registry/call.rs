@@ -118,6 +118,13 @@ impl Registry {
             began: Instant::now(),
             outcome: "refused",
         };
+        // Over its CPU budget, the tenant's call waits for the refill, up
+        // to when its command would have to have answered.
+        let cpu = self.cpu_account(caller, &loaded.info.name);
+        let until = deadline.map_or(outcomes.began + command_timeout, |d| {
+            d.min(outcomes.began + command_timeout)
+        });
+        cpu.admit(until).await.map_err(GatewayError::CpuThrottled)?;
         // Held until this function returns or is dropped: the slot, the
         // version pin and the worker's memory go together.
         let _slot = self.take_slot(caller, &loaded, None).await?;
@@ -126,7 +133,14 @@ impl Registry {
 
         // As for an invoke; dropping the run at the deadline kills its
         // worker.
-        let run = self.run_call(caller, &loaded, policy, request, command_timeout, deadline);
+        let run = self.run_call(
+            caller,
+            &loaded,
+            policy,
+            request,
+            (command_timeout, deadline),
+            cpu,
+        );
         let ran = super::deadline::by_deadline(run, deadline, outcomes.began, "call").await;
         outcomes.outcome = match &ran {
             Ok(Outcome::Error(_)) => "command-error",
@@ -151,8 +165,8 @@ impl Registry {
         loaded: &Arc<Version>,
         policy: crate::config::SessionPolicy,
         request: CallRequest,
-        command_timeout: Duration,
-        deadline: Option<Instant>,
+        (command_timeout, deadline): (Duration, Option<Instant>),
+        cpu: crate::backend::cpu::CpuAccount,
     ) -> Result<Outcome, GatewayError> {
         let id: Arc<str> = format!("call-{}", NEXT_CALL.fetch_add(1, Ordering::Relaxed)).into();
         let mut config = loaded.entry.config.clone();
@@ -191,6 +205,7 @@ impl Registry {
                 self.memory
                     .tenant(caller.tenant_name(), caller.tenant.max_memory()),
             ),
+            cpu,
             restore: None,
         };
         let began = Instant::now();

@@ -64,6 +64,10 @@ pub enum GatewayError {
         /// When the next token is due.
         retry_after: Duration,
     },
+    /// The caller's tenant is over its CPU budget (`max_cpu_per_sec`) and
+    /// the refill would come after the command's deadline; nothing ran.
+    #[error("{0}")]
+    CpuThrottled(crate::backend::cpu::Throttled),
     /// The session already has its maximum of event streams.
     #[error("{0}")]
     SubscriberExists(String),

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::backend::cpu::{CpuAccount, CpuScheduler};
 use crate::backend::{Backend, Command, FaultReport, Outcome};
 use crate::clock::Clock;
 use crate::config::SessionPolicy;
@@ -93,6 +94,9 @@ pub struct RegistrySettings {
     /// The cluster's shared slots (`cluster.redis`), taken with this
     /// gateway's at every open and call.
     pub ledger: Option<Arc<crate::cluster::Ledger>>,
+    /// wasm guests running at once (`server.guest_threads`); `None`: one
+    /// per thread of the runtime the registry is created on.
+    pub guest_threads: Option<usize>,
 }
 
 /// A cluster view that Redis could not give.
@@ -106,6 +110,7 @@ pub struct Registry {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     slots: Arc<Slots>,
     memory: Arc<MemoryBudget>,
+    cpu: Arc<CpuScheduler>,
     settings: RegistrySettings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -135,6 +140,15 @@ impl Registry {
                 settings.memory_budget,
                 metrics.budget_gauges(settings.memory_budget),
             ),
+            cpu: {
+                let turns = settings
+                    .guest_threads
+                    .unwrap_or_else(CpuScheduler::runtime_threads);
+                metrics
+                    .guest_threads
+                    .set(i64::try_from(turns).unwrap_or(i64::MAX));
+                CpuScheduler::new(turns, metrics.cpu_metrics())
+            },
             settings,
             clock,
             metrics,
@@ -238,6 +252,22 @@ impl Registry {
     /// Sessions holding a slot.
     pub fn open_count(&self) -> usize {
         self.slots.used()
+    }
+
+    /// A CPU account for a new session (or call) of the caller's tenant on
+    /// `backend`.
+    fn cpu_account(&self, caller: &Caller, backend: &str) -> CpuAccount {
+        self.cpu.account(
+            self.cpu.tenant(caller.tenant_name(), caller.tenant.cpu()),
+            backend,
+            caller.key.as_ref(),
+        )
+    }
+
+    /// Guest CPU charged to each API key (by label: a store key's id)
+    /// since the last call; for the key store's per-key totals.
+    pub fn take_cpu_by_key(&self) -> Vec<(String, std::time::Duration)> {
+        self.cpu.take_key_usage()
     }
 
     /// The gateway's memory budget and what sessions reserve of it.
@@ -391,6 +421,17 @@ impl Registry {
         let (worker, number) = session.ready_worker_numbered()?;
         session.touch(self.clock.now());
         let began = Instant::now();
+        // Over its CPU budget, the tenant's command waits for the refill,
+        // up to when the command would have to have answered.
+        let until = deadline.map_or(began + session.times.command_timeout, |d| {
+            d.min(began + session.times.command_timeout)
+        });
+        session
+            .start
+            .cpu
+            .admit(until)
+            .await
+            .map_err(GatewayError::CpuThrottled)?;
         let invoked = worker.invoke(commands, session.times.command_timeout, deadline);
         let result = deadline::by_deadline(invoked, deadline, began, "command").await;
         session

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::backend::cpu::CpuAccount;
 use crate::backend::{
     Fault, FaultCode, FaultReporter, Restore, SnapshotStore, StartError, StartPhase, StartRequest,
     Worker,
@@ -114,6 +115,7 @@ impl Registry {
             self.memory
                 .tenant(caller.tenant_name(), caller.tenant.max_memory()),
         );
+        let cpu = self.cpu_account(caller, &loaded.info.name);
         let session = new_session(
             id,
             caller,
@@ -122,7 +124,7 @@ impl Registry {
             &request,
             times,
             slot,
-            memory,
+            (memory, cpu),
             self.clock.now(),
         );
         let _lifecycle = session.lifecycle.lock().await;
@@ -312,6 +314,7 @@ impl Registry {
             faults: FaultReporter::new(Arc::clone(&session.id), self.faults.clone())
                 .for_worker(number),
             memory: session.start.memory.clone(),
+            cpu: session.start.cpu.clone(),
             restore,
         };
         let clock = Arc::clone(&self.clock);
@@ -371,7 +374,7 @@ fn new_session(
     request: &OpenRequest,
     times: SessionTimes,
     slot: Slot,
-    memory: MemoryAccount,
+    (memory, cpu): (MemoryAccount, CpuAccount),
     now: Instant,
 ) -> Arc<Session> {
     let events = Arc::new(EventLog::budgeted(
@@ -407,6 +410,7 @@ fn new_session(
             config: request.config.clone(),
             policy: policy.clone(),
             memory,
+            cpu,
         },
         now,
     ))

@@ -38,6 +38,8 @@ pub(super) struct StartInputs {
     pub policy: crate::config::SessionPolicy,
     /// What the session's memory is charged to.
     pub memory: crate::memory_budget::MemoryAccount,
+    /// What the session's CPU is charged to; its total outlives workers.
+    pub cpu: crate::backend::cpu::CpuAccount,
 }
 
 /// Mutable status, behind one lock so transitions are atomic.
@@ -533,6 +535,7 @@ impl Session {
             worker_processes,
             events_emitted,
             events_dropped,
+            cpu_time: self.start.cpu.used(),
         }
     }
 }
@@ -565,4 +568,6 @@ pub struct SessionSnapshot {
     pub last_fault: Option<Fault>,
     /// The size of the latest state snapshot; 0 without one.
     pub snapshot_bytes: usize,
+    /// CPU the session's guest used, over all its workers.
+    pub cpu_time: Duration,
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::slots::Slots;
-use crate::config::{LimitOverrides, SessionPolicy, TenantSpec};
+use crate::config::{LimitOverrides, SessionPolicy, TenantCpuSpec, TenantSpec};
 use crate::rate::{Rate, TokenBucket};
 
 /// The tenant of local development mode.
@@ -26,6 +26,7 @@ pub struct Tenant {
     limits: LimitOverrides,
     requests: Option<TokenBucket>,
     opens: Option<TokenBucket>,
+    cpu: TenantCpuSpec,
 }
 
 /// Which of a tenant's rates.
@@ -81,6 +82,7 @@ impl Tenant {
             limits: spec.limits.clone(),
             requests: spec.rates.requests.map(TokenBucket::new),
             opens: spec.rates.opens.map(TokenBucket::new),
+            cpu: spec.cpu,
         }
     }
 
@@ -123,6 +125,11 @@ impl Tenant {
     /// (`max_memory`), if it has a limit of its own.
     pub fn max_memory(&self) -> Option<usize> {
         self.max_memory
+    }
+
+    /// The tenant's CPU weight, concurrency cap and budget.
+    pub fn cpu(&self) -> &TenantCpuSpec {
+        &self.cpu
     }
 
     /// Sessions holding one of this tenant's slots.

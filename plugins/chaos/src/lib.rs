@@ -1,7 +1,9 @@
 //! `chaos`: a backend that misbehaves on command, for the sandbox tests.
 //! Served only when a config names `builtin:chaos`.
 //!
-//! Commands: `spin`, `busy MS`, `grow MIB`, `recurse`, `trap`, `panic`,
+//! Commands: `spin`, `busy MS` (computes for MS ms, reading the clock as it
+//! goes), `work N` (N million rounds of pure arithmetic, no host call at
+//! all: CPU that is wasm time only), `grow MIB`, `recurse`, `trap`, `panic`,
 //! `flood N`, `big-reply BYTES`, `read-file PATH`, `env`, `connect HOST:PORT`,
 //! `log-spam N`, `tick-trap MS` (traps in a timer tick), `spin-on-close`
 //! (its `close` then never returns), `echo`.
@@ -76,6 +78,17 @@ impl Guest for Chaos {
                     x = black_box(x.wrapping_add(1));
                 }
                 Ok(ms.to_string().into_bytes())
+            }
+            "work" => {
+                let millions: u64 = number(&arg)?;
+                let mut x = 1u64;
+                for _ in 0..millions.saturating_mul(1_000_000) {
+                    x = black_box(
+                        x.wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407),
+                    );
+                }
+                Ok((x % 1000).to_string().into_bytes())
             }
             "grow" => {
                 let mib: usize = number(&arg)?;

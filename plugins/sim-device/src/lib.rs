@@ -15,6 +15,7 @@
 //! | `crash` | | never: the process exits at once (tests) |
 //! | `hang` | | never: the process stops, heartbeats and all (tests) |
 //! | `slow` | `MS` | `slept MS` after sleeping that long (tests) |
+//! | `spin` | `MS` | `spun MS` after computing that long, on the CPU (tests) |
 //!
 //! A `data-change` event's payload is JSON:
 //! `{"tag":"sim.ramp","value":"42","quality":"good","timestamp":1767225600000}`
@@ -179,6 +180,27 @@ impl Worker for SimDevice {
                     libc::raise(libc::SIGSTOP);
                 }
                 "resumed".into()
+            }
+            "spin" => {
+                let ms: u64 = text
+                    .parse()
+                    .ok()
+                    .filter(|ms| *ms <= MAX_SLOW_MS)
+                    .ok_or_else(|| {
+                        CommandError::InvalidPayload(format!(
+                            "usage: spin MS (at most {MAX_SLOW_MS})"
+                        ))
+                    })?;
+                let began = std::time::Instant::now();
+                let mut x = 1u64;
+                while began.elapsed() < Duration::from_millis(ms) {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                        );
+                    }
+                }
+                format!("spun {ms}")
             }
             "slow" => {
                 let ms: u64 = text

@@ -31,6 +31,7 @@ fn spec(name: &str, keys: Vec<(KeyHash, Scopes)>) -> TenantSpec {
             .collect(),
         certs: Vec::new(),
         rates: Default::default(),
+        cpu: Default::default(),
     }
 }
 

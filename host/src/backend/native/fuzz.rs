@@ -294,6 +294,7 @@ while True:
             open_timeout: Duration::from_millis(500),
             faults: FaultReporter::new(id, tx),
             memory: crate::memory_budget::MemoryAccount::unlimited(),
+            cpu: crate::backend::cpu::CpuAccount::unlimited(),
             restore: None,
         }
     }

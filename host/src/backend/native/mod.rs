@@ -301,6 +301,7 @@ impl Backend for NativeBackend {
             open_timeout: request
                 .open_timeout
                 .min(self.launcher.native.startup_timeout),
+            cpu: request.cpu.clone(),
         };
         // On an error the worker is dropped, which kills the process.
         let opened = worker.open(attach).await;

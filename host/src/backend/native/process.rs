@@ -127,6 +127,17 @@ impl Proc {
         self.kill();
     }
 
+    /// The CPU time (user and system) the worker and the children it
+    /// waited for have used, from `/proc`; `None` once it is reaped (its
+    /// pid may be someone else's) or where `/proc` cannot be read.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        if self.reaped.load(Ordering::Acquire) {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        proc_stat_cpu(&stat)
+    }
+
     /// Whether the worker has exited and been reaped.
     pub fn exited_status(&self) -> Option<ExitStatus> {
         *self.exit.borrow()
@@ -177,6 +188,27 @@ impl Process for Proc {
     fn processes(&self) -> Option<u64> {
         self.cell.processes()
     }
+}
+
+/// utime + stime + cutime + cstime of a `/proc/PID/stat` line.
+fn proc_stat_cpu(stat: &str) -> Option<std::time::Duration> {
+    // The command name may hold spaces and parentheses: fields are counted
+    // from after its closing parenthesis, which is field 2's end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14.
+    let ticks: u64 = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|t| *t > 0)?;
+    Some(std::time::Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000) / per_sec,
+    ))
 }
 
 fn kill_group(pid: u32) {
@@ -557,5 +589,31 @@ impl Output {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_past_a_command_name_with_spaces() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+        let stat = format!(
+            "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 {} {} {} {} 20 0 1 0",
+            hz,
+            hz / 2,
+            hz * 2,
+            0
+        );
+        assert_eq!(
+            proc_stat_cpu(&stat),
+            Some(std::time::Duration::from_millis(3500))
+        );
+        assert_eq!(proc_stat_cpu("42 (x) S 1"), None);
+        // Our own process has used some CPU by now.
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(proc_stat_cpu(&own).is_some());
     }
 }

@@ -51,6 +51,7 @@ fn request() -> StartRequest {
         open_timeout: Duration::from_secs(5),
         faults: FaultReporter::new(id, tx),
         memory: crate::memory_budget::MemoryAccount::unlimited(),
+        cpu: crate::backend::cpu::CpuAccount::unlimited(),
         restore: None,
     }
 }

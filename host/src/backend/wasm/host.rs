@@ -206,6 +206,8 @@ pub struct SessionData {
     pub(super) max_pending_ticks: usize,
     /// When the call in progress must stop; read by the epoch callback.
     pub(super) deadline: Option<Instant>,
+    /// The guest's CPU meter and its turn of the runtime's threads.
+    pub(super) cpu: super::guest_cpu::GuestCpu,
 }
 
 impl WasiView for SessionData {

@@ -9,6 +9,7 @@ mod bindings;
 pub mod cache;
 pub mod check;
 mod exports;
+mod guest_cpu;
 mod host;
 mod inline;
 mod reply;
@@ -347,14 +348,20 @@ impl WasmBackend {
             ticks: Default::default(),
             max_pending_ticks: policy.max_pending_ticks,
             deadline: Some(Instant::now() + request.open_timeout),
+            cpu: guest_cpu::GuestCpu::new(request.cpu.clone()),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limits);
+        guest_cpu::install(&mut store);
         // Every tick, a running guest either traps (past its deadline) or
-        // yields to tokio so other sessions keep running.
-        store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
+        // gives its turn back and yields through tokio's queue, so other
+        // sessions (and other tenants first) run.
+        store.epoch_deadline_callback(|mut ctx| match ctx.data().deadline {
             Some(d) if Instant::now() >= d => Err(LimitHit::Deadline.into()),
-            _ => Ok(UpdateDeadline::Yield(1)),
+            _ => Ok(UpdateDeadline::YieldCustom(
+                1,
+                ctx.data_mut().cpu.slice_end(),
+            )),
         });
         store.set_epoch_deadline(1);
 
@@ -389,7 +396,9 @@ impl WasmBackend {
             config: request.config.clone().into_iter().collect(),
         };
         store.set_epoch_deadline(1);
+        guest_cpu::enter(&mut store).await;
         let opened = exports.open.call_async(&mut store, (ctx,)).await;
+        guest_cpu::leave(&mut store);
         match opened {
             Ok((Ok(()),)) => {}
             Ok((Err(message),)) => return Err(StartError::Refused(message)),
@@ -402,7 +411,10 @@ impl WasmBackend {
                 restore.snapshot.bytes.clone(),
                 restore.snapshot.version.clone(),
             );
-            match state.restore.call_async(&mut store, from).await {
+            guest_cpu::enter(&mut store).await;
+            let restored = state.restore.call_async(&mut store, from).await;
+            guest_cpu::leave(&mut store);
+            match restored {
                 Ok((Ok(()),)) => {}
                 Ok((Err(message),)) => return Err(StartError::RestoreFailed(message)),
                 Err(e) => return Err(StartError::Failed(worker::classify(&e))),
@@ -480,6 +492,7 @@ pub mod baseline {
                 ticks: Default::default(),
                 max_pending_ticks: 1,
                 deadline: None,
+                cpu: guest_cpu::GuestCpu::new(crate::backend::cpu::CpuAccount::unlimited()),
             };
             let mut store = Store::new(&self.engine, data);
             store.set_epoch_deadline(u64::MAX / 2);

@@ -114,6 +114,7 @@ fn request(
         open_timeout: Duration::from_secs(5),
         faults: FaultReporter::new(id, tx),
         memory,
+        cpu: crate::backend::cpu::CpuAccount::unlimited(),
         restore: None,
     };
     (request, events, faults)
@@ -427,6 +428,7 @@ async fn a_refused_open_is_reported_as_refused() {
         open_timeout: LONG,
         faults: FaultReporter::new("s".into(), tx),
         memory: MemoryAccount::unlimited(),
+        cpu: crate::backend::cpu::CpuAccount::unlimited(),
         restore: None,
     };
     let err = backend.start(request, &|_| {}).await.err().unwrap();
@@ -477,4 +479,88 @@ fn a_non_component_is_rejected() {
         .err()
         .unwrap();
     assert!(matches!(err, LoadError::Compile(_)), "{err}");
+}
+
+/// The test runtime has one thread, which runs the session's task too: its
+/// CPU clock is everything the command cost the gateway.
+#[tokio::test(flavor = "current_thread")]
+async fn compute_is_metered_as_its_wasm_time() {
+    use crate::backend::cpu::thread_cpu_time;
+    let rt = runtime();
+    let policy = SessionPolicy::default();
+    let backend = load(&rt, "chaos", &policy);
+    let (mut req, _events, _faults) = request("chaos", &policy, MemoryAccount::unlimited());
+    let cpu = crate::backend::cpu::CpuAccount::unlimited();
+    req.cpu = cpu.clone();
+    let worker = backend.start(req, &|_| {}).await.unwrap();
+    let metered = |commands| {
+        let (worker, cpu) = (&worker, &cpu);
+        async move {
+            let (before, thread) = (cpu.used(), thread_cpu_time().unwrap());
+            let out = worker
+                .invoke(commands, Duration::from_secs(20), None)
+                .await
+                .unwrap();
+            assert!(matches!(out[0], Outcome::Reply(_)), "{out:?}");
+            (cpu.used() - before, thread_cpu_time().unwrap() - thread)
+        }
+    };
+    // Pure wasm: nearly all of the command's CPU.
+    let (used, spent) = metered(c("work", "100")).await;
+    eprintln!("work: metered {used:?} of {spent:?}");
+    assert!(
+        used <= spent,
+        "metered {used:?}, more than the {spent:?} spent"
+    );
+    assert!(
+        used * 100 >= spent * 85,
+        "metered only {used:?} of {spent:?}"
+    );
+    // `busy` reads the clock in a loop: those host calls are not wasm time.
+    let (used, spent) = metered(c("busy", "100")).await;
+    eprintln!("busy: metered {used:?} of {spent:?}");
+    assert!(used < spent * 9 / 10, "metered {used:?} of {spent:?}");
+    assert!(used > Duration::ZERO);
+}
+
+/// A tick due while its tenant is over its CPU budget is put off until the
+/// refill, and the session goes on serving meanwhile.
+#[tokio::test]
+async fn a_tick_over_the_budget_waits_for_the_refill_without_blocking_the_session() {
+    use crate::backend::cpu::{CpuMetrics, CpuScheduler};
+    use crate::config::{CpuBudgetSpec, TenantCpuSpec};
+    let rt = runtime();
+    let policy = SessionPolicy::default();
+    let backend = load(&rt, "echo", &policy);
+    let (mut req, events, _faults) = request("echo", &policy, MemoryAccount::unlimited());
+    let scheduler = CpuScheduler::new(2, CpuMetrics::default());
+    let spec = TenantCpuSpec {
+        budget: Some(CpuBudgetSpec {
+            per_sec_ms: 1000.0,
+            burst_ms: 1.0,
+        }),
+        ..Default::default()
+    };
+    let cpu = scheduler.account(scheduler.tenant("t", &spec), "echo", None);
+    req.cpu = cpu.clone();
+    let worker = backend.start(req, &|_| {}).await.unwrap();
+    let mut sub = events.subscribe(None).unwrap();
+    // 300 CPU-ms of debt at 1000 a second: about 300 ms to refill.
+    cpu.charge(Duration::from_millis(301));
+    let began = Instant::now();
+    call(&*worker, "ticks", "1,1", LONG).await.unwrap();
+    // The tick is due in 1 ms but waits; commands still run meanwhile.
+    assert_eq!(
+        call(&*worker, "echo", "still here", LONG).await.unwrap(),
+        Outcome::Reply(b"still here".to_vec())
+    );
+    tokio::time::timeout(LONG, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "the tick ran after {waited:?}, before the refill"
+    );
 }

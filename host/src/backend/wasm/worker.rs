@@ -9,6 +9,7 @@ use wasmtime::Store;
 
 use super::bindings::gatehouse::backend::types;
 use super::exports::Exports;
+use super::guest_cpu;
 use super::host::{LimitHit, SessionData};
 use super::reply::Reply;
 use crate::backend::budget::Budget;
@@ -120,7 +121,15 @@ impl SessionTask {
                     None => return Exit::Quiet,
                 },
                 _ = tokio::time::sleep_until(next_tick.unwrap_or_else(Instant::now).into()), if next_tick.is_some() => {
-                    self.instance.store.data_mut().ticks.pop();
+                    let data = self.instance.store.data_mut();
+                    let due = data.ticks.pop();
+                    // Over its tenant's CPU budget, the tick is put off
+                    // until the refill; the task goes on serving closes
+                    // (and invokes, which wait for the budget themselves).
+                    if let (Some(Reverse(due)), Some(wait)) = (due, data.cpu.account().tick_delay()) {
+                        data.ticks.push(Reverse(due.max(Instant::now() + wait)));
+                        continue;
+                    }
                     if let Err(fault) = self.tick().await {
                         tracing::warn!(%fault, "session faulted in a timer tick");
                         self.inbox.fail(&fault);
@@ -171,12 +180,14 @@ impl SessionTask {
 
     async fn tick(&mut self) -> Result<(), Fault> {
         let instance = &mut self.instance;
+        guest_cpu::enter(&mut instance.store).await;
         instance.arm(Instant::now() + self.command_timeout);
         let result = instance
             .exports
             .tick
             .call_async(&mut instance.store, ())
             .await;
+        guest_cpu::leave(&mut instance.store);
         instance.store.data_mut().deadline = None;
         result.map_err(|e| classify(&e))
     }
@@ -200,8 +211,10 @@ impl SessionTask {
                 return Ok(());
             }
         };
+        guest_cpu::enter(&mut instance.store).await;
         instance.arm(clock.until);
         let result = snapshot.call_async(&mut instance.store, ()).await;
+        guest_cpu::leave(&mut instance.store);
         instance.store.data_mut().deadline = None;
         match result {
             Ok((bytes,)) => {
@@ -240,8 +253,11 @@ impl Instance {
 
     /// Runs the plugin's `close` within `grace`; an overrun is a kill.
     pub async fn close(&mut self, grace: Duration) -> CloseOutcome {
+        guest_cpu::enter(&mut self.store).await;
         self.arm(Instant::now() + grace);
-        match self.exports.close.call_async(&mut self.store, ()).await {
+        let closed = self.exports.close.call_async(&mut self.store, ()).await;
+        guest_cpu::leave(&mut self.store);
+        match closed {
             Ok(()) => CloseOutcome::Graceful,
             Err(e) => {
                 let fault = classify(&e);
@@ -264,7 +280,15 @@ impl Instance {
     ) -> Result<Vec<Outcome>, Fault> {
         let mut outcomes = Vec::with_capacity(commands.len());
         for command in commands {
-            let clock = budget.start(Instant::now())?;
+            // The turn first: a command's time runs from when it can run.
+            guest_cpu::enter(&mut self.store).await;
+            let clock = match budget.start(Instant::now()) {
+                Ok(clock) => clock,
+                Err(fault) => {
+                    guest_cpu::leave(&mut self.store);
+                    return Err(fault);
+                }
+            };
             self.arm(clock.until);
             let name = command.name.clone();
             let cmd = types::Command {
@@ -276,6 +300,7 @@ impl Instance {
                 .handle
                 .call_async(&mut self.store, (cmd,))
                 .await;
+            guest_cpu::leave(&mut self.store);
             self.store.data_mut().deadline = None;
             let outcome = match result.map(|(r,)| r.map(|bytes| bytes.value)) {
                 Ok(Ok(Reply::TooLarge(size))) => Outcome::ReplyTooLarge {

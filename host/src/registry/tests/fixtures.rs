@@ -151,6 +151,7 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
             memory_budget: usize::MAX,
             node_id: None,
             ledger: None,
+            guest_threads: None,
         },
         Arc::clone(&clock) as Arc<dyn Clock>,
         Arc::clone(&metrics),
@@ -208,6 +209,7 @@ pub(super) fn tenant(
         keys: Vec::new(),
         certs: Vec::new(),
         rates: Default::default(),
+        cpu: Default::default(),
     })
 }
 

@@ -19,6 +19,7 @@ fn rated(name: &str, rates: TenantRates) -> Caller {
         certs: Vec::new(),
         max_memory: None,
         rates,
+        cpu: Default::default(),
     });
     Caller::new(tenant, None, false)
 }

@@ -194,6 +194,7 @@ async fn tenant_limits_lower_the_backends() {
         keys: Vec::new(),
         certs: Vec::new(),
         rates: Default::default(),
+        cpu: Default::default(),
     });
     let a = Caller::new(t, None, false);
     let s = f.registry.open(&a, open_req()).await.unwrap();

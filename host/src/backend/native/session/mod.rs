@@ -18,11 +18,17 @@ use super::contain::Breach;
 use super::process::Proc;
 use super::protocol::{self, FrameError, pb};
 use crate::backend::budget::{Budget, CommandClock};
+use crate::backend::cpu::CpuAccount;
 use crate::backend::event_sink::EventSink;
 use crate::backend::handle::{CloseRequest, Inbox, InvokeRequest, Request, SnapshotRequest};
 use crate::backend::{
     CloseOutcome, Command, CommandError, Fault, FaultCode, FaultReporter, Outcome, StartError,
 };
+
+/// How often a reply reads the worker's CPU time from `/proc` at most; the
+/// heartbeat, a close and a fault read it too. A read costs a file read,
+/// not to be paid on every command of a fast worker.
+const CPU_READ_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long to wait for an exit status after the worker closed its socket.
 const EXIT_AFTER_EOF: Duration = Duration::from_millis(500);
@@ -50,6 +56,8 @@ pub struct Attach {
     pub max_reply_bytes: usize,
     /// How long the worker's open may take.
     pub open_timeout: Duration,
+    /// What the worker's CPU time is charged to.
+    pub cpu: CpuAccount,
 }
 
 /// Opening a session on an idle worker.
@@ -126,6 +134,11 @@ pub struct Conversation {
     phase: Phase,
     /// When the worker closed its socket.
     eof_at: Option<Instant>,
+    /// The worker's CPU time when it was last charged; from the session's
+    /// open on, so a pooled worker's start-up is not the session's.
+    cpu_seen: Option<Duration>,
+    /// When `cpu_seen` was read.
+    cpu_read_at: Instant,
 }
 
 /// How the loop goes on after handling something.
@@ -156,6 +169,8 @@ impl Conversation {
             next_id: 0,
             phase: Phase::Idle,
             eof_at: None,
+            cpu_seen: None,
+            cpu_read_at: now,
         }
     }
 
@@ -286,6 +301,8 @@ impl Conversation {
         let until = Instant::now() + attach.open_timeout;
         let open = attach.open.clone();
         self.proc.serve_session(open.session_id.as_str().into());
+        self.cpu_seen = self.proc.cpu_time();
+        self.cpu_read_at = Instant::now();
         self.attach = Some(attach);
         self.phase = Phase::Opening { reply, until };
         self.send(pb::to_worker::Msg::Open(open)).await
@@ -310,6 +327,7 @@ impl Conversation {
     /// Asks the worker to close and exit; the exit (or the grace running
     /// out, then a kill) finishes the close.
     async fn begin_close(&mut self, CloseRequest { grace, reply }: CloseRequest) -> Step {
+        self.meter_cpu();
         let until = Instant::now() + grace;
         let closing = Phase::Closing {
             reply,
@@ -449,6 +467,9 @@ impl Conversation {
     }
 
     fn on_reply(&mut self, reply: pb::Reply) -> Step {
+        if self.cpu_read_at.elapsed() >= CPU_READ_INTERVAL {
+            self.meter_cpu();
+        }
         let Phase::Ready(Some(pending)) = &mut self.phase else {
             if matches!(self.phase, Phase::Closing { .. }) {
                 return Ok(());
@@ -529,6 +550,7 @@ impl Conversation {
             _ => {}
         }
         if now >= self.next_heartbeat {
+            self.meter_cpu();
             let silent = now.duration_since(self.last_heard);
             if silent > self.timing.heartbeat_grace && !matches!(self.phase, Phase::Closing { .. })
             {
@@ -568,9 +590,25 @@ impl Conversation {
         }
     }
 
+    /// Charges the CPU the worker used since the last reading to the
+    /// session. Read at replies (at most every [`CPU_READ_INTERVAL`]),
+    /// heartbeats, a close and a fault: what a worker uses after its last
+    /// reading before it exits goes uncounted.
+    fn meter_cpu(&mut self) {
+        let (Some(attach), Some(seen)) = (&self.attach, self.cpu_seen) else {
+            return;
+        };
+        self.cpu_read_at = Instant::now();
+        if let Some(now) = self.proc.cpu_time() {
+            attach.cpu.charge(now.saturating_sub(seen));
+            self.cpu_seen = Some(now.max(seen));
+        }
+    }
+
     /// Kills the worker and tells whoever is waiting why.
     fn fail(&mut self, fault: Fault) {
         tracing::warn!(%fault, "native worker failed");
+        self.meter_cpu();
         self.proc.kill();
         self.inbox.fail(&fault);
         match std::mem::replace(&mut self.phase, Phase::Idle) {
