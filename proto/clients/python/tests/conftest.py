@@ -40,6 +40,10 @@ class Gateway:
         env = {k: v for k, v in os.environ.items()
                if k not in ("GATEHOUSE_ADDR", "GATEHOUSE_KEY", "GATEHOUSE_LOG_FORMAT")}
         env["RUST_LOG"] = "info"
+        # The key store's default place is the user's data directory: a
+        # test gateway keeps its own, so no other gateway's keys (which end
+        # local development mode) or newer schema reach it.
+        env["XDG_DATA_HOME"] = str(directory)
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
                 [binary(), "serve", "--config", str(directory / "gatehouse.toml"),

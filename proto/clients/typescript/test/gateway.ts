@@ -37,6 +37,9 @@ export class Gateway {
     const env: NodeJS.ProcessEnv = { ...process.env, RUST_LOG: "info" };
     delete env.GATEHOUSE_ADDR;
     delete env.GATEHOUSE_KEY;
+    // A key store of its own: another gateway's keys (which end local
+    // development mode) or newer schema never reach a test gateway.
+    env.XDG_DATA_HOME = dir;
     const stderr = fs.openSync(path.join(dir, "stderr.log"), "w");
     const proc = spawn(
       binary(),
