@@ -239,6 +239,8 @@ pub async fn serve_from(
         grpc: grpc_tls,
         http: http_tls,
     } = open_tls(&config, &metrics)?;
+    // Answers systemd's watchdog from the start: loading can be slow.
+    let _watchdog = crate::notify::Watchdog::start();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::starting(reporter, GATEWAY_SERVICE).await;
 
@@ -360,6 +362,7 @@ pub async fn serve_from(
         })),
         _ = &mut signal => {
             tracing::info!("stopped while loading backends");
+            crate::notify::stopping();
             health.draining().await;
             let _ = stop_tx.send(true);
             let _ = grpc_server.await;
@@ -427,6 +430,7 @@ pub async fn serve_from(
     };
 
     health.serving().await;
+    crate::notify::ready();
     on_bound(BoundAddrs {
         grpc,
         metrics: metrics_addr,
@@ -437,6 +441,7 @@ pub async fn serve_from(
     // sessions close; then stop both servers.
     signal.await;
     tracing::info!("shutting down: draining sessions");
+    crate::notify::stopping();
     health.draining().await;
     registry.shutdown(config.server.shutdown_timeout).await;
     // A clean stop gives the cluster's slots back now, not after the lease.

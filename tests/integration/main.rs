@@ -33,6 +33,7 @@ mod sandbox;
 mod sessions;
 mod shutdown;
 mod status;
+mod systemd;
 mod tenants;
 mod tls;
 mod upgrade;
