@@ -25,6 +25,7 @@ mod leases;
 mod native;
 mod ops;
 mod plugins;
+mod prometheus;
 mod rates;
 mod reload;
 mod restart;
