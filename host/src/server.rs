@@ -393,6 +393,7 @@ pub async fn serve_from(
 
     if let Some(console) = &console {
         console.set_registry(Arc::clone(&registry));
+        console.start_charts(Arc::clone(&metrics));
     }
     admin.set_drainer(Arc::new(crate::drain::Drainer::new(
         Arc::clone(&registry),
