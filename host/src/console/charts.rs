@@ -108,8 +108,11 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A line's label pairs, borrowed from the text.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
 /// One metric line: name, labels, value.
-fn parse_line(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+fn parse_line(line: &str) -> Option<(&str, Labels<'_>, f64)> {
     if line.starts_with('#') {
         return None;
     }
@@ -118,20 +121,36 @@ fn parse_line(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
     let (name, labels) = match series.split_once('{') {
         Some((name, rest)) => {
             let inner = rest.strip_suffix('}')?;
-            // Backend and tenant names are config identifiers: no quotes
-            // or commas inside values.
-            let labels = inner
-                .split(',')
-                .filter_map(|kv| {
-                    let (k, v) = kv.split_once('=')?;
-                    Some((k, v.trim_matches('"')))
-                })
-                .collect();
-            (name, labels)
+            (name, parse_labels(inner))
         }
         None => (series, Vec::new()),
     };
     Some((name, labels, value))
+}
+
+/// `k="v",k2="v2"`: values may hold commas and escaped quotes (a fault
+/// code carries its detail); escapes are kept as written.
+fn parse_labels(inner: &str) -> Labels<'_> {
+    let mut out = Vec::new();
+    let mut rest = inner;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else { break };
+        out.push((key.trim_start_matches(',').trim(), &after[..end]));
+        rest = &after[end + 1..];
+    }
+    out
 }
 
 fn label<'a>(labels: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
@@ -449,7 +468,7 @@ mod tests {
         gatehouse_invoke_seconds_bucket{le=\"0.01\",backend=\"echo\"} 100\n\
         gatehouse_invoke_seconds_bucket{le=\"+Inf\",backend=\"echo\"} 100\n\
         gatehouse_faults_total{backend=\"echo\",code=\"trap\"} 2\n\
-        gatehouse_faults_total{backend=\"echo\",code=\"deadline\"} 1\n\
+        gatehouse_faults_total{code=\"trap: a, \\\"b\\\"\",backend=\"echo\"} 1\n\
         gatehouse_tenant_memory_reserved_bytes{tenant=\"acme\"} 250\n\
         gatehouse_memory_budget_bytes 1000\n";
 
