@@ -57,6 +57,9 @@ impl Drain for Drainer {
         }
         self.metrics.draining.set(1);
         self.health.draining().await;
+        // Not STOPPING=1: systemd would then wait for an exit no one asked
+        // for and kill the process at TimeoutStopSec.
+        crate::notify::status("draining: opens go elsewhere, sessions go on");
         tracing::info!(
             sessions,
             ?timeout,

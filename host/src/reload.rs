@@ -172,7 +172,11 @@ impl Reload for Reloader {
     }
 
     async fn reload(&self) -> Result<ReloadOutcome, ReloadFailure> {
-        match self.try_reload().await {
+        crate::notify::reloading();
+        let result = self.try_reload().await;
+        // A refused reload leaves the running config serving: ready either way.
+        crate::notify::ready();
+        match result {
             Ok(outcome) => {
                 self.count("ok");
                 let c = &outcome.changes;

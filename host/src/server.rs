@@ -240,6 +240,8 @@ pub async fn serve_from(
         grpc: grpc_tls,
         http: http_tls,
     } = open_tls(&config, &metrics)?;
+    // Answers systemd's watchdog from the start: loading can be slow.
+    let _watchdog = crate::notify::Watchdog::start();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::starting(reporter, GATEWAY_SERVICE).await;
 
@@ -361,6 +363,7 @@ pub async fn serve_from(
         })),
         _ = &mut signal => {
             tracing::info!("stopped while loading backends");
+            crate::notify::stopping();
             health.draining().await;
             let _ = stop_tx.send(true);
             let _ = grpc_server.await;
@@ -391,6 +394,7 @@ pub async fn serve_from(
 
     if let Some(console) = &console {
         console.set_registry(Arc::clone(&registry));
+        console.start_charts(Arc::clone(&metrics));
     }
     admin.set_drainer(Arc::new(crate::drain::Drainer::new(
         Arc::clone(&registry),
@@ -447,6 +451,7 @@ pub async fn serve_from(
     };
 
     health.serving().await;
+    crate::notify::ready();
     on_bound(BoundAddrs {
         grpc,
         metrics: metrics_addr,
@@ -457,6 +462,7 @@ pub async fn serve_from(
     // sessions close; then stop both servers.
     signal.await;
     tracing::info!("shutting down: draining sessions");
+    crate::notify::stopping();
     health.draining().await;
     registry.shutdown(config.server.shutdown_timeout).await;
     // A clean stop gives the cluster's slots back now, not after the lease.

@@ -213,6 +213,46 @@ def main():
             assert action in text, f"{action} missing from the audit page:\n{text}"
         shot("audit")
 
+        # The charts: one more session, invokes and a fault (chaos traps),
+        # then every chart must draw something: a line, or the dot of its
+        # latest point (a rate has one a second after the last sample).
+        busy = cli("open", "echo")
+        for _ in range(5):
+            cli("invoke", busy, "count")
+        doomed = cli("open", "chaos")
+        trapped = subprocess.run(
+            [args.bin, "invoke", doomed, "trap", "--addr", args.grpc, "--key", args.key],
+            capture_output=True, text=True,
+        )
+        assert trapped.returncode != 0, f"the trap did not fault: {trapped.stdout}"
+        charts = ["chart-sessions", "chart-opens", "chart-invokes", "chart-p99",
+                  "chart-faults", "chart-memory", "chart-cpu"]
+
+        def drawn(d):
+            d.get(base + "/console/charts")
+            widths = d.execute_script(
+                """
+                return arguments[0].map((id) => {
+                    const marks = [...document.querySelectorAll('#' + id + ' polyline, #' + id + ' circle')];
+                    return Math.max(0, ...marks.map((m) => m.getBBox().width));
+                });
+                """,
+                charts,
+            )
+            return all(w > 0 for w in widths)
+
+        WebDriverWait(driver, PATIENCE, poll_frequency=1).until(drawn)
+        for chart in charts:
+            element = driver.find_element(By.ID, chart)
+            png = element.screenshot_as_png
+            # A drawn line adds its colour to the chart's picture.
+            assert len(png) > 2000, f"{chart}: a {len(png)}-byte screenshot"
+            if args.screenshots:
+                os.makedirs(args.screenshots, exist_ok=True)
+                with open(os.path.join(args.screenshots, f"{chart}.png"), "wb") as f:
+                    f.write(png)
+        shot("charts")
+
         # Signed out: the cookie no longer works.
         driver.find_element(By.ID, "sign-out").click()
         wait(EC.presence_of_element_located((By.ID, "login")), "the sign-in page after signing out")

@@ -558,7 +558,8 @@ async fn the_console_works_in_a_real_browser() {
         eprintln!("skipped: {why}");
         return;
     }
-    let (config, admin_key) = config();
+    // chaos: the charts page needs a fault.
+    let (config, admin_key) = config_with(Toml::new().backend("chaos", "builtin:chaos"));
     let gw = Gatehouse::builder(config)
         .api_key(admin_key.clone())
         .start()
@@ -626,4 +627,71 @@ async fn the_console_works_in_a_real_browser() {
             "{action} through the console is not in the audit log: {events:?}"
         );
     }
+}
+
+/// The number in `data-points="N"` of the element with id `id`.
+fn chart_points(page: &str, id: &str) -> usize {
+    let Some(at) = page.find(&format!("id=\"{id}\"")) else {
+        return 0;
+    };
+    let rest = &page[at..];
+    rest.find("data-points=\"")
+        .and_then(|i| rest[i + 13..].split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_charts_page_draws_each_figure_from_the_gateways_metrics() {
+    let (config, admin_key) = config_with(Toml::new().backend("chaos", "builtin:chaos"));
+    let gw = Gatehouse::builder(config)
+        .api_key(admin_key.clone())
+        .start()
+        .await;
+    let addr = gw.metrics_addr.expect("the HTTP port");
+    let cookie = sign_in(addr, &admin_key).await;
+    let (code, empty) = http(addr, get("/console/charts", Some(&cookie))).await;
+    assert_eq!(code, 200, "{empty}");
+    assert_eq!(chart_points(&empty, "chart-faults"), 0, "no fault yet");
+
+    let mut c = gw.client().await;
+    let s = open(&mut c, "echo").await;
+    for _ in 0..5 {
+        invoke_ok(&mut c, &s.session_id, "count", b"").await;
+    }
+    let chaos = open(&mut c, "chaos").await;
+    let _ = try_invoke(&mut c, &chaos.session_id, "trap", b"").await;
+
+    // Rates have a point once a second passed since the last sample.
+    let charts = [
+        "chart-sessions",
+        "chart-opens",
+        "chart-invokes",
+        "chart-p99",
+        "chart-faults",
+        "chart-memory",
+        "chart-cpu",
+    ];
+    let page = eventually("every chart to have a point", PATIENCE, || async {
+        let (code, page) = http(addr, get("/console/charts", Some(&cookie))).await;
+        assert_eq!(code, 200, "{page}");
+        charts
+            .iter()
+            .all(|id| chart_points(&page, id) > 0)
+            .then_some(page)
+    })
+    .await;
+    assert!(page.contains("<circle class=\"last\""), "{page}");
+    assert!(
+        page.contains("</svg> echo <"),
+        "a legend names the backend:\n{page}"
+    );
+    assert!(
+        !page.contains("<script src=\"http"),
+        "nothing from elsewhere"
+    );
+
+    // Signed out, no charts.
+    let (code, _) = http(addr, get("/console/charts", None)).await;
+    assert_ne!(code, 200);
 }

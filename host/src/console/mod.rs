@@ -1,7 +1,7 @@
 //! The web console at `/console` on the HTTP port: sign in with an admin
 //! key, then see live sessions (and close them), backends and their
-//! versions, tenants' use of their quotas, keys (create, revoke) and the
-//! audit log. Server-rendered HTML (minijinja templates embedded in the
+//! versions, tenants' use of their quotas, keys (create, revoke), the
+//! audit log and the last hour in charts. Server-rendered HTML (minijinja templates embedded in the
 //! binary) and one small vendored script that refreshes the sessions table.
 //!
 //! The console reads and acts only through what the gRPC API uses: the
@@ -9,6 +9,7 @@
 //! [`Caller`], and [`KeyAdmin`] for keys and the audit log. See
 //! docs/console.md for the security model.
 
+mod charts;
 mod guard;
 mod keys;
 mod login;
@@ -65,6 +66,8 @@ pub struct Console {
     /// Whether the HTTP port serves TLS: cookies are then `Secure`.
     tls: bool,
     templates: render::Templates,
+    /// The last hour's figures for `/console/charts`.
+    charts: OnceLock<Arc<charts::Charts>>,
 }
 
 impl Console {
@@ -84,7 +87,14 @@ impl Console {
             throttle,
             tls,
             templates: render::Templates::new(),
+            charts: OnceLock::new(),
         })
+    }
+
+    /// Starts sampling `metrics` for the charts; the sampler ends with the
+    /// console.
+    pub fn start_charts(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.charts.set(charts::Charts::start(metrics));
     }
 
     /// The registry, once the backends are loaded.
@@ -111,6 +121,7 @@ impl Console {
             .route("/console/keys", get(keys::keys).post(keys::create_key))
             .route("/console/keys/{id}/revoke", post(keys::revoke_key))
             .route("/console/audit", get(pages::audit))
+            .route("/console/charts", get(pages::charts))
             .route("/console/static/console.css", get(render::css))
             .route("/console/static/console.js", get(render::script))
             .with_state(Arc::clone(self))

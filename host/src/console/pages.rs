@@ -1,4 +1,4 @@
-//! The read-only pages: backends, tenants and the audit log.
+//! The read-only pages: backends, tenants, the audit log and the charts.
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -112,4 +112,18 @@ pub async fn audit(State(c): St, headers: HeaderMap, Query(q): Query<AuditQuery>
             json!({ "events": [], "error": s.message() }),
         ),
     }
+}
+
+/// The last hour per backend and tenant, as inline SVG charts.
+pub async fn charts(State(c): St, headers: HeaderMap) -> Response {
+    let Some(admin) = c.admin(&headers) else {
+        return to_login();
+    };
+    let charts = c.charts.get().map(|ch| ch.render()).unwrap_or_default();
+    c.page(
+        &admin,
+        "charts.html",
+        "charts",
+        json!({ "charts": charts, "every": super::charts::EVERY.as_secs() }),
+    )
 }

@@ -24,6 +24,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("tenants.html", include_str!("templates/tenants.html")),
     ("keys.html", include_str!("templates/keys.html")),
     ("audit.html", include_str!("templates/audit.html")),
+    ("charts.html", include_str!("templates/charts.html")),
     ("message.html", include_str!("templates/message.html")),
 ];
 
