@@ -262,6 +262,17 @@ pub struct Pending {
 impl Pending {
     /// Waits for the turn.
     pub async fn wait(mut self) -> Turn {
+        // Granted in the same step as queued (a turn was free): no timer.
+        if let Some(rx) = self.rx.as_mut()
+            && let Ok(id) = rx.try_recv()
+        {
+            self.rx = None;
+            return Turn {
+                turns: Arc::clone(&self.turns),
+                tenant: Arc::clone(&self.tenant),
+                id,
+            };
+        }
         loop {
             let Some(rx) = self.rx.as_mut() else {
                 unreachable!("taken only on return");
