@@ -521,7 +521,7 @@ mod tests {
     #[test]
     fn an_empty_ring_draws_empty_charts() {
         let charts = draw_all(&[]);
-        assert_eq!(charts.len(), 6);
+        assert_eq!(charts.len(), 7);
         assert!(charts.iter().all(|c| c.points == 0));
     }
 }
