@@ -303,6 +303,17 @@ impl Catalog {
         Ok((name.to_string(), found))
     }
 
+    /// Whether `version` is still loaded (current, canary or retiring).
+    pub fn holds(&self, version: &Arc<Version>) -> bool {
+        self.lines.get(&version.info.name).is_some_and(|line| {
+            line.current
+                .iter()
+                .chain(&line.canary)
+                .chain(&line.retiring)
+                .any(|v| Arc::ptr_eq(v, version))
+        })
+    }
+
     /// `name`'s current version (never its canary).
     pub fn current(&self, name: &str) -> Option<Arc<Version>> {
         self.lines.get(name).and_then(|l| l.current.clone())

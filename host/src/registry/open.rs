@@ -388,7 +388,6 @@ fn new_session(
         id,
         caller.tenant_name().to_string(),
         caller.key.clone(),
-        Arc::clone(&loaded.info),
         Arc::clone(&loaded.metrics),
         request.client_session_name.clone(),
         request.client_correlation_id.clone(),

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use crate::backend::{CloseOutcome, Fault, FaultCode, Restore, StartError};
 use crate::config::{RestartOn, RestartPolicy};
 use crate::metrics::ReasonLabel;
-use crate::registry::session::Held;
 use crate::registry::tenant::Caller;
 use crate::registry::{GatewayError, Registry, Session, SessionState};
 
@@ -154,28 +153,19 @@ impl Registry {
         match state {
             SessionState::Ready => {}
             SessionState::Faulted => {
-                // It gave its slot and version back when it faulted: take
-                // them again, or refuse as an open would.
-                let version = self
-                    .catalog()
-                    .resolve(&format!(
-                        "{}@{}",
-                        session.backend().name,
-                        session.backend().digest
-                    ))
-                    .map(|(_, v)| v)
-                    .map_err(|_| {
-                        GatewayError::InvalidArgument(format!(
-                            "the session's backend version ({} {}) is no longer loaded",
-                            session.backend().name,
-                            session.backend().version
-                        ))
-                    })?;
+                // It gave its slot and version pin back when it faulted:
+                // take them again, on the version it recorded (not one
+                // resolved again, which could be another version of the
+                // same code), or refuse as an open would.
+                let version = session.recorded();
+                if !self.catalog().holds(&version) {
+                    return Err(GatewayError::InvalidArgument(format!(
+                        "the session's backend version ({} {}) is no longer loaded",
+                        version.info.name, version.info.version
+                    )));
+                }
                 let slot = self.take_slot(caller, &version, Some(&session.id)).await?;
-                session.hold(Held {
-                    slot,
-                    version: crate::registry::catalog::VersionPin::new(&version),
-                });
+                session.hold(slot);
             }
             other => return Err(session.not_ready(other)),
         }
