@@ -20,6 +20,7 @@ mod drain;
 mod error;
 mod lifecycle;
 mod open;
+mod replace;
 mod restart;
 pub mod session;
 pub mod slots;

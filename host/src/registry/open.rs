@@ -414,11 +414,7 @@ fn new_session(
 /// The fault a failed open is recorded with.
 fn rollback_fault(error: &GatewayError) -> Fault {
     match error {
-        GatewayError::StartFailed(StartError::Failed(f)) => f.clone(),
-        GatewayError::StartFailed(StartError::Refused(m)) => {
-            Fault::crashed(FaultCode::OpenRefused, m.clone())
-        }
-        GatewayError::StartFailed(StartError::Exhausted(f)) => f.clone(),
+        GatewayError::StartFailed(e) => Fault::from(e.clone()),
         other => Fault::crashed(FaultCode::StartFailed, other.to_string()),
     }
 }
