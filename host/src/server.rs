@@ -133,6 +133,7 @@ pub struct BoundAddrs {
 pub fn build_registry(
     config: &Config,
     metrics: Arc<Metrics>,
+    phase: crate::phase::GatewayPhase,
 ) -> Result<(Arc<Registry>, Arc<Loader>), ServeError> {
     let loader = Loader::new(config).map_err(ServeError::from)?;
     let backends = loader.load(config).map_err(ServeError::from)?;
@@ -149,6 +150,7 @@ pub fn build_registry(
             node_id: config.cluster.node_id.as_deref().map(Arc::from),
             ledger: crate::cluster::Ledger::start(&config.cluster, metrics.cluster.clone())
                 .map_err(|e| ServeError::Refused(e.to_string()))?,
+            phase,
         },
         Arc::new(SystemClock::new()),
         metrics,
@@ -240,7 +242,10 @@ pub async fn serve_from(
         http: http_tls,
     } = open_tls(&config, &metrics)?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::starting(reporter, GATEWAY_SERVICE).await;
+    // The gateway's one phase: health reports it, the registry refuses
+    // starts by it.
+    let phase = crate::phase::GatewayPhase::new(metrics.cluster.draining.clone());
+    let health = Health::starting(reporter, GATEWAY_SERVICE, phase.clone()).await;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -351,7 +356,8 @@ pub async fn serve_from(
     let loading = {
         let config = config.clone();
         let metrics = Arc::clone(&metrics);
-        tokio::task::spawn_blocking(move || build_registry(&config, metrics))
+        let phase = phase.clone();
+        tokio::task::spawn_blocking(move || build_registry(&config, metrics, phase))
     };
     let loaded = tokio::select! {
         loaded = loading => loaded.unwrap_or_else(|e| Err(ServeError::Backend {
@@ -360,7 +366,7 @@ pub async fn serve_from(
         })),
         _ = &mut signal => {
             tracing::info!("stopped while loading backends");
-            health.draining().await;
+            health.shutting_down().await;
             let _ = stop_tx.send(true);
             let _ = grpc_server.await;
             reloader.abort();
@@ -437,7 +443,7 @@ pub async fn serve_from(
     // sessions close; then stop both servers.
     signal.await;
     tracing::info!("shutting down: draining sessions");
-    health.draining().await;
+    health.shutting_down().await;
     registry.shutdown(config.server.shutdown_timeout).await;
     // A clean stop gives the cluster's slots back now, not after the lease.
     if let Some(ledger) = registry.ledger() {
@@ -605,7 +611,8 @@ mod tests {
             .build()
             .unwrap();
         let outcome = runtime.block_on(async {
-            let (registry, _loader) = build_registry(&config, Arc::new(Metrics::new())).unwrap();
+            let (registry, _loader) =
+                build_registry(&config, Arc::new(Metrics::new()), Default::default()).unwrap();
             let caller = Caller::local();
             let request = OpenRequest {
                 backend: "chaos".into(),

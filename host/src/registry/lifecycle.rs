@@ -2,7 +2,6 @@
 //! expiries and the gateway's shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::backend::{CloseOutcome, Fault, FaultClass, FaultCode};
@@ -262,7 +261,7 @@ impl Registry {
     /// Stops accepting sessions and closes every live one, killing what has
     /// not stopped within `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.draining.store(true, Ordering::Release);
+        self.settings.phase.shut_down();
         let live = self.live_sessions();
         if live.is_empty() {
             return;

@@ -34,7 +34,6 @@ mod upgrade;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -94,6 +93,8 @@ pub struct RegistrySettings {
     /// The cluster's shared slots (`cluster.redis`), taken with this
     /// gateway's at every open and call.
     pub ledger: Option<Arc<crate::cluster::Ledger>>,
+    /// The gateway's phase: a drain or a shutdown refuses new starts.
+    pub phase: crate::phase::GatewayPhase,
 }
 
 /// A cluster view that Redis could not give.
@@ -111,9 +112,6 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     faults: mpsc::UnboundedSender<FaultReport>,
-    draining: AtomicBool,
-    /// `gatehouse drain` began: opens are refused as `Draining`.
-    drain: AtomicBool,
     /// Itself, for the restart tasks a fault starts; they end with it.
     this: Weak<Self>,
 }
@@ -140,8 +138,6 @@ impl Registry {
             clock,
             metrics,
             faults: tx,
-            draining: AtomicBool::new(false),
-            drain: AtomicBool::new(false),
             this: Weak::clone(this),
         });
         let weak: Weak<Self> = Arc::downgrade(&registry);

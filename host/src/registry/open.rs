@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::backend::{
@@ -15,6 +14,7 @@ use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
 use crate::memory_budget::{MemoryAccount, MemoryKind};
 use crate::metrics::{CodeLabel, TenantLabel};
+use crate::phase::Phase;
 use crate::registry::catalog::{Version, VersionPin};
 use crate::registry::session::{Held, StartInputs};
 use crate::registry::slots::{Refused, Slot};
@@ -182,11 +182,10 @@ impl Registry {
         backend: &str,
         times: impl FnOnce(&SessionPolicy) -> Result<T, GatewayError>,
     ) -> Result<(Arc<Version>, (SessionPolicy, T)), GatewayError> {
-        if self.draining.load(Ordering::Acquire) {
-            return Err(GatewayError::ShuttingDown);
-        }
-        if self.drain.load(Ordering::Acquire) {
-            return Err(GatewayError::Draining);
+        match self.settings.phase.get() {
+            Phase::ShuttingDown => return Err(GatewayError::ShuttingDown),
+            Phase::Draining => return Err(GatewayError::Draining),
+            Phase::Starting | Phase::Serving => {}
         }
         let loaded = self.openable(caller, backend)?;
         let policy = caller.tenant.policy(&loaded.entry.policy);

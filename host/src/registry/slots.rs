@@ -20,6 +20,8 @@ pub struct Slots {
     // Atomic so a reload can lower or raise a tenant's quota in place:
     // the sessions holding slots keep them, and new opens see the new cap.
     cap: AtomicUsize,
+    /// Woken whenever a slot is given back (a drain waits on it).
+    freed: tokio::sync::Notify,
 }
 
 /// Which limit refused a slot.
@@ -37,6 +39,7 @@ impl Slots {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             cap: AtomicUsize::new(cap),
+            freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -78,6 +81,15 @@ impl Slots {
         Ok(Slot::new(global, Some(quota), gauges))
     }
 
+    /// Resolves when a slot is given back after this call; create it
+    /// before looking at what the slots hold, so no release is missed.
+    pub fn freed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let notified = self.freed.notified();
+        async move {
+            notified.await;
+        }
+    }
+
     /// Slots in use.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
@@ -104,6 +116,7 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         self.pool.used.fetch_sub(1, Ordering::AcqRel);
+        self.pool.freed.notify_waiters();
     }
 }
 

@@ -151,6 +151,7 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
             memory_budget: usize::MAX,
             node_id: None,
             ledger: None,
+            phase: Default::default(),
         },
         Arc::clone(&clock) as Arc<dyn Clock>,
         Arc::clone(&metrics),
