@@ -29,6 +29,7 @@ pub mod state;
 mod stream;
 pub mod tenant;
 mod upgrade;
+mod window;
 
 #[cfg(test)]
 mod tests;

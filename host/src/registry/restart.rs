@@ -20,32 +20,6 @@ use crate::registry::replace::{Failed, Why};
 use crate::registry::tenant::Caller;
 use crate::registry::{GatewayError, Registry, Session, SessionState};
 
-/// OTP-style restart intensity: the restarts within the last period.
-#[derive(Debug, Default)]
-pub(super) struct RestartWindow {
-    times: std::collections::VecDeque<Instant>,
-}
-
-impl RestartWindow {
-    /// Counts a restart at `now` if fewer than `max` happened within
-    /// `period` before it; returns its number within the period (1 for
-    /// the first), or `None` when the budget is spent.
-    pub fn admit(&mut self, max: u32, period: Duration, now: Instant) -> Option<u32> {
-        while self
-            .times
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= period)
-        {
-            self.times.pop_front();
-        }
-        if self.times.len() >= max as usize {
-            return None;
-        }
-        self.times.push_back(now);
-        u32::try_from(self.times.len()).ok()
-    }
-}
-
 impl Registry {
     /// Decides what a fault of a READY session does under its backend's
     /// restart policy: `Ok` when a restart was scheduled, else the fault
@@ -244,30 +218,5 @@ fn humantime(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_window_allows_max_restarts_per_period_and_forgets_old_ones() {
-        let t0 = Instant::now();
-        let period = Duration::from_secs(60);
-        let mut w = RestartWindow::default();
-        assert_eq!(w.admit(2, period, t0), Some(1));
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(10)), Some(2));
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(20)), None);
-        // The first one leaves the window at 60 s.
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(60)), Some(2));
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(61)), None);
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(200)), Some(1));
-    }
-
-    #[test]
-    fn no_restarts_allowed_means_the_first_fault_is_final() {
-        let mut w = RestartWindow::default();
-        assert_eq!(w.admit(0, Duration::from_secs(1), Instant::now()), None);
     }
 }

@@ -10,9 +10,9 @@ use crate::events::EventLog;
 use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
 use crate::registry::catalog::{Version, VersionPin};
-use crate::registry::restart::RestartWindow;
 use crate::registry::slots::Slot;
 use crate::registry::state::{CloseReason, SessionState};
+use crate::registry::window::Window;
 
 /// The timeouts a session runs with, resolved at open.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +53,7 @@ struct Status {
     /// Restarts so far, automatic and by hand.
     restarts: u32,
     /// The automatic restarts within the restart period.
-    recent_restarts: RestartWindow,
+    recent_restarts: Window,
     /// The fault that caused the last restart (kept when that restart gave
     /// up), or the one that ended a session that never restarted.
     last_fault: Option<Fault>,
@@ -172,7 +172,7 @@ impl Session {
                 close_reason: None,
                 ended_at: None,
                 restarts: 0,
-                recent_restarts: RestartWindow::default(),
+                recent_restarts: Window::default(),
                 last_fault: None,
                 snapshot_asked: None,
             }),
