@@ -16,7 +16,7 @@ use crate::backend::{
 };
 use crate::config::OverflowPolicy;
 use crate::events::{EventLimits, EventLog, EventObserver};
-use crate::metrics::{BackendLabel, CodeLabel, OutcomeLabel};
+use crate::registry::backend_metrics::Lifecycle;
 use crate::registry::catalog::{Version, VersionPin};
 use crate::registry::open::capped;
 use crate::registry::tenant::Caller;
@@ -54,28 +54,15 @@ impl EventObserver for DroppedEvents {
 /// Records the call's outcome and duration when it ends, however it ends:
 /// `cancelled` unless something set another outcome first.
 struct Outcomes<'a> {
-    registry: &'a Registry,
-    backend: &'a str,
+    counts: &'a Lifecycle,
     began: Instant,
     outcome: &'static str,
 }
 
 impl Drop for Outcomes<'_> {
     fn drop(&mut self) {
-        let metrics = &self.registry.metrics;
-        metrics
-            .calls
-            .get_or_create(&OutcomeLabel {
-                backend: self.backend.to_string(),
-                outcome: self.outcome.into(),
-            })
-            .inc();
-        metrics
-            .call_seconds
-            .get_or_create(&BackendLabel {
-                backend: self.backend.to_string(),
-            })
-            .observe(self.began.elapsed().as_secs_f64());
+        self.counts
+            .call(self.outcome, self.began.elapsed().as_secs_f64());
     }
 }
 
@@ -113,8 +100,7 @@ impl Registry {
                 )
             })?;
         let mut outcomes = Outcomes {
-            registry: self,
-            backend: &loaded.info.name,
+            counts: &loaded.metrics.lifecycle,
             began: Instant::now(),
             outcome: "refused",
         };
@@ -157,13 +143,7 @@ impl Registry {
         let id: Arc<str> = format!("call-{}", NEXT_CALL.fetch_add(1, Ordering::Relaxed)).into();
         let mut config = loaded.entry.config.clone();
         config.extend(request.config);
-        let dropped = self
-            .metrics
-            .call_events_dropped
-            .get_or_create(&BackendLabel {
-                backend: loaded.info.name.clone(),
-            })
-            .clone();
+        let dropped = loaded.metrics.lifecycle.call_events_dropped();
         // A log that keeps nothing: each event is counted, then dropped.
         let events = Arc::new(EventLog::new(
             EventLimits {
@@ -234,13 +214,7 @@ impl Registry {
     /// calls crash is failing too (a deadline is the caller's, not the
     /// version's).
     fn call_faulted(&self, loaded: &Version, fault: &Fault) {
-        self.metrics
-            .faults
-            .get_or_create(&CodeLabel {
-                backend: loaded.info.name.clone(),
-                code: fault.code.as_str().into(),
-            })
-            .inc();
+        loaded.metrics.lifecycle.fault(fault.code);
         if fault.class != FaultClass::Deadline {
             self.version_faulted(loaded);
         }

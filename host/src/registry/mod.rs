@@ -208,12 +208,7 @@ impl Registry {
     /// faults rolls back here, by itself.
     fn version_faulted(&self, version: &Version) {
         if version.fault(self.clock.now()) {
-            self.metrics
-                .rollbacks
-                .get_or_create(&crate::metrics::BackendLabel {
-                    backend: version.info.name.clone(),
-                })
-                .inc();
+            version.metrics.lifecycle.rolled_back();
             tracing::warn!(backend = %version.info.name, version = %version.info.version, digest = %version.info.digest, "canary rolled back: its sessions faulted more than max_faults times within the window; new opens go to the current version");
         }
     }

@@ -13,7 +13,7 @@ use crate::cluster::{LedgerError, SessionRecord};
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
 use crate::memory_budget::{MemoryAccount, MemoryKind};
-use crate::metrics::{CodeLabel, TenantLabel};
+use crate::metrics::TenantLabel;
 use crate::phase::Phase;
 use crate::registry::catalog::{Version, VersionPin};
 use crate::registry::session::{Held, StartInputs};
@@ -70,14 +70,7 @@ impl Drop for Rollback<'_> {
             }
             drop(released.held);
         }
-        registry
-            .metrics
-            .faults
-            .get_or_create(&CodeLabel {
-                backend: session.backend().name.to_string(),
-                code: code.as_str().into(),
-            })
-            .inc();
+        session.metrics.lifecycle.fault(code);
         if code == FaultCode::OpenAbandoned {
             tracing::info!(session_id = %session.id, "open abandoned by its caller; rolled back");
         }

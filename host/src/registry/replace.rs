@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::{Fault, Restore, SnapshotFailed, StartError, Worker};
-use crate::metrics::ReasonLabel;
+use crate::registry::backend_metrics::Replaced;
 use crate::registry::catalog::VersionPin;
 use crate::registry::{Registry, Session, SessionState, Version};
 
@@ -82,7 +82,10 @@ impl Registry {
         let (worker, number) = match self.start_worker(session, to, restore).await {
             Ok(started) => started,
             Err(e) => {
-                self.count_replacement(&why, to, "failed");
+                to.metrics.lifecycle.replaced(match why {
+                    Why::Restart { .. } => Replaced::RestartFailed,
+                    Why::Upgrade { .. } => Replaced::UpgradeFailed,
+                });
                 return Err(Failed::Start(e));
             }
         };
@@ -105,15 +108,11 @@ impl Registry {
             old.close(session.times.close_timeout).await;
         }
         drop(old_pin);
-        self.count_replacement(
-            &why,
-            to,
-            match why {
-                Why::Restart { .. } if restored => "restored",
-                Why::Restart { .. } => "fresh",
-                Why::Upgrade { .. } => "ok",
-            },
-        );
+        to.metrics.lifecycle.replaced(match why {
+            Why::Restart { .. } if restored => Replaced::Restored,
+            Why::Restart { .. } => Replaced::Fresh,
+            Why::Upgrade { .. } => Replaced::Upgraded,
+        });
         let (event, payload) = match why {
             Why::Restart { cause, began } => {
                 to.metrics
@@ -159,20 +158,5 @@ impl Registry {
                 session.times.command_timeout,
             )
             .await
-    }
-
-    /// Counts a replacement's outcome: `gatehouse_restarts_total` or
-    /// `gatehouse_upgrades_total`.
-    pub(super) fn count_replacement(&self, why: &Why<'_>, to: &Version, reason: &str) {
-        let family = match why {
-            Why::Restart { .. } => &self.metrics.restarts,
-            Why::Upgrade { .. } => &self.metrics.upgrades,
-        };
-        family
-            .get_or_create(&ReasonLabel {
-                backend: to.info.name.clone(),
-                reason: reason.into(),
-            })
-            .inc();
     }
 }

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use crate::backend::{Restore, SnapshotFailed, StartError};
+use crate::registry::backend_metrics::Replaced;
 use crate::registry::replace::{Failed, Why};
 use crate::registry::tenant::Caller;
 use crate::registry::{GatewayError, Registry, Session, SessionState, Version};
@@ -68,7 +69,7 @@ impl Registry {
         let why = Why::Upgrade { from: &from };
         // 1. The old worker's state, now (after what it already queued).
         if let Err(e) = self.snapshot_live(session, &worker, &from).await {
-            self.count_replacement(&why, to, "failed");
+            to.metrics.lifecycle.replaced(Replaced::UpgradeFailed);
             return Err(match e {
                 SnapshotFailed::Fault(fault) => {
                     // The worker died taking it: that is the session's fault.
@@ -79,7 +80,7 @@ impl Registry {
             });
         }
         let Some(snapshot) = session.snapshots.latest() else {
-            self.count_replacement(&why, to, "failed");
+            to.metrics.lifecycle.replaced(Replaced::UpgradeFailed);
             return Err(GatewayError::UpgradeRefused("no snapshot was kept".into()));
         };
         // 2. A worker of the new version that restores it, swapped in; the
