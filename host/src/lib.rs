@@ -59,6 +59,8 @@ pub mod memory_budget;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod permit;
+#[cfg(feature = "server")]
 pub mod phase;
 #[cfg(feature = "server")]
 pub mod plugin_check;

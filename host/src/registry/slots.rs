@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::cluster::SharedClaim;
+use crate::permit::Counted;
 
 /// A pool of session slots.
 #[derive(Debug)]
 pub struct Slots {
-    used: AtomicUsize,
+    used: Counted,
     // Atomic so a reload can lower or raise a tenant's quota in place:
     // the sessions holding slots keep them, and new opens see the new cap.
     cap: AtomicUsize,
@@ -37,7 +38,7 @@ impl Slots {
     /// A pool of `cap` slots.
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
-            used: AtomicUsize::new(0),
+            used: Counted::default(),
             cap: AtomicUsize::new(cap),
             freed: tokio::sync::Notify::new(),
         })
@@ -49,11 +50,7 @@ impl Slots {
     }
 
     fn claim(self: &Arc<Self>) -> Option<Claim> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.cap()).then_some(n + 1)
-            })
-            .ok()?;
+        self.used.try_add(1, self.cap()).ok()?;
         Some(Claim {
             pool: Arc::clone(self),
         })
@@ -92,7 +89,7 @@ impl Slots {
 
     /// Slots in use.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
+        self.used.get()
     }
 
     /// The cap.
@@ -115,7 +112,7 @@ struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.pool.used.fetch_sub(1, Ordering::AcqRel);
+        self.pool.used.sub(1);
         self.pool.freed.notify_waiters();
     }
 }
