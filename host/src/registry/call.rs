@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::backend::{
-    Command, Fault, FaultClass, FaultReporter, Outcome, StartError, StartRequest, Worker,
-};
+use crate::backend::{Command, Fault, FaultClass, FaultReporter, Outcome, StartError, Worker};
 use crate::config::OverflowPolicy;
 use crate::events::{EventLimits, EventLog, EventObserver};
 use crate::registry::backend_metrics::Lifecycle;
 use crate::registry::catalog::{Version, VersionPin};
-use crate::registry::open::capped;
+use crate::registry::open::{WorkerStart, capped};
 use crate::registry::tenant::Caller;
 use crate::registry::{GatewayError, Registry};
 
@@ -141,8 +139,6 @@ impl Registry {
         deadline: Option<Instant>,
     ) -> Result<Outcome, GatewayError> {
         let id: Arc<str> = format!("call-{}", NEXT_CALL.fetch_add(1, Ordering::Relaxed)).into();
-        let mut config = loaded.entry.config.clone();
-        config.extend(request.config);
         let dropped = loaded.metrics.lifecycle.call_events_dropped();
         // A log that keeps nothing: each event is counted, then dropped.
         let events = Arc::new(EventLog::new(
@@ -155,11 +151,10 @@ impl Registry {
             Arc::new(DroppedEvents(dropped)),
         ));
         let close_timeout = policy.close_timeout;
-        let start = StartRequest {
-            session_id: Arc::clone(&id),
+        let start = WorkerStart {
+            id: Arc::clone(&id),
             tenant: caller.tenant_name().to_string(),
-            backend: loaded.info.name.clone(),
-            config,
+            config: request.config,
             events,
             policy,
             open_timeout: command_timeout,
@@ -171,8 +166,8 @@ impl Registry {
                 self.memory
                     .tenant(caller.tenant_name(), caller.tenant.max_memory()),
             ),
-            restore: None,
-        };
+        }
+        .request(loaded, None);
         let began = Instant::now();
         let started = loaded.entry.backend.start_one_shot(start, &|_| {}).await;
         loaded

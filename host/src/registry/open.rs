@@ -290,22 +290,18 @@ impl Registry {
         restore: Option<Restore>,
     ) -> Result<(Arc<dyn Worker>, u64), StartError> {
         let number = session.next_worker_number();
-        // The request's config over the backend's.
-        let mut config = loaded.entry.config.clone();
-        config.extend(session.start.config.clone());
-        let start = StartRequest {
-            session_id: Arc::clone(&session.id),
+        let start = WorkerStart {
+            id: Arc::clone(&session.id),
             tenant: session.tenant.clone(),
-            backend: loaded.info.name.clone(),
-            config,
+            config: session.start.config.clone(),
             events: Arc::clone(&session.events),
             policy: session.start.policy.clone(),
             open_timeout: session.times.command_timeout,
             faults: FaultReporter::new(Arc::clone(&session.id), self.faults.clone())
                 .for_worker(number),
             memory: session.start.memory.clone(),
-            restore,
-        };
+        }
+        .request(loaded, restore);
         let clock = Arc::clone(&self.clock);
         let progress = |phase: StartPhase| {
             session.transition(phase.into(), clock.now());
@@ -401,6 +397,42 @@ fn new_session(
         },
         now,
     ))
+}
+
+/// What a worker starts with besides its backend version: whom it is
+/// for, the caller's config, its events, limits and memory.
+/// [`WorkerStart::request`] is the one way a [`StartRequest`] is made (an
+/// open, a restart, an upgrade, a call).
+pub(super) struct WorkerStart {
+    pub id: Arc<str>,
+    pub tenant: String,
+    /// The caller's config, laid over the backend's.
+    pub config: BTreeMap<String, String>,
+    pub events: Arc<EventLog>,
+    pub policy: SessionPolicy,
+    pub open_timeout: Duration,
+    pub faults: FaultReporter,
+    pub memory: MemoryAccount,
+}
+
+impl WorkerStart {
+    /// The request that starts a worker of `loaded`, restoring `restore`.
+    pub(super) fn request(self, loaded: &Version, restore: Option<Restore>) -> StartRequest {
+        let mut config = loaded.entry.config.clone();
+        config.extend(self.config);
+        StartRequest {
+            session_id: self.id,
+            tenant: self.tenant,
+            backend: loaded.info.name.clone(),
+            config,
+            events: self.events,
+            policy: self.policy,
+            open_timeout: self.open_timeout,
+            faults: self.faults,
+            memory: self.memory,
+            restore,
+        }
+    }
 }
 
 /// The fault a failed open is recorded with.
