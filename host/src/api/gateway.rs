@@ -49,6 +49,15 @@ impl GatewayService {
         Ok(caller)
     }
 
+    /// The prologue of every RPC on one session: the caller admitted (see
+    /// [`admit`](Self::admit)), then the session id checked (see
+    /// [`same_session`]).
+    fn admit_on<T>(&self, rpc: &Rpc, request: &Request<T>, id: &str) -> Result<Caller, Status> {
+        let caller = self.admit(rpc, request)?;
+        same_session(request, id)?;
+        Ok(caller)
+    }
+
     /// Records the caller's tenant and, when the request names a session
     /// the caller may see, its backend on the RPC span.
     fn note(&self, rpc: &Rpc, caller: &Caller, session_id: Option<&str>) {
@@ -141,7 +150,6 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("ListBackends", &request, "", "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             // Only the backends the caller's tenant may open.
             let backends = self
                 .registry
@@ -163,7 +171,6 @@ impl Gateway for GatewayService {
         rpc.backend(&r.backend);
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             let r = request.into_inner();
             let open = OpenRequest {
                 backend: r.backend,
@@ -190,9 +197,13 @@ impl Gateway for GatewayService {
         let r = request.get_ref();
         let rpc = Rpc::start("Invoke", &request, &r.session_id, &r.correlation_id);
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
+            // Looked up once: the span's backend and the call's session.
+            let session = self
+                .registry
+                .owned(&caller, &request.get_ref().session_id)
+                .map_err(to_status)?;
+            rpc.backend(&session.backend().name);
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             let command = r
@@ -200,12 +211,7 @@ impl Gateway for GatewayService {
                 .ok_or_else(|| Status::invalid_argument("command is required"))?;
             let outcomes = self
                 .registry
-                .invoke(
-                    &caller,
-                    &r.session_id,
-                    vec![convert::command(command)],
-                    deadline,
-                )
+                .invoke_on(&session, vec![convert::command(command)], deadline)
                 .await
                 .map_err(to_status)?;
             let (payload, error) = outcomes
@@ -231,9 +237,13 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::InvokeBatchResponse>, Status> {
         let rpc = Rpc::start("InvokeBatch", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
+            // Looked up once: the span's backend and the call's session.
+            let session = self
+                .registry
+                .owned(&caller, &request.get_ref().session_id)
+                .map_err(to_status)?;
+            rpc.backend(&session.backend().name);
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             if r.commands.len() > self.limits.max_batch_commands {
@@ -246,7 +256,7 @@ impl Gateway for GatewayService {
             let commands = r.commands.into_iter().map(convert::command).collect();
             let outcomes = self
                 .registry
-                .invoke(&caller, &r.session_id, commands, deadline)
+                .invoke_on(&session, commands, deadline)
                 .await
                 .map_err(to_status)?;
             let results = outcomes
@@ -272,8 +282,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let rpc = Rpc::start("StreamEvents", &request, &request.get_ref().session_id, "");
         let subscribed = async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.get_ref();
             self.registry
@@ -296,9 +305,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let rpc = Rpc::start("RenewLease", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            rpc.tenant(caller.tenant_name());
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             let session = self
                 .registry
                 .renew(&caller, &request.get_ref().session_id)
@@ -315,9 +322,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let rpc = Rpc::start("GetSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            rpc.tenant(caller.tenant_name());
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             let id = &request.get_ref().session_id;
             let session = match self.registry.get(&caller, id) {
                 Ok(session) => session,
@@ -351,7 +356,6 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("ListSessions", &request, "", "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             let mut sessions: Vec<pb::SessionInfo> = self
                 .registry
                 .list(&caller)
@@ -375,8 +379,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let rpc = Rpc::start("CloseSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let id = request.into_inner().session_id;
             let result = self.registry.close(&caller, &id).await.map_err(to_status)?;
@@ -400,8 +403,7 @@ impl Gateway for GatewayService {
             "",
         );
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("restart", &self.registry, move |registry| async move {
@@ -426,8 +428,7 @@ impl Gateway for GatewayService {
             "",
         );
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("upgrade", &self.registry, move |registry| async move {
@@ -447,7 +448,6 @@ impl Gateway for GatewayService {
         rpc.backend(&request.get_ref().backend);
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             let command = r

@@ -292,7 +292,7 @@ impl Registry {
     /// Finds a session of the caller's own tenant: the sessions it may use
     /// (invoke, stream, renew). An admin sees and closes every tenant's
     /// sessions but does not drive them.
-    fn owned(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
+    pub fn owned(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
         self.find(caller, id, false)
     }
 
@@ -378,6 +378,17 @@ impl Registry {
         deadline: Option<Instant>,
     ) -> Result<Vec<Outcome>, GatewayError> {
         let session = self.owned(caller, id)?;
+        self.invoke_on(&session, commands, deadline).await
+    }
+
+    /// [`invoke`](Self::invoke) on a session already looked up with
+    /// [`owned`](Self::owned), so the API edge finds it once per call.
+    pub async fn invoke_on(
+        &self,
+        session: &Arc<Session>,
+        commands: Vec<Command>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Outcome>, GatewayError> {
         // Held for the whole call: an upgrade or a restart by hand waits
         // for it and holds later calls back.
         let _gate = session.gate.read().await;
