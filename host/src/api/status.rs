@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::auth::AuthError;
+use super::auth_error::AuthError;
 use crate::backend::{FaultClass, StartError};
 use crate::keystore::StoreError;
 use crate::registry::{GatewayError, RETRY_AFTER};
