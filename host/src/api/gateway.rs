@@ -102,7 +102,7 @@ fn same_session<T>(request: &Request<T>, body: &str) -> Result<(), Status> {
     input::check_id("session_id", body)?;
     let mut values = request
         .metadata()
-        .get_all(crate::client::SESSION_HEADER)
+        .get_all(crate::proto::SESSION_HEADER)
         .iter();
     let Some(value) = values.next() else {
         return Ok(());
@@ -110,19 +110,19 @@ fn same_session<T>(request: &Request<T>, body: &str) -> Result<(), Status> {
     if values.next().is_some() {
         return Err(Status::invalid_argument(format!(
             "the {} header is repeated: send it once",
-            crate::client::SESSION_HEADER
+            crate::proto::SESSION_HEADER
         )));
     }
     match value.to_str() {
         Ok(header) if header == body => Ok(()),
         Ok(header) => Err(Status::invalid_argument(format!(
             "the {} header names session {:?} but the request names {body:?}",
-            crate::client::SESSION_HEADER,
+            crate::proto::SESSION_HEADER,
             input::loggable(header, input::MAX_ID),
         ))),
         Err(_) => Err(Status::invalid_argument(format!(
             "the {} header is not printable ASCII",
-            crate::client::SESSION_HEADER
+            crate::proto::SESSION_HEADER
         ))),
     }
 }

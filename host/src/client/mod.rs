@@ -93,11 +93,7 @@ pub use crate::proto::v1::{
     BackendInfo, BackendKind, CloseReason, Event, SessionInfo, SessionState,
 };
 
-/// The metadata header that names the session a call is for, sent with
-/// every call that names one. A proxy in front of several gateways routes
-/// on it (docs/cluster.md); the gateway refuses a call whose header and
-/// body disagree (`INVALID_ARGUMENT`).
-pub const SESSION_HEADER: &str = "x-gatehouse-session";
+pub use crate::proto::SESSION_HEADER;
 
 /// `message` as a request that carries [`SESSION_HEADER`]. Message types
 /// name their session in `session_id`.
