@@ -16,12 +16,28 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::BackendEntry;
 use super::backend_metrics::BackendMetrics;
 use super::window::Window;
 use crate::backend::BackendInfo;
 use crate::config::Rollout;
 use crate::metrics::Metrics;
+
+/// A backend and the policy its sessions run under.
+pub struct BackendEntry {
+    /// The loaded backend.
+    pub backend: Arc<dyn crate::backend::Backend>,
+    /// Session limits and timeouts.
+    pub policy: crate::config::SessionPolicy,
+    /// Config handed to every session, under the request's.
+    pub config: BTreeMap<String, String>,
+    /// How long a replaced version keeps its sessions before they are
+    /// closed (`backend-retired`); `None` waits for the last one.
+    pub retire_after: Option<Duration>,
+    /// How a new version of it rolls out (`[backends.rollout]`).
+    pub rollout: Option<crate::config::Rollout>,
+    /// Snapshots, restarts and session upgrades.
+    pub recovery: crate::config::Recovery,
+}
 
 /// A canary's rollout: its share of opens and the faults that end it.
 struct Canary {

@@ -40,15 +40,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, Command, FaultReport, Outcome};
+use crate::backend::{Command, FaultReport, Outcome};
 use crate::clock::Clock;
-use crate::config::SessionPolicy;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::{Metrics, RateLabel};
 
 pub use self::call::CallRequest;
 use self::catalog::Catalog;
-pub use self::catalog::{Changes, Version, VersionState};
+pub use self::catalog::{BackendEntry, Changes, Version, VersionState};
 pub use self::drain::{KeepUntilEnd, SessionMover};
 pub use self::error::{GatewayError, RETRY_AFTER};
 pub use self::lifecycle::CloseResult;
@@ -58,23 +57,6 @@ use self::slots::Slots;
 pub use self::state::{CloseReason, SessionState};
 pub use self::stream::EventStream;
 pub use self::tenant::{Caller, DEFAULT_TENANT, RateKind, Tenant};
-
-/// A backend and the policy its sessions run under.
-pub struct BackendEntry {
-    /// The loaded backend.
-    pub backend: Arc<dyn Backend>,
-    /// Session limits and timeouts.
-    pub policy: SessionPolicy,
-    /// Config handed to every session, under the request's.
-    pub config: BTreeMap<String, String>,
-    /// How long a replaced version keeps its sessions before they are
-    /// closed (`backend-retired`); `None` waits for the last one.
-    pub retire_after: Option<Duration>,
-    /// How a new version of it rolls out (`[backends.rollout]`).
-    pub rollout: Option<crate::config::Rollout>,
-    /// Snapshots, restarts and session upgrades.
-    pub recovery: crate::config::Recovery,
-}
 
 /// Registry-wide settings.
 #[derive(Debug, Clone)]
