@@ -118,7 +118,8 @@ impl Loader {
         })
     }
 
-    /// Whether `config` fits the engine made at start; see [`fits`].
+    /// Whether `config` fits the engine made at start: its memory, reply
+    /// and snapshot sizes are at most those it was made for.
     pub fn fits(&self, config: &Config) -> Result<(), String> {
         fits(&self.options, &runtime_options(config))
     }
