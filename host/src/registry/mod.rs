@@ -386,7 +386,7 @@ impl Registry {
         match result {
             Ok(outcomes) => {
                 if worker.stateful() {
-                    self.after_command(&session, worker.as_ref());
+                    self.after_command(session, worker.as_ref());
                 }
                 if let Some((index, size, limit)) =
                     outcomes.iter().enumerate().find_map(|(i, o)| match o {
@@ -402,7 +402,7 @@ impl Registry {
                 // A worker already taken out (a close, a restart) faulted
                 // because of that; its fault changes nothing about the
                 // session.
-                if !session.runs_worker(number) || !self.fault_session(&session, fault.clone()) {
+                if !session.runs_worker(number) || !self.fault_session(session, fault.clone()) {
                     // A close got there first: the worker stopped because the
                     // session is closing, not because it failed. (RESTARTING
                     // or READY: the worker's own report of the same fault
