@@ -24,6 +24,32 @@ pub fn code_name(code: tonic::Code) -> String {
         .collect()
 }
 
+/// A request message that names a session.
+pub trait SessionMessage {
+    /// The session it names.
+    fn session_id(&self) -> &str;
+}
+
+macro_rules! session_messages {
+    ($($t:ident),*) => {$(
+        impl SessionMessage for v1::$t {
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+        }
+    )*};
+}
+session_messages!(
+    InvokeRequest,
+    InvokeBatchRequest,
+    StreamEventsRequest,
+    RenewLeaseRequest,
+    GetSessionRequest,
+    CloseSessionRequest,
+    RestartSessionRequest,
+    UpgradeSessionRequest
+);
+
 /// `gatehouse.v1`: the client API.
 pub mod v1 {
     tonic::include_proto!("gatehouse.v1");

@@ -15,9 +15,10 @@ use super::input;
 use super::standard_status::RequestStart;
 use super::status::to_status;
 use super::trace::Rpc;
+use crate::proto::SessionMessage;
 use crate::proto::v1 as pb;
 use crate::proto::v1::gateway_server::Gateway;
-use crate::registry::{CallRequest, Caller, OpenRequest, Registry};
+use crate::registry::{CallRequest, Caller, OpenRequest, Registry, Session};
 
 /// The Gateway service implementation.
 pub struct GatewayService {
@@ -56,6 +57,21 @@ impl GatewayService {
         let caller = self.admit(rpc, request)?;
         same_session(request, id)?;
         Ok(caller)
+    }
+
+    /// [`admit_on`](Self::admit_on) for the commands (Invoke and
+    /// InvokeBatch), then the caller's own session, looked up once for the
+    /// span's backend and the call.
+    fn admit_owned<T: SessionMessage>(
+        &self,
+        rpc: &Rpc,
+        request: &Request<T>,
+    ) -> Result<Arc<Session>, Status> {
+        let id = request.get_ref().session_id();
+        let caller = self.admit_on(rpc, request, id)?;
+        let session = self.registry.owned(&caller, id).map_err(to_status)?;
+        rpc.backend(&session.backend().name);
+        Ok(session)
     }
 
     /// Records the caller's tenant and, when the request names a session
@@ -197,13 +213,7 @@ impl Gateway for GatewayService {
         let r = request.get_ref();
         let rpc = Rpc::start("Invoke", &request, &r.session_id, &r.correlation_id);
         rpc.run(async {
-            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
-            // Looked up once: the span's backend and the call's session.
-            let session = self
-                .registry
-                .owned(&caller, &request.get_ref().session_id)
-                .map_err(to_status)?;
-            rpc.backend(&session.backend().name);
+            let session = self.admit_owned(&rpc, &request)?;
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             let command = r
@@ -237,13 +247,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::InvokeBatchResponse>, Status> {
         let rpc = Rpc::start("InvokeBatch", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
-            // Looked up once: the span's backend and the call's session.
-            let session = self
-                .registry
-                .owned(&caller, &request.get_ref().session_id)
-                .map_err(to_status)?;
-            rpc.backend(&session.backend().name);
+            let session = self.admit_owned(&rpc, &request)?;
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             if r.commands.len() > self.limits.max_batch_commands {

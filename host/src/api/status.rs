@@ -14,15 +14,10 @@ use crate::registry::{GatewayError, RETRY_AFTER};
 pub fn auth_status(error: AuthError) -> Status {
     let message = error.to_string();
     match error {
-        AuthError::Missing
-        | AuthError::Malformed
-        | AuthError::UnknownKey
-        | AuthError::Revoked
-        | AuthError::Expired
-        | AuthError::UnknownCertificate { .. }
-        | AuthError::TenantMismatch => Status::unauthenticated(message),
-        AuthError::Throttled { .. } => Status::unauthenticated(message),
         AuthError::MissingScope { .. } => Status::permission_denied(message),
+        // Every other refusal (throttled included) is a credential that
+        // did not authenticate.
+        _ => Status::unauthenticated(message),
     }
 }
 

@@ -109,31 +109,7 @@ pub fn for_session<T: SessionMessage>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// A request message that names a session.
-pub trait SessionMessage {
-    /// The session it names.
-    fn session_id(&self) -> &str;
-}
-
-macro_rules! session_messages {
-    ($($t:ident),*) => {$(
-        impl SessionMessage for pb::$t {
-            fn session_id(&self) -> &str {
-                &self.session_id
-            }
-        }
-    )*};
-}
-session_messages!(
-    InvokeRequest,
-    InvokeBatchRequest,
-    StreamEventsRequest,
-    RenewLeaseRequest,
-    GetSessionRequest,
-    CloseSessionRequest,
-    RestartSessionRequest,
-    UpgradeSessionRequest
-);
+pub use crate::proto::SessionMessage;
 
 /// The generated client with the API key interceptor.
 pub type RawClient = GatewayClient<InterceptedService<Channel, BearerKey>>;
