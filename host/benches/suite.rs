@@ -104,7 +104,7 @@ fn registry_with(max_sessions: usize, adjust: impl FnOnce(&mut Config)) -> Arc<R
     config.server.max_sessions = max_sessions;
     config.server.cache_dir = None;
     adjust(&mut config);
-    gatehouse::server::build_registry(&config, Arc::new(Metrics::new()))
+    gatehouse::server::build_registry(&config, Arc::new(Metrics::new()), Default::default())
         .expect("registry")
         .0
 }

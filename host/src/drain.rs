@@ -19,7 +19,6 @@ pub struct Drainer {
     /// `server.shutdown_timeout`: how long the final closes may take.
     close_within: Duration,
     mover: Arc<dyn SessionMover>,
-    metrics: ClusterMetrics,
 }
 
 impl Drainer {
@@ -38,7 +37,6 @@ impl Drainer {
             timeout,
             close_within,
             mover: Arc::new(KeepUntilEnd),
-            metrics,
         }
     }
 }
@@ -55,7 +53,6 @@ impl Drain for Drainer {
                 already_draining: true,
             };
         }
-        self.metrics.draining.set(1);
         self.health.draining().await;
         // Not STOPPING=1: systemd would then wait for an exit no one asked
         // for and kill the process at TimeoutStopSec.

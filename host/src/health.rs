@@ -18,50 +18,33 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use tokio::sync::watch;
 use tonic::Status;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Service;
 
-/// Where the gateway is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Loading backends: not ready.
-    Starting,
-    /// Ready for sessions.
-    Serving,
-    /// Shutting down: closing sessions, refusing new ones.
-    Draining,
-}
-
-impl Phase {
-    /// `starting`, `serving` or `draining`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Serving => "serving",
-            Phase::Draining => "draining",
-        }
-    }
-}
+use crate::phase::{GatewayPhase, Phase};
 
 /// The gateway's health, shared by the gRPC health service and the HTTP
 /// endpoints.
 #[derive(Clone)]
 pub struct Health {
-    phase: Arc<watch::Sender<Phase>>,
+    phase: GatewayPhase,
     reporter: HealthReporter,
     service: &'static str,
 }
 
 impl Health {
-    /// Health in the `Starting` phase, reporting through `reporter` for the
-    /// whole server and for the service named `service`.
-    pub async fn starting(reporter: HealthReporter, service: &'static str) -> Self {
+    /// Health of a gateway in `phase` (starting), reporting through
+    /// `reporter` for the whole server and for the service named `service`.
+    pub async fn starting(
+        reporter: HealthReporter,
+        service: &'static str,
+        phase: GatewayPhase,
+    ) -> Self {
         let health = Self {
-            phase: Arc::new(watch::channel(Phase::Starting).0),
+            phase,
             reporter,
             service,
         };
@@ -78,32 +61,26 @@ impl Health {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        *self.phase.borrow()
-    }
-
-    /// Follows phase changes.
-    pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
+        self.phase.get()
     }
 
     /// Backends are loaded: `SERVING`.
     pub async fn serving(&self) {
         // Only from Starting: never walk a shutdown back.
-        let became = self.phase.send_if_modified(|p| {
-            let starting = *p == Phase::Starting;
-            if starting {
-                *p = Phase::Serving;
-            }
-            starting
-        });
-        if became {
+        if self.phase.serve() {
             self.report(ServingStatus::Serving).await;
         }
     }
 
-    /// Shutdown has begun: `NOT_SERVING` from now on.
+    /// A drain has begun: `NOT_SERVING` from now on.
     pub async fn draining(&self) {
-        self.phase.send_replace(Phase::Draining);
+        self.phase.drain();
+        self.report(ServingStatus::NotServing).await;
+    }
+
+    /// A shutdown has begun: `NOT_SERVING` from now on.
+    pub async fn shutting_down(&self) {
+        self.phase.shut_down();
         self.report(ServingStatus::NotServing).await;
     }
 
@@ -124,7 +101,13 @@ impl Health {
                         } else {
                             StatusCode::SERVICE_UNAVAILABLE
                         };
-                        (code, format!("{}\n", phase.as_str()))
+                        // A shutdown drains its sessions too: probes
+                        // have always read it as `draining`.
+                        let word = match phase {
+                            Phase::ShuttingDown => Phase::Draining.as_str(),
+                            other => other.as_str(),
+                        };
+                        (code, format!("{word}\n"))
                     }
                 }),
             )
@@ -213,12 +196,15 @@ mod tests {
     #[tokio::test]
     async fn phases_go_starting_serving_draining_and_never_back() {
         let (reporter, _service) = tonic_health::server::health_reporter();
-        let health = Health::starting(reporter, "gatehouse.v1.Gateway").await;
+        let health =
+            Health::starting(reporter, "gatehouse.v1.Gateway", GatewayPhase::default()).await;
         assert_eq!(health.phase(), Phase::Starting);
         health.serving().await;
         assert_eq!(health.phase(), Phase::Serving);
         health.draining().await;
         health.serving().await;
         assert_eq!(health.phase(), Phase::Draining);
+        health.shutting_down().await;
+        assert_eq!(health.phase(), Phase::ShuttingDown);
     }
 }

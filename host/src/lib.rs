@@ -10,10 +10,29 @@
 //!       -> backend (the Worker trait; wasm and native implementations)
 //! ```
 //!
-//! [`config`] describes everything, [`metrics`] and [`telemetry`] observe
-//! everything, [`loader`] turns a config into loaded backends, and
-//! [`server`] wires the pieces together for `gatehouse serve`. [`client`]
-//! is the Rust client library the `gatehouse` CLI ([`cli`]) is built on.
+//! Around that flow, every module by its job:
+//!
+//! - the request path: [`api`] (gRPC services, auth, status mapping),
+//!   [`registry`] (sessions, versions, restarts, upgrades, drain),
+//!   [`backend`] (wasm and native workers), [`events`] (a session's event
+//!   log), [`transport`] (listeners, TLS, connection caps), [`console`]
+//!   (the web console);
+//! - shared state the registry and the edge count with: [`phase`] (the
+//!   gateway's phase), [`permit`] (a count under a limit),
+//!   [`memory_budget`], [`rate`] (token buckets), [`clock`], [`keys`] and
+//!   [`keystore`] (API keys and the audit log), [`cluster`] (several
+//!   gateways behind one proxy);
+//! - what describes and observes it: [`config`], [`metrics`],
+//!   [`telemetry`];
+//! - the wiring of `gatehouse serve`: [`server`], [`loader`] (a config
+//!   into loaded backends), [`preflight`], [`reload`], [`drain`],
+//!   [`health`], [`builtin`] (the example backends in the binary),
+//!   [`plugin_check`];
+//! - the client side and tools: [`proto`] (the wire types and names both
+//!   sides share), [`client`] (the Rust client library), [`cli`] (the
+//!   `gatehouse` command built on it), [`loadgen`] (`gatehouse bench`),
+//!   [`scaffold`] (`gatehouse plugin new`), and `fuzzing` (what the fuzz
+//!   targets share).
 //!
 //! Everything but [`client`] and [`proto`] is behind the default `server`
 //! feature: a program that only talks to a gateway depends on this crate
@@ -60,6 +79,10 @@ pub mod memory_budget;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod notify;
+#[cfg(feature = "server")]
+pub mod permit;
+#[cfg(feature = "server")]
+pub mod phase;
 #[cfg(feature = "server")]
 pub mod plugin_check;
 #[cfg(feature = "server")]

@@ -118,24 +118,10 @@ impl Loader {
         })
     }
 
-    /// Whether `config` fits the engine made at start: its pooling
-    /// allocator is sized for the largest memory limit and reply of the
-    /// first config, and only a restart resizes it.
+    /// Whether `config` fits the engine made at start: its memory, reply
+    /// and snapshot sizes are at most those it was made for.
     pub fn fits(&self, config: &Config) -> Result<(), String> {
-        let wanted = runtime_options(config);
-        if wanted.max_memory_bytes > self.options.max_memory_bytes {
-            return Err(format!(
-                "a backend's sessions.memory_limit ({} bytes) is above the {} bytes the wasm engine was sized for at start: raising it needs a restart",
-                wanted.max_memory_bytes, self.options.max_memory_bytes
-            ));
-        }
-        if wanted.max_reply_bytes > self.options.max_reply_bytes {
-            return Err(format!(
-                "a backend's sessions.max_reply_bytes ({} bytes) is above the {} bytes the wasm engine was sized for at start: raising it needs a restart",
-                wanted.max_reply_bytes, self.options.max_reply_bytes
-            ));
-        }
-        Ok(())
+        fits(&self.options, &runtime_options(config))
     }
 
     /// The native runtime, for shutdown.
@@ -259,6 +245,32 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
     }
 }
 
+/// Whether a runtime made for `started` serves `wanted`: its pooling
+/// allocator is sized for the largest memory limit of the first config,
+/// and the largest reply and snapshot it copies out of an instance are set
+/// then too; only a restart changes them.
+fn fits(started: &RuntimeOptions, wanted: &RuntimeOptions) -> Result<(), String> {
+    if wanted.max_memory_bytes > started.max_memory_bytes {
+        return Err(format!(
+            "a backend's sessions.memory_limit ({} bytes) is above the {} bytes the wasm engine was sized for at start: raising it needs a restart",
+            wanted.max_memory_bytes, started.max_memory_bytes
+        ));
+    }
+    if wanted.max_reply_bytes > started.max_reply_bytes {
+        return Err(format!(
+            "a backend's sessions.max_reply_bytes ({} bytes) is above the {} bytes the wasm engine was sized for at start: raising it needs a restart",
+            wanted.max_reply_bytes, started.max_reply_bytes
+        ));
+    }
+    if wanted.max_snapshot_bytes > started.max_snapshot_bytes {
+        return Err(format!(
+            "a backend's [backends.snapshot] max_bytes ({} bytes) is above the {} bytes the wasm engine copies out, set at start: restart required",
+            wanted.max_snapshot_bytes, started.max_snapshot_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// Loads one backend, native or wasm.
 fn load_one(
     spec: &BackendSpec,
@@ -329,6 +341,29 @@ mod tests {
             Err(other) => panic!("expected a read failure, got {other}"),
             Ok(_) => panic!("expected a read failure, got loaded backends"),
         }
+    }
+
+    #[test]
+    fn a_reload_that_raises_the_snapshot_cap_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("p.wasm");
+        std::fs::write(&module, b"").unwrap();
+        let options = |max: &str| {
+            let text = format!(
+                "[[backends]]\nname = \"p\"\nmodule = {:?}\n[backends.snapshot]\nmax_bytes = {max:?}\n",
+                module.display().to_string()
+            );
+            runtime_options(&config(&text, &dir.path().join("state")))
+        };
+        let started = options("1MiB");
+        assert!(fits(&started, &options("1MiB")).is_ok());
+        assert!(fits(&started, &options("512KiB")).is_ok());
+        let refused = fits(&started, &options("2MiB")).unwrap_err();
+        assert!(
+            refused.contains("[backends.snapshot] max_bytes")
+                && refused.contains("restart required"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::permit::Counted;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
@@ -120,33 +122,24 @@ pub struct BudgetGauges {
 #[derive(Debug)]
 struct Pool {
     limit: usize,
-    reserved: AtomicUsize,
-    gauge: Gauge,
+    reserved: Counted,
 }
 
 impl Pool {
     fn new(limit: usize, gauge: Gauge) -> Self {
         Self {
             limit,
-            reserved: AtomicUsize::new(0),
-            gauge,
+            reserved: Counted::new(gauge),
         }
     }
 
     /// Adds `n` if it fits; otherwise returns what was reserved.
     fn try_add(&self, n: usize) -> Result<(), usize> {
-        self.reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                r.checked_add(n).filter(|t| *t <= self.limit)
-            })
-            .map(|_| {
-                self.gauge.inc_by(gauge_value(n));
-            })
+        self.reserved.try_add(n, self.limit)
     }
 
     fn sub(&self, n: usize) {
-        self.reserved.fetch_sub(n, Ordering::AcqRel);
-        self.gauge.dec_by(gauge_value(n));
+        self.reserved.sub(n);
     }
 }
 
@@ -198,7 +191,7 @@ impl MemoryBudget {
 
     /// Bytes reserved now, over every kind and tenant.
     pub fn reserved(&self) -> usize {
-        self.pool.reserved.load(Ordering::Acquire)
+        self.pool.reserved.get()
     }
 
     /// Bytes reserved now for one kind.
@@ -246,7 +239,7 @@ pub struct TenantMemory {
 impl TenantMemory {
     /// Bytes the tenant's sessions reserve now.
     pub fn reserved(&self) -> usize {
-        self.pool.reserved.load(Ordering::Acquire)
+        self.pool.reserved.get()
     }
 
     /// The tenant's `max_memory`; `usize::MAX` without one.

@@ -9,16 +9,16 @@
 //! theirs), the tenants and keys, the certificates. A failure before the
 //! swap leaves the running config as it was.
 //!
-//! `[server]` settings are read once, at start (addresses, pools, sizes):
-//! a reload that changes one names its key in `restart_required` and keeps
-//! the running value.
+//! `[server]` and `[cluster]` settings are read once, at start (addresses,
+//! pools, sizes, the node id and its Redis): a reload that changes one
+//! names its key in `restart_required` and keeps the running value.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::api::{Authenticator, Reload, ReloadFailure, ReloadOutcome};
-use crate::config::{Config, ServerSettings};
+use crate::config::Config;
 use crate::loader::Loader;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -105,7 +105,7 @@ impl Reloader {
         let mut running = self.running.lock().await;
         let source = self.source.clone();
         let loader = Arc::clone(&self.loader);
-        let server = running.server.clone();
+        let running_config = running.clone();
         // Everything that can fail, on a blocking thread: reading,
         // checking, compiling.
         let prepared = tokio::task::spawn_blocking(move || {
@@ -113,9 +113,11 @@ impl Reloader {
                 .read()
                 .map_err(|e| ReloadFailure::Rejected(config_error(&source, &e)))?
                 .ok_or(ReloadFailure::NoConfigFile)?;
-            let restart_required = restart_required(&server, &next.server);
-            // The running [server] stays: only a restart changes it.
-            next.server = server;
+            let restart_required = restart_required(&running_config, &next);
+            // The running [server] and [cluster] stay: only a restart
+            // changes them.
+            next.server = running_config.server;
+            next.cluster = running_config.cluster;
             crate::preflight::check(&next).map_err(|e| ReloadFailure::Rejected(e.to_string()))?;
             loader.fits(&next).map_err(ReloadFailure::Rejected)?;
             let backends = loader
@@ -207,19 +209,19 @@ fn config_error(source: &ConfigSource, e: &crate::config::ConfigError) -> String
     }
 }
 
-/// The `[server]` keys whose value differs: each needs a restart.
-fn restart_required(running: &ServerSettings, next: &ServerSettings) -> Vec<String> {
+/// The keys read only at start whose value differs: each needs a restart.
+fn restart_required(running: &Config, next: &Config) -> Vec<String> {
     let mut keys = Vec::new();
     macro_rules! compare {
-        ($($field:ident),* $(,)?) => {
+        ($section:ident: $($field:ident),* $(,)?) => {
             $(
-                if running.$field != next.$field {
-                    keys.push(concat!("server.", stringify!($field)).to_string());
+                if running.$section.$field != next.$section.$field {
+                    keys.push(concat!(stringify!($section), ".", stringify!($field)).to_string());
                 }
             )*
         };
     }
-    compare!(
+    compare!(server:
         listen,
         metrics_listen,
         max_sessions,
@@ -252,6 +254,7 @@ fn restart_required(running: &ServerSettings, next: &ServerSettings) -> Vec<Stri
         console,
         guest_threads,
     );
+    compare!(cluster: node_id, redis, node_lease, max_sessions, drain_timeout);
     keys
 }
 
@@ -263,7 +266,7 @@ mod tests {
 
     #[test]
     fn changed_server_keys_are_named() {
-        let parse = |t: &str| Config::parse(t, Path::new("/x")).unwrap().server;
+        let parse = |t: &str| Config::parse(t, Path::new("/x")).unwrap();
         let running = parse("");
         assert!(restart_required(&running, &parse("")).is_empty());
         let next = parse(
@@ -277,6 +280,18 @@ mod tests {
                 "server.tls",
                 "server.http_tls"
             ]
+        );
+    }
+
+    #[test]
+    fn changed_cluster_keys_are_named() {
+        let parse = |t: &str| Config::parse(t, Path::new("/x")).unwrap();
+        let running = parse("");
+        assert!(restart_required(&running, &parse("")).is_empty());
+        let next = parse("[cluster]\nnode_id = \"n1\"\ndrain_timeout = \"1m\"\n");
+        assert_eq!(
+            restart_required(&running, &next),
+            ["cluster.node_id", "cluster.drain_timeout"]
         );
     }
 }

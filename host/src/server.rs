@@ -133,6 +133,7 @@ pub struct BoundAddrs {
 pub fn build_registry(
     config: &Config,
     metrics: Arc<Metrics>,
+    phase: crate::phase::GatewayPhase,
 ) -> Result<(Arc<Registry>, Arc<Loader>), ServeError> {
     let loader = Loader::new(config).map_err(ServeError::from)?;
     let backends = loader.load(config).map_err(ServeError::from)?;
@@ -150,6 +151,7 @@ pub fn build_registry(
             ledger: crate::cluster::Ledger::start(&config.cluster, metrics.cluster.clone())
                 .map_err(|e| ServeError::Refused(e.to_string()))?,
             guest_threads: config.server.guest_threads,
+            phase,
         },
         Arc::new(SystemClock::new()),
         metrics,
@@ -243,7 +245,10 @@ pub async fn serve_from(
     // Answers systemd's watchdog from the start: loading can be slow.
     let _watchdog = crate::notify::Watchdog::start();
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::starting(reporter, GATEWAY_SERVICE).await;
+    // The gateway's one phase: health reports it, the registry refuses
+    // starts by it.
+    let phase = crate::phase::GatewayPhase::new(metrics.cluster.draining.clone());
+    let health = Health::starting(reporter, GATEWAY_SERVICE, phase.clone()).await;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -354,7 +359,8 @@ pub async fn serve_from(
     let loading = {
         let config = config.clone();
         let metrics = Arc::clone(&metrics);
-        tokio::task::spawn_blocking(move || build_registry(&config, metrics))
+        let phase = phase.clone();
+        tokio::task::spawn_blocking(move || build_registry(&config, metrics, phase))
     };
     let loaded = tokio::select! {
         loaded = loading => loaded.unwrap_or_else(|e| Err(ServeError::Backend {
@@ -364,7 +370,7 @@ pub async fn serve_from(
         _ = &mut signal => {
             tracing::info!("stopped while loading backends");
             crate::notify::stopping();
-            health.draining().await;
+            health.shutting_down().await;
             let _ = stop_tx.send(true);
             let _ = grpc_server.await;
             reloader.abort();
@@ -463,7 +469,7 @@ pub async fn serve_from(
     signal.await;
     tracing::info!("shutting down: draining sessions");
     crate::notify::stopping();
-    health.draining().await;
+    health.shutting_down().await;
     registry.shutdown(config.server.shutdown_timeout).await;
     // A clean stop gives the cluster's slots back now, not after the lease.
     if let Some(ledger) = registry.ledger() {
@@ -637,7 +643,8 @@ mod tests {
             .build()
             .unwrap();
         let outcome = runtime.block_on(async {
-            let (registry, _loader) = build_registry(&config, Arc::new(Metrics::new())).unwrap();
+            let (registry, _loader) =
+                build_registry(&config, Arc::new(Metrics::new()), Default::default()).unwrap();
             let caller = Caller::local();
             let request = OpenRequest {
                 backend: "chaos".into(),

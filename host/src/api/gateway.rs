@@ -15,9 +15,10 @@ use super::input;
 use super::standard_status::RequestStart;
 use super::status::to_status;
 use super::trace::Rpc;
+use crate::proto::SessionMessage;
 use crate::proto::v1 as pb;
 use crate::proto::v1::gateway_server::Gateway;
-use crate::registry::{CallRequest, Caller, OpenRequest, Registry};
+use crate::registry::{CallRequest, Caller, OpenRequest, Registry, Session};
 
 /// The Gateway service implementation.
 pub struct GatewayService {
@@ -47,6 +48,30 @@ impl GatewayService {
         rpc.tenant(caller.tenant_name());
         self.registry.admit(&caller).map_err(to_status)?;
         Ok(caller)
+    }
+
+    /// The prologue of every RPC on one session: the caller admitted (see
+    /// [`admit`](Self::admit)), then the session id checked (see
+    /// [`same_session`]).
+    fn admit_on<T>(&self, rpc: &Rpc, request: &Request<T>, id: &str) -> Result<Caller, Status> {
+        let caller = self.admit(rpc, request)?;
+        same_session(request, id)?;
+        Ok(caller)
+    }
+
+    /// [`admit_on`](Self::admit_on) for the commands (Invoke and
+    /// InvokeBatch), then the caller's own session, looked up once for the
+    /// span's backend and the call.
+    fn admit_owned<T: SessionMessage>(
+        &self,
+        rpc: &Rpc,
+        request: &Request<T>,
+    ) -> Result<Arc<Session>, Status> {
+        let id = request.get_ref().session_id();
+        let caller = self.admit_on(rpc, request, id)?;
+        let session = self.registry.owned(&caller, id).map_err(to_status)?;
+        rpc.backend(&session.backend().name);
+        Ok(session)
     }
 
     /// Records the caller's tenant and, when the request names a session
@@ -93,7 +118,7 @@ fn same_session<T>(request: &Request<T>, body: &str) -> Result<(), Status> {
     input::check_id("session_id", body)?;
     let mut values = request
         .metadata()
-        .get_all(crate::client::SESSION_HEADER)
+        .get_all(crate::proto::SESSION_HEADER)
         .iter();
     let Some(value) = values.next() else {
         return Ok(());
@@ -101,19 +126,19 @@ fn same_session<T>(request: &Request<T>, body: &str) -> Result<(), Status> {
     if values.next().is_some() {
         return Err(Status::invalid_argument(format!(
             "the {} header is repeated: send it once",
-            crate::client::SESSION_HEADER
+            crate::proto::SESSION_HEADER
         )));
     }
     match value.to_str() {
         Ok(header) if header == body => Ok(()),
         Ok(header) => Err(Status::invalid_argument(format!(
             "the {} header names session {:?} but the request names {body:?}",
-            crate::client::SESSION_HEADER,
+            crate::proto::SESSION_HEADER,
             input::loggable(header, input::MAX_ID),
         ))),
         Err(_) => Err(Status::invalid_argument(format!(
             "the {} header is not printable ASCII",
-            crate::client::SESSION_HEADER
+            crate::proto::SESSION_HEADER
         ))),
     }
 }
@@ -141,7 +166,6 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("ListBackends", &request, "", "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             // Only the backends the caller's tenant may open.
             let backends = self
                 .registry
@@ -163,7 +187,6 @@ impl Gateway for GatewayService {
         rpc.backend(&r.backend);
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             let r = request.into_inner();
             let open = OpenRequest {
                 backend: r.backend,
@@ -190,9 +213,7 @@ impl Gateway for GatewayService {
         let r = request.get_ref();
         let rpc = Rpc::start("Invoke", &request, &r.session_id, &r.correlation_id);
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let session = self.admit_owned(&rpc, &request)?;
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             let command = r
@@ -200,12 +221,7 @@ impl Gateway for GatewayService {
                 .ok_or_else(|| Status::invalid_argument("command is required"))?;
             let outcomes = self
                 .registry
-                .invoke(
-                    &caller,
-                    &r.session_id,
-                    vec![convert::command(command)],
-                    deadline,
-                )
+                .invoke_on(&session, vec![convert::command(command)], deadline)
                 .await
                 .map_err(to_status)?;
             let (payload, error) = outcomes
@@ -231,9 +247,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::InvokeBatchResponse>, Status> {
         let rpc = Rpc::start("InvokeBatch", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            self.note(&rpc, &caller, Some(&request.get_ref().session_id));
+            let session = self.admit_owned(&rpc, &request)?;
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             if r.commands.len() > self.limits.max_batch_commands {
@@ -246,7 +260,7 @@ impl Gateway for GatewayService {
             let commands = r.commands.into_iter().map(convert::command).collect();
             let outcomes = self
                 .registry
-                .invoke(&caller, &r.session_id, commands, deadline)
+                .invoke_on(&session, commands, deadline)
                 .await
                 .map_err(to_status)?;
             let results = outcomes
@@ -272,8 +286,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let rpc = Rpc::start("StreamEvents", &request, &request.get_ref().session_id, "");
         let subscribed = async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.get_ref();
             self.registry
@@ -296,9 +309,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let rpc = Rpc::start("RenewLease", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            rpc.tenant(caller.tenant_name());
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             let session = self
                 .registry
                 .renew(&caller, &request.get_ref().session_id)
@@ -315,9 +326,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let rpc = Rpc::start("GetSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
-            rpc.tenant(caller.tenant_name());
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             let id = &request.get_ref().session_id;
             let session = match self.registry.get(&caller, id) {
                 Ok(session) => session,
@@ -351,7 +360,6 @@ impl Gateway for GatewayService {
         let rpc = Rpc::start("ListSessions", &request, "", "");
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             let mut sessions: Vec<pb::SessionInfo> = self
                 .registry
                 .list(&caller)
@@ -375,8 +383,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let rpc = Rpc::start("CloseSession", &request, &request.get_ref().session_id, "");
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let id = request.into_inner().session_id;
             let result = self.registry.close(&caller, &id).await.map_err(to_status)?;
@@ -400,8 +407,7 @@ impl Gateway for GatewayService {
             "",
         );
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("restart", &self.registry, move |registry| async move {
@@ -426,8 +432,7 @@ impl Gateway for GatewayService {
             "",
         );
         rpc.run(async {
-            let caller = self.admit(&rpc, &request)?;
-            same_session(&request, &request.get_ref().session_id)?;
+            let caller = self.admit_on(&rpc, &request, &request.get_ref().session_id)?;
             self.note(&rpc, &caller, Some(&request.get_ref().session_id));
             let r = request.into_inner();
             let session = to_completion("upgrade", &self.registry, move |registry| async move {
@@ -447,7 +452,6 @@ impl Gateway for GatewayService {
         rpc.backend(&request.get_ref().backend);
         rpc.run(async {
             let caller = self.admit(&rpc, &request)?;
-            self.note(&rpc, &caller, None);
             let deadline = grpc_deadline(&request, self.limits.deadline_margin);
             let r = request.into_inner();
             let command = r

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod auth_error;
 mod convert;
 #[cfg(test)]
 mod fuzz;
@@ -20,7 +21,8 @@ use std::sync::Arc;
 pub use self::admin::{
     AdminService, Drain, DrainOutcome, Reload, ReloadFailure, ReloadOutcome, admin_server,
 };
-pub use self::auth::{AuthError, Authenticated, Authenticator, ConfigKey, required_scope};
+pub use self::auth::{Authenticated, Authenticator, ConfigKey, required_scope};
+pub use self::auth_error::AuthError;
 pub use self::convert::{backend_version, session_info};
 pub use self::gateway::GatewayService;
 pub use self::keys_admin::{KeyAdmin, KeysAdminService, Via, actor, keys_admin_server};

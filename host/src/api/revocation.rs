@@ -18,7 +18,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
-use super::auth::{AuthError, Authenticator};
+use super::auth::Authenticator;
+use super::auth_error::AuthError;
 use super::status::auth_status;
 use crate::transport::PeerIdentity;
 

@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::auth::AuthError;
+use super::auth_error::AuthError;
 use crate::backend::{FaultClass, StartError};
 use crate::keystore::StoreError;
 use crate::registry::{GatewayError, RETRY_AFTER};
@@ -14,15 +14,10 @@ use crate::registry::{GatewayError, RETRY_AFTER};
 pub fn auth_status(error: AuthError) -> Status {
     let message = error.to_string();
     match error {
-        AuthError::Missing
-        | AuthError::Malformed
-        | AuthError::UnknownKey
-        | AuthError::Revoked
-        | AuthError::Expired
-        | AuthError::UnknownCertificate { .. }
-        | AuthError::TenantMismatch => Status::unauthenticated(message),
-        AuthError::Throttled { .. } => Status::unauthenticated(message),
         AuthError::MissingScope { .. } => Status::permission_denied(message),
+        // Every other refusal (throttled included) is a credential that
+        // did not authenticate.
+        _ => Status::unauthenticated(message),
     }
 }
 

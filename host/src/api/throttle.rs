@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::auth::AuthError;
+use super::auth_error::AuthError;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::rate::{Bucket, Rate};

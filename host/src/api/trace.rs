@@ -134,7 +134,7 @@ impl Rpc {
         }
         let (session_id, tenant, backend) =
             (get(&self.session_id), get(&self.tenant), get(&self.backend));
-        let code_name = crate::client::code_name(code);
+        let code_name = crate::proto::code_name(code);
         let ms = millis(elapsed);
         let correlation_id =
             (!self.correlation_id.is_empty()).then(|| display(self.correlation_id.as_str()));

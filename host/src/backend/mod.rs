@@ -120,6 +120,22 @@ pub enum StartError {
     RestoreFailed(String),
 }
 
+impl From<StartError> for Fault {
+    /// The fault a worker that did not start leaves its session with (an
+    /// open rolled back, a restart given up): the one place this mapping
+    /// is made.
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::RestoreFailed(m) => Fault::crashed(
+                FaultCode::RestoreFailed,
+                format!("the plugin refused the session's snapshot: {m}"),
+            ),
+            StartError::Refused(m) => Fault::crashed(FaultCode::OpenRefused, m),
+            StartError::Failed(f) | StartError::Exhausted(f) => f,
+        }
+    }
+}
+
 /// A snapshot for a new worker to restore after its `open`.
 #[derive(Debug, Clone)]
 pub struct Restore {

@@ -77,19 +77,7 @@ impl Error {
     }
 }
 
-/// The upper-snake name of a gRPC code, as the wire spells it:
-/// `NOT_FOUND`, `DEADLINE_EXCEEDED`.
-pub fn code_name(code: Code) -> String {
-    format!("{code:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let sep = (i > 0 && c.is_uppercase()).then_some('_');
-            sep.into_iter()
-                .chain(std::iter::once(c.to_ascii_uppercase()))
-        })
-        .collect()
-}
+pub use crate::proto::code_name;
 
 /// A command error returned by the plugin (`command-error` in the WIT
 /// contract).

@@ -93,11 +93,7 @@ pub use crate::proto::v1::{
     BackendInfo, BackendKind, CloseReason, Event, SessionInfo, SessionState,
 };
 
-/// The metadata header that names the session a call is for, sent with
-/// every call that names one. A proxy in front of several gateways routes
-/// on it (docs/cluster.md); the gateway refuses a call whose header and
-/// body disagree (`INVALID_ARGUMENT`).
-pub const SESSION_HEADER: &str = "x-gatehouse-session";
+pub use crate::proto::SESSION_HEADER;
 
 /// `message` as a request that carries [`SESSION_HEADER`]. Message types
 /// name their session in `session_id`.
@@ -113,31 +109,7 @@ pub fn for_session<T: SessionMessage>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// A request message that names a session.
-pub trait SessionMessage {
-    /// The session it names.
-    fn session_id(&self) -> &str;
-}
-
-macro_rules! session_messages {
-    ($($t:ident),*) => {$(
-        impl SessionMessage for pb::$t {
-            fn session_id(&self) -> &str {
-                &self.session_id
-            }
-        }
-    )*};
-}
-session_messages!(
-    InvokeRequest,
-    InvokeBatchRequest,
-    StreamEventsRequest,
-    RenewLeaseRequest,
-    GetSessionRequest,
-    CloseSessionRequest,
-    RestartSessionRequest,
-    UpgradeSessionRequest
-);
+pub use crate::proto::SessionMessage;
 
 /// The generated client with the API key interceptor.
 pub type RawClient = GatewayClient<InterceptedService<Channel, BearerKey>>;

@@ -178,6 +178,27 @@ impl<T: DeserializeOwned + CsrfField + Send> FromRequest<Arc<Console>> for Poste
     }
 }
 
+/// A page request from a signed-in admin on a gateway whose backends are
+/// loaded: the page handlers' one prologue. Without a live sign-in the
+/// browser goes to the sign-in page; while the backends load the page
+/// says so.
+pub(super) struct Viewer {
+    /// The signed-in admin.
+    pub(super) admin: Admin,
+    /// The gateway's registry.
+    pub(super) registry: Arc<Registry>,
+}
+
+impl FromRequestParts<Arc<Console>> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        let admin = c.admin(&parts.headers).ok_or_else(to_login)?;
+        let registry = Arc::clone(c.registry().map_err(|why| c.refuse(why))?);
+        Ok(Self { admin, registry })
+    }
+}
+
 /// The client's address (its IPv4 address, or IPv6), when the server
 /// handed the connection's peer to the request.
 pub(super) struct ClientIp(pub(super) Option<IpAddr>);

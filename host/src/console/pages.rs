@@ -6,20 +6,13 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::guard::{St, to_login};
+use super::guard::{St, Viewer, to_login};
 use super::views::{AuditRow, BackendRow, TenantRow, mib, percent};
 use crate::api::backend_version;
 use crate::proto::admin::v1 as admin;
 
 /// Backends and their loaded versions.
-pub async fn backends(State(c): St, headers: HeaderMap) -> Response {
-    let Some(admin) = c.admin(&headers) else {
-        return to_login();
-    };
-    let registry = match c.registry() {
-        Ok(r) => r,
-        Err(why) => return c.refuse(why),
-    };
+pub async fn backends(State(c): St, Viewer { admin, registry }: Viewer) -> Response {
     let rows: Vec<BackendRow> = registry
         .backends_for(&admin.caller)
         .into_iter()
@@ -35,14 +28,7 @@ pub async fn backends(State(c): St, headers: HeaderMap) -> Response {
 
 /// Tenants' sessions and memory against their quotas, and the gateway's
 /// memory budget.
-pub async fn tenants(State(c): St, headers: HeaderMap) -> Response {
-    let Some(admin) = c.admin(&headers) else {
-        return to_login();
-    };
-    let registry = match c.registry() {
-        Ok(r) => r,
-        Err(why) => return c.refuse(why),
-    };
+pub async fn tenants(State(c): St, Viewer { admin, registry }: Viewer) -> Response {
     let keys = c
         .keys
         .list(admin::ListKeysRequest::default())

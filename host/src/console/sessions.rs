@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::guard::{CsrfForm, Posted, Refusal, St, to_login};
+use super::guard::{CsrfForm, Posted, Refusal, St, Viewer};
 use super::views::SessionRow;
 use crate::api::{Via, session_info};
 use crate::keystore::AuditEntry;
@@ -58,15 +58,12 @@ fn filtered(registry: &Registry, caller: &Caller, f: &Filters) -> (Vec<SessionRo
 }
 
 /// Live sessions, filtered; the table refreshes itself.
-pub async fn sessions(State(c): St, headers: HeaderMap, Query(f): Query<Filters>) -> Response {
-    let Some(admin) = c.admin(&headers) else {
-        return to_login();
-    };
-    let registry = match c.registry() {
-        Ok(r) => r,
-        Err(why) => return c.refuse(why),
-    };
-    let (rows, choices) = filtered(registry, &admin.caller, &f);
+pub async fn sessions(
+    State(c): St,
+    Viewer { admin, registry }: Viewer,
+    Query(f): Query<Filters>,
+) -> Response {
+    let (rows, choices) = filtered(&registry, &admin.caller, &f);
     let live = rows.iter().filter(|r| r.live).count();
     c.page(
         &admin,
@@ -100,14 +97,11 @@ pub async fn session_rows(State(c): St, headers: HeaderMap, Query(f): Query<Filt
 }
 
 /// One session.
-pub async fn session(State(c): St, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let Some(admin) = c.admin(&headers) else {
-        return to_login();
-    };
-    let registry = match c.registry() {
-        Ok(r) => r,
-        Err(why) => return c.refuse(why),
-    };
+pub async fn session(
+    State(c): St,
+    Viewer { admin, registry }: Viewer,
+    Path(id): Path<String>,
+) -> Response {
     match registry.lookup(&admin.caller, &id) {
         Ok(s) => {
             let row = SessionRow::new(&session_info(&s, |t| registry.wall(t)));

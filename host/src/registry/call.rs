@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::backend::{
-    Command, Fault, FaultClass, FaultReporter, Outcome, StartError, StartRequest, Worker,
-};
+use crate::backend::{Command, Fault, FaultClass, FaultReporter, Outcome, StartError, Worker};
 use crate::config::OverflowPolicy;
 use crate::events::{EventLimits, EventLog, EventObserver};
-use crate::metrics::{BackendLabel, CodeLabel, OutcomeLabel};
+use crate::registry::backend_metrics::Lifecycle;
 use crate::registry::catalog::{Version, VersionPin};
-use crate::registry::open::capped;
+use crate::registry::open::{WorkerStart, capped};
 use crate::registry::tenant::Caller;
 use crate::registry::{GatewayError, Registry};
 
@@ -54,28 +52,15 @@ impl EventObserver for DroppedEvents {
 /// Records the call's outcome and duration when it ends, however it ends:
 /// `cancelled` unless something set another outcome first.
 struct Outcomes<'a> {
-    registry: &'a Registry,
-    backend: &'a str,
+    counts: &'a Lifecycle,
     began: Instant,
     outcome: &'static str,
 }
 
 impl Drop for Outcomes<'_> {
     fn drop(&mut self) {
-        let metrics = &self.registry.metrics;
-        metrics
-            .calls
-            .get_or_create(&OutcomeLabel {
-                backend: self.backend.to_string(),
-                outcome: self.outcome.into(),
-            })
-            .inc();
-        metrics
-            .call_seconds
-            .get_or_create(&BackendLabel {
-                backend: self.backend.to_string(),
-            })
-            .observe(self.began.elapsed().as_secs_f64());
+        self.counts
+            .call(self.outcome, self.began.elapsed().as_secs_f64());
     }
 }
 
@@ -113,8 +98,7 @@ impl Registry {
                 )
             })?;
         let mut outcomes = Outcomes {
-            registry: self,
-            backend: &loaded.info.name,
+            counts: &loaded.metrics.lifecycle,
             began: Instant::now(),
             outcome: "refused",
         };
@@ -169,15 +153,7 @@ impl Registry {
         cpu: crate::backend::cpu::CpuAccount,
     ) -> Result<Outcome, GatewayError> {
         let id: Arc<str> = format!("call-{}", NEXT_CALL.fetch_add(1, Ordering::Relaxed)).into();
-        let mut config = loaded.entry.config.clone();
-        config.extend(request.config);
-        let dropped = self
-            .metrics
-            .call_events_dropped
-            .get_or_create(&BackendLabel {
-                backend: loaded.info.name.clone(),
-            })
-            .clone();
+        let dropped = loaded.metrics.lifecycle.call_events_dropped();
         // A log that keeps nothing: each event is counted, then dropped.
         let events = Arc::new(EventLog::new(
             EventLimits {
@@ -189,11 +165,10 @@ impl Registry {
             Arc::new(DroppedEvents(dropped)),
         ));
         let close_timeout = policy.close_timeout;
-        let start = StartRequest {
-            session_id: Arc::clone(&id),
+        let start = WorkerStart {
+            id: Arc::clone(&id),
             tenant: caller.tenant_name().to_string(),
-            backend: loaded.info.name.clone(),
-            config,
+            config: request.config,
             events,
             policy,
             open_timeout: command_timeout,
@@ -206,8 +181,8 @@ impl Registry {
                     .tenant(caller.tenant_name(), caller.tenant.max_memory()),
             ),
             cpu,
-            restore: None,
-        };
+        }
+        .request(loaded, None);
         let began = Instant::now();
         let started = loaded.entry.backend.start_one_shot(start, &|_| {}).await;
         loaded
@@ -249,13 +224,7 @@ impl Registry {
     /// calls crash is failing too (a deadline is the caller's, not the
     /// version's).
     fn call_faulted(&self, loaded: &Version, fault: &Fault) {
-        self.metrics
-            .faults
-            .get_or_create(&CodeLabel {
-                backend: loaded.info.name.clone(),
-                code: fault.code.as_str().into(),
-            })
-            .inc();
+        loaded.metrics.lifecycle.fault(fault.code);
         if fault.class != FaultClass::Deadline {
             self.version_faulted(loaded);
         }

@@ -11,21 +11,38 @@
 //! The catalog is immutable: a reload or a sweep builds the next one and the
 //! registry swaps it in whole, so an open never sees half a reload.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::BackendEntry;
 use super::backend_metrics::BackendMetrics;
+use super::window::Window;
 use crate::backend::BackendInfo;
 use crate::config::Rollout;
 use crate::metrics::Metrics;
 
+/// A backend and the policy its sessions run under.
+pub struct BackendEntry {
+    /// The loaded backend.
+    pub backend: Arc<dyn crate::backend::Backend>,
+    /// Session limits and timeouts.
+    pub policy: crate::config::SessionPolicy,
+    /// Config handed to every session, under the request's.
+    pub config: BTreeMap<String, String>,
+    /// How long a replaced version keeps its sessions before they are
+    /// closed (`backend-retired`); `None` waits for the last one.
+    pub retire_after: Option<Duration>,
+    /// How a new version of it rolls out (`[backends.rollout]`).
+    pub rollout: Option<crate::config::Rollout>,
+    /// Snapshots, restarts and session upgrades.
+    pub recovery: crate::config::Recovery,
+}
+
 /// A canary's rollout: its share of opens and the faults that end it.
 struct Canary {
     rollout: Rollout,
-    faults: Mutex<VecDeque<Instant>>,
+    faults: Mutex<Window>,
     /// Set once the rollout ended: rolled back (by its faults or by hand)
     /// or promoted.
     ended: AtomicBool,
@@ -66,7 +83,7 @@ impl Version {
             retired_at: Mutex::new(None),
             canary: rollout.map(|rollout| Canary {
                 rollout,
-                faults: Mutex::new(VecDeque::new()),
+                faults: Mutex::new(Window::default()),
                 ended: AtomicBool::new(false),
                 rolled_back: AtomicBool::new(false),
             }),
@@ -112,17 +129,12 @@ impl Version {
         if c.ended.load(Ordering::Acquire) {
             return false;
         }
-        let mut faults = c.faults.lock().unwrap_or_else(PoisonError::into_inner);
-        faults.push_back(now);
-        while faults
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > c.rollout.window)
-        {
-            faults.pop_front();
-        }
-        let over = faults.len() > c.rollout.max_faults as usize;
-        drop(faults);
-        over && self.end_rollout(true, now)
+        let within = c
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(c.rollout.window, now);
+        within > c.rollout.max_faults as usize && self.end_rollout(true, now)
     }
 
     /// Sessions pinned to this version that have not ended.
@@ -301,6 +313,17 @@ impl Catalog {
                 .ok_or(Unresolved::NoVersion)?,
         };
         Ok((name.to_string(), found))
+    }
+
+    /// Whether `version` is still loaded (current, canary or retiring).
+    pub fn holds(&self, version: &Arc<Version>) -> bool {
+        self.lines.get(&version.info.name).is_some_and(|line| {
+            line.current
+                .iter()
+                .chain(&line.canary)
+                .chain(&line.retiring)
+                .any(|v| Arc::ptr_eq(v, version))
+        })
     }
 
     /// `name`'s current version (never its canary).

@@ -6,7 +6,6 @@
 //! server's; this is only the registry's part.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::registry::{Registry, Session};
@@ -35,14 +34,11 @@ impl SessionMover for KeepUntilEnd {
     }
 }
 
-/// How often a drain looks whether the last session has ended.
-const DRAIN_POLL: Duration = Duration::from_millis(100);
-
 impl Registry {
     /// Refuses opens and calls from now on (`Draining`); `false` when a
-    /// drain had begun already.
+    /// drain (or a shutdown) had begun already.
     pub fn begin_drain(&self) -> bool {
-        !self.drain.swap(true, Ordering::AcqRel)
+        self.settings.phase.drain()
     }
 
     /// Sessions not yet ended.
@@ -55,9 +51,17 @@ impl Registry {
     /// (`gateway-shutdown`), killing workers that take longer than
     /// `close_within` to close.
     pub async fn drain(&self, timeout: Duration, close_within: Duration, mover: &dyn SessionMover) {
+        // Every session gives its slot back when it ends, after it left
+        // the live states: each slot's drop wakes this to count again.
         let until = tokio::time::Instant::now() + timeout;
-        while self.live_count() > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(DRAIN_POLL.min(until - tokio::time::Instant::now())).await;
+        loop {
+            let freed = self.slots.freed();
+            if self.live_count() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(until, freed).await.is_err() {
+                break;
+            }
         }
         let left = self.live_sessions();
         let mut moved = 0;

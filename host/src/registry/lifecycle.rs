@@ -2,11 +2,10 @@
 //! expiries and the gateway's shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::backend::{CloseOutcome, Fault, FaultClass, FaultCode};
-use crate::metrics::{CodeLabel, ReasonLabel};
+use crate::registry::backend_metrics::Kill;
 use crate::registry::tenant::Caller;
 use crate::registry::{CloseReason, GatewayError, Registry, Session, SessionState};
 
@@ -68,7 +67,6 @@ impl Registry {
                 already_closed: true,
             };
         }
-        let backend = session.backend().name.clone();
         if let Some(worker) = session.take_worker() {
             // The worker enforces the grace period itself; the outer timeout
             // only guards against a worker that does not.
@@ -80,26 +78,14 @@ impl Registry {
             .unwrap_or(CloseOutcome::Killed);
             if outcome == CloseOutcome::Killed {
                 worker.kill();
-                self.metrics
-                    .workers_killed
-                    .get_or_create(&ReasonLabel {
-                        backend: backend.clone(),
-                        reason: "close-timeout".into(),
-                    })
-                    .inc();
+                session.metrics.lifecycle.killed(Kill::CloseTimeout);
             }
         }
         session.events.close();
         session.snapshots.clear();
         session.transition(SessionState::Closed, self.clock.now());
         drop(session.take_held());
-        self.metrics
-            .sessions_closed
-            .get_or_create(&ReasonLabel {
-                backend,
-                reason: reason.as_str().into(),
-            })
-            .inc();
+        session.metrics.lifecycle.closed(reason);
         tracing::info!(session_id = %session.id, reason = %reason, "session closed");
         CloseResult {
             final_state: session.state(),
@@ -136,23 +122,9 @@ impl Registry {
     }
 
     fn count_fault(&self, session: &Session, fault: &Fault) {
-        self.metrics
-            .faults
-            .get_or_create(&CodeLabel {
-                backend: session.backend().name.clone(),
-                code: fault.code.as_str().into(),
-            })
-            .inc();
-        self.metrics
-            .workers_killed
-            .get_or_create(&ReasonLabel {
-                backend: session.backend().name.clone(),
-                reason: match fault.class {
-                    FaultClass::Deadline => "deadline".into(),
-                    FaultClass::Crashed => "fault".into(),
-                },
-            })
-            .inc();
+        let counts = &session.metrics.lifecycle;
+        counts.fault(fault.code);
+        counts.killed(kill_of(fault));
     }
 
     /// Faults a session: stops its worker and releases its slot, once.
@@ -167,38 +139,17 @@ impl Registry {
         let Some(released) = session.fault(fault.clone(), self.clock.now(), restarting) else {
             return false;
         };
-        let backend = session.backend().name.clone();
+        let counts = &session.metrics.lifecycle;
         if let Some(worker) = released.worker {
             worker.kill();
-            self.metrics
-                .workers_killed
-                .get_or_create(&ReasonLabel {
-                    backend: backend.clone(),
-                    reason: match fault.class {
-                        FaultClass::Deadline => "deadline".into(),
-                        FaultClass::Crashed => "fault".into(),
-                    },
-                })
-                .inc();
+            counts.killed(kill_of(&fault));
         }
         if let Some(held) = &released.held {
             self.version_faulted(held.version.version());
         }
         drop(released.held);
-        self.metrics
-            .faults
-            .get_or_create(&CodeLabel {
-                backend: backend.clone(),
-                code: fault.code.as_str().into(),
-            })
-            .inc();
-        self.metrics
-            .sessions_closed
-            .get_or_create(&ReasonLabel {
-                backend,
-                reason: CloseReason::Fault.as_str().into(),
-            })
-            .inc();
+        counts.fault(fault.code);
+        counts.closed(CloseReason::Fault);
         tracing::warn!(session_id = %session.id, fault = %fault, "session faulted");
         true
     }
@@ -262,7 +213,7 @@ impl Registry {
     /// Stops accepting sessions and closes every live one, killing what has
     /// not stopped within `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.draining.store(true, Ordering::Release);
+        self.settings.phase.shut_down();
         let live = self.live_sessions();
         if live.is_empty() {
             return;
@@ -276,15 +227,17 @@ impl Registry {
             for s in &live {
                 if let Some(worker) = s.take_worker() {
                     worker.kill();
-                    self.metrics
-                        .workers_killed
-                        .get_or_create(&ReasonLabel {
-                            backend: s.backend().name.clone(),
-                            reason: "shutdown".into(),
-                        })
-                        .inc();
+                    s.metrics.lifecycle.killed(Kill::Shutdown);
                 }
             }
         }
+    }
+}
+
+/// How a faulted worker's kill is counted.
+fn kill_of(fault: &Fault) -> Kill {
+    match fault.class {
+        FaultClass::Deadline => Kill::Deadline,
+        FaultClass::Crashed => Kill::Fault,
     }
 }

@@ -20,6 +20,7 @@ mod drain;
 mod error;
 mod lifecycle;
 mod open;
+mod replace;
 mod restart;
 pub mod session;
 pub mod slots;
@@ -28,27 +29,26 @@ pub mod state;
 mod stream;
 pub mod tenant;
 mod upgrade;
+mod window;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::backend::cpu::{CpuAccount, CpuScheduler};
-use crate::backend::{Backend, Command, FaultReport, Outcome};
+use crate::backend::{Command, FaultReport, Outcome};
 use crate::clock::Clock;
-use crate::config::SessionPolicy;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::{Metrics, RateLabel};
 
 pub use self::call::CallRequest;
 use self::catalog::Catalog;
-pub use self::catalog::{Changes, Version, VersionState};
+pub use self::catalog::{BackendEntry, Changes, Version, VersionState};
 pub use self::drain::{KeepUntilEnd, SessionMover};
 pub use self::error::{GatewayError, RETRY_AFTER};
 pub use self::lifecycle::CloseResult;
@@ -58,23 +58,6 @@ use self::slots::Slots;
 pub use self::state::{CloseReason, SessionState};
 pub use self::stream::EventStream;
 pub use self::tenant::{Caller, DEFAULT_TENANT, RateKind, Tenant};
-
-/// A backend and the policy its sessions run under.
-pub struct BackendEntry {
-    /// The loaded backend.
-    pub backend: Arc<dyn Backend>,
-    /// Session limits and timeouts.
-    pub policy: SessionPolicy,
-    /// Config handed to every session, under the request's.
-    pub config: BTreeMap<String, String>,
-    /// How long a replaced version keeps its sessions before they are
-    /// closed (`backend-retired`); `None` waits for the last one.
-    pub retire_after: Option<Duration>,
-    /// How a new version of it rolls out (`[backends.rollout]`).
-    pub rollout: Option<crate::config::Rollout>,
-    /// Snapshots, restarts and session upgrades.
-    pub recovery: crate::config::Recovery,
-}
 
 /// Registry-wide settings.
 #[derive(Debug, Clone)]
@@ -97,6 +80,8 @@ pub struct RegistrySettings {
     /// wasm guests running at once (`server.guest_threads`); `None`: one
     /// per thread of the runtime the registry is created on.
     pub guest_threads: Option<usize>,
+    /// The gateway's phase: a drain or a shutdown refuses new starts.
+    pub phase: crate::phase::GatewayPhase,
 }
 
 /// A cluster view that Redis could not give.
@@ -115,9 +100,6 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     faults: mpsc::UnboundedSender<FaultReport>,
-    draining: AtomicBool,
-    /// `gatehouse drain` began: opens are refused as `Draining`.
-    drain: AtomicBool,
     /// Itself, for the restart tasks a fault starts; they end with it.
     this: Weak<Self>,
 }
@@ -153,8 +135,6 @@ impl Registry {
             clock,
             metrics,
             faults: tx,
-            draining: AtomicBool::new(false),
-            drain: AtomicBool::new(false),
             this: Weak::clone(this),
         });
         let weak: Weak<Self> = Arc::downgrade(&registry);
@@ -224,12 +204,7 @@ impl Registry {
     /// faults rolls back here, by itself.
     fn version_faulted(&self, version: &Version) {
         if version.fault(self.clock.now()) {
-            self.metrics
-                .rollbacks
-                .get_or_create(&crate::metrics::BackendLabel {
-                    backend: version.info.name.clone(),
-                })
-                .inc();
+            version.metrics.lifecycle.rolled_back();
             tracing::warn!(backend = %version.info.name, version = %version.info.version, digest = %version.info.digest, "canary rolled back: its sessions faulted more than max_faults times within the window; new opens go to the current version");
         }
     }
@@ -329,7 +304,7 @@ impl Registry {
     /// Finds a session of the caller's own tenant: the sessions it may use
     /// (invoke, stream, renew). An admin sees and closes every tenant's
     /// sessions but does not drive them.
-    fn owned(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
+    pub fn owned(&self, caller: &Caller, id: &str) -> Result<Arc<Session>, GatewayError> {
         self.find(caller, id, false)
     }
 
@@ -415,6 +390,17 @@ impl Registry {
         deadline: Option<Instant>,
     ) -> Result<Vec<Outcome>, GatewayError> {
         let session = self.owned(caller, id)?;
+        self.invoke_on(&session, commands, deadline).await
+    }
+
+    /// [`invoke`](Self::invoke) on a session already looked up with
+    /// [`owned`](Self::owned), so the API edge finds it once per call.
+    pub async fn invoke_on(
+        &self,
+        session: &Arc<Session>,
+        commands: Vec<Command>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Outcome>, GatewayError> {
         // Held for the whole call: an upgrade or a restart by hand waits
         // for it and holds later calls back.
         let _gate = session.gate.read().await;
@@ -441,7 +427,7 @@ impl Registry {
         match result {
             Ok(outcomes) => {
                 if worker.stateful() {
-                    self.after_command(&session, worker.as_ref());
+                    self.after_command(session, worker.as_ref());
                 }
                 if let Some((index, size, limit)) =
                     outcomes.iter().enumerate().find_map(|(i, o)| match o {
@@ -457,7 +443,7 @@ impl Registry {
                 // A worker already taken out (a close, a restart) faulted
                 // because of that; its fault changes nothing about the
                 // session.
-                if !session.runs_worker(number) || !self.fault_session(&session, fault.clone()) {
+                if !session.runs_worker(number) || !self.fault_session(session, fault.clone()) {
                     // A close got there first: the worker stopped because the
                     // session is closing, not because it failed. (RESTARTING
                     // or READY: the worker's own report of the same fault

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::backend::cpu::CpuAccount;
@@ -15,7 +14,8 @@ use crate::cluster::{LedgerError, SessionRecord};
 use crate::config::SessionPolicy;
 use crate::events::{EventLimits, EventLog};
 use crate::memory_budget::{MemoryAccount, MemoryKind};
-use crate::metrics::{CodeLabel, TenantLabel};
+use crate::metrics::TenantLabel;
+use crate::phase::Phase;
 use crate::registry::catalog::{Version, VersionPin};
 use crate::registry::session::{Held, StartInputs};
 use crate::registry::slots::{Refused, Slot};
@@ -71,14 +71,7 @@ impl Drop for Rollback<'_> {
             }
             drop(released.held);
         }
-        registry
-            .metrics
-            .faults
-            .get_or_create(&CodeLabel {
-                backend: session.backend().name.to_string(),
-                code: code.as_str().into(),
-            })
-            .inc();
+        session.metrics.lifecycle.fault(code);
         if code == FaultCode::OpenAbandoned {
             tracing::info!(session_id = %session.id, "open abandoned by its caller; rolled back");
         }
@@ -184,11 +177,10 @@ impl Registry {
         backend: &str,
         times: impl FnOnce(&SessionPolicy) -> Result<T, GatewayError>,
     ) -> Result<(Arc<Version>, (SessionPolicy, T)), GatewayError> {
-        if self.draining.load(Ordering::Acquire) {
-            return Err(GatewayError::ShuttingDown);
-        }
-        if self.drain.load(Ordering::Acquire) {
-            return Err(GatewayError::Draining);
+        match self.settings.phase.get() {
+            Phase::ShuttingDown => return Err(GatewayError::ShuttingDown),
+            Phase::Draining => return Err(GatewayError::Draining),
+            Phase::Starting | Phase::Serving => {}
         }
         let loaded = self.openable(caller, backend)?;
         let policy = caller.tenant.policy(&loaded.entry.policy);
@@ -300,14 +292,10 @@ impl Registry {
         restore: Option<Restore>,
     ) -> Result<(Arc<dyn Worker>, u64), StartError> {
         let number = session.next_worker_number();
-        // The request's config over the backend's.
-        let mut config = loaded.entry.config.clone();
-        config.extend(session.start.config.clone());
-        let start = StartRequest {
-            session_id: Arc::clone(&session.id),
+        let start = WorkerStart {
+            id: Arc::clone(&session.id),
             tenant: session.tenant.clone(),
-            backend: loaded.info.name.clone(),
-            config,
+            config: session.start.config.clone(),
             events: Arc::clone(&session.events),
             policy: session.start.policy.clone(),
             open_timeout: session.times.command_timeout,
@@ -315,8 +303,8 @@ impl Registry {
                 .for_worker(number),
             memory: session.start.memory.clone(),
             cpu: session.start.cpu.clone(),
-            restore,
-        };
+        }
+        .request(loaded, restore);
         let clock = Arc::clone(&self.clock);
         let progress = |phase: StartPhase| {
             session.transition(phase.into(), clock.now());
@@ -391,7 +379,6 @@ fn new_session(
         id,
         caller.tenant_name().to_string(),
         caller.key.clone(),
-        Arc::clone(&loaded.info),
         Arc::clone(&loaded.metrics),
         request.client_session_name.clone(),
         request.client_correlation_id.clone(),
@@ -416,14 +403,48 @@ fn new_session(
     ))
 }
 
+/// What a worker starts with besides its backend version: whom it is
+/// for, the caller's config, its events, limits and memory.
+/// [`WorkerStart::request`] is the one way a [`StartRequest`] is made (an
+/// open, a restart, an upgrade, a call).
+pub(super) struct WorkerStart {
+    pub id: Arc<str>,
+    pub tenant: String,
+    /// The caller's config, laid over the backend's.
+    pub config: BTreeMap<String, String>,
+    pub events: Arc<EventLog>,
+    pub policy: SessionPolicy,
+    pub open_timeout: Duration,
+    pub faults: FaultReporter,
+    pub memory: MemoryAccount,
+    pub cpu: CpuAccount,
+}
+
+impl WorkerStart {
+    /// The request that starts a worker of `loaded`, restoring `restore`.
+    pub(super) fn request(self, loaded: &Version, restore: Option<Restore>) -> StartRequest {
+        let mut config = loaded.entry.config.clone();
+        config.extend(self.config);
+        StartRequest {
+            session_id: self.id,
+            tenant: self.tenant,
+            backend: loaded.info.name.clone(),
+            config,
+            events: self.events,
+            policy: self.policy,
+            open_timeout: self.open_timeout,
+            faults: self.faults,
+            memory: self.memory,
+            cpu: self.cpu,
+            restore,
+        }
+    }
+}
+
 /// The fault a failed open is recorded with.
 fn rollback_fault(error: &GatewayError) -> Fault {
     match error {
-        GatewayError::StartFailed(StartError::Failed(f)) => f.clone(),
-        GatewayError::StartFailed(StartError::Refused(m)) => {
-            Fault::crashed(FaultCode::OpenRefused, m.clone())
-        }
-        GatewayError::StartFailed(StartError::Exhausted(f)) => f.clone(),
+        GatewayError::StartFailed(e) => Fault::from(e.clone()),
         other => Fault::crashed(FaultCode::StartFailed, other.to_string()),
     }
 }

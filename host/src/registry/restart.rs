@@ -14,49 +14,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{CloseOutcome, Fault, FaultCode, Restore, StartError};
+use crate::backend::{Fault, FaultCode, Restore};
 use crate::config::{RestartOn, RestartPolicy};
-use crate::metrics::ReasonLabel;
-use crate::registry::session::Held;
+use crate::registry::replace::{Failed, Why};
 use crate::registry::tenant::Caller;
 use crate::registry::{GatewayError, Registry, Session, SessionState};
-
-/// The gateway's event that tells subscribers their session restarted.
-pub const RESTARTED_EVENT: &str = "gatehouse.restarted";
-
-/// OTP-style restart intensity: the restarts within the last period.
-#[derive(Debug, Default)]
-pub(super) struct RestartWindow {
-    times: std::collections::VecDeque<Instant>,
-}
-
-impl RestartWindow {
-    /// Counts a restart at `now` if fewer than `max` happened within
-    /// `period` before it; returns its number within the period (1 for
-    /// the first), or `None` when the budget is spent.
-    pub fn admit(&mut self, max: u32, period: Duration, now: Instant) -> Option<u32> {
-        while self
-            .times
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= period)
-        {
-            self.times.pop_front();
-        }
-        if self.times.len() >= max as usize {
-            return None;
-        }
-        self.times.push_back(now);
-        u32::try_from(self.times.len()).ok()
-    }
-}
-
-/// Why a restart did not bring the session back.
-enum Failed {
-    /// The session left RESTARTING meanwhile (a close): nothing to do.
-    Gone,
-    /// The new worker did not start.
-    Start(Fault),
-}
 
 impl Registry {
     /// Decides what a fault of a READY session does under its backend's
@@ -113,14 +75,14 @@ impl Registry {
                 self.replace_worker(&session, true, Some(&fault), began)
                     .await
             };
-            match result {
-                Ok(_) | Err(Failed::Gone) => return,
-                Err(Failed::Start(failed)) if failed.code == FaultCode::RestoreFailed => {
+            match result.map_err(Failed::into_fault) {
+                Ok(_) | Err(None) => return,
+                Err(Some(failed)) if failed.code == FaultCode::RestoreFailed => {
                     // The same snapshot would fail the same way.
                     self.end_restart(&session, failed);
                     return;
                 }
-                Err(Failed::Start(failed)) => {
+                Err(Some(failed)) => {
                     let now = self.clock.now();
                     match session.count_restart(policy.max_restarts, policy.period, now) {
                         Some(n) => {
@@ -154,28 +116,19 @@ impl Registry {
         match state {
             SessionState::Ready => {}
             SessionState::Faulted => {
-                // It gave its slot and version back when it faulted: take
-                // them again, or refuse as an open would.
-                let version = self
-                    .catalog()
-                    .resolve(&format!(
-                        "{}@{}",
-                        session.backend().name,
-                        session.backend().digest
-                    ))
-                    .map(|(_, v)| v)
-                    .map_err(|_| {
-                        GatewayError::InvalidArgument(format!(
-                            "the session's backend version ({} {}) is no longer loaded",
-                            session.backend().name,
-                            session.backend().version
-                        ))
-                    })?;
+                // It gave its slot and version pin back when it faulted:
+                // take them again, on the version it recorded (not one
+                // resolved again, which could be another version of the
+                // same code), or refuse as an open would.
+                let version = session.recorded();
+                if !self.catalog().holds(&version) {
+                    return Err(GatewayError::InvalidArgument(format!(
+                        "the session's backend version ({} {}) is no longer loaded",
+                        version.info.name, version.info.version
+                    )));
+                }
                 let slot = self.take_slot(caller, &version, Some(&session.id)).await?;
-                session.hold(Held {
-                    slot,
-                    version: crate::registry::catalog::VersionPin::new(&version),
-                });
+                session.hold(slot);
             }
             other => return Err(session.not_ready(other)),
         }
@@ -185,13 +138,7 @@ impl Registry {
             && let (Ok(worker), Some(version)) = (session.ready_worker(), session.version())
             && worker.stateful()
         {
-            let taken = worker
-                .snapshot(
-                    &session.snapshots,
-                    &version.info.version,
-                    session.times.command_timeout,
-                )
-                .await;
+            let taken = self.snapshot_live(&session, &worker, &version).await;
             if let Err(e) = taken {
                 tracing::warn!(session_id = %session.id, "restart by hand: no fresh snapshot ({e}); using the last one kept");
             }
@@ -201,11 +148,9 @@ impl Registry {
             .map_err(|s| session.not_ready(s))?;
         if let Some(worker) = old {
             // By hand the old worker is still alive: its close runs (a
-            // native worker releases what it holds) before the new opens.
-            let grace = session.times.close_timeout;
-            if worker.close(grace).await == CloseOutcome::Killed {
-                worker.kill();
-            }
+            // native worker releases what it holds) before the new opens;
+            // past the grace `close` kills it.
+            worker.close(session.times.close_timeout).await;
         }
         match self
             .replace_worker(&session, from_snapshot, None, Instant::now())
@@ -222,15 +167,17 @@ impl Registry {
                 Ok(Arc::clone(&session))
             }
             Err(Failed::Gone) => Err(session.not_ready(session.state())),
-            Err(Failed::Start(fault)) => {
+            Err(Failed::Start(e)) => {
+                let fault = Fault::from(e);
                 self.end_restart(&session, fault.clone());
                 Err(GatewayError::Faulted(fault))
             }
         }
     }
 
-    /// Starts the session's next worker on its pinned version and makes it
-    /// READY. The caller holds the session's lifecycle lock.
+    /// Starts the session's next worker on its own version, from its last
+    /// snapshot when `from_snapshot`, and makes it READY. The caller holds
+    /// the session's lifecycle lock.
     async fn replace_worker(
         &self,
         session: &Arc<Session>,
@@ -238,57 +185,13 @@ impl Registry {
         cause: Option<&Fault>,
         began: Instant,
     ) -> Result<u32, Failed> {
-        if session.state() != SessionState::Restarting {
-            return Err(Failed::Gone);
-        }
         let version = session.version().ok_or(Failed::Gone)?;
-        let restore = if from_snapshot {
-            session
-                .snapshots
-                .latest()
-                .map(|snapshot| Restore { snapshot })
-        } else {
-            None
-        };
-        let restored = restore.is_some();
-        let backend = version.info.name.clone();
-        let outcome = |reason: &str| {
-            self.metrics
-                .restarts
-                .get_or_create(&ReasonLabel {
-                    backend: backend.clone(),
-                    reason: reason.into(),
-                })
-                .inc();
-        };
-        let (worker, number) = match self.start_worker(session, &version, restore).await {
-            Ok(started) => started,
-            Err(e) => {
-                outcome("failed");
-                return Err(Failed::Start(start_fault(e)));
-            }
-        };
-        // A close that got in ends the restart: the new worker is dropped,
-        // which stops it.
-        let restarts = session
-            .finish_restart(worker, number, self.clock.now())
-            .ok_or(Failed::Gone)?;
-        outcome(if restored { "restored" } else { "fresh" });
-        version
-            .metrics
-            .restart_seconds
-            .observe(began.elapsed().as_secs_f64());
-        let payload = serde_json::json!({
-            "restarts": restarts,
-            "from_snapshot": restored,
-            "fault": cause.map(|f| f.code.as_str()).unwrap_or(""),
-            "detail": cause.map(|f| f.detail.as_str()).unwrap_or(""),
-        });
-        let _ = session
-            .events
-            .emit(RESTARTED_EVENT.into(), payload.to_string().into_bytes());
-        tracing::info!(session_id = %session.id, restarts, from_snapshot = restored, "session restarted");
-        Ok(restarts)
+        let restore = from_snapshot
+            .then(|| session.snapshots.latest())
+            .flatten()
+            .map(|snapshot| Restore { snapshot });
+        self.replace(session, &version, restore, Why::Restart { cause, began })
+            .await
     }
 
     /// A restart that cannot bring the session back faults it for good.
@@ -310,47 +213,10 @@ fn restart_limit(policy: &RestartPolicy, last: &Fault) -> Fault {
     )
 }
 
-/// The fault a failed restart start is recorded with.
-fn start_fault(error: StartError) -> Fault {
-    match error {
-        StartError::RestoreFailed(m) => Fault::crashed(
-            FaultCode::RestoreFailed,
-            format!("the plugin refused the session's snapshot: {m}"),
-        ),
-        StartError::Refused(m) => Fault::crashed(FaultCode::OpenRefused, m),
-        StartError::Failed(f) | StartError::Exhausted(f) => f,
-    }
-}
-
 fn humantime(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_window_allows_max_restarts_per_period_and_forgets_old_ones() {
-        let t0 = Instant::now();
-        let period = Duration::from_secs(60);
-        let mut w = RestartWindow::default();
-        assert_eq!(w.admit(2, period, t0), Some(1));
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(10)), Some(2));
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(20)), None);
-        // The first one leaves the window at 60 s.
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(60)), Some(2));
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(61)), None);
-        assert_eq!(w.admit(2, period, t0 + Duration::from_secs(200)), Some(1));
-    }
-
-    #[test]
-    fn no_restarts_allowed_means_the_first_fault_is_final() {
-        let mut w = RestartWindow::default();
-        assert_eq!(w.admit(0, Duration::from_secs(1), Instant::now()), None);
     }
 }

@@ -9,10 +9,10 @@ use crate::backend::{BackendInfo, Fault, FaultCode, SnapshotStore, Worker};
 use crate::events::EventLog;
 use crate::registry::GatewayError;
 use crate::registry::backend_metrics::BackendMetrics;
-use crate::registry::catalog::VersionPin;
-use crate::registry::restart::RestartWindow;
+use crate::registry::catalog::{Version, VersionPin};
 use crate::registry::slots::Slot;
 use crate::registry::state::{CloseReason, SessionState};
+use crate::registry::window::Window;
 
 /// The timeouts a session runs with, resolved at open.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,7 @@ struct Status {
     /// Restarts so far, automatic and by hand.
     restarts: u32,
     /// The automatic restarts within the restart period.
-    recent_restarts: RestartWindow,
+    recent_restarts: Window,
     /// The fault that caused the last restart (kept when that restart gave
     /// up), or the one that ended a session that never restarted.
     last_fault: Option<Fault>,
@@ -71,8 +71,10 @@ pub struct Session {
     pub tenant: String,
     /// The label of the API key that opened it; `None` when anonymous.
     pub owner_key: Option<Arc<str>>,
-    /// The backend version it runs on; an upgrade replaces it.
-    info: Mutex<Arc<BackendInfo>>,
+    /// The backend version it runs on: its one record, kept when a fault
+    /// gives the pin back so a restart runs the same code again. An
+    /// upgrade replaces it, under the same lock as the pin.
+    version: Mutex<Arc<Version>>,
     /// The backend's metric handles, shared with every session of it.
     pub(super) metrics: Arc<BackendMetrics>,
     /// Client-chosen name.
@@ -140,7 +142,6 @@ impl Session {
         id: Arc<str>,
         tenant: String,
         owner_key: Option<Arc<str>>,
-        backend: Arc<BackendInfo>,
         metrics: Arc<BackendMetrics>,
         client_session_name: String,
         client_correlation_id: String,
@@ -155,7 +156,7 @@ impl Session {
             id,
             tenant,
             owner_key,
-            info: Mutex::new(backend),
+            version: Mutex::new(Arc::clone(held.version.version())),
             metrics,
             client_session_name,
             client_correlation_id,
@@ -173,7 +174,7 @@ impl Session {
                 close_reason: None,
                 ended_at: None,
                 restarts: 0,
-                recent_restarts: RestartWindow::default(),
+                recent_restarts: Window::default(),
                 last_fault: None,
                 snapshot_asked: None,
             }),
@@ -188,7 +189,12 @@ impl Session {
 
     /// The backend version the session runs on now.
     pub fn backend(&self) -> Arc<BackendInfo> {
-        Arc::clone(&self.info.lock().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.recorded().info)
+    }
+
+    /// The version it runs on, or last ran on once it ended or faulted.
+    pub(super) fn recorded(&self) -> Arc<Version> {
+        Arc::clone(&self.version.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether `caller` is the client that opened the session: the same
@@ -369,13 +375,15 @@ impl Session {
         number: u64,
         version: VersionPin,
     ) -> (Option<Arc<dyn Worker>>, Option<VersionPin>) {
-        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&version.version().info);
         let old_worker = {
             let mut slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
             self.current_worker.store(number, Ordering::Release);
             slot.replace(worker)
         };
+        // `held` before `version`, as in `version()`: the record and the
+        // pin change together.
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(version.version());
         let old_pin = held
             .as_mut()
             .map(|h| std::mem::replace(&mut h.version, version));
@@ -383,18 +391,16 @@ impl Session {
     }
 
     /// The version the session is pinned to, while it holds one.
-    pub(super) fn version(&self) -> Option<Arc<crate::registry::Version>> {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|h| Arc::clone(h.version.version()))
+    pub(super) fn version(&self) -> Option<Arc<Version>> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.is_some().then(|| self.recorded())
     }
 
-    /// Gives the session a slot and version pin again (a FAULTED session
-    /// restarted by hand).
-    pub(super) fn hold(&self, held: Held) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
+    /// Gives the session a slot and a pin on its recorded version again (a
+    /// FAULTED session restarted by hand).
+    pub(super) fn hold(&self, slot: Slot) {
+        let pin = VersionPin::new(&self.recorded());
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Held { slot, version: pin });
     }
 
     /// Renews the lease and records client activity.
@@ -494,12 +500,8 @@ impl Session {
     }
 
     /// Whether the session, not ended yet, runs on `version`.
-    pub(super) fn runs_on(&self, version: &Arc<crate::registry::Version>) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|h| Arc::ptr_eq(h.version.version(), version))
+    pub(super) fn runs_on(&self, version: &Arc<Version>) -> bool {
+        self.version().is_some_and(|v| Arc::ptr_eq(&v, version))
     }
 
     pub(super) fn take_held(&self) -> Option<Held> {

@@ -12,14 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::cluster::SharedClaim;
+use crate::permit::Counted;
 
 /// A pool of session slots.
 #[derive(Debug)]
 pub struct Slots {
-    used: AtomicUsize,
+    used: Counted,
     // Atomic so a reload can lower or raise a tenant's quota in place:
     // the sessions holding slots keep them, and new opens see the new cap.
     cap: AtomicUsize,
+    /// Woken whenever a slot is given back (a drain waits on it).
+    freed: tokio::sync::Notify,
 }
 
 /// Which limit refused a slot.
@@ -35,8 +38,9 @@ impl Slots {
     /// A pool of `cap` slots.
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
-            used: AtomicUsize::new(0),
+            used: Counted::default(),
             cap: AtomicUsize::new(cap),
+            freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -46,11 +50,7 @@ impl Slots {
     }
 
     fn claim(self: &Arc<Self>) -> Option<Claim> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.cap()).then_some(n + 1)
-            })
-            .ok()?;
+        self.used.try_add(1, self.cap()).ok()?;
         Some(Claim {
             pool: Arc::clone(self),
         })
@@ -78,9 +78,18 @@ impl Slots {
         Ok(Slot::new(global, Some(quota), gauges))
     }
 
+    /// Resolves when a slot is given back after this call; create it
+    /// before looking at what the slots hold, so no release is missed.
+    pub fn freed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let notified = self.freed.notified();
+        async move {
+            notified.await;
+        }
+    }
+
     /// Slots in use.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
+        self.used.get()
     }
 
     /// The cap.
@@ -103,7 +112,8 @@ struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.pool.used.fetch_sub(1, Ordering::AcqRel);
+        self.pool.used.sub(1);
+        self.pool.freed.notify_waiters();
     }
 }
 

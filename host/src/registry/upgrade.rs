@@ -10,14 +10,11 @@
 
 use std::sync::Arc;
 
-use crate::backend::{CloseOutcome, Restore, SnapshotFailed, StartError};
-use crate::metrics::ReasonLabel;
-use crate::registry::catalog::VersionPin;
+use crate::backend::{Restore, SnapshotFailed, StartError};
+use crate::registry::backend_metrics::Replaced;
+use crate::registry::replace::{Failed, Why};
 use crate::registry::tenant::Caller;
 use crate::registry::{GatewayError, Registry, Session, SessionState, Version};
-
-/// The gateway's event that tells subscribers their session moved.
-pub const UPGRADED_EVENT: &str = "gatehouse.upgraded";
 
 /// What a reload's `upgrade_sessions` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -69,25 +66,10 @@ impl Registry {
         if Arc::ptr_eq(&from, to) {
             return Ok(());
         }
-        let outcome = |reason: &str| {
-            self.metrics
-                .upgrades
-                .get_or_create(&ReasonLabel {
-                    backend: to.info.name.clone(),
-                    reason: reason.into(),
-                })
-                .inc();
-        };
+        let why = Why::Upgrade { from: &from };
         // 1. The old worker's state, now (after what it already queued).
-        let snapshot = worker
-            .snapshot(
-                &session.snapshots,
-                &from.info.version,
-                session.times.command_timeout,
-            )
-            .await;
-        if let Err(e) = snapshot {
-            outcome("failed");
+        if let Err(e) = self.snapshot_live(session, &worker, &from).await {
+            to.metrics.lifecycle.replaced(Replaced::UpgradeFailed);
             return Err(match e {
                 SnapshotFailed::Fault(fault) => {
                     // The worker died taking it: that is the session's fault.
@@ -98,46 +80,29 @@ impl Registry {
             });
         }
         let Some(snapshot) = session.snapshots.latest() else {
-            outcome("failed");
+            to.metrics.lifecycle.replaced(Replaced::UpgradeFailed);
             return Err(GatewayError::UpgradeRefused("no snapshot was kept".into()));
         };
-        // 2. A worker of the new version that restores it.
-        let (new, number) = match self
-            .start_worker(session, to, Some(Restore { snapshot }))
+        // 2. A worker of the new version that restores it, swapped in; the
+        //    old one closes.
+        match self
+            .replace(session, to, Some(Restore { snapshot }), why)
             .await
         {
-            Ok(started) => started,
-            Err(e) => {
-                outcome("failed");
+            Ok(_) => Ok(()),
+            Err(Failed::Gone) => Err(session.not_ready(session.state())),
+            Err(Failed::Start(e)) => {
                 tracing::warn!(session_id = %session.id, from = %from.info.version, to = %to.info.version, "upgrade failed; the session stays on its version: {e}");
-                return Err(match e {
+                // Not a fault: the session stays on its version, untouched.
+                Err(match e {
                     StartError::RestoreFailed(m) => GatewayError::UpgradeRefused(format!(
                         "version {} refused the state of version {}: {m}",
                         to.info.version, from.info.version
                     )),
                     other => GatewayError::StartFailed(other),
-                });
+                })
             }
-        };
-        // 3. Swap, then let the old worker close (its plugin's close runs).
-        let (old, old_pin) = session.swap_version(new, number, VersionPin::new(to));
-        if let Some(old) = old
-            && old.close(session.times.close_timeout).await == CloseOutcome::Killed
-        {
-            old.kill();
         }
-        drop(old_pin);
-        outcome("ok");
-        let payload = serde_json::json!({
-            "from": from.info.version,
-            "to": to.info.version,
-            "digest": to.info.digest,
-        });
-        let _ = session
-            .events
-            .emit(UPGRADED_EVENT.into(), payload.to_string().into_bytes());
-        tracing::info!(session_id = %session.id, from = %from.info.version, to = %to.info.version, "session upgraded");
-        Ok(())
     }
 
     /// `[backends.rollout] upgrade_sessions`: moves the live sessions of

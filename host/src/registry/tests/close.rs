@@ -156,3 +156,35 @@ async fn shutdown_closes_everything_and_refuses_new_sessions() {
     ));
     assert_eq!(open_gauge(&f), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_ends_when_the_last_session_gives_its_slot_back() {
+    let f = fixture();
+    let s = f.registry.open(&me(), open_req()).await.unwrap();
+    assert!(f.registry.begin_drain());
+    assert!(!f.registry.begin_drain(), "one drain at a time");
+    assert!(matches!(
+        f.registry.open(&me(), open_req()).await,
+        Err(GatewayError::Draining)
+    ));
+    let registry = std::sync::Arc::clone(&f.registry);
+    let began = tokio::time::Instant::now();
+    let drain = tokio::spawn(async move {
+        registry
+            .drain(
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+                &crate::registry::KeepUntilEnd,
+            )
+            .await;
+    });
+    tokio::task::yield_now().await;
+    f.registry.close(&me(), &s.id).await.unwrap();
+    drain.await.unwrap();
+    // Woken by the slot's drop, not by a poll (or the drain's timeout).
+    assert!(
+        began.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        began.elapsed()
+    );
+}

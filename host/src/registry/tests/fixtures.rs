@@ -152,6 +152,7 @@ pub(super) fn fixture_with(max_sessions: usize, policy: SessionPolicy, script: S
             node_id: None,
             ledger: None,
             guest_threads: None,
+            phase: Default::default(),
         },
         Arc::clone(&clock) as Arc<dyn Clock>,
         Arc::clone(&metrics),

@@ -290,3 +290,31 @@ async fn a_canary_takes_its_share_rolls_back_on_faults_and_can_be_promoted() {
     }
     assert!(f.registry.end_rollout("fake", false).is_err());
 }
+
+#[tokio::test]
+async fn a_faulted_session_restarted_by_hand_keeps_its_version() {
+    let f = fixture();
+    f.registry.install_backends(fake(&f, "1", "sha256:0", None));
+    let s = f.registry.open(&me(), open_req()).await.unwrap();
+    // Version 2 is built from the same bytes: the same digest.
+    f.registry.install_backends(fake(&f, "2", "sha256:0", None));
+    f.registry.fault_session(
+        &s,
+        Fault::crashed(
+            FaultCode::Trap(crate::backend::TrapCode::Unreachable),
+            "boom",
+        ),
+    );
+    assert_eq!(s.state(), SessionState::Faulted);
+    f.registry.restart(&me(), &s.id, false).await.unwrap();
+    assert_eq!(s.state(), SessionState::Ready);
+    assert_eq!(s.backend().version, "1");
+    // It runs on the version it reports, not on the current one.
+    assert_eq!(
+        listed(&f),
+        [
+            ("2".into(), VersionState::Current, 0),
+            ("1".into(), VersionState::Retiring, 1)
+        ]
+    );
+}
