@@ -24,6 +24,13 @@
 //! state_dir = "$XDG_RUNTIME_DIR/gatehouse" # live native worker pids; without
 //!                                   # XDG_RUNTIME_DIR, "/tmp/gatehouse-<uid>"
 //! max_connections = 4096            # open connections per port; more are closed at accept
+//! max_connections_per_address = 256 # per client address (IPv6: its /64); default a quarter
+//!                                   # of max_connections, at most 256; "off" behind a proxy
+//! health_connections = 8            # beyond the cap, for health checks only
+//! first_request_timeout = "10s"     # a connection must start a request by then
+//! idle_timeout = "5m"               # close a connection with no open request; "off"
+//! http_hosts = []                   # Host names the HTTP port answers besides IP
+//!                                   # addresses and localhost ("*.example.com" allowed)
 //! allow_plaintext = false           # with keys, serve a non-loopback address without TLS
 //! [server.tls]                      # TLS on the gRPC port (and the HTTP port); see `tls`
 //! cert = "tls/server.pem"           # certificate chain, leaf first (PEM)
