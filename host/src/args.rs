@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gatehouse::cli;
-use gatehouse::telemetry::LogFormat;
+use gatehouse::server::telemetry::LogFormat;
 
 /// A gRPC gateway that gives every client session its own sandboxed backend.
 ///

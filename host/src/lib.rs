@@ -22,12 +22,15 @@
 //!   [`memory_budget`], [`rate`] (token buckets), [`clock`], [`keys`] and
 //!   [`keystore`] (API keys and the audit log), [`cluster`] (several
 //!   gateways behind one proxy);
-//! - what describes and observes it: [`config`], [`metrics`],
-//!   [`telemetry`];
-//! - the wiring of `gatehouse serve`: [`server`], [`loader`] (a config
-//!   into loaded backends), [`preflight`], [`reload`], [`drain`],
-//!   [`health`], [`builtin`] (the example backends in the binary),
-//!   [`plugin_check`];
+//! - what describes and observes it: [`config`], [`metrics`] (the
+//!   metrics model), [`server::telemetry`];
+//! - the wiring of `gatehouse serve`, all under [`server`]:
+//!   [`server::loader`] (a config into loaded backends),
+//!   [`server::preflight`], [`server::reload`], [`server::drain`],
+//!   [`server::health`], the HTTP port's server (`/metrics`, health, the
+//!   console) and [`server::plugin_check`]; [`builtin`] (the example
+//!   backends in the binary) stays beside [`config`], which names them,
+//!   so that config imports nothing of the server;
 //! - the client side and tools: [`proto`] (the wire types and names both
 //!   sides share), [`client`] (the Rust client library), [`cli`] (the
 //!   `gatehouse` command built on it), [`loadgen`] (`gatehouse bench`),
@@ -58,19 +61,13 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod console;
 #[cfg(feature = "server")]
-pub mod drain;
-#[cfg(feature = "server")]
 pub mod events;
 #[cfg(all(test, feature = "server"))]
 mod fuzzing;
 #[cfg(feature = "server")]
-pub mod health;
-#[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
 pub mod keystore;
-#[cfg(feature = "server")]
-pub mod loader;
 #[cfg(feature = "server")]
 pub mod loadgen;
 #[cfg(feature = "server")]
@@ -83,23 +80,15 @@ pub mod notify;
 pub mod permit;
 #[cfg(feature = "server")]
 pub mod phase;
-#[cfg(feature = "server")]
-pub mod plugin_check;
-#[cfg(feature = "server")]
-pub mod preflight;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod rate;
 #[cfg(feature = "server")]
 pub mod registry;
 #[cfg(feature = "server")]
-pub mod reload;
-#[cfg(feature = "server")]
 pub mod scaffold;
 #[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "server")]
-pub mod telemetry;
 #[cfg(feature = "server")]
 pub mod transport;
 

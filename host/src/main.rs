@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use gatehouse::cli::{self, CliError, Client};
 use gatehouse::config::Config;
-use gatehouse::telemetry::LogFormat;
+use gatehouse::server::telemetry::LogFormat;
 
 mod args;
 
@@ -96,7 +96,7 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
         Cmd::Config(ConfigCmd::Check { file }) => match Config::load(&file)
             .map_err(|e| e.to_string())
             .and_then(|c| {
-                gatehouse::preflight::check(&c)
+                gatehouse::server::preflight::check(&c)
                     .map(|()| c)
                     .map_err(|e| e.to_string())
             }) {
@@ -139,9 +139,9 @@ fn run_local(before: OutputOpts, command: Cmd) -> i32 {
             config,
             no_cache,
             output,
-        }) => gatehouse::plugin_check::run(
+        }) => gatehouse::server::plugin_check::run(
             &file,
-            &gatehouse::plugin_check::CheckSettings {
+            &gatehouse::server::plugin_check::CheckSettings {
                 config: config.as_deref(),
                 no_cache,
                 json: before.json || output.json,
@@ -214,7 +214,7 @@ fn serve(
         },
     };
     // The source is kept: a reload reads the file again the same way.
-    let source = gatehouse::reload::ConfigSource {
+    let source = gatehouse::server::reload::ConfigSource {
         path: config,
         listen,
         metrics_listen,
@@ -243,14 +243,15 @@ fn serve(
         }
     };
     // Inside the runtime: an OTLP exporter needs one.
-    let telemetry =
-        match runtime.block_on(async { gatehouse::telemetry::init(log_format, &log_filter) }) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("gatehouse: {e}");
-                return cli::EXIT_USAGE;
-            }
-        };
+    let telemetry = match runtime
+        .block_on(async { gatehouse::server::telemetry::init(log_format, &log_filter) })
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return cli::EXIT_USAGE;
+        }
+    };
     let result = runtime.block_on(gatehouse::server::serve(config, source, |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         match addrs.metrics {

@@ -44,7 +44,7 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use super::auth_error::AuthError;
-use super::revocation::{Credential, Revocable};
+use super::revocation::{self, Credential, Revocable};
 use super::status::auth_status;
 use super::throttle::FailureThrottle;
 use crate::config::{CertIdentity, TenantSpec};
@@ -249,6 +249,22 @@ impl Authenticator {
     /// Changes at every reload.
     pub(super) fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
         self.reloads.subscribe()
+    }
+
+    /// Resolves with the refusal `credential` would get now, once it would
+    /// get one (see `revocation.rs`): checked again at each reload, each
+    /// change of the key store and the key's expiry.
+    fn revoked(&self, credential: Credential) -> revocation::Revoked {
+        let auth = self.clone();
+        revocation::revoked(
+            credential,
+            self.reloads(),
+            self.store().map(|s| s.changes()),
+            move |headers, cert, method| {
+                auth.resolve(headers, cert, method)
+                    .map(|(caller, _)| caller.tenant_name().to_string())
+            },
+        )
     }
 
     /// Whether this is local development mode: no keys or certificates in

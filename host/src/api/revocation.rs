@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
-use super::auth::Authenticator;
 use super::auth_error::AuthError;
 use super::status::auth_status;
 use crate::transport::PeerIdentity;
@@ -62,42 +61,50 @@ async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     std::future::pending().await
 }
 
-impl Authenticator {
-    /// Resolves with the refusal `credential` would get now, once it would
-    /// get one; see the module docs.
-    pub(super) fn revoked(&self, credential: Credential) -> Revoked {
-        let auth = self.clone();
-        let mut reloads = Some(self.reloads());
-        let mut store = self.store().map(|s| s.changes());
-        Box::pin(async move {
-            loop {
-                let expiry = async {
-                    match credential.expires {
-                        Some(at) => until_unix(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = changed(&mut reloads) => {}
-                    () = changed(&mut store) => {}
-                    () = expiry => {}
+/// Resolves with the refusal `credential` would get now, once it would
+/// get one; see the module docs. It is checked again at each change of
+/// `reloads` (the authenticator's reloads) and of `store` (the key store's
+/// table), and at the key's expiry, with `resolve`: the tenant the
+/// credential names now, or its refusal. The authenticator passes itself
+/// as `resolve`, so this module needs nothing of auth.rs.
+pub(super) fn revoked(
+    credential: Credential,
+    reloads: tokio::sync::watch::Receiver<u64>,
+    store: Option<tokio::sync::watch::Receiver<u64>>,
+    resolve: impl Fn(&http::HeaderMap, Option<&PeerIdentity>, &str) -> Result<String, AuthError>
+    + Send
+    + 'static,
+) -> Revoked {
+    let mut reloads = Some(reloads);
+    let mut store = store;
+    Box::pin(async move {
+        loop {
+            let expiry = async {
+                match credential.expires {
+                    Some(at) => until_unix(at).await,
+                    None => std::future::pending().await,
                 }
-                let mut headers = http::HeaderMap::new();
-                if let Some(v) = &credential.authorization {
-                    headers.insert(http::header::AUTHORIZATION, v.clone());
-                }
-                match auth.resolve(&headers, credential.cert.as_deref(), &credential.method) {
-                    Err(e) => return e,
-                    // The same credential, moved to another tenant by a
-                    // reload, is not the one that authorized the call.
-                    Ok((caller, _)) if caller.tenant_name() != credential.tenant => {
-                        return AuthError::UnknownKey;
-                    }
-                    Ok(_) => {}
-                }
+            };
+            tokio::select! {
+                () = changed(&mut reloads) => {}
+                () = changed(&mut store) => {}
+                () = expiry => {}
             }
-        })
-    }
+            let mut headers = http::HeaderMap::new();
+            if let Some(v) = &credential.authorization {
+                headers.insert(http::header::AUTHORIZATION, v.clone());
+            }
+            match resolve(&headers, credential.cert.as_deref(), &credential.method) {
+                Err(e) => return e,
+                // The same credential, moved to another tenant by a
+                // reload, is not the one that authorized the call.
+                Ok(tenant) if tenant != credential.tenant => {
+                    return AuthError::UnknownKey;
+                }
+                Ok(_) => {}
+            }
+        }
+    })
 }
 
 /// A call's response future, ended by its credential's revocation; its

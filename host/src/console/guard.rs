@@ -189,13 +189,37 @@ pub(super) struct Viewer {
     pub(super) registry: Arc<Registry>,
 }
 
+impl Viewer {
+    /// The viewer of `parts`, or why not: [`Refusal::SignedOut`] without a
+    /// live sign-in, [`Refusal::Starting`] while the backends load.
+    fn of(parts: &Parts, c: &Console) -> Result<Self, Refusal> {
+        let admin = c.admin(&parts.headers).ok_or(Refusal::SignedOut)?;
+        let registry = Arc::clone(c.registry()?);
+        Ok(Self { admin, registry })
+    }
+}
+
 impl FromRequestParts<Arc<Console>> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
-        let admin = c.admin(&parts.headers).ok_or_else(to_login)?;
-        let registry = Arc::clone(c.registry().map_err(|why| c.refuse(why))?);
-        Ok(Self { admin, registry })
+        Self::of(parts, c).map_err(|why| match why {
+            Refusal::SignedOut => to_login(),
+            why => c.refuse(why),
+        })
+    }
+}
+
+/// A [`Viewer`] for a page's script (the sessions table's refresh): a
+/// redirect would hand the script the sign-in page as rows, so without a
+/// live sign-in it gets `401` and goes to the sign-in page itself.
+pub(super) struct Fetcher(pub(super) Viewer);
+
+impl FromRequestParts<Arc<Console>> for Fetcher {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        Viewer::of(parts, c).map(Self).map_err(|why| c.refuse(why))
     }
 }
 

@@ -4,12 +4,12 @@
 use std::collections::BTreeSet;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::guard::{CsrfForm, Posted, Refusal, St, Viewer};
+use super::guard::{CsrfForm, Fetcher, Posted, St, Viewer};
 use super::views::SessionRow;
 use crate::api::{Via, session_info};
 use crate::keystore::AuditEntry;
@@ -80,15 +80,12 @@ pub async fn sessions(
 
 /// The sessions table's rows alone, for the refresh script; 401 once the
 /// sign-in has ended, so the script can go to the sign-in page.
-pub async fn session_rows(State(c): St, headers: HeaderMap, Query(f): Query<Filters>) -> Response {
-    let Some(admin) = c.admin(&headers) else {
-        return c.refuse(Refusal::SignedOut);
-    };
-    let registry = match c.registry() {
-        Ok(r) => r,
-        Err(why) => return c.refuse(why),
-    };
-    let (rows, _) = filtered(registry, &admin.caller, &f);
+pub async fn session_rows(
+    State(c): St,
+    Fetcher(Viewer { admin, registry }): Fetcher,
+    Query(f): Query<Filters>,
+) -> Response {
+    let (rows, _) = filtered(&registry, &admin.caller, &f);
     let live = rows.iter().filter(|r| r.live).count();
     let mut context = json!({ "sessions": rows, "live": live });
     context["csrf"] = admin.sign_in.csrf.clone().into();
@@ -117,6 +114,9 @@ pub async fn close_session(
     Path(id): Path<String>,
     Posted { admin, .. }: Posted<CsrfForm>,
 ) -> Response {
+    // Not a `Viewer`: a post is refused `401` unread (a `Viewer` would
+    // redirect, and refuse a loading gateway before the sign-in), so the
+    // "still loading" check comes after the form's.
     let registry = match c.registry() {
         Ok(r) => r,
         Err(why) => return c.refuse(why),

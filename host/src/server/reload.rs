@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use crate::api::{Authenticator, Reload, ReloadFailure, ReloadOutcome};
 use crate::config::Config;
-use crate::loader::Loader;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::server::loader::Loader;
 use crate::transport::TlsStore;
 
 /// Where the running config came from, so it can be read again the same
@@ -118,7 +118,8 @@ impl Reloader {
             // changes them.
             next.server = running_config.server;
             next.cluster = running_config.cluster;
-            crate::preflight::check(&next).map_err(|e| ReloadFailure::Rejected(e.to_string()))?;
+            crate::server::preflight::check(&next)
+                .map_err(|e| ReloadFailure::Rejected(e.to_string()))?;
             loader.fits(&next).map_err(ReloadFailure::Rejected)?;
             let backends = loader
                 .load(&next)

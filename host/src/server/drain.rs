@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{Drain, DrainOutcome};
-use crate::health::Health;
 use crate::metrics::ClusterMetrics;
 use crate::registry::{KeepUntilEnd, Registry, SessionMover};
+use crate::server::health::Health;
 
 /// Drains one gateway.
 pub struct Drainer {

@@ -39,7 +39,7 @@ pub fn run(file: &Path, settings: &CheckSettings<'_>) -> i32 {
         }
     };
     let options = CheckOptions {
-        runtime: crate::loader::runtime_options(&config),
+        runtime: crate::server::loader::runtime_options(&config),
         cache_dir: if settings.no_cache {
             None
         } else {

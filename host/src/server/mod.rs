@@ -2,7 +2,24 @@
 //! gRPC (with health and reflection) and the HTTP port (Prometheus
 //! metrics, health and the web console) until Ctrl-C or SIGTERM, then
 //! drains every session. SIGHUP reloads the config file and the TLS files
-//! (`crate::reload`).
+//! ([`reload`]).
+//!
+//! The wiring of `gatehouse serve` lives here, each part in its file:
+//! [`loader`] (a config into loaded backends), [`preflight`] (what is
+//! checked before anything listens), [`reload`] (SIGHUP and `Reload`),
+//! [`drain`] (`gatehouse drain`), [`health`] (gRPC health, `/healthz`,
+//! `/readyz`, the gate before the backends load), `http` (the HTTP port's
+//! server), [`plugin_check`] (`gatehouse plugin check`) and [`telemetry`]
+//! (logs and traces).
+
+pub mod drain;
+pub mod health;
+mod http;
+pub mod loader;
+pub mod plugin_check;
+pub mod preflight;
+pub mod reload;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,16 +29,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
+use self::health::{Gate, Health};
+use self::loader::{LoadError, Loader};
+use self::preflight::PreflightError;
+use self::reload::{ConfigSource, Reloader};
 use crate::api::{self, ApiLimits, Authenticator};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::config::ServerSettings;
-use crate::health::{Gate, Health};
-use crate::loader::{LoadError, Loader};
-use crate::metrics::{self, Metrics};
-use crate::preflight::{self, PreflightError};
+use crate::metrics::Metrics;
 use crate::registry::{RETRY_AFTER, Registry, RegistrySettings};
-use crate::reload::{ConfigSource, Reloader};
 use crate::transport::{Acceptor, ActivityLayer, Budget, Caps, Protocol, TlsError, TlsStore};
 
 /// The gRPC name of the Gateway service, as health checks ask for it.
@@ -302,7 +319,7 @@ pub async fn serve_from(
             let stop = stopped(stop_rx.clone());
             let hosts = config.server.http_hosts.clone();
             tokio::spawn(async move {
-                if let Err(e) = metrics::serve(l, m, &hosts, routes, stop).await {
+                if let Err(e) = http::serve(l, m, &hosts, routes, stop).await {
                     tracing::error!("metrics endpoint failed: {e}");
                 }
             });
@@ -402,7 +419,7 @@ pub async fn serve_from(
         console.set_registry(Arc::clone(&registry));
         console.start_charts(Arc::clone(&metrics));
     }
-    admin.set_drainer(Arc::new(crate::drain::Drainer::new(
+    admin.set_drainer(Arc::new(drain::Drainer::new(
         Arc::clone(&registry),
         health.clone(),
         config.cluster.drain_timeout,
@@ -603,9 +620,9 @@ async fn wait_for_signal() {
 mod tests {
     use std::path::Path;
 
+    use super::loader::BackendFailure;
     use super::*;
     use crate::backend::Command;
-    use crate::loader::BackendFailure;
     use crate::registry::{Caller, GatewayError, OpenRequest};
 
     /// `gatehouse serve` prints load failures as it always has.
