@@ -3,13 +3,14 @@
 //! Gateway table). The work itself is the server's, behind [`Reload`] and
 //! [`Drain`]: this layer only authenticates, maps and reports.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticated, Authenticator, caller};
 use super::keys_admin::{KeyAdmin, Via};
+use super::live::LiveCell;
 use super::throttle::FailureThrottle;
 use crate::keystore::AuditEntry;
 use crate::proto::v1 as pb;
@@ -77,35 +78,33 @@ pub trait Drain: Send + Sync {
     async fn drain(&self, timeout: Option<Duration>) -> DrainOutcome;
 }
 
-/// The Admin service; its reloader and drainer are set once the backends
-/// are loaded.
-#[derive(Clone, Default)]
+/// The Admin service; its reloader and drainer come with the gateway's
+/// live parts, once the backends are loaded.
+#[derive(Clone)]
 pub struct AdminService {
-    reloader: Arc<OnceLock<Arc<dyn Reload>>>,
-    drainer: Arc<OnceLock<Arc<dyn Drain>>>,
+    live: LiveCell,
     audit: Option<KeyAdmin>,
 }
 
 impl AdminService {
+    /// The service over `live`'s reloader and drainer.
+    pub fn new(live: LiveCell) -> Self {
+        Self { live, audit: None }
+    }
+
     /// The reloader, once the backends are loaded.
     pub fn reloader(&self) -> Option<Arc<dyn Reload>> {
-        self.reloader.get().cloned()
+        self.live.get().map(|l| Arc::clone(&l.reloader))
+    }
+
+    fn drainer(&self) -> Option<Arc<dyn Drain>> {
+        self.live.get().map(|l| Arc::clone(&l.drainer))
     }
 
     /// Records each reload requested over the API in `keys`' audit log.
     pub fn with_audit(mut self, keys: KeyAdmin) -> Self {
         self.audit = Some(keys);
         self
-    }
-
-    /// Makes `drainer` the one drains go to.
-    pub fn set_drainer(&self, drainer: Arc<dyn Drain>) {
-        let _ = self.drainer.set(drainer);
-    }
-
-    /// Makes `reloader` the one reloads go to.
-    pub fn set_reloader(&self, reloader: Arc<dyn Reload>) {
-        let _ = self.reloader.set(reloader);
     }
 }
 
@@ -126,9 +125,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let caller = caller(&request)?;
         let drainer = self
-            .drainer
-            .get()
-            .cloned()
+            .drainer()
             .ok_or_else(|| Status::unavailable(ReloadFailure::Starting.to_string()))?;
         let timeout = super::convert::from_duration(request.into_inner().timeout)
             .map_err(Status::invalid_argument)?;
@@ -165,9 +162,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         let caller = caller(&request)?;
         let reloader = self
-            .reloader
-            .get()
-            .cloned()
+            .reloader()
             .ok_or_else(|| Status::unavailable(ReloadFailure::Starting.to_string()))?;
         tracing::info!(
             tenant = caller.tenant_name(),

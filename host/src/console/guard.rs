@@ -90,7 +90,10 @@ impl Console {
     }
 
     pub(super) fn registry(&self) -> Result<&Arc<Registry>, Refusal> {
-        self.registry.get().ok_or(Refusal::Starting)
+        self.live
+            .get()
+            .map(|l| &l.registry)
+            .ok_or(Refusal::Starting)
     }
 
     /// The page saying why a request was refused.

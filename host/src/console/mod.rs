@@ -24,8 +24,7 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::api::{Authenticator, FailureThrottle, KeyAdmin};
-use crate::registry::Registry;
+use crate::api::{Authenticator, FailureThrottle, KeyAdmin, LiveCell};
 
 use self::signin::SignIns;
 
@@ -57,7 +56,8 @@ pub fn enabled(config: &crate::config::Config) -> bool {
 pub struct Console {
     auth: Authenticator,
     keys: KeyAdmin,
-    registry: OnceLock<Arc<Registry>>,
+    /// The registry comes with the gateway's live parts.
+    live: LiveCell,
     sign_ins: SignIns,
     /// Failed sign-ins per address, shared with the gRPC API's failed
     /// authentications; `None` when `server.max_auth_failures_per_sec` is
@@ -73,16 +73,17 @@ pub struct Console {
 impl Console {
     /// A console over `auth`'s tenants and key store, its failed sign-ins
     /// counted by `throttle`; pages that need the registry answer 503 until
-    /// [`Console::set_registry`].
+    /// `live` has the gateway's live parts.
     pub fn new(
         auth: Authenticator,
         tls: bool,
         throttle: Option<Arc<FailureThrottle>>,
+        live: LiveCell,
     ) -> Arc<Self> {
         Arc::new(Self {
             keys: KeyAdmin::new(auth.clone()),
             auth,
-            registry: OnceLock::new(),
+            live,
             sign_ins: SignIns::default(),
             throttle,
             tls,
@@ -95,11 +96,6 @@ impl Console {
     /// console.
     pub fn start_charts(&self, metrics: Arc<crate::metrics::Metrics>) {
         let _ = self.charts.set(charts::Charts::start(metrics));
-    }
-
-    /// The registry, once the backends are loaded.
-    pub fn set_registry(&self, registry: Arc<Registry>) {
-        let _ = self.registry.set(registry);
     }
 
     /// The console's routes, all under `/console`.

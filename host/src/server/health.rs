@@ -14,7 +14,6 @@
 //! `UNAVAILABLE` by [`Gate`].
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
@@ -24,6 +23,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Service;
 
+use crate::api::{GatewayApi, LiveCell};
 use crate::phase::{GatewayPhase, Phase};
 
 /// The gateway's health, shared by the gRPC health service and the HTTP
@@ -114,52 +114,31 @@ impl Health {
     }
 }
 
-/// A gRPC service that answers `UNAVAILABLE` until [`Gate::open`] gives it
-/// the real service, so the server can listen (and answer health checks)
-/// before the backends are loaded.
-pub struct Gate<S> {
-    inner: Arc<OnceLock<S>>,
+/// The Gateway service's place on the server: it answers `UNAVAILABLE`
+/// until the gateway's live parts (`api::LiveCell`) hold the real service,
+/// so the server can listen (and answer health checks) before the
+/// backends are loaded.
+#[derive(Clone)]
+pub struct Gate {
+    live: LiveCell,
 }
 
-impl<S> Clone for Gate<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
+impl Gate {
+    /// The gate in front of `live`'s Gateway service.
+    pub fn new(live: LiveCell) -> Self {
+        Self { live }
     }
 }
 
-impl<S> Default for Gate<S> {
-    fn default() -> Self {
-        Self {
-            inner: Arc::new(OnceLock::new()),
-        }
-    }
+impl NamedService for Gate {
+    const NAME: &'static str = <GatewayApi as NamedService>::NAME;
 }
 
-impl<S> Gate<S> {
-    /// A closed gate.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Lets calls through to `service` from now on.
-    pub fn open(&self, service: S) {
-        let _ = self.inner.set(service);
-    }
-}
-
-impl<S: NamedService> NamedService for Gate<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> Service<http::Request<B>> for Gate<S>
+impl<B> Service<http::Request<B>> for Gate
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    GatewayApi:
+        Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    <GatewayApi as Service<http::Request<B>>>::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -171,9 +150,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match self.inner.get() {
-            Some(service) => {
-                let mut service = service.clone();
+        match self.live.get() {
+            Some(live) => {
+                let mut service = live.gateway.clone();
                 Box::pin(async move {
                     futures::future::poll_fn(|cx| service.poll_ready(cx)).await?;
                     service.call(request).await

@@ -248,11 +248,15 @@ pub async fn serve_from(
             &metrics,
         ))
     });
+    // What exists once the backends are loaded (api/live.rs): empty until
+    // then for the gate, the Admin service and the console alike.
+    let live = api::LiveCell::new();
     let console = crate::console::enabled(&config).then(|| {
         crate::console::Console::new(
             auth.clone(),
             config.server.http_tls.is_some(),
             auth_throttle.clone(),
+            live.clone(),
         )
     });
     let PortTls {
@@ -340,8 +344,8 @@ pub async fn serve_from(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Refused(format!("building reflection: {e}")))?;
-    let gate = Gate::new();
-    let admin = api::AdminService::default().with_audit(api::KeyAdmin::new(auth.clone()));
+    let gate = Gate::new(live.clone());
+    let admin = api::AdminService::new(live.clone()).with_audit(api::KeyAdmin::new(auth.clone()));
 
     let server = &config.server;
     let grpc_server = tokio::spawn(
@@ -403,38 +407,41 @@ pub async fn serve_from(
             return Err(e);
         }
     };
-    gate.open(api::gateway_server(
-        Arc::clone(&registry),
-        auth.clone(),
-        ApiLimits {
-            max_message_bytes: config.server.max_message_bytes,
-            max_batch_commands: config.server.max_batch_commands,
-            max_event_stream_age: config.server.max_event_stream_age,
-            deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
-        },
-        auth_throttle,
-    ));
-
+    // The live parts appear together: the gate, the Admin service and the
+    // console see the gateway started in one step.
+    live.set(api::Live {
+        gateway: api::gateway_server(
+            Arc::clone(&registry),
+            auth.clone(),
+            ApiLimits {
+                max_message_bytes: config.server.max_message_bytes,
+                max_batch_commands: config.server.max_batch_commands,
+                max_event_stream_age: config.server.max_event_stream_age,
+                deadline_margin: config.server.epoch_tick + Duration::from_millis(5),
+            },
+            auth_throttle,
+        ),
+        drainer: Arc::new(drain::Drainer::new(
+            Arc::clone(&registry),
+            health.clone(),
+            config.cluster.drain_timeout,
+            config.server.shutdown_timeout,
+            metrics.cluster.clone(),
+        )),
+        reloader: Arc::new(Reloader::new(
+            source,
+            config.clone(),
+            Arc::clone(&loader),
+            Arc::clone(&registry),
+            auth.clone(),
+            tls_stores,
+            Arc::clone(&metrics),
+        )),
+        registry: Arc::clone(&registry),
+    });
     if let Some(console) = &console {
-        console.set_registry(Arc::clone(&registry));
         console.start_charts(Arc::clone(&metrics));
     }
-    admin.set_drainer(Arc::new(drain::Drainer::new(
-        Arc::clone(&registry),
-        health.clone(),
-        config.cluster.drain_timeout,
-        config.server.shutdown_timeout,
-        metrics.cluster.clone(),
-    )));
-    admin.set_reloader(Arc::new(Reloader::new(
-        source,
-        config.clone(),
-        Arc::clone(&loader),
-        Arc::clone(&registry),
-        auth.clone(),
-        tls_stores,
-        Arc::clone(&metrics),
-    )));
 
     // Per-key CPU totals: what the registry charged to each key goes to
     // the key store, which writes it with its upkeep.
