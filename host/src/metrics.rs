@@ -488,32 +488,6 @@ impl Metrics {
         }
     }
 
-    /// The counters the CPU scheduler reports into.
-    pub fn cpu_metrics(&self) -> crate::backend::cpu::CpuMetrics {
-        let guest = self.guest_cpu_seconds.clone();
-        let throttled = self.cpu_throttled.clone();
-        let waited = self.cpu_wait_seconds.clone();
-        let tenant = |name: &str| TenantLabel {
-            tenant: name.to_string(),
-        };
-        crate::backend::cpu::CpuMetrics {
-            guest_seconds: Some(Box::new(move |t: &str, b: &str| {
-                guest
-                    .get_or_create(&TenantBackendLabel {
-                        tenant: t.to_string(),
-                        backend: b.to_string(),
-                    })
-                    .clone()
-            })),
-            throttled: Some(Box::new(move |t: &str| {
-                throttled.get_or_create(&tenant(t)).clone()
-            })),
-            wait_seconds: Some(Box::new(move |t: &str| {
-                waited.get_or_create(&tenant(t)).clone()
-            })),
-        }
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -8,8 +8,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::admin::{Drain, Reload};
 use super::auth::Authenticated;
+use super::control::{Drain, Reload};
 use super::gateway::GatewayService;
 use crate::proto::v1::gateway_server::GatewayServer;
 use crate::registry::Registry;

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod auth_error;
+mod control;
 mod convert;
 #[cfg(test)]
 mod fuzz;
@@ -19,11 +20,10 @@ mod trace;
 
 use std::sync::Arc;
 
-pub use self::admin::{
-    AdminService, Drain, DrainOutcome, Reload, ReloadFailure, ReloadOutcome, admin_server,
-};
+pub use self::admin::{AdminService, admin_server};
 pub use self::auth::{Authenticated, Authenticator, ConfigKey, required_scope};
 pub use self::auth_error::AuthError;
+pub use self::control::{Drain, DrainOutcome, Reload, ReloadFailure, ReloadOutcome};
 pub use self::convert::{backend_version, session_info};
 pub use self::gateway::GatewayService;
 pub use self::keys_admin::{KeyAdmin, KeysAdminService, Via, actor, keys_admin_server};

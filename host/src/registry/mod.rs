@@ -129,7 +129,7 @@ impl Registry {
                 metrics
                     .guest_threads
                     .set(i64::try_from(turns).unwrap_or(i64::MAX));
-                CpuScheduler::new(turns, metrics.cpu_metrics())
+                CpuScheduler::new(turns, cpu_metrics(&metrics))
             },
             settings,
             clock,
@@ -459,5 +459,33 @@ impl Registry {
                 Err(GatewayError::Faulted(fault))
             }
         }
+    }
+}
+
+/// The counters the CPU scheduler reports into. Built here, where both are
+/// known: the metrics model does not know the scheduler.
+fn cpu_metrics(metrics: &Metrics) -> crate::backend::cpu::CpuMetrics {
+    use crate::metrics::{TenantBackendLabel, TenantLabel};
+    let guest = metrics.guest_cpu_seconds.clone();
+    let throttled = metrics.cpu_throttled.clone();
+    let waited = metrics.cpu_wait_seconds.clone();
+    let tenant = |name: &str| TenantLabel {
+        tenant: name.to_string(),
+    };
+    crate::backend::cpu::CpuMetrics {
+        guest_seconds: Some(Box::new(move |t: &str, b: &str| {
+            guest
+                .get_or_create(&TenantBackendLabel {
+                    tenant: t.to_string(),
+                    backend: b.to_string(),
+                })
+                .clone()
+        })),
+        throttled: Some(Box::new(move |t: &str| {
+            throttled.get_or_create(&tenant(t)).clone()
+        })),
+        wait_seconds: Some(Box::new(move |t: &str| {
+            waited.get_or_create(&tenant(t)).clone()
+        })),
     }
 }

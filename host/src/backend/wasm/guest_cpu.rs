@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use wasmtime::{CallHook, Store};
 
-use super::host::SessionData;
 use crate::backend::cpu::fair::Turn;
 use crate::backend::cpu::{CpuAccount, thread_cpu_time};
 
@@ -120,21 +119,28 @@ impl GuestCpu {
     }
 }
 
+/// A store's data that carries a guest's meter (the session's data): what
+/// the functions below need of it.
+pub(super) trait Metered: Send + 'static {
+    /// The store's meter and turn.
+    fn guest_cpu(&mut self) -> &mut GuestCpu;
+}
+
 /// Takes a turn of the runtime's threads for a call into the plugin.
-pub(super) async fn enter(store: &mut Store<SessionData>) {
-    let turn = store.data().cpu.account.turn().await;
-    store.data_mut().cpu.hold(turn);
+pub(super) async fn enter<T: Metered>(store: &mut Store<T>) {
+    let turn = store.data_mut().guest_cpu().account.turn().await;
+    store.data_mut().guest_cpu().hold(turn);
 }
 
 /// Gives the call's turn back, charging the wasm time it used.
-pub(super) fn leave(store: &mut Store<SessionData>) {
-    store.data_mut().cpu.release();
+pub(super) fn leave<T: Metered>(store: &mut Store<T>) {
+    store.data_mut().guest_cpu().release();
 }
 
 /// Installs the metering call hook on a session's store.
-pub(super) fn install(store: &mut Store<SessionData>) {
+pub(super) fn install<T: Metered>(store: &mut Store<T>) {
     store.call_hook(|mut ctx, hook| {
-        ctx.data_mut().cpu.hook(hook);
+        ctx.data_mut().guest_cpu().hook(hook);
         Ok(())
     });
 }

@@ -281,3 +281,9 @@ pub(super) fn add_v0_1_to_linker(
     )?;
     Ok(())
 }
+
+impl super::guest_cpu::Metered for SessionData {
+    fn guest_cpu(&mut self) -> &mut super::guest_cpu::GuestCpu {
+        &mut self.cpu
+    }
+}
