@@ -165,6 +165,7 @@ mod native;
 mod policy;
 mod recovery;
 mod server;
+mod tenant_cpu;
 pub mod tenants;
 mod tls;
 mod units;
