@@ -234,20 +234,20 @@ mod tests {
     #[test]
     fn a_full_port_keeps_room_for_health_checks() {
         let limit = ConnectionLimit::new(caps(1, Some(5), 1), Gauge::default());
-        let a = limit.try_acquire(ip("10.0.0.1")).unwrap();
+        let a = limit.try_acquire(ip("127.0.0.9")).unwrap();
         assert!(!a.is_reserved());
-        let h = limit.try_acquire(ip("10.0.0.1")).unwrap();
+        let h = limit.try_acquire(ip("127.0.0.9")).unwrap();
         assert!(h.is_reserved());
         assert_eq!(
-            limit.try_acquire(ip("10.0.0.1")).unwrap_err(),
+            limit.try_acquire(ip("127.0.0.9")).unwrap_err(),
             Refused::Full
         );
         assert_eq!(limit.open(), 2);
         drop(h);
         // A refusal gave back the address's count: two more fit it.
-        let _h = limit.try_acquire(ip("10.0.0.1")).unwrap();
+        let _h = limit.try_acquire(ip("127.0.0.9")).unwrap();
         drop(a);
-        let again = limit.try_acquire(ip("10.0.0.1")).unwrap();
+        let again = limit.try_acquire(ip("127.0.0.9")).unwrap();
         assert!(!again.is_reserved());
         assert_eq!(limit.open(), 2);
     }

@@ -182,15 +182,7 @@ impl Worker for SimDevice {
                 "resumed".into()
             }
             "spin" => {
-                let ms: u64 = text
-                    .parse()
-                    .ok()
-                    .filter(|ms| *ms <= MAX_SLOW_MS)
-                    .ok_or_else(|| {
-                        CommandError::InvalidPayload(format!(
-                            "usage: spin MS (at most {MAX_SLOW_MS})"
-                        ))
-                    })?;
+                let ms = millis_arg(text, "spin")?;
                 let began = std::time::Instant::now();
                 let mut x = 1u64;
                 while began.elapsed() < Duration::from_millis(ms) {
@@ -203,15 +195,7 @@ impl Worker for SimDevice {
                 format!("spun {ms}")
             }
             "slow" => {
-                let ms: u64 = text
-                    .parse()
-                    .ok()
-                    .filter(|ms| *ms <= MAX_SLOW_MS)
-                    .ok_or_else(|| {
-                        CommandError::InvalidPayload(format!(
-                            "usage: slow MS (at most {MAX_SLOW_MS})"
-                        ))
-                    })?;
+                let ms = millis_arg(text, "slow")?;
                 thread::sleep(Duration::from_millis(ms));
                 format!("slept {ms}")
             }
@@ -351,4 +335,14 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `MS` argument of `spin MS` and `slow MS`, at most [`MAX_SLOW_MS`].
+fn millis_arg(text: &str, command: &str) -> Result<u64, CommandError> {
+    text.parse()
+        .ok()
+        .filter(|ms| *ms <= MAX_SLOW_MS)
+        .ok_or_else(|| {
+            CommandError::InvalidPayload(format!("usage: {command} MS (at most {MAX_SLOW_MS})"))
+        })
 }
